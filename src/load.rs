@@ -1,0 +1,204 @@
+//! Loading whole models: a GGUF file, or a Hugging Face folder's files, handed in as readers.
+
+use crate::config::ModelConfig;
+use crate::error::{bail, Result};
+use crate::gguf::GgufSource;
+use crate::model::{check_source, Model};
+use crate::safetensors::SafetensorsSource;
+use crate::source::TensorSource;
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::GgmlDType;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Seek};
+
+/// The files of a Hugging Face model folder; the weights as one reader per safetensors shard.
+pub struct HfFiles<R> {
+    pub config: Vec<u8>,
+    pub tokenizer_json: Option<Vec<u8>>,
+    pub tokenizer_config: Option<Vec<u8>>,
+    pub generation_config: Option<Vec<u8>>,
+    pub shards: Vec<R>,
+}
+
+/// What `inspect` reports: transformers' config names, read from headers only.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub architecture: String,
+    pub num_hidden_layers: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub parameters: u64,
+    pub dtype: String,
+    pub tie_word_embeddings: bool,
+    pub format: String,
+}
+
+impl Summary {
+    fn new(cfg: &ModelConfig, dtype: String, format: &str) -> Self {
+        Summary {
+            architecture: cfg.arch.model_type().to_string(),
+            num_hidden_layers: cfg.num_hidden_layers,
+            hidden_size: cfg.hidden_size,
+            intermediate_size: cfg.intermediate_size,
+            num_attention_heads: cfg.num_attention_heads,
+            num_key_value_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            vocab_size: cfg.vocab_size,
+            parameters: cfg.parameter_count(),
+            dtype,
+            tie_word_embeddings: cfg.tie_word_embeddings,
+            format: format.to_string(),
+        }
+    }
+}
+
+/// A loaded model with its tokenizer and the side files export needs.
+pub struct Bundle {
+    pub model: Model,
+    /// Absent for weight-only folders without tokenizer.json.
+    pub tokenizer: Option<Tokenizer>,
+    pub generation_config: Option<Value>,
+    pub summary: Summary,
+}
+
+impl Bundle {
+    /// The tokenizer, or an error saying the model has none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| crate::Error::Tokenizer("this model has no tokenizer.json".into()))
+    }
+
+    /// Token ids that end generation: generation_config's, else the config's, else the tokenizer's EOS.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let from = |v: Option<&Value>| -> Vec<u32> {
+            match v {
+                Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|x| x.as_u64().map(|x| x as u32))
+                    .collect(),
+                _ => vec![],
+            }
+        };
+        let g = from(
+            self.generation_config
+                .as_ref()
+                .and_then(|g| g.get("eos_token_id")),
+        );
+        if !g.is_empty() {
+            return g;
+        }
+        self.model.cfg.eos_token_ids.clone()
+    }
+}
+
+/// Most common value, by count, of a list of names (ties: first in name order).
+fn majority(names: impl Iterator<Item = String>) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for n in names {
+        *counts.entry(n).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|x| x.0)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn ggml_name(d: GgmlDType) -> String {
+    format!("{d:?}").to_uppercase()
+}
+
+fn gguf_summary<R: Read + Seek>(src: &GgufSource<R>, cfg: &ModelConfig) -> Summary {
+    // The dtype that holds most of the weights (2-D tensors), e.g. Q4_1.
+    let dtype = majority(
+        src.names()
+            .iter()
+            .filter(|n| src.shape(n).is_some_and(|s| s.len() == 2))
+            .filter_map(|n| src.ggml_dtype(n).map(ggml_name)),
+    );
+    Summary::new(cfg, dtype, "gguf")
+}
+
+fn st_summary(src: &dyn TensorSource, cfg: &ModelConfig) -> Summary {
+    let dtype = majority(
+        src.names()
+            .iter()
+            .filter_map(|n| src.storage_dtype(n).map(|d| d.torch_name().to_string())),
+    );
+    Summary::new(cfg, dtype, "safetensors")
+}
+
+/// Reads a GGUF header and reports the model without reading weights. Checks tensor shapes against the config.
+pub fn inspect_gguf<R: Read + Seek>(reader: R) -> Result<Summary> {
+    let (src, cfg) = GgufSource::new(reader)?;
+    check_source(&cfg, &src)?;
+    Ok(gguf_summary(&src, &cfg))
+}
+
+/// Reads `config.json` and the shards' headers and reports the model without reading weights.
+pub fn inspect_hf<R: Read + Seek>(config: &[u8], shards: Vec<R>) -> Result<Summary> {
+    let cfg = ModelConfig::from_hf_json(config)?;
+    let src = SafetensorsSource::new(shards)?;
+    check_source(&cfg, &src)?;
+    Ok(st_summary(&src, &cfg))
+}
+
+/// Loads a GGUF model and its tokenizer; `progress(layer, layers)`.
+pub fn load_gguf<R: Read + Seek>(
+    reader: R,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Bundle> {
+    let (mut src, cfg) = GgufSource::new(reader)?;
+    let tokenizer = Some(Tokenizer::from_gguf(src.header())?);
+    let summary = gguf_summary(&src, &cfg);
+    let model = Model::load(cfg, &mut src, progress)?;
+    Ok(Bundle {
+        model,
+        tokenizer,
+        generation_config: None,
+        summary,
+    })
+}
+
+/// Loads a Hugging Face model from its files; `progress(layer, layers)`.
+pub fn load_hf<R: Read + Seek>(
+    files: HfFiles<R>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Bundle> {
+    let cfg = ModelConfig::from_hf_json(&files.config)?;
+    let tokenizer = match files.tokenizer_json.as_deref() {
+        Some(tj) => Some(Tokenizer::from_hf(tj, files.tokenizer_config.as_deref())?),
+        None => None,
+    };
+    let generation_config = files
+        .generation_config
+        .as_deref()
+        .map(serde_json::from_slice)
+        .transpose()?;
+    if files.shards.is_empty() {
+        bail!(Safetensors, "no safetensors file given");
+    }
+    let mut src = SafetensorsSource::new(files.shards)?;
+    let summary = st_summary(&src, &cfg);
+    let model = Model::load(cfg, &mut src, progress)?;
+    Ok(Bundle {
+        model,
+        tokenizer,
+        generation_config,
+        summary,
+    })
+}
+
+/// Loads only the weights of a Hugging Face model (no tokenizer needed), e.g. for fixtures.
+pub fn load_hf_weights<R: Read + Seek>(config: &[u8], shards: Vec<R>) -> Result<Model> {
+    let cfg = ModelConfig::from_hf_json(config)?;
+    let mut src = SafetensorsSource::new(shards)?;
+    Model::load(cfg, &mut src, &mut |_, _| {})
+}

@@ -1,0 +1,360 @@
+//! The `podar` command line: parses arguments, opens files, prints. All work is in the library.
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    cli::main()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod serve;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use clap::{Parser, Subcommand};
+    use indicatif::{ProgressBar, ProgressStyle};
+    use podar::{Bundle, Error, HfFiles, Summary};
+    use std::fs::File;
+    use std::io::Cursor;
+    use std::path::{Path, PathBuf};
+    use std::time::Instant;
+
+    #[derive(Parser)]
+    #[command(
+        name = "podar",
+        version,
+        about = "Prune small language models for your own domain"
+    )]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Subcommand)]
+    enum Cmd {
+        /// Describe a model from its headers, without reading weights.
+        Inspect {
+            /// A .gguf file, a folder holding config.json, or a .safetensors file beside config.json.
+            model: PathBuf,
+            #[arg(long)]
+            json: bool,
+        },
+        /// Perplexity on a text (consecutive windows of --ctx tokens, each scored on its own).
+        Eval {
+            model: PathBuf,
+            /// Text file to score.
+            #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+            text: Option<PathBuf>,
+            /// A JSON list of token ids to score instead of text.
+            #[arg(long)]
+            ids: Option<PathBuf>,
+            #[arg(long, default_value_t = 512)]
+            ctx: usize,
+            /// Keep only the first N ids.
+            #[arg(long)]
+            max_tokens: Option<usize>,
+            #[arg(long)]
+            json: bool,
+        },
+        /// Greedy generation.
+        Generate {
+            model: PathBuf,
+            #[arg(long)]
+            prompt: String,
+            #[arg(long, default_value_t = 30)]
+            max_tokens: usize,
+            /// Wrap the prompt in the model's chat template.
+            #[arg(long)]
+            chat: bool,
+        },
+        /// Serve the browser app (www/, pkg/, models/ under --root) on 127.0.0.1.
+        Serve {
+            #[arg(long, default_value_t = 8080)]
+            port: u16,
+            #[arg(long, default_value = ".")]
+            root: PathBuf,
+        },
+    }
+
+    /// An error with the file it concerns, printed as one line.
+    struct Failure {
+        file: Option<PathBuf>,
+        err: Error,
+    }
+
+    trait Context<T> {
+        fn at(self, file: &Path) -> Result<T, Failure>;
+    }
+
+    impl<T, E: Into<Error>> Context<T> for Result<T, E> {
+        fn at(self, file: &Path) -> Result<T, Failure> {
+            self.map_err(|e| Failure {
+                file: Some(file.to_path_buf()),
+                err: e.into(),
+            })
+        }
+    }
+
+    pub fn main() {
+        let cli = Cli::parse();
+        if let Err(f) = run(cli) {
+            match f.file {
+                Some(p) => eprintln!("podar: {}: {}", p.display(), f.err),
+                None => eprintln!("podar: {}", f.err),
+            }
+            std::process::exit(2);
+        }
+    }
+
+    fn bar(len: u64, what: &str) -> ProgressBar {
+        let pb = ProgressBar::new(len);
+        pb.set_style(
+            ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed}<{eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.set_message(what.to_string());
+        pb
+    }
+
+    /// Maps a whole file read-only.
+    fn map(path: &Path) -> Result<memmap2::Mmap, Failure> {
+        let f = File::open(path).at(path)?;
+        // SAFETY: the map is read-only and lives while we read from it; podar never writes to model
+        // files, and a user truncating the file underneath us is outside what we can guard against.
+        unsafe { memmap2::Mmap::map(&f) }.at(path)
+    }
+
+    enum ModelPath {
+        Gguf(PathBuf),
+        Hf { dir: PathBuf, shards: Vec<PathBuf> },
+    }
+
+    fn resolve(path: &Path) -> Result<ModelPath, Failure> {
+        let bad = |msg: &str| Failure {
+            file: Some(path.to_path_buf()),
+            err: Error::Input(msg.to_string()),
+        };
+        if !path.exists() {
+            return Err(bad("no such file or folder"));
+        }
+        if path.is_dir() {
+            if !path.join("config.json").exists() {
+                return Err(bad("the folder holds no config.json"));
+            }
+            let index = path.join("model.safetensors.index.json");
+            let shards = if index.exists() {
+                let bytes = std::fs::read(&index).at(&index)?;
+                podar::safetensors::shard_names(&bytes)
+                    .at(&index)?
+                    .into_iter()
+                    .map(|n| path.join(n))
+                    .collect()
+            } else if path.join("model.safetensors").exists() {
+                vec![path.join("model.safetensors")]
+            } else {
+                return Err(bad(
+                    "the folder holds neither model.safetensors nor model.safetensors.index.json",
+                ));
+            };
+            return Ok(ModelPath::Hf {
+                dir: path.to_path_buf(),
+                shards,
+            });
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("gguf") => Ok(ModelPath::Gguf(path.to_path_buf())),
+            Some("safetensors") => {
+                let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                if !dir.join("config.json").exists() {
+                    return Err(bad("no config.json beside this .safetensors file"));
+                }
+                Ok(ModelPath::Hf {
+                    dir,
+                    shards: vec![path.to_path_buf()],
+                })
+            }
+            _ => Err(bad(
+                "expected a .gguf file, a .safetensors file or a model folder",
+            )),
+        }
+    }
+
+    fn read_opt(p: PathBuf) -> Result<Option<Vec<u8>>, Failure> {
+        if p.exists() {
+            Ok(Some(std::fs::read(&p).at(&p)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn inspect(path: &Path) -> Result<Summary, Failure> {
+        match resolve(path)? {
+            ModelPath::Gguf(p) => {
+                let m = map(&p)?;
+                podar::inspect_gguf(Cursor::new(&m[..])).at(&p)
+            }
+            ModelPath::Hf { dir, shards } => {
+                let cfg_path = dir.join("config.json");
+                let cfg = std::fs::read(&cfg_path).at(&cfg_path)?;
+                let maps = shards
+                    .iter()
+                    .map(|s| map(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                podar::inspect_hf(&cfg, maps.iter().map(|m| Cursor::new(&m[..])).collect()).at(path)
+            }
+        }
+    }
+
+    fn load(path: &Path) -> Result<Bundle, Failure> {
+        let pb = bar(0, "loading");
+        let mut progress = |d: usize, n: usize| {
+            pb.set_length(n as u64);
+            pb.set_position(d as u64);
+        };
+        let b = match resolve(path)? {
+            ModelPath::Gguf(p) => {
+                let m = map(&p)?;
+                podar::load_gguf(Cursor::new(&m[..]), &mut progress).at(&p)?
+            }
+            ModelPath::Hf { dir, shards } => {
+                let cfg_path = dir.join("config.json");
+                let maps = shards
+                    .iter()
+                    .map(|s| map(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let files = HfFiles {
+                    config: std::fs::read(&cfg_path).at(&cfg_path)?,
+                    tokenizer_json: read_opt(dir.join("tokenizer.json"))?,
+                    tokenizer_config: read_opt(dir.join("tokenizer_config.json"))?,
+                    generation_config: read_opt(dir.join("generation_config.json"))?,
+                    shards: maps.iter().map(|m| Cursor::new(&m[..])).collect(),
+                };
+                podar::load_hf(files, &mut progress).at(path)?
+            }
+        };
+        pb.finish_and_clear();
+        Ok(b)
+    }
+
+    /// Peak resident memory of this process (Linux: VmHWM), if known.
+    fn peak_rss() -> Option<u64> {
+        let s = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    fn run(cli: Cli) -> Result<(), Failure> {
+        match cli.cmd {
+            Cmd::Inspect { model, json } => {
+                let s = inspect(&model)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s).at(&model)?);
+                } else {
+                    println!("{} ({}, {})", s.architecture, s.format, s.dtype);
+                    println!(
+                        "  layers {}, hidden {}, MLP {}",
+                        s.num_hidden_layers, s.hidden_size, s.intermediate_size
+                    );
+                    println!(
+                        "  heads {} / {} KV, head_dim {}",
+                        s.num_attention_heads, s.num_key_value_heads, s.head_dim
+                    );
+                    println!(
+                        "  vocabulary {}, parameters {:.2}M",
+                        s.vocab_size,
+                        s.parameters as f64 / 1e6
+                    );
+                }
+            }
+            Cmd::Eval {
+                model,
+                text,
+                ids: ids_path,
+                ctx,
+                max_tokens,
+                json,
+            } => {
+                let t0 = Instant::now();
+                let b = load(&model)?;
+                let mut ids = match (&text, &ids_path) {
+                    (Some(t), _) => {
+                        let s = std::fs::read_to_string(t).at(t)?;
+                        b.tokenizer().at(&model)?.encode(&s, false).at(t)?
+                    }
+                    (None, Some(p)) => {
+                        let bytes = std::fs::read(p).at(p)?;
+                        serde_json::from_slice::<Vec<u32>>(&bytes).at(p)?
+                    }
+                    (None, None) => unreachable!("clap requires --text or --ids"),
+                };
+                let src = text.clone().or(ids_path.clone()).unwrap_or(model.clone());
+                if let Some(n) = max_tokens {
+                    ids.truncate(n);
+                }
+                let t1 = Instant::now();
+                let pb = bar(0, "eval");
+                let r = podar::perplexity(&b.model, &ids, ctx, &mut |d, n| {
+                    pb.set_length(n as u64);
+                    pb.set_position(d as u64);
+                })
+                .at(&src)?;
+                pb.finish_and_clear();
+                let secs = t1.elapsed().as_secs_f64();
+                if json {
+                    let v = serde_json::json!({"perplexity": r.perplexity, "tokens": r.tokens,
+                        "predictions": r.predictions, "seconds": secs, "load_seconds": (t1 - t0).as_secs_f64(), "peak_rss_bytes": peak_rss()});
+                    println!("{v}");
+                } else {
+                    println!(
+                        "perplexity {:.4} over {} predictions ({} tokens read) in {:.1} s ({:.0} tokens/s)",
+                        r.perplexity,
+                        r.predictions,
+                        r.tokens,
+                        secs,
+                        (r.tokens / ctx * ctx) as f64 / secs
+                    );
+                }
+            }
+            Cmd::Generate {
+                model,
+                prompt,
+                max_tokens,
+                chat,
+            } => {
+                let b = load(&model)?;
+                let tok = b.tokenizer().at(&model)?;
+                let text = if chat {
+                    tok.apply_chat_template(&prompt).at(&model)?
+                } else {
+                    prompt
+                };
+                let ids = tok.encode(&text, false).at(&model)?;
+                let mut out = Vec::new();
+                let mut shown = String::new();
+                let stop = b.stop_ids();
+                podar::greedy(&b.model, &ids, max_tokens, &stop, &mut |id| {
+                    out.push(id);
+                    if let Ok(s) = tok.decode(&out) {
+                        if s.len() >= shown.len() && s.starts_with(&shown) {
+                            print!("{}", &s[shown.len()..]);
+                            use std::io::Write;
+                            let _ = std::io::stdout().flush();
+                            shown = s;
+                        }
+                    }
+                    true
+                })
+                .at(&model)?;
+                println!();
+            }
+            Cmd::Serve { port, root } => {
+                crate::serve::serve(&root, port).at(&root)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,527 @@
+//! The decoder-only transformer, f32 on candle-core, written to match transformers' eager implementation
+//! for Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3.
+
+use crate::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
+use crate::error::{bail, Error, Result};
+use crate::source::TensorSource;
+use candle_core::{DType, Device, Tensor, D};
+
+/// A linear map `y = x Wᵀ + b` with `W` stored `[out, in]` as in transformers.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// `x` is `[n, in]`; returns `[n, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub input_layernorm: Tensor,
+    pub post_attention_layernorm: Tensor,
+    /// Gemma only.
+    pub pre_feedforward_layernorm: Option<Tensor>,
+    /// Gemma only.
+    pub post_feedforward_layernorm: Option<Tensor>,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// A loaded model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Tensor>,
+}
+
+/// Keys and values seen so far, per layer, for incremental decoding.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Number of positions already in the cache.
+    pub len: usize,
+}
+
+fn expect_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
+    if t.dims() != expected {
+        return Err(Error::Shape {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            got: t.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Every tensor the config implies, with its shape, in transformers' names and order.
+pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    let mut v = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, h],
+    )];
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}.");
+        let mut add = |n: &str, s: Vec<usize>| v.push((format!("{p}{n}"), s));
+        add("input_layernorm.weight", vec![h]);
+        add("self_attn.q_proj.weight", vec![q, h]);
+        add("self_attn.k_proj.weight", vec![kv, h]);
+        add("self_attn.v_proj.weight", vec![kv, h]);
+        add("self_attn.o_proj.weight", vec![h, q]);
+        if cfg.qkv_bias {
+            add("self_attn.q_proj.bias", vec![q]);
+            add("self_attn.k_proj.bias", vec![kv]);
+            add("self_attn.v_proj.bias", vec![kv]);
+        }
+        if cfg.o_bias {
+            add("self_attn.o_proj.bias", vec![h]);
+        }
+        if cfg.arch.has_qk_norm() {
+            add("self_attn.q_norm.weight", vec![hd]);
+            add("self_attn.k_norm.weight", vec![hd]);
+        }
+        add("post_attention_layernorm.weight", vec![h]);
+        if cfg.arch.is_gemma() {
+            add("pre_feedforward_layernorm.weight", vec![h]);
+            add("post_feedforward_layernorm.weight", vec![h]);
+        }
+        add("mlp.gate_proj.weight", vec![i, h]);
+        add("mlp.up_proj.weight", vec![i, h]);
+        add("mlp.down_proj.weight", vec![h, i]);
+    }
+    v.push(("model.norm.weight".to_string(), vec![h]));
+    if !cfg.tie_word_embeddings {
+        v.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
+    }
+    v
+}
+
+/// Checks, from headers alone, that `src` holds every tensor the config needs with the right shape.
+pub fn check_source(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<()> {
+    for (name, shape) in expected_tensors(cfg) {
+        match src.shape(&name) {
+            None => return Err(Error::MissingTensor(name)),
+            Some(s) if s != shape => {
+                return Err(Error::Shape {
+                    name,
+                    expected: shape,
+                    got: s,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What the forward pass can report about one layer (for calibration and pruning statistics).
+pub struct LayerTrace<'a> {
+    pub layer: usize,
+    /// Input of the MLP's down projection, `[n, intermediate]`.
+    pub mlp_hidden: &'a Tensor,
+    /// Input of the attention's output projection, `[n, heads·head_dim]`.
+    pub attn_hidden: &'a Tensor,
+}
+
+impl Model {
+    /// Loads every tensor the config needs from `src`, checking each shape. `progress(done, total)` is
+    /// called after each layer.
+    pub fn load(
+        cfg: ModelConfig,
+        src: &mut dyn TensorSource,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        cfg.validate()?;
+        check_source(&cfg, src)?;
+        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = src.load(name)?;
+            expect_shape(name, &t, shape)?;
+            Ok(t)
+        };
+        let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let total = cfg.num_hidden_layers;
+        let mut layers = Vec::with_capacity(total);
+        for l in 0..total {
+            let p = format!("model.layers.{l}.");
+            let lin = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+                       n: &str,
+                       o: usize,
+                       i: usize,
+                       bias: bool|
+             -> Result<Linear> {
+                Ok(Linear {
+                    weight: get(&format!("{p}{n}.weight"), &[o, i])?,
+                    bias: if bias {
+                        Some(get(&format!("{p}{n}.bias"), &[o])?)
+                    } else {
+                        None
+                    },
+                })
+            };
+            let gemma = cfg.arch.is_gemma();
+            let qk_norm = cfg.arch.has_qk_norm();
+            layers.push(Layer {
+                input_layernorm: get(&format!("{p}input_layernorm.weight"), &[h])?,
+                post_attention_layernorm: get(
+                    &format!("{p}post_attention_layernorm.weight"),
+                    &[h],
+                )?,
+                pre_feedforward_layernorm: if gemma {
+                    Some(get(&format!("{p}pre_feedforward_layernorm.weight"), &[h])?)
+                } else {
+                    None
+                },
+                post_feedforward_layernorm: if gemma {
+                    Some(get(&format!("{p}post_feedforward_layernorm.weight"), &[h])?)
+                } else {
+                    None
+                },
+                q_proj: lin(&mut get, "self_attn.q_proj", q, h, cfg.qkv_bias)?,
+                k_proj: lin(&mut get, "self_attn.k_proj", kv, h, cfg.qkv_bias)?,
+                v_proj: lin(&mut get, "self_attn.v_proj", kv, h, cfg.qkv_bias)?,
+                o_proj: lin(&mut get, "self_attn.o_proj", h, q, cfg.o_bias)?,
+                q_norm: if qk_norm {
+                    Some(get(&format!("{p}self_attn.q_norm.weight"), &[hd])?)
+                } else {
+                    None
+                },
+                k_norm: if qk_norm {
+                    Some(get(&format!("{p}self_attn.k_norm.weight"), &[hd])?)
+                } else {
+                    None
+                },
+                gate_proj: lin(&mut get, "mlp.gate_proj", i, h, false)?,
+                up_proj: lin(&mut get, "mlp.up_proj", i, h, false)?,
+                down_proj: lin(&mut get, "mlp.down_proj", h, i, false)?,
+            });
+            progress(l + 1, total);
+        }
+        let norm = get("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
+        };
+        Ok(Model {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Total parameter count (tied embeddings once).
+    pub fn parameter_count(&self) -> u64 {
+        self.cfg.parameter_count()
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = x.broadcast_div(&(var + self.cfg.rms_norm_eps)?.sqrt()?)?;
+        Ok(if self.cfg.arch.is_gemma() {
+            xn.broadcast_mul(&(w + 1.0)?)?
+        } else {
+            xn.broadcast_mul(w)?
+        })
+    }
+
+    /// Inverse RoPE frequencies for a layer kind, as transformers computes them.
+    fn inv_freq(&self, kind: LayerType) -> Vec<f32> {
+        let c = &self.cfg;
+        let local = c.arch == Arch::Gemma3 && kind == LayerType::Sliding;
+        let base = if local {
+            c.rope_local_base_freq.unwrap_or(10000.0)
+        } else {
+            c.rope_theta
+        };
+        let d = c.head_dim;
+        let mut inv: Vec<f32> = (0..d / 2)
+            .map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64)) as f32)
+            .collect();
+        if local {
+            return inv;
+        }
+        match &c.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => inv
+                .iter_mut()
+                .for_each(|f| *f = (*f as f64 / factor) as f32),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let low_wl = original_max_position_embeddings / low_freq_factor;
+                let high_wl = original_max_position_embeddings / high_freq_factor;
+                for f in inv.iter_mut() {
+                    let freq = *f as f64;
+                    let wl = 2.0 * std::f64::consts::PI / freq;
+                    let scaled = if wl > low_wl { freq / factor } else { freq };
+                    let out = if wl < high_wl || wl > low_wl {
+                        scaled
+                    } else {
+                        let smooth = (original_max_position_embeddings / wl - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    };
+                    *f = out as f32;
+                }
+            }
+        }
+        inv
+    }
+
+    /// cos and sin tables `[t, head_dim]` for positions `start..start+t`.
+    fn rope_tables(&self, kind: LayerType, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let inv = self.inv_freq(kind);
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(t * 2 * half);
+        let mut sin = Vec::with_capacity(t * 2 * half);
+        for p in start..start + t {
+            let row: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(row.iter().map(|x| x.cos()));
+                sin.extend(row.iter().map(|x| x.sin()));
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (t, 2 * half), &Device::Cpu)?,
+            Tensor::from_vec(sin, (t, 2 * half), &Device::Cpu)?,
+        ))
+    }
+
+    /// Additive mask `[t, s]` for queries at `start..start+t` over keys `0..s`.
+    fn mask(&self, kind: LayerType, start: usize, t: usize, s: usize) -> Result<Tensor> {
+        let window = match kind {
+            LayerType::Sliding => self.cfg.sliding_window,
+            LayerType::Full => None,
+        };
+        let mut m = vec![0f32; t * s];
+        for i in 0..t {
+            let p = start + i;
+            for j in 0..s {
+                let visible = j <= p && window.is_none_or(|w| p - j < w);
+                if !visible {
+                    m[i * s + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (t, s), &Device::Cpu)?)
+    }
+
+    /// Embeds token ids `[b, t]` into `[b·t, hidden]`.
+    pub fn embed(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
+        if ids.len() != b * t {
+            bail!(Input, "expected {} ids, got {}", b * t, ids.len());
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            bail!(
+                Input,
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            );
+        }
+        let idx = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
+        let x = self.embed_tokens.index_select(&idx, 0)?;
+        Ok(if self.cfg.arch.is_gemma() {
+            // transformers rounds the normalizer to the compute dtype (f32 here).
+            x.affine((self.cfg.hidden_size as f32).sqrt() as f64, 0.0)?
+        } else {
+            x
+        })
+    }
+
+    fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+        let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+    }
+
+    fn softmax_last(x: &Tensor) -> Result<Tensor> {
+        let m = x.max_keepdim(D::Minus1)?;
+        let e = x.broadcast_sub(&m)?.exp()?;
+        let s = e.sum_keepdim(D::Minus1)?;
+        Ok(e.broadcast_div(&s)?)
+    }
+
+    fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
+        Ok(((x / cap)?.tanh()? * cap)?)
+    }
+
+    /// Runs layer `l` on `x` (`[b·t, hidden]`, positions `start..start+t`), returning the new residual stream.
+    pub fn layer_forward(
+        &self,
+        l: usize,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        cache: Option<&mut KvCache>,
+        trace: Option<&mut dyn FnMut(LayerTrace)>,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let layer = &self.layers[l];
+        let kind = c.layer_types[l];
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let g = nh / nkv;
+        let start = cache.as_ref().map_or(0, |c| c.len);
+
+        let h = self.rms_norm(x, &layer.input_layernorm)?;
+        let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
+            let y = lin
+                .forward(&h)?
+                .reshape((b, t, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            Ok(match norm {
+                Some(w) => self.rms_norm(&y, w)?,
+                None => y,
+            })
+        };
+        let (cos, sin) = self.rope_tables(kind, start, t)?;
+        let q = Self::apply_rope(&heads(&layer.q_proj, nh, &layer.q_norm)?, &cos, &sin)?;
+        let mut k = Self::apply_rope(&heads(&layer.k_proj, nkv, &layer.k_norm)?, &cos, &sin)?;
+        let mut v = heads(&layer.v_proj, nkv, &None)?;
+        if let Some(cache) = cache {
+            if cache.kv.len() <= l {
+                cache.kv.resize(l + 1, None);
+            }
+            if let Some((pk, pv)) = &cache.kv[l] {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            cache.kv[l] = Some((k.clone(), v.clone()));
+        }
+        let s = k.dim(2)?;
+        // Group query heads by their KV head: [b, nkv, g·t, hd] against [b, nkv, s, hd].
+        let qg = q.reshape((b, nkv, g * t, hd))?;
+        let mut scores = (qg.matmul(&k.t()?)? * c.attn_scale())?;
+        if let Some(cap) = c.attn_logit_softcapping {
+            scores = Self::softcap(&scores, cap)?;
+        }
+        let mask = self.mask(kind, start, t, s)?;
+        let scores = scores.reshape((b, nkv, g, t, s))?.broadcast_add(&mask)?;
+        let probs = Self::softmax_last(&scores)?.reshape((b, nkv, g * t, s))?;
+        let attn = probs
+            .matmul(&v)?
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * t, nh * hd))?;
+        let mut a = layer.o_proj.forward(&attn)?;
+        if c.arch.is_gemma() {
+            a = self.rms_norm(&a, &layer.post_attention_layernorm)?;
+        }
+        let x = (x + a)?;
+        let h = match &layer.pre_feedforward_layernorm {
+            Some(w) => self.rms_norm(&x, w)?,
+            None => self.rms_norm(&x, &layer.post_attention_layernorm)?,
+        };
+        let gate = layer.gate_proj.forward(&h)?;
+        let gate = match c.hidden_act {
+            Activation::Silu => gate.silu()?,
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::Gelu => gate.gelu_erf()?,
+        };
+        let mid = (gate * layer.up_proj.forward(&h)?)?;
+        if let Some(f) = trace {
+            f(LayerTrace {
+                layer: l,
+                mlp_hidden: &mid,
+                attn_hidden: &attn,
+            });
+        }
+        let mut m = layer.down_proj.forward(&mid)?;
+        if let Some(w) = &layer.post_feedforward_layernorm {
+            m = self.rms_norm(&m, w)?;
+        }
+        Ok((x + m)?)
+    }
+
+    /// Final norm and LM head on `[n, hidden]` → logits `[n, vocab]`.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.rms_norm(x, &self.norm)?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let mut logits = h.matmul(&w.t()?)?;
+        if let Some(cap) = self.cfg.final_logit_softcapping {
+            logits = Self::softcap(&logits, cap)?;
+        }
+        Ok(logits)
+    }
+
+    /// Logits `[b·t, vocab]` for token ids laid out `[b, t]`, optionally continuing a cache.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let mut x = self.embed(ids, b, t)?;
+        for l in 0..self.layers.len() {
+            x = self.layer_forward(l, &x, b, t, cache.as_deref_mut(), None)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        self.head(&x)
+    }
+
+    /// Logits of the last position only, `[b, vocab]` (saves the LM head on every other position).
+    pub fn forward_last(
+        &self,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let mut x = self.embed(ids, b, t)?;
+        for l in 0..self.layers.len() {
+            x = self.layer_forward(l, &x, b, t, cache.as_deref_mut(), None)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        let last = x
+            .reshape((b, t, self.cfg.hidden_size))?
+            .narrow(1, t - 1, 1)?
+            .reshape((b, self.cfg.hidden_size))?;
+        self.head(&last)
+    }
+}
+
+/// Mean negative log-likelihood helper: `logits` `[n, vocab]`, `targets` n ids → per-row NLL.
+pub fn nll_rows(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let lse = logits.log_sum_exp(D::Minus1)?;
+    let idx = Tensor::from_slice(targets, (targets.len(), 1), &Device::Cpu)?;
+    let picked = logits.gather(&idx, 1)?.squeeze(1)?;
+    Ok((lse - picked)?.to_vec1()?)
+}

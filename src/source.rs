@@ -1,0 +1,82 @@
+//! Where weights come from: a small trait over GGUF files and (sharded) safetensors, always by canonical
+//! (transformers) tensor names, always dequantized to f32.
+
+use crate::error::{bail, Result};
+use candle_core::{Device, Tensor};
+
+/// How a tensor is stored in its source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl StorageDtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            StorageDtype::F32 => 4,
+            StorageDtype::F16 | StorageDtype::BF16 => 2,
+        }
+    }
+    /// safetensors' name for the dtype.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            StorageDtype::F32 => "F32",
+            StorageDtype::F16 => "F16",
+            StorageDtype::BF16 => "BF16",
+        }
+    }
+    /// transformers' `torch_dtype` name.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            StorageDtype::F32 => "float32",
+            StorageDtype::F16 => "float16",
+            StorageDtype::BF16 => "bfloat16",
+        }
+    }
+}
+
+/// A collection of named tensors that can be read one at a time.
+pub trait TensorSource {
+    /// Canonical names of every tensor available.
+    fn names(&self) -> Vec<String>;
+    /// Shape of a tensor without reading it.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Storage dtype when it is a plain float type (None for quantized GGUF types).
+    fn storage_dtype(&self, name: &str) -> Option<StorageDtype>;
+    /// Reads one tensor and converts it to f32.
+    fn load(&mut self, name: &str) -> Result<Tensor>;
+    /// The tensor's stored bytes, unconverted (little-endian, in canonical layout).
+    fn load_raw(&mut self, name: &str) -> Result<Vec<u8>>;
+}
+
+/// Converts little-endian stored bytes to an f32 tensor.
+pub fn to_f32_tensor(buf: &[u8], dtype: StorageDtype, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    if buf.len() != n * dtype.size() {
+        bail!(
+            Input,
+            "tensor data is {} bytes, expected {}",
+            buf.len(),
+            n * dtype.size()
+        );
+    }
+    let v: Vec<f32> = match dtype {
+        StorageDtype::F32 => buf
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        StorageDtype::F16 => buf
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        StorageDtype::BF16 => buf
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    };
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}

@@ -1,0 +1,343 @@
+//! Tokenizers: from a `tokenizer.json`, or rebuilt from GGUF metadata (`tokenizer.ggml.*`) as the
+//! equivalent `tokenizer.json`, so export can write it back. Chat templates render with minijinja.
+
+use crate::error::{bail, Error, Result};
+use crate::gguf::GgufHeader;
+use candle_core::quantized::gguf_file::Value as GValue;
+use serde_json::{json, Value};
+
+/// A text tokenizer with the files transformers needs to rebuild it.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// The `tokenizer.json` bytes this tokenizer came from (or was rebuilt as).
+    pub json: Vec<u8>,
+    /// `tokenizer_config.json` (given, or synthesized from GGUF metadata).
+    pub config: Value,
+}
+
+const MAX_VOCAB: usize = 4_000_000;
+
+impl Tokenizer {
+    /// From `tokenizer.json` and optionally `tokenizer_config.json`.
+    pub fn from_hf(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| Error::Tokenizer(format!("cannot read tokenizer.json: {e}")))?;
+        let config = match tokenizer_config {
+            Some(b) => serde_json::from_slice(b)?,
+            None => json!({}),
+        };
+        Ok(Self {
+            inner,
+            json: tokenizer_json.to_vec(),
+            config,
+        })
+    }
+
+    /// Rebuilds the model's tokenizer from GGUF metadata.
+    pub fn from_gguf(h: &GgufHeader) -> Result<Self> {
+        let (tj, cfg) = gguf_tokenizer_json(h)?;
+        let bytes = serde_json::to_vec(&tj)?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+            Error::Tokenizer(format!(
+                "cannot build the tokenizer from GGUF metadata: {e}"
+            ))
+        })?;
+        Ok(Self {
+            inner,
+            json: bytes,
+            config: cfg,
+        })
+    }
+
+    /// Token ids of `text`; `special` adds the model's special tokens (e.g. BOS) as transformers would.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| Error::Tokenizer(format!("cannot encode text: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(format!("cannot decode: {e}")))
+    }
+
+    /// Number of tokens including added ones.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The chat template, if the model has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.config.get("chat_template").and_then(Value::as_str)
+    }
+
+    /// Renders a single user message with the chat template and the generation prompt.
+    pub fn apply_chat_template(&self, user: &str) -> Result<String> {
+        let Some(tpl) = self.chat_template() else {
+            bail!(Input, "this model has no chat template");
+        };
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", tpl)
+            .map_err(|e| Error::Tokenizer(format!("chat template does not parse: {e}")))?;
+        let t = env
+            .get_template("chat")
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let tok = |k: &str| -> Value {
+            match self.config.get(k) {
+                Some(Value::String(s)) => json!(s),
+                Some(Value::Object(o)) => o.get("content").cloned().unwrap_or(Value::Null),
+                _ => Value::Null,
+            }
+        };
+        t.render(minijinja::context! {
+            messages => vec![json!({"role": "user", "content": user})],
+            add_generation_prompt => true,
+            bos_token => tok("bos_token"),
+            eos_token => tok("eos_token"),
+        })
+        .map_err(|e| Error::Tokenizer(format!("chat template failed: {e}")))
+    }
+}
+
+fn string_array<'a>(h: &'a GgufHeader, key: &str) -> Result<Option<Vec<&'a str>>> {
+    match h.get(key) {
+        None => Ok(None),
+        Some(GValue::Array(a)) => {
+            if a.len() > MAX_VOCAB {
+                bail!(
+                    Gguf,
+                    "`{key}` has {} entries, more than the {MAX_VOCAB} cap",
+                    a.len()
+                );
+            }
+            a.iter()
+                .map(|v| match v {
+                    GValue::String(s) => Ok(s.as_str()),
+                    _ => Err(Error::Gguf(format!("`{key}` holds a non-string"))),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some)
+        }
+        Some(_) => bail!(Gguf, "`{key}` is not an array"),
+    }
+}
+
+/// Pre-tokenizer regexes of llama.cpp's `tokenizer.ggml.pre` values, as transformers' tokenizer.json has them.
+fn pre_tokenizer(pre: &str) -> Value {
+    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+    let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
+    match pre {
+        "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "llama-bpe" | "llama3" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
+            split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+            byte_level(false)]}),
+        "qwen2" | "deepseek-r1-qwen" => json!({"type": "Sequence", "pretokenizers": [
+            split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+            byte_level(false)]}),
+        _ => byte_level(true),
+    }
+}
+
+/// Builds `tokenizer.json` and `tokenizer_config.json` equivalent to the GGUF's tokenizer metadata.
+pub fn gguf_tokenizer_json(h: &GgufHeader) -> Result<(Value, Value)> {
+    let model = h.get_str("tokenizer.ggml.model").unwrap_or("");
+    let Some(tokens) = string_array(h, "tokenizer.ggml.tokens")? else {
+        bail!(
+            Gguf,
+            "no tokenizer in this file (`tokenizer.ggml.tokens` missing)"
+        );
+    };
+    let types: Vec<u64> = match h.get("tokenizer.ggml.token_type") {
+        Some(GValue::Array(a)) if a.len() == tokens.len() => a
+            .iter()
+            .map(|v| match v {
+                GValue::I32(x) => *x as u64,
+                GValue::U32(x) => *x as u64,
+                _ => 1,
+            })
+            .collect(),
+        _ => vec![1; tokens.len()],
+    };
+    let id = |k: &str| {
+        h.get_u64(k)
+            .filter(|&i| (i as usize) < tokens.len())
+            .map(|i| i as usize)
+    };
+    let bos = id("tokenizer.ggml.bos_token_id");
+    let eos = id("tokenizer.ggml.eos_token_id");
+    let unk = id("tokenizer.ggml.unknown_token_id");
+    let pad = id("tokenizer.ggml.padding_token_id");
+    let add_bos = h.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
+    let add_eos = h.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
+
+    let mut added = Vec::new();
+    for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+        // 3 = control, 4 = user-defined (llama.cpp's token types).
+        if *ty == 3 || *ty == 4 {
+            added.push(
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": *ty == 4, "special": *ty == 3}),
+            );
+        }
+    }
+    let vocab: serde_json::Map<String, Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
+    let tok_name = |i: Option<usize>| i.map(|i| tokens[i].to_string());
+
+    let mut tj = match model {
+        "gpt2" => {
+            let merges = string_array(h, "tokenizer.ggml.merges")?.unwrap_or_default();
+            let merges: Vec<Value> = merges
+                .iter()
+                .map(|m| match m.split_once(' ') {
+                    Some((a, b)) => Ok(json!([a, b])),
+                    None => Err(Error::Gguf(format!("malformed merge `{m}`"))),
+                })
+                .collect::<Result<_>>()?;
+            let pre = h.get_str("tokenizer.ggml.pre").unwrap_or("default");
+            json!({
+                "version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": added,
+                "normalizer": null,
+                "pre_tokenizer": pre_tokenizer(pre),
+                "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                "model": {"type": "BPE", "dropout": null, "unk_token": tok_name(unk), "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                    "vocab": vocab, "merges": merges}
+            })
+        }
+        "llama" => {
+            // SentencePiece BPE: scores order the merges; byte fallback for unknown bytes.
+            let scores: Vec<f64> = match h.get("tokenizer.ggml.scores") {
+                Some(GValue::Array(a)) if a.len() == tokens.len() => a
+                    .iter()
+                    .map(|v| {
+                        if let GValue::F32(x) = v {
+                            *x as f64
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+                _ => bail!(
+                    Gguf,
+                    "SentencePiece tokenizer without `tokenizer.ggml.scores`"
+                ),
+            };
+            let merges = spm_merges(&tokens, &types, &scores);
+            json!({
+                "version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": added,
+                "normalizer": {"type": "Sequence", "normalizers": [
+                    {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+                "pre_tokenizer": null,
+                "post_processor": null,
+                "decoder": {"type": "Sequence", "decoders": [
+                    {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                    {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+                "model": {"type": "BPE", "dropout": null, "unk_token": tok_name(unk), "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                    "vocab": vocab, "merges": merges}
+            })
+        }
+        other => bail!(
+            Tokenizer,
+            "GGUF tokenizer model `{other}` is not supported (podar reads gpt2 and llama)"
+        ),
+    };
+    if add_bos || add_eos {
+        let mut single = vec![];
+        let mut special = serde_json::Map::new();
+        if let (true, Some(b)) = (add_bos, bos) {
+            single.push(json!({"SpecialToken": {"id": tokens[b], "type_id": 0}}));
+            special.insert(
+                tokens[b].to_string(),
+                json!({"id": tokens[b], "ids": [b], "tokens": [tokens[b]]}),
+            );
+        }
+        single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+        if let (true, Some(e)) = (add_eos, eos) {
+            single.push(json!({"SpecialToken": {"id": tokens[e], "type_id": 0}}));
+            special.insert(
+                tokens[e].to_string(),
+                json!({"id": tokens[e], "ids": [e], "tokens": [tokens[e]]}),
+            );
+        }
+        let template = json!({"type": "TemplateProcessing", "single": single.clone(),
+            "pair": single.iter().cloned().chain([json!({"Sequence": {"id": "B", "type_id": 1}})]).collect::<Vec<_>>(),
+            "special_tokens": special});
+        tj["post_processor"] = if model == "gpt2" {
+            json!({"type": "Sequence", "processors": [tj["post_processor"].clone(), template]})
+        } else {
+            template
+        };
+    }
+    let mut cfg = json!({
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": 1_000_000_000_000_000_019u64,
+        "tokenizer_class": if model == "gpt2" { "GPT2Tokenizer" } else { "LlamaTokenizer" },
+    });
+    for (k, i) in [
+        ("bos_token", bos),
+        ("eos_token", eos),
+        ("unk_token", unk),
+        ("pad_token", pad),
+    ] {
+        if let Some(i) = i {
+            cfg[k] = json!(tokens[i]);
+        }
+    }
+    if let Some(t) = h.get_str("tokenizer.chat_template") {
+        cfg["chat_template"] = json!(t);
+    }
+    Ok((tj, cfg))
+}
+
+/// SentencePiece vocabularies carry scores, not merges: derive merges the way transformers does
+/// (every split of a piece into two pieces in the vocabulary, ordered by the merged piece's score).
+fn spm_merges(tokens: &[&str], types: &[u64], scores: &[f64]) -> Vec<Value> {
+    let index: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if types[i] != 1 {
+            continue;
+        }
+        for (pos, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(pos);
+            if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
+                merges.push((scores[i], li, ri, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then((a.1, a.2).cmp(&(b.1, b.2)))
+    });
+    merges
+        .into_iter()
+        .map(|(_, _, _, l, r)| json!([l, r]))
+        .collect()
+}

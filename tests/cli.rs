@@ -1,0 +1,206 @@
+//! The CLI on bad input: one clear line on stderr naming the file, exit code 2, never a panic.
+//! And on good input: `inspect --json` and `eval --json` print what scripts depend on.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn podar(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_podar"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tiny(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny")
+        .join(name)
+}
+
+fn real_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("podar-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// Asserts a clean failure: exit 2, one stderr line that names `file` and contains `needle`.
+fn fails(args: &[&str], file: &Path, needle: &str) {
+    let (code, _, err) = podar(args);
+    assert_eq!(code, 2, "args {args:?}: stderr {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "panic: {err}"
+    );
+    let line = err.trim_end();
+    assert_eq!(line.lines().count(), 1, "expected one line, got {err:?}");
+    assert!(
+        line.contains(&*file.to_string_lossy()),
+        "{line:?} does not name {}",
+        file.display()
+    );
+    assert!(
+        line.to_lowercase().contains(&needle.to_lowercase()),
+        "{line:?} does not say {needle:?}"
+    );
+}
+
+#[test]
+fn missing_file() {
+    let p = tmp("nope.gguf");
+    fails(&["inspect", p.to_str().unwrap()], &p, "no such file");
+}
+
+#[test]
+fn corrupt_gguf() {
+    let p = tmp("garbage.gguf");
+    std::fs::write(&p, b"this is not a gguf file at all, just text").unwrap();
+    fails(&["inspect", p.to_str().unwrap()], &p, "GGUF");
+    fails(
+        &["eval", p.to_str().unwrap(), "--ids", p.to_str().unwrap()],
+        &p,
+        "GGUF",
+    );
+}
+
+#[test]
+fn truncated_gguf() {
+    let bytes = std::fs::read(real_model()).expect("make test fetches the default model");
+    for (i, cut) in [100usize, 1 << 20, bytes.len() - 1000]
+        .into_iter()
+        .enumerate()
+    {
+        let p = tmp(&format!("truncated{i}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let ids = tmp("ids.json");
+        std::fs::write(&ids, "[1,2,3,4,5,6,7,8]").unwrap();
+        fails(
+            &[
+                "eval",
+                p.to_str().unwrap(),
+                "--ids",
+                ids.to_str().unwrap(),
+                "--ctx",
+                "4",
+            ],
+            &p,
+            "GGUF",
+        );
+    }
+}
+
+#[test]
+fn unknown_architecture() {
+    let d = tmp("gpt2");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        br#"{"model_type":"gpt2","n_embd":64}"#,
+    )
+    .unwrap();
+    std::fs::copy(
+        tiny("llama").join("model.safetensors"),
+        d.join("model.safetensors"),
+    )
+    .unwrap();
+    fails(
+        &["inspect", d.to_str().unwrap()],
+        &d,
+        "unsupported architecture `gpt2`",
+    );
+}
+
+#[test]
+fn config_disagrees_with_shapes() {
+    let d = tmp("liar");
+    std::fs::create_dir_all(&d).unwrap();
+    let cfg = std::fs::read_to_string(tiny("llama").join("config.json")).unwrap();
+    let cfg = cfg.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    assert!(cfg.contains("96"));
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    std::fs::copy(
+        tiny("llama").join("model.safetensors"),
+        d.join("model.safetensors"),
+    )
+    .unwrap();
+    fails(
+        &["inspect", d.to_str().unwrap()],
+        &d,
+        "gate_proj.weight` has shape [128, 64], the config implies [96, 64]",
+    );
+}
+
+#[test]
+fn truncated_safetensors() {
+    let d = tmp("short");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(tiny("llama").join("config.json"), d.join("config.json")).unwrap();
+    let st = std::fs::read(tiny("llama").join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &st[..st.len() / 2]).unwrap();
+    fails(&["inspect", d.to_str().unwrap()], &d, "truncated");
+}
+
+#[test]
+fn text_too_short_and_ctx_out_of_range() {
+    let t = tmp("short.txt");
+    std::fs::write(&t, "def f(x): return x").unwrap();
+    let m = real_model();
+    let (m, t_s) = (m.to_str().unwrap(), t.to_str().unwrap());
+    fails(&["eval", m, "--text", t_s], &t, "needs at least 512");
+    fails(
+        &["eval", m, "--text", t_s, "--ctx", "1"],
+        &t,
+        "--ctx must be between 2",
+    );
+    fails(
+        &["eval", m, "--text", t_s, "--ctx", "10000000"],
+        &t,
+        "--ctx must be between 2",
+    );
+}
+
+#[test]
+fn inspect_json_uses_transformers_names() {
+    let (code, out, err) = podar(&["inspect", real_model().to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["num_hidden_layers"], 30);
+    assert_eq!(v["hidden_size"], 576);
+    assert_eq!(v["intermediate_size"], 1536);
+    assert_eq!(v["num_attention_heads"], 9);
+    assert_eq!(v["num_key_value_heads"], 3);
+    assert_eq!(v["vocab_size"], 49152);
+    assert_eq!(v["parameters"], 134_515_008u64);
+    assert_eq!(v["dtype"], "Q4_1");
+}
+
+#[test]
+fn eval_json_on_tiny_model() {
+    let ids = tmp("tiny_ids.json");
+    let list: Vec<u32> = (0..40).map(|i| (i * 37 % 256) as u32).collect();
+    std::fs::write(&ids, serde_json::to_string(&list).unwrap()).unwrap();
+    let (code, out, err) = podar(&[
+        "eval",
+        tiny("qwen2").to_str().unwrap(),
+        "--ids",
+        ids.to_str().unwrap(),
+        "--ctx",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tokens"], 40);
+    assert_eq!(v["predictions"], 30);
+    assert!(v["perplexity"].as_f64().unwrap() > 1.0);
+    assert!(v["seconds"].as_f64().is_some());
+}
