@@ -2,7 +2,7 @@
 //! no BOS, mean NLL of tokens 2..ctx given the earlier tokens of the same window.
 
 use crate::error::{bail, Result};
-use crate::model::{nll_rows, Model};
+use crate::model::Model;
 
 /// Largest context podar accepts for evaluation.
 pub const MAX_CTX: usize = 32_768;
@@ -53,9 +53,8 @@ pub fn perplexity(
     let mut total = 0f64;
     let mut n = 0usize;
     for (k, w) in wins.iter().enumerate() {
-        let logits = model.forward(w, 1, ctx, None)?;
-        let logits = logits.narrow(0, 0, ctx - 1)?;
-        let nll = nll_rows(&logits, &w[1..])?;
+        let h = model.hidden(w, 1, ctx)?;
+        let nll = model.nll(&h.narrow(0, 0, ctx - 1)?, &w[1..])?;
         total += nll.iter().map(|&x| x as f64).sum::<f64>();
         n += nll.len();
         progress(k + 1, wins.len());

@@ -13,13 +13,17 @@
 //! println!("{}", bundle.tokenizer().unwrap().decode(&out).unwrap());
 //! ```
 
+pub mod calib;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod load;
 pub mod model;
+pub mod prune;
 pub mod safetensors;
 pub mod source;
 pub mod tokenizer;

@@ -69,6 +69,47 @@ mod cli {
             #[arg(long)]
             chat: bool,
         },
+        /// Prune MLP width for a domain and write a Hugging Face folder.
+        Prune {
+            model: PathBuf,
+            /// Domain text for calibration (data-driven scores and recovery).
+            #[arg(long)]
+            calib: Option<PathBuf>,
+            /// Fraction of MLP neurons to remove, e.g. 0.2.
+            #[arg(long)]
+            mlp: Option<f64>,
+            /// MLP width to keep instead of a fraction.
+            #[arg(long)]
+            mlp_size: Option<usize>,
+            /// maw, vow, pon, l2 (static) or wanda, flap (need --calib). Default: wanda with --calib, else maw.
+            #[arg(long)]
+            score: Option<String>,
+            /// Skip the ridge re-fit of the down projections.
+            #[arg(long)]
+            no_recover: bool,
+            /// Ridge strength of recovery, relative to the Gram matrix's mean diagonal.
+            #[arg(long, default_value_t = 1e-2)]
+            ridge: f64,
+            #[arg(long)]
+            divisor: Option<usize>,
+            #[arg(long, default_value_t = 64)]
+            calib_samples: usize,
+            #[arg(long, default_value_t = 128)]
+            calib_len: usize,
+            /// f32, f16 or bf16.
+            #[arg(long, default_value = "f32")]
+            dtype: String,
+            /// hf (a Hugging Face folder).
+            #[arg(long, default_value = "hf")]
+            format: String,
+            #[arg(long)]
+            out: PathBuf,
+            /// Text files to evaluate before and after (perplexity, ctx 512).
+            #[arg(long)]
+            eval: Vec<PathBuf>,
+            #[arg(long)]
+            json: bool,
+        },
         /// Serve the browser app (www/, pkg/, models/ under --root) on 127.0.0.1.
         Serve {
             #[arg(long, default_value_t = 8080)]
@@ -98,6 +139,10 @@ mod cli {
     }
 
     pub fn main() {
+        // podar's kernels bring their own threads; candle's spinning pool would compete for the cores.
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
         let cli = Cli::parse();
         if let Err(f) = run(cli) {
             match f.file {
@@ -247,6 +292,182 @@ mod cli {
         Some(kb * 1024)
     }
 
+    struct PruneArgs {
+        model: PathBuf,
+        calib: Option<PathBuf>,
+        mlp: Option<f64>,
+        mlp_size: Option<usize>,
+        score: Option<String>,
+        no_recover: bool,
+        ridge: f64,
+        divisor: Option<usize>,
+        calib_samples: usize,
+        calib_len: usize,
+        dtype: String,
+        format: String,
+        out: PathBuf,
+        eval: Vec<PathBuf>,
+        json: bool,
+    }
+
+    fn ppl_of(b: &Bundle, m: &podar::Model, file: &Path) -> Result<f64, Failure> {
+        let text = std::fs::read_to_string(file).at(file)?;
+        let ids = b.tokenizer().at(file)?.encode(&text, false).at(file)?;
+        let pb = bar(0, "eval");
+        let r = podar::perplexity(m, &ids, 512, &mut |d, n| {
+            pb.set_length(n as u64);
+            pb.set_position(d as u64);
+        })
+        .at(file)?;
+        pb.finish_and_clear();
+        Ok(r.perplexity)
+    }
+
+    fn prune(a: PruneArgs) -> Result<(), Failure> {
+        use podar::prune::{PruneOptions, Score};
+        let t0 = Instant::now();
+        let bad = |p: &Path, m: String| Failure {
+            file: Some(p.to_path_buf()),
+            err: Error::Input(m),
+        };
+        if a.format != "hf" {
+            return Err(bad(
+                &a.out,
+                format!("--format {} is not supported yet (use hf)", a.format),
+            ));
+        }
+        let dtype = match a.dtype.as_str() {
+            "f32" => podar::StorageDtype::F32,
+            "f16" => podar::StorageDtype::F16,
+            "bf16" => podar::StorageDtype::BF16,
+            d => {
+                return Err(bad(
+                    &a.out,
+                    format!("--dtype must be f32, f16 or bf16, got {d}"),
+                ))
+            }
+        };
+        let score = match (&a.score, &a.calib) {
+            (Some(s), _) => Score::parse(s).at(&a.model)?,
+            (None, Some(_)) => Score::Wanda,
+            (None, None) => Score::Maw,
+        };
+        if a.calib.is_none() {
+            eprintln!("podar: warning: without --calib only static weight scores are possible; they damage small models badly (see README)");
+        }
+        let opts = PruneOptions {
+            mlp_fraction: a.mlp,
+            mlp_size: a.mlp_size,
+            divisor: a.divisor,
+            score,
+            recover: !a.no_recover && a.calib.is_some(),
+            ridge: a.ridge,
+            calib_samples: a.calib_samples,
+            calib_len: a.calib_len,
+        };
+        let b = load(&a.model)?;
+        podar::prune::mlp_target(b.model.cfg.intermediate_size, &opts).at(&a.model)?;
+        let calib_ids = match &a.calib {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).at(p)?;
+                let ids = b.tokenizer().at(&a.model)?.encode(&text, false).at(p)?;
+                Some(podar::calib::windows(&ids, a.calib_samples, a.calib_len).at(p)?)
+            }
+            None => None,
+        };
+        let before: Vec<f64> = a
+            .eval
+            .iter()
+            .map(|f| ppl_of(&b, &b.model, f))
+            .collect::<Result<_, _>>()?;
+        let t_prune = Instant::now();
+        let pb = bar(0, "prune");
+        let pruned =
+            podar::prune::prune_mlp(&b.model, calib_ids.as_deref(), &opts, &mut |stage, d, n| {
+                pb.set_message(stage.to_string());
+                pb.set_length(n as u64);
+                pb.set_position(d as u64);
+            })
+            .at(&a.model)?;
+        pb.finish_and_clear();
+        let prune_secs = t_prune.elapsed().as_secs_f64();
+        std::fs::create_dir_all(&a.out).at(&a.out)?;
+        let st = a.out.join("model.safetensors");
+        let mut w = std::io::BufWriter::new(File::create(&st).at(&st)?);
+        podar::export::write_safetensors(&pruned.model, dtype, &mut w).at(&st)?;
+        std::io::Write::flush(&mut w).at(&st)?;
+        for (name, bytes) in podar::export::hf_side_files(
+            &pruned.model,
+            b.tokenizer.as_ref(),
+            b.generation_config.as_ref(),
+            dtype,
+        )
+        .at(&a.out)?
+        {
+            let p = a.out.join(name);
+            std::fs::write(&p, bytes).at(&p)?;
+        }
+        let after: Vec<f64> = a
+            .eval
+            .iter()
+            .map(|f| ppl_of(&b, &pruned.model, f))
+            .collect::<Result<_, _>>()?;
+        let secs = t0.elapsed().as_secs_f64();
+        let (pb_, pa) = (b.model.parameter_count(), pruned.model.parameter_count());
+        let evals: Vec<serde_json::Value> = a
+            .eval
+            .iter()
+            .zip(before.iter().zip(&after))
+            .map(|(f, (x, y))| serde_json::json!({"file": f.file_name().map(|n| n.to_string_lossy().into_owned()), "before": x, "after": y}))
+            .collect();
+        let report = serde_json::json!({
+            "podar_version": env!("CARGO_PKG_VERSION"),
+            "source": a.model.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "method": {"mlp": opts.mlp_fraction, "mlp_size": pruned.model.cfg.intermediate_size, "score": opts.score,
+                "recover": opts.recover, "ridge": opts.ridge, "divisor": opts.divisor},
+            "calibration": {"tokens": pruned.calib_tokens, "samples": opts.calib_samples, "len": opts.calib_len},
+            "parameters_before": pb_, "parameters_after": pa,
+            "kept_mlp_neurons": pruned.kept,
+            "seconds": {"prune": prune_secs, "total": secs},
+            "perplexity": evals,
+        });
+        let rp = a.out.join("podar-report.json");
+        std::fs::write(&rp, serde_json::to_vec_pretty(&report).at(&rp)?).at(&rp)?;
+        let card = format!(
+            "# Pruned with podar\n\nSource: `{}`. MLP width {} → {} per layer ({:?} scores{}), parameters {:.2}M → {:.2}M.\n\n{}\nSee `podar-report.json` for the kept neurons and timings.\n",
+            a.model.display(),
+            b.model.cfg.intermediate_size,
+            pruned.model.cfg.intermediate_size,
+            opts.score,
+            if opts.recover { ", ridge recovery" } else { "" },
+            pb_ as f64 / 1e6,
+            pa as f64 / 1e6,
+            evals.iter().map(|e| format!("- perplexity on {}: {:.3} → {:.3}\n", e["file"], e["before"], e["after"])).collect::<String>()
+        );
+        let cp = a.out.join("README.md");
+        std::fs::write(&cp, card).at(&cp)?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"parameters_before": pb_, "parameters_after": pa, "seconds": secs, "out": a.out})
+            );
+        } else {
+            for e in &evals {
+                eprintln!(
+                    "perplexity {}: {:.3} -> {:.3}",
+                    e["file"], e["before"], e["after"]
+                );
+            }
+            eprintln!(
+                "wrote {} ({:.2}M -> {:.2}M parameters) in {secs:.1} s",
+                a.out.display(),
+                pb_ as f64 / 1e6,
+                pa as f64 / 1e6
+            );
+        }
+        Ok(())
+    }
+
     fn run(cli: Cli) -> Result<(), Failure> {
         match cli.cmd {
             Cmd::Inspect { model, json } => {
@@ -351,6 +572,39 @@ mod cli {
                 .at(&model)?;
                 println!();
             }
+            Cmd::Prune {
+                model,
+                calib,
+                mlp,
+                mlp_size,
+                score,
+                no_recover,
+                ridge,
+                divisor,
+                calib_samples,
+                calib_len,
+                dtype,
+                format,
+                out,
+                eval,
+                json,
+            } => prune(PruneArgs {
+                model,
+                calib,
+                mlp,
+                mlp_size,
+                score,
+                no_recover,
+                ridge,
+                divisor,
+                calib_samples,
+                calib_len,
+                dtype,
+                format,
+                out,
+                eval,
+                json,
+            })?,
             Cmd::Serve { port, root } => {
                 crate::serve::serve(&root, port).at(&root)?;
             }

@@ -3,8 +3,9 @@
 
 use crate::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
 use crate::error::{bail, Error, Result};
+use crate::kernels::{attention, AttnShape};
 use crate::source::TensorSource;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 
 /// A linear map `y = x Wᵀ + b` with `W` stored `[out, in]` as in transformers.
 #[derive(Debug, Clone)]
@@ -16,11 +17,7 @@ pub struct Linear {
 impl Linear {
     /// `x` is `[n, in]`; returns `[n, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        crate::kernels::linear(x, &self.weight, self.bias.as_ref())
     }
 }
 
@@ -139,6 +136,8 @@ pub fn check_source(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<()> {
 /// What the forward pass can report about one layer (for calibration and pruning statistics).
 pub struct LayerTrace<'a> {
     pub layer: usize,
+    /// Input of the MLP (after its norm), `[n, hidden]`.
+    pub mlp_input: &'a Tensor,
     /// Input of the MLP's down projection, `[n, intermediate]`.
     pub mlp_hidden: &'a Tensor,
     /// Input of the attention's output projection, `[n, heads·head_dim]`.
@@ -316,25 +315,6 @@ impl Model {
         ))
     }
 
-    /// Additive mask `[t, s]` for queries at `start..start+t` over keys `0..s`.
-    fn mask(&self, kind: LayerType, start: usize, t: usize, s: usize) -> Result<Tensor> {
-        let window = match kind {
-            LayerType::Sliding => self.cfg.sliding_window,
-            LayerType::Full => None,
-        };
-        let mut m = vec![0f32; t * s];
-        for i in 0..t {
-            let p = start + i;
-            for j in 0..s {
-                let visible = j <= p && window.is_none_or(|w| p - j < w);
-                if !visible {
-                    m[i * s + j] = f32::NEG_INFINITY;
-                }
-            }
-        }
-        Ok(Tensor::from_vec(m, (t, s), &Device::Cpu)?)
-    }
-
     /// Embeds token ids `[b, t]` into `[b·t, hidden]`.
     pub fn embed(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
         if ids.len() != b * t {
@@ -363,13 +343,6 @@ impl Model {
         let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
         let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
         Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
-    }
-
-    fn softmax_last(x: &Tensor) -> Result<Tensor> {
-        let m = x.max_keepdim(D::Minus1)?;
-        let e = x.broadcast_sub(&m)?.exp()?;
-        let s = e.sum_keepdim(D::Minus1)?;
-        Ok(e.broadcast_div(&s)?)
     }
 
     fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
@@ -420,17 +393,24 @@ impl Model {
             cache.kv[l] = Some((k.clone(), v.clone()));
         }
         let s = k.dim(2)?;
-        // Group query heads by their KV head: [b, nkv, g·t, hd] against [b, nkv, s, hd].
+        // Query heads grouped by their KV head: [b, nkv, g·t, hd] against [b, nkv, s, hd].
         let qg = q.reshape((b, nkv, g * t, hd))?;
-        let mut scores = (qg.matmul(&k.t()?)? * c.attn_scale())?;
-        if let Some(cap) = c.attn_logit_softcapping {
-            scores = Self::softcap(&scores, cap)?;
-        }
-        let mask = self.mask(kind, start, t, s)?;
-        let scores = scores.reshape((b, nkv, g, t, s))?.broadcast_add(&mask)?;
-        let probs = Self::softmax_last(&scores)?.reshape((b, nkv, g * t, s))?;
-        let attn = probs
-            .matmul(&v)?
+        let shape = AttnShape {
+            batch: b,
+            kv_heads: nkv,
+            group: g,
+            t,
+            s,
+            head_dim: hd,
+            start,
+            scale: c.attn_scale() as f32,
+            softcap: c.attn_logit_softcapping.map(|x| x as f32),
+            window: match kind {
+                LayerType::Sliding => c.sliding_window,
+                LayerType::Full => None,
+            },
+        };
+        let attn = attention(&qg, &k, &v, &shape)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .contiguous()?
@@ -454,6 +434,7 @@ impl Model {
         if let Some(f) = trace {
             f(LayerTrace {
                 layer: l,
+                mlp_input: &h,
                 mlp_hidden: &mid,
                 attn_hidden: &attn,
             });
@@ -469,7 +450,7 @@ impl Model {
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.rms_norm(x, &self.norm)?;
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let mut logits = h.matmul(&w.t()?)?;
+        let mut logits = crate::kernels::linear(&h, w, None)?;
         if let Some(cap) = self.cfg.final_logit_softcapping {
             logits = Self::softcap(&logits, cap)?;
         }
@@ -517,11 +498,85 @@ impl Model {
     }
 }
 
-/// Mean negative log-likelihood helper: `logits` `[n, vocab]`, `targets` n ids → per-row NLL.
-pub fn nll_rows(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
-    let logits = logits.to_dtype(DType::F32)?;
-    let lse = logits.log_sum_exp(D::Minus1)?;
-    let idx = Tensor::from_slice(targets, (targets.len(), 1), &Device::Cpu)?;
-    let picked = logits.gather(&idx, 1)?.squeeze(1)?;
-    Ok((lse - picked)?.to_vec1()?)
+impl Model {
+    /// Every weight by its transformers name, in `expected_tensors` order.
+    /// (Tensors are reference-counted: the clones share storage.)
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vec![(
+            "model.embed_tokens.weight".into(),
+            self.embed_tokens.clone(),
+        )];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}.");
+            let mut add = |n: &str, t: &Tensor| v.push((format!("{p}{n}"), t.clone()));
+            add("input_layernorm.weight", &layer.input_layernorm);
+            add("self_attn.q_proj.weight", &layer.q_proj.weight);
+            add("self_attn.k_proj.weight", &layer.k_proj.weight);
+            add("self_attn.v_proj.weight", &layer.v_proj.weight);
+            add("self_attn.o_proj.weight", &layer.o_proj.weight);
+            for (n, lin) in [
+                ("q_proj", &layer.q_proj),
+                ("k_proj", &layer.k_proj),
+                ("v_proj", &layer.v_proj),
+                ("o_proj", &layer.o_proj),
+            ] {
+                if let Some(b) = &lin.bias {
+                    add(&format!("self_attn.{n}.bias"), b);
+                }
+            }
+            if let (Some(q), Some(k)) = (&layer.q_norm, &layer.k_norm) {
+                add("self_attn.q_norm.weight", q);
+                add("self_attn.k_norm.weight", k);
+            }
+            add(
+                "post_attention_layernorm.weight",
+                &layer.post_attention_layernorm,
+            );
+            if let (Some(a), Some(b)) = (
+                &layer.pre_feedforward_layernorm,
+                &layer.post_feedforward_layernorm,
+            ) {
+                add("pre_feedforward_layernorm.weight", a);
+                add("post_feedforward_layernorm.weight", b);
+            }
+            add("mlp.gate_proj.weight", &layer.gate_proj.weight);
+            add("mlp.up_proj.weight", &layer.up_proj.weight);
+            add("mlp.down_proj.weight", &layer.down_proj.weight);
+        }
+        v.push(("model.norm.weight".into(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            v.push(("lm_head.weight".into(), h.clone()));
+        }
+        v
+    }
+
+    /// Hidden states after the last layer, `[b·t, hidden]`, for ids laid out `[b, t]`.
+    pub fn hidden(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
+        let mut x = self.embed(ids, b, t)?;
+        for l in 0..self.layers.len() {
+            x = self.layer_forward(l, &x, b, t, None, None)?;
+        }
+        Ok(x)
+    }
+
+    /// Negative log-likelihood of each `targets[i]` given hidden row `i` of `x` (`[n, hidden]`).
+    /// The LM head runs on a few rows at a time, so the full `[n, vocab]` logits never exist.
+    pub fn nll(&self, x: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+        const ROWS: usize = 64;
+        let n = targets.len();
+        let mut out = Vec::with_capacity(n);
+        for r0 in (0..n).step_by(ROWS) {
+            let r = ROWS.min(n - r0);
+            let logits = self.head(&x.narrow(0, r0, r)?)?;
+            let v = self.cfg.vocab_size;
+            crate::kernels::with_slice(&logits, |l| {
+                for (row, &tgt) in l.chunks_exact(v).zip(&targets[r0..r0 + r]) {
+                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f64 = row.iter().map(|&z| (z - m).exp() as f64).sum();
+                    out.push((sum.ln() as f32 + m) - row[tgt as usize]);
+                }
+            })?;
+        }
+        Ok(out)
+    }
 }

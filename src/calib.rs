@@ -1,0 +1,143 @@
+//! Calibration: the user's domain text cut into windows, run through the unpruned model layer by
+//! layer (one layer's activations alive at a time, the LM head never needed), gathering the
+//! per-neuron statistics that data-driven scores and recovery use.
+
+use crate::error::{bail, Result};
+use crate::kernels::{linear, with_slice};
+use crate::model::{LayerTrace, Model};
+use candle_core::Tensor;
+
+/// Per-layer statistics of the MLP over all calibration tokens.
+#[derive(Debug, Clone)]
+pub struct LayerStats {
+    /// Σ x_j² of each MLP input feature (after the norm), `[hidden]`.
+    pub input_sq: Vec<f64>,
+    /// Σ a_i and Σ a_i² of each intermediate neuron (input of the down projection), `[intermediate]`.
+    pub act_sum: Vec<f64>,
+    pub act_sq: Vec<f64>,
+    /// Gram matrix Σ a aᵀ of intermediate activations, `[intermediate, intermediate]`, when requested.
+    pub gram: Option<Tensor>,
+    /// Mean cosine similarity between the layer's input and output residual streams.
+    pub io_cosine: f64,
+    /// Calibration tokens the sums run over.
+    pub tokens: usize,
+}
+
+/// Statistics of every layer plus the token count they were gathered on.
+#[derive(Debug, Clone)]
+pub struct CalibStats {
+    pub layers: Vec<LayerStats>,
+    pub tokens: usize,
+}
+
+/// The first `samples` consecutive windows of `len` ids; a clear error if the text is too short.
+pub fn windows(ids: &[u32], samples: usize, len: usize) -> Result<Vec<u32>> {
+    if samples == 0 || len < 2 {
+        bail!(
+            Input,
+            "--calib-samples must be at least 1 and --calib-len at least 2"
+        );
+    }
+    let need = samples
+        .checked_mul(len)
+        .ok_or_else(|| crate::Error::Input("calibration size overflows".into()))?;
+    if ids.len() < need {
+        bail!(
+            Input,
+            "the calibration text has {} tokens; {samples} windows of {len} need {need} (about {} more tokens, roughly {} more characters)",
+            ids.len(),
+            need - ids.len(),
+            (need - ids.len()) * 4
+        );
+    }
+    Ok(ids[..need].to_vec())
+}
+
+fn col_sums(t: &Tensor, sq: bool) -> Result<Vec<f64>> {
+    let (_, n) = t.dims2()?;
+    with_slice(t, |s| {
+        let mut out = vec![0f64; n];
+        for row in s.chunks_exact(n) {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o += if sq { (x * x) as f64 } else { x as f64 };
+            }
+        }
+        out
+    })
+}
+
+fn mean_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let (_, n) = a.dims2()?;
+    let (av, bv) = (
+        a.flatten_all()?.to_vec1::<f32>()?,
+        b.flatten_all()?.to_vec1::<f32>()?,
+    );
+    let mut total = 0f64;
+    let mut rows = 0usize;
+    for (x, y) in av.chunks_exact(n).zip(bv.chunks_exact(n)) {
+        let (mut d, mut nx, mut ny) = (0f64, 0f64, 0f64);
+        for (&p, &q) in x.iter().zip(y) {
+            d += (p * q) as f64;
+            nx += (p * p) as f64;
+            ny += (q * q) as f64;
+        }
+        total += d / (nx.sqrt() * ny.sqrt()).max(1e-12);
+        rows += 1;
+    }
+    Ok(total / rows.max(1) as f64)
+}
+
+/// Runs `ids` (`samples` windows of `len`) through the model layer by layer, gathering statistics.
+/// `gram` also accumulates each layer's activation Gram matrix (for recovery), handed to `on_layer`
+/// and then dropped, so only one layer's Gram matrix is alive at a time.
+pub fn collect(
+    model: &Model,
+    ids: &[u32],
+    samples: usize,
+    len: usize,
+    gram: bool,
+    on_layer: &mut dyn FnMut(usize, &LayerStats) -> Result<()>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<CalibStats> {
+    let mut x = model.embed(ids, samples, len)?;
+    let n_layers = model.layers.len();
+    let mut layers = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let mut stats: Option<Result<LayerStats>> = None;
+        let mut tr = |t: LayerTrace| {
+            stats = Some((|| {
+                let a = t.mlp_hidden;
+                let gram = if gram {
+                    let at = a.t()?.contiguous()?;
+                    Some(linear(&at, &at, None)?)
+                } else {
+                    None
+                };
+                Ok(LayerStats {
+                    input_sq: col_sums(t.mlp_input, true)?,
+                    act_sum: col_sums(a, false)?,
+                    act_sq: col_sums(a, true)?,
+                    gram,
+                    io_cosine: 0.0,
+                    tokens: ids.len(),
+                })
+            })());
+        };
+        let y = model.layer_forward(l, &x, samples, len, None, Some(&mut tr))?;
+        let Some(st) = stats else {
+            bail!(Input, "layer {l} produced no statistics");
+        };
+        let mut st = st?;
+        st.io_cosine = mean_cosine(&x, &y)?;
+        on_layer(l, &st)?;
+        // The Gram matrix is large (intermediate²): used by `on_layer`, then dropped.
+        st.gram = None;
+        layers.push(st);
+        x = y;
+        progress(l + 1, n_layers);
+    }
+    Ok(CalibStats {
+        layers,
+        tokens: ids.len(),
+    })
+}

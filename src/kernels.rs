@@ -1,0 +1,330 @@
+//! CPU kernels on plain f32 slices: the matmuls and the attention that evaluation and calibration
+//! spend their time in. gemm's single-threaded microkernels, split over our own worker threads
+//! (candle's thread pools fight each other on two cores).
+
+use crate::error::Result;
+use candle_core::{Device, Storage, Tensor};
+use gemm::{gemm, Parallelism};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Worker threads for kernels: `PODAR_THREADS`, else the machine's parallelism (1 on wasm32).
+pub fn threads() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    {
+        1
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::env::var("PODAR_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+    }
+}
+
+/// Runs `f(i)` for `i in 0..n`, spread over `threads()` workers.
+pub fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    let t = threads().min(n);
+    if t <= 1 {
+        (0..n).for_each(f);
+        return;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let next = AtomicUsize::new(0);
+        let work = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            f(i);
+        };
+        std::thread::scope(|s| {
+            for _ in 1..t {
+                s.spawn(work);
+            }
+            work();
+        });
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = AtomicUsize::new(0);
+        let _ = Ordering::Relaxed;
+        (0..n).for_each(f);
+    }
+}
+
+/// A raw pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every task writes a disjoint region (distinct columns or rows), and the scope joins all
+// tasks before the buffer is read or freed.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// `c[m×n] (row stride ldc) (+)= a[m×k] (row stride lda) · bᵀ` with `b` n×k (row stride ldb).
+///
+/// # Safety
+/// The pointers must cover the regions the strides and sizes describe.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_bt(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    acc: bool,
+) {
+    gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        acc,
+        a,
+        1,
+        lda as isize,
+        b,
+        ldb as isize,
+        1,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+/// `c[m×n] = a[m×k] · b[k×n]`, all row-major with the given row strides.
+///
+/// # Safety
+/// As for [`gemm_bt`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_nn(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+) {
+    gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        false,
+        a,
+        1,
+        lda as isize,
+        b,
+        1,
+        ldb as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+pub fn with_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("podar kernels run on the CPU".into()).into());
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let n = t.elem_count();
+    Ok(f(&data[layout.start_offset()..layout.start_offset() + n]))
+}
+
+/// `x[rows×in] · wᵀ (+ b)` with `w` `[out, in]`: the linear layer, split over output columns.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (rows, k) = x.dims2()?;
+    let (n, k2) = w.dims2()?;
+    if k != k2 {
+        return Err(candle_core::Error::Msg(format!(
+            "linear: input has {k} features, weight expects {k2}"
+        ))
+        .into());
+    }
+    let mut out = vec![0f32; rows * n];
+    let optr = SharedMut(out.as_mut_ptr());
+    with_slice(x, |xs| {
+        with_slice(w, |ws| {
+            // Chunks of output columns, a few per thread so uneven cores still balance.
+            let chunk = n
+                .div_ceil(threads() * 4)
+                .max(32)
+                .next_multiple_of(16)
+                .min(n.max(1));
+            let tasks = n.div_ceil(chunk);
+            par_for(tasks, &|i| {
+                let j0 = i * chunk;
+                let cols = chunk.min(n - j0);
+                let o = optr;
+                // SAFETY: task i writes only columns j0..j0+cols of `out`; slices cover rows×k and n×k.
+                unsafe {
+                    gemm_bt(
+                        rows,
+                        cols,
+                        k,
+                        o.0.add(j0),
+                        n,
+                        xs.as_ptr(),
+                        k,
+                        ws.as_ptr().add(j0 * k),
+                        k,
+                        false,
+                    )
+                };
+            });
+        })
+    })??;
+    if let Some(b) = bias {
+        let bv = b.to_vec1::<f32>()?;
+        for row in out.chunks_exact_mut(n) {
+            row.iter_mut().zip(&bv).for_each(|(o, b)| *o += b);
+        }
+    }
+    Ok(Tensor::from_vec(out, (rows, n), &Device::Cpu)?)
+}
+
+/// Attention geometry for [`attention`].
+pub struct AttnShape {
+    pub batch: usize,
+    pub kv_heads: usize,
+    /// Query heads per KV head.
+    pub group: usize,
+    /// New query positions.
+    pub t: usize,
+    /// Key positions (cache + new).
+    pub s: usize,
+    pub head_dim: usize,
+    /// Absolute position of the first query.
+    pub start: usize,
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    /// Sliding window (a query sees itself and window−1 earlier keys).
+    pub window: Option<usize>,
+}
+
+/// Causal grouped-query attention. `q` is `[b, kv, g·t, hd]`, `k`/`v` `[b, kv, s, hd]`; returns `[b, kv, g·t, hd]`.
+/// Scores are scaled, soft-capped, masked and soft-maxed in f32, as transformers' eager attention does.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<Tensor> {
+    let AttnShape {
+        batch,
+        kv_heads,
+        group,
+        t,
+        s,
+        head_dim: hd,
+        start,
+        scale,
+        softcap,
+        window,
+    } = *sh;
+    let rows = group * t;
+    let mut out = vec![0f32; batch * kv_heads * rows * hd];
+    let optr = SharedMut(out.as_mut_ptr());
+    const R: usize = 64;
+    let row_chunks = t.div_ceil(R);
+    let tasks = batch * kv_heads * group * row_chunks;
+    with_slice(q, |qs| {
+        with_slice(k, |ks| {
+            with_slice(v, |vs| {
+                par_for(tasks, &|task| {
+                    let (bh, rest) = (task / (group * row_chunks), task % (group * row_chunks));
+                    let (gi, rc) = (rest / row_chunks, rest % row_chunks);
+                    let t0 = rc * R;
+                    let nr = R.min(t - t0);
+                    // Visible keys for query i (absolute p = start+i): lo(p)..=p, within 0..s.
+                    let lo = |p: usize| window.map_or(0, |w| (p + 1).saturating_sub(w));
+                    let (c0, c1) = (lo(start + t0), (start + t0 + nr).min(s));
+                    let cols = c1 - c0;
+                    let row0 = gi * t + t0;
+                    let qp = &qs[(bh * rows + row0) * hd..];
+                    let kp = &ks[(bh * s + c0) * hd..];
+                    let vp = &vs[(bh * s + c0) * hd..];
+                    let mut sc = vec![0f32; nr * cols];
+                    // SAFETY: sc is nr×cols; q rows row0..row0+nr and k rows c0..c1 lie inside their slices.
+                    unsafe {
+                        gemm_bt(
+                            nr,
+                            cols,
+                            hd,
+                            sc.as_mut_ptr(),
+                            cols,
+                            qp.as_ptr(),
+                            hd,
+                            kp.as_ptr(),
+                            hd,
+                            false,
+                        )
+                    };
+                    for (i, row) in sc.chunks_exact_mut(cols).enumerate() {
+                        let p = start + t0 + i;
+                        let (a, b) = (lo(p).max(c0) - c0, (p + 1).min(s) - c0);
+                        let mut m = f32::NEG_INFINITY;
+                        for x in &mut row[a..b] {
+                            *x *= scale;
+                            if let Some(cap) = softcap {
+                                *x = (*x / cap).tanh() * cap;
+                            }
+                            m = m.max(*x);
+                        }
+                        let mut sum = 0f32;
+                        for x in &mut row[a..b] {
+                            *x = (*x - m).exp();
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        row[a..b].iter_mut().for_each(|x| *x *= inv);
+                        row[..a].iter_mut().for_each(|x| *x = 0.0);
+                        row[b..].iter_mut().for_each(|x| *x = 0.0);
+                    }
+                    let o = optr;
+                    // SAFETY: this task alone writes output rows row0..row0+nr of head bh.
+                    unsafe {
+                        gemm_nn(
+                            nr,
+                            hd,
+                            cols,
+                            o.0.add((bh * rows + row0) * hd),
+                            hd,
+                            sc.as_ptr(),
+                            cols,
+                            vp.as_ptr(),
+                            hd,
+                        )
+                    };
+                })
+            })
+        })
+    })???;
+    Ok(Tensor::from_vec(
+        out,
+        (batch, kv_heads, rows, hd),
+        &Device::Cpu,
+    )?)
+}

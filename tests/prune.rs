@@ -1,0 +1,228 @@
+//! Pruning on tiny models: 0% is byte-identical, shapes always match the config, recovery helps,
+//! and bad requests are refused with a clear message.
+
+use podar::prune::{prune_mlp, PruneOptions, Score};
+use podar::safetensors::SafetensorsSource;
+use podar::{StorageDtype, TensorSource};
+use std::io::Cursor;
+use std::path::PathBuf;
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny")
+        .join(name)
+}
+
+fn load(name: &str) -> (podar::Model, Vec<u8>) {
+    let cfg = std::fs::read(dir(name).join("config.json")).unwrap();
+    let st = std::fs::read(dir(name).join("model.safetensors")).unwrap();
+    (
+        podar::load_hf_weights(&cfg, vec![Cursor::new(st.clone())]).unwrap(),
+        st,
+    )
+}
+
+fn export(m: &podar::Model, dtype: StorageDtype) -> (Vec<u8>, Vec<u8>) {
+    let mut st = Vec::new();
+    podar::export::write_safetensors(m, dtype, &mut st).unwrap();
+    let files = podar::export::hf_side_files(m, None, None, dtype).unwrap();
+    let cfg = files
+        .into_iter()
+        .find(|(n, _)| n == "config.json")
+        .unwrap()
+        .1;
+    (cfg, st)
+}
+
+/// Calibration ids: a deterministic pseudo-random walk over the tiny vocabulary.
+fn calib(n: usize) -> Vec<u32> {
+    let mut x = 12345u64;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) % 256) as u32
+        })
+        .collect()
+}
+
+#[test]
+fn zero_percent_is_byte_identical() {
+    for (name, dtype) in [
+        ("llama", StorageDtype::F32),
+        ("llama_bf16", StorageDtype::BF16),
+        ("gemma2", StorageDtype::F32),
+    ] {
+        let (m, src) = load(name);
+        let o = PruneOptions {
+            mlp_fraction: Some(0.0),
+            score: Score::Maw,
+            ..Default::default()
+        };
+        let p = prune_mlp(&m, None, &o, &mut |_, _, _| {}).unwrap();
+        let (_, out) = export(&p.model, dtype);
+        let mut a = SafetensorsSource::new(vec![Cursor::new(src)]).unwrap();
+        let mut b = SafetensorsSource::new(vec![Cursor::new(out)]).unwrap();
+        assert_eq!(a.names(), b.names(), "{name}");
+        for n in a.names() {
+            assert_eq!(
+                a.load_raw(&n).unwrap(),
+                b.load_raw(&n).unwrap(),
+                "{name}: tensor {n} changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn pruned_shapes_match_config_for_every_family_and_score() {
+    let ids = calib(8 * 16);
+    for name in ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"] {
+        let (m, _) = load(name);
+        for score in [
+            Score::Maw,
+            Score::Vow,
+            Score::Pon,
+            Score::L2,
+            Score::Wanda,
+            Score::Flap,
+        ] {
+            let o = PruneOptions {
+                mlp_fraction: Some(0.25),
+                score,
+                calib_samples: 8,
+                calib_len: 16,
+                ..Default::default()
+            };
+            let data = score.needs_data().then_some(&ids[..]);
+            let p = prune_mlp(&m, data, &o, &mut |_, _, _| {}).unwrap();
+            assert_eq!(p.model.cfg.intermediate_size, 96);
+            assert!(p
+                .kept
+                .iter()
+                .all(|k| k.len() == 96 && k.windows(2).all(|w| w[0] < w[1])));
+            let (cfg, st) = export(&p.model, StorageDtype::F32);
+            // The loader checks every tensor's shape against the written config.
+            let back = podar::load_hf_weights(&cfg, vec![Cursor::new(st)]).unwrap();
+            assert_eq!(back.cfg.intermediate_size, 96);
+            assert_eq!(back.parameter_count(), p.model.parameter_count());
+            assert!(back.parameter_count() < m.parameter_count());
+            back.forward(&ids[..12], 1, 12, None).unwrap();
+        }
+    }
+}
+
+fn logit_error(a: &podar::Model, b: &podar::Model, ids: &[u32]) -> f32 {
+    let x: Vec<f32> = a
+        .forward(ids, 1, ids.len(), None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let y: Vec<f32> = b
+        .forward(ids, 1, ids.len(), None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    x.iter().zip(&y).map(|(p, q)| (p - q).powi(2)).sum::<f32>()
+}
+
+#[test]
+fn recovery_brings_outputs_closer_to_the_unpruned_model() {
+    let (m, _) = load("llama");
+    let ids = calib(16 * 32);
+    let held_out = calib(16 * 32 + 64)[16 * 32..].to_vec();
+    let base = PruneOptions {
+        mlp_fraction: Some(0.4),
+        score: Score::Wanda,
+        calib_samples: 16,
+        calib_len: 32,
+        ..Default::default()
+    };
+    let with = prune_mlp(
+        &m,
+        Some(&ids),
+        &PruneOptions {
+            recover: true,
+            ..base.clone()
+        },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let without = prune_mlp(
+        &m,
+        Some(&ids),
+        &PruneOptions {
+            recover: false,
+            ..base
+        },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(with.kept, without.kept);
+    let (e_with, e_without) = (
+        logit_error(&m, &with.model, &held_out),
+        logit_error(&m, &without.model, &held_out),
+    );
+    assert!(
+        e_with < e_without,
+        "recovery did not help: {e_with} vs {e_without}"
+    );
+}
+
+#[test]
+fn bad_requests_are_refused() {
+    let (m, _) = load("llama");
+    let o = PruneOptions {
+        mlp_fraction: Some(0.2),
+        score: Score::Wanda,
+        ..Default::default()
+    };
+    let e = prune_mlp(&m, None, &o, &mut |_, _, _| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("needs calibration text"), "{e}");
+    let e = podar::calib::windows(&calib(100), 64, 128)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("8192"), "{e}");
+    for bad in [
+        PruneOptions {
+            mlp_fraction: Some(1.0),
+            ..Default::default()
+        },
+        PruneOptions {
+            mlp_size: Some(0),
+            ..Default::default()
+        },
+        PruneOptions {
+            mlp_fraction: Some(0.2),
+            mlp_size: Some(10),
+            ..Default::default()
+        },
+        PruneOptions {
+            mlp_fraction: Some(0.2),
+            divisor: Some(48),
+            ..Default::default()
+        },
+        PruneOptions {
+            mlp_size: Some(100),
+            divisor: Some(128),
+            ..Default::default()
+        },
+    ] {
+        assert!(podar::prune::mlp_target(128, &bad).is_err(), "{bad:?}");
+    }
+    let o = PruneOptions {
+        mlp_size: Some(100),
+        divisor: Some(32),
+        ..Default::default()
+    };
+    assert_eq!(podar::prune::mlp_target(128, &o).unwrap(), 96);
+}
