@@ -4,7 +4,7 @@
 
 use crate::error::{bail, Result};
 use crate::kernels::{linear, with_slice};
-use crate::model::{LayerTrace, Model};
+use crate::model::{Layer, LayerTrace, Model};
 use candle_core::Tensor;
 
 /// Per-layer statistics of the MLP over all calibration tokens.
@@ -96,7 +96,7 @@ pub fn collect(
     samples: usize,
     len: usize,
     gram: bool,
-    on_layer: &mut dyn FnMut(usize, &LayerStats) -> Result<()>,
+    on_layer: &mut dyn FnMut(usize, &LayerStats) -> Result<Option<Layer>>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<CalibStats> {
     let mut x = model.embed(ids, samples, len)?;
@@ -129,7 +129,12 @@ pub fn collect(
         };
         let mut st = st?;
         st.io_cosine = mean_cosine(&x, &y)?;
-        on_layer(l, &st)?;
+        // Sequential calibration: a pruned layer hands back its new weights, and the next layer
+        // sees the pruned layer's output, so later layers adapt to earlier pruning.
+        let y = match on_layer(l, &st)? {
+            Some(pruned) => model.layer_forward_with(&pruned, l, &x, samples, len, None, None)?,
+            None => y,
+        };
         // The Gram matrix is large (intermediate²): used by `on_layer`, then dropped.
         st.gram = None;
         layers.push(st);

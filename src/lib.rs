@@ -20,6 +20,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_write;
 pub mod kernels;
 pub mod load;
 pub mod model;

@@ -64,9 +64,21 @@ pub struct Bundle {
     pub tokenizer: Option<Tokenizer>,
     pub generation_config: Option<Value>,
     pub summary: Summary,
+    /// The source GGUF's `tokenizer.*` metadata, carried into GGUF exports unchanged.
+    pub gguf_tokenizer: Option<Vec<(String, candle_core::quantized::gguf_file::Value)>>,
 }
 
 impl Bundle {
+    /// Tokenizer metadata for a GGUF export: the source GGUF's, else derived from tokenizer.json.
+    pub fn gguf_tokenizer_metadata(
+        &self,
+    ) -> Result<Vec<(String, candle_core::quantized::gguf_file::Value)>> {
+        match &self.gguf_tokenizer {
+            Some(m) => Ok(m.clone()),
+            None => self.tokenizer()?.gguf_metadata(),
+        }
+    }
+
     /// The tokenizer, or an error saying the model has none.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         self.tokenizer
@@ -156,14 +168,27 @@ pub fn load_gguf<R: Read + Seek>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Bundle> {
     let (mut src, cfg) = GgufSource::new(reader)?;
-    let tokenizer = Some(Tokenizer::from_gguf(src.header())?);
+    let tokenizer = match src.header().get("tokenizer.ggml.tokens") {
+        Some(_) => Some(Tokenizer::from_gguf(src.header())?),
+        None => None,
+    };
     let summary = gguf_summary(&src, &cfg);
+    let mut gguf_tokenizer: Vec<_> = src
+        .header()
+        .content
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    gguf_tokenizer.sort_by(|a, b| a.0.cmp(&b.0));
     let model = Model::load(cfg, &mut src, progress)?;
     Ok(Bundle {
         model,
         tokenizer,
         generation_config: None,
         summary,
+        gguf_tokenizer: Some(gguf_tokenizer),
     })
 }
 
@@ -193,6 +218,7 @@ pub fn load_hf<R: Read + Seek>(
         tokenizer,
         generation_config,
         summary,
+        gguf_tokenizer: None,
     })
 }
 

@@ -81,7 +81,7 @@ mod cli {
             /// MLP width to keep instead of a fraction.
             #[arg(long)]
             mlp_size: Option<usize>,
-            /// maw, vow, pon, l2 (static) or wanda, flap (need --calib). Default: wanda with --calib, else maw.
+            /// maw, vow, pon, l2 (static) or wanda, flap, optipfair, obs (need --calib). Default: obs with --calib, else maw.
             #[arg(long)]
             score: Option<String>,
             /// Skip the ridge re-fit of the down projections.
@@ -92,14 +92,24 @@ mod cli {
             ridge: f64,
             #[arg(long)]
             divisor: Option<usize>,
+            /// Remove N layers, those whose output differs least from their input on the calibration text.
+            #[arg(long)]
+            drop_layers: Option<usize>,
+            /// Remove these layers (comma-separated indices).
+            #[arg(long, value_delimiter = ',')]
+            drop_layers_at: Option<Vec<usize>>,
+            /// Gather every layer's statistics on the unpruned model (as OptiPFair does) instead of
+            /// calibrating each layer on the already-pruned layers before it.
+            #[arg(long)]
+            parallel_calib: bool,
             #[arg(long, default_value_t = 64)]
             calib_samples: usize,
             #[arg(long, default_value_t = 128)]
             calib_len: usize,
-            /// f32, f16 or bf16.
+            /// f32, f16 or bf16 (hf); f32, f16 or q8_0 (gguf).
             #[arg(long, default_value = "f32")]
             dtype: String,
-            /// hf (a Hugging Face folder).
+            /// hf (a Hugging Face folder) or gguf (DIR/model.gguf for llama.cpp).
             #[arg(long, default_value = "hf")]
             format: String,
             #[arg(long)]
@@ -107,6 +117,21 @@ mod cli {
             /// Text files to evaluate before and after (perplexity, ctx 512).
             #[arg(long)]
             eval: Vec<PathBuf>,
+            #[arg(long)]
+            json: bool,
+        },
+        /// Per-layer and per-neuron importance on calibration text, for charts and scripts.
+        Importance {
+            model: PathBuf,
+            #[arg(long)]
+            calib: PathBuf,
+            /// Neuron score (wanda, flap, optipfair, obs or a static one).
+            #[arg(long, default_value = "wanda")]
+            score: String,
+            #[arg(long, default_value_t = 64)]
+            calib_samples: usize,
+            #[arg(long, default_value_t = 128)]
+            calib_len: usize,
             #[arg(long)]
             json: bool,
         },
@@ -301,6 +326,9 @@ mod cli {
         no_recover: bool,
         ridge: f64,
         divisor: Option<usize>,
+        drop_layers: Option<usize>,
+        drop_layers_at: Option<Vec<usize>>,
+        parallel_calib: bool,
         calib_samples: usize,
         calib_len: usize,
         dtype: String,
@@ -330,22 +358,20 @@ mod cli {
             file: Some(p.to_path_buf()),
             err: Error::Input(m),
         };
-        if a.format != "hf" {
-            return Err(bad(
-                &a.out,
-                format!("--format {} is not supported yet (use hf)", a.format),
-            ));
-        }
-        let dtype = match a.dtype.as_str() {
-            "f32" => podar::StorageDtype::F32,
-            "f16" => podar::StorageDtype::F16,
-            "bf16" => podar::StorageDtype::BF16,
-            d => {
-                return Err(bad(
-                    &a.out,
-                    format!("--dtype must be f32, f16 or bf16, got {d}"),
-                ))
+        use podar::gguf_write::GgufDtype;
+        use podar::StorageDtype as St;
+        // hf: f32/f16/bf16 safetensors; gguf: f32/f16/q8_0.
+        let (hf_dtype, gguf_dtype) = match (a.format.as_str(), a.dtype.as_str()) {
+            ("hf", "f32") => (St::F32, None),
+            ("hf", "f16") => (St::F16, None),
+            ("hf", "bf16") => (St::BF16, None),
+            ("gguf", "f32") => (St::F32, Some(GgufDtype::F32)),
+            ("gguf", "f16") => (St::F32, Some(GgufDtype::F16)),
+            ("gguf", "q8_0") => (St::F32, Some(GgufDtype::Q8_0)),
+            ("hf" | "gguf", d) => {
+                return Err(bad(&a.out, format!("--dtype {d} does not fit --format {} (hf: f32, f16, bf16; gguf: f32, f16, q8_0)", a.format)))
             }
+            (f, _) => return Err(bad(&a.out, format!("--format must be hf or gguf, got {f}"))),
         };
         let score = match (&a.score, &a.calib) {
             (Some(s), _) => Score::parse(s).at(&a.model)?,
@@ -364,9 +390,28 @@ mod cli {
             ridge: a.ridge,
             calib_samples: a.calib_samples,
             calib_len: a.calib_len,
+            drop_layers: a.drop_layers,
+            drop_layers_at: a.drop_layers_at.clone(),
+            sequential: !a.parallel_calib,
         };
         let b = load(&a.model)?;
         podar::prune::mlp_target(b.model.cfg.intermediate_size, &opts).at(&a.model)?;
+        if a.calib.is_none() || opts.drop_layers_at.is_some() {
+            // Check layer choices before any long computation.
+            podar::prune::layers_to_drop(
+                b.model.cfg.num_hidden_layers,
+                &PruneOptions {
+                    drop_layers: None,
+                    ..opts.clone()
+                },
+                &[],
+            )
+            .at(&a.model)?;
+            if opts.drop_layers.is_some() && a.calib.is_none() {
+                podar::prune::layers_to_drop(b.model.cfg.num_hidden_layers, &opts, &[])
+                    .at(&a.model)?;
+            }
+        }
         let calib_ids = match &a.calib {
             Some(p) => {
                 let text = std::fs::read_to_string(p).at(p)?;
@@ -392,20 +437,31 @@ mod cli {
         pb.finish_and_clear();
         let prune_secs = t_prune.elapsed().as_secs_f64();
         std::fs::create_dir_all(&a.out).at(&a.out)?;
-        let st = a.out.join("model.safetensors");
-        let mut w = std::io::BufWriter::new(File::create(&st).at(&st)?);
-        podar::export::write_safetensors(&pruned.model, dtype, &mut w).at(&st)?;
-        std::io::Write::flush(&mut w).at(&st)?;
-        for (name, bytes) in podar::export::hf_side_files(
-            &pruned.model,
-            b.tokenizer.as_ref(),
-            b.generation_config.as_ref(),
-            dtype,
-        )
-        .at(&a.out)?
-        {
-            let p = a.out.join(name);
-            std::fs::write(&p, bytes).at(&p)?;
+        match gguf_dtype {
+            None => {
+                let st = a.out.join("model.safetensors");
+                let mut w = std::io::BufWriter::new(File::create(&st).at(&st)?);
+                podar::export::write_safetensors(&pruned.model, hf_dtype, &mut w).at(&st)?;
+                std::io::Write::flush(&mut w).at(&st)?;
+                let side = podar::export::hf_side_files(
+                    &pruned.model,
+                    b.tokenizer.as_ref(),
+                    b.generation_config.as_ref(),
+                    hf_dtype,
+                )
+                .at(&a.out)?;
+                for (name, bytes) in side {
+                    let p = a.out.join(name);
+                    std::fs::write(&p, bytes).at(&p)?;
+                }
+            }
+            Some(gd) => {
+                let gp = a.out.join("model.gguf");
+                let meta = b.gguf_tokenizer_metadata().at(&a.model)?;
+                let mut w = std::io::BufWriter::new(File::create(&gp).at(&gp)?);
+                podar::gguf_write::write_gguf(&pruned.model, &meta, gd, &mut w).at(&gp)?;
+                std::io::Write::flush(&mut w).at(&gp)?;
+            }
         }
         let after: Vec<f64> = a
             .eval
@@ -427,6 +483,8 @@ mod cli {
                 "recover": opts.recover, "ridge": opts.ridge, "divisor": opts.divisor},
             "calibration": {"tokens": pruned.calib_tokens, "samples": opts.calib_samples, "len": opts.calib_len},
             "parameters_before": pb_, "parameters_after": pa,
+            "kept_layers": pruned.kept_layers,
+            "layer_influence": pruned.layer_influence,
             "kept_mlp_neurons": pruned.kept,
             "seconds": {"prune": prune_secs, "total": secs},
             "perplexity": evals,
@@ -434,8 +492,10 @@ mod cli {
         let rp = a.out.join("podar-report.json");
         std::fs::write(&rp, serde_json::to_vec_pretty(&report).at(&rp)?).at(&rp)?;
         let card = format!(
-            "# Pruned with podar\n\nSource: `{}`. MLP width {} → {} per layer ({:?} scores{}), parameters {:.2}M → {:.2}M.\n\n{}\nSee `podar-report.json` for the kept neurons and timings.\n",
+            "# Pruned with podar\n\nSource: `{}`. Layers {} → {}, MLP width {} → {} per layer ({:?} scores{}), parameters {:.2}M → {:.2}M.\n\n{}\nSee `podar-report.json` for the kept layers, neurons and timings.\n",
             a.model.display(),
+            b.model.cfg.num_hidden_layers,
+            pruned.model.cfg.num_hidden_layers,
             b.model.cfg.intermediate_size,
             pruned.model.cfg.intermediate_size,
             opts.score,
@@ -581,6 +641,9 @@ mod cli {
                 no_recover,
                 ridge,
                 divisor,
+                drop_layers,
+                drop_layers_at,
+                parallel_calib,
                 calib_samples,
                 calib_len,
                 dtype,
@@ -597,6 +660,9 @@ mod cli {
                 no_recover,
                 ridge,
                 divisor,
+                drop_layers,
+                drop_layers_at,
+                parallel_calib,
                 calib_samples,
                 calib_len,
                 dtype,
@@ -605,6 +671,43 @@ mod cli {
                 eval,
                 json,
             })?,
+            Cmd::Importance {
+                model,
+                calib,
+                score,
+                calib_samples,
+                calib_len,
+                json,
+            } => {
+                let score = podar::prune::Score::parse(&score).at(&model)?;
+                let b = load(&model)?;
+                let text = std::fs::read_to_string(&calib).at(&calib)?;
+                let ids = b.tokenizer().at(&model)?.encode(&text, false).at(&calib)?;
+                let ids = podar::calib::windows(&ids, calib_samples, calib_len).at(&calib)?;
+                let pb = bar(0, "calibrate");
+                let imp = podar::prune::importance(
+                    &b.model,
+                    &ids,
+                    calib_samples,
+                    calib_len,
+                    score,
+                    &mut |d, n| {
+                        pb.set_length(n as u64);
+                        pb.set_position(d as u64);
+                    },
+                )
+                .at(&model)?;
+                pb.finish_and_clear();
+                if json {
+                    println!("{}", serde_json::to_string(&imp).at(&model)?);
+                } else {
+                    println!("layer  influence  mean neuron score");
+                    for (l, (inf, s)) in imp.layer_influence.iter().zip(&imp.mlp).enumerate() {
+                        let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
+                        println!("{l:>5}  {inf:>9.5}  {mean:.4e}");
+                    }
+                }
+            }
             Cmd::Serve { port, root } => {
                 crate::serve::serve(&root, port).at(&root)?;
             }

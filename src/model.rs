@@ -359,8 +359,22 @@ impl Model {
         cache: Option<&mut KvCache>,
         trace: Option<&mut dyn FnMut(LayerTrace)>,
     ) -> Result<Tensor> {
+        self.layer_forward_with(&self.layers[l], l, x, b, t, cache, trace)
+    }
+
+    /// As [`Model::layer_forward`], with `layer`'s weights standing in for layer `l`'s (e.g. pruned ones).
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_forward_with(
+        &self,
+        layer: &Layer,
+        l: usize,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        cache: Option<&mut KvCache>,
+        trace: Option<&mut dyn FnMut(LayerTrace)>,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
-        let layer = &self.layers[l];
         let kind = c.layer_types[l];
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let g = nh / nkv;

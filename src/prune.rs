@@ -6,7 +6,7 @@
 use crate::calib::{self, LayerStats};
 use crate::error::{bail, Result};
 use crate::kernels::{linear, par_for};
-use crate::model::{Linear, Model};
+use crate::model::{Layer, Linear, Model};
 use candle_core::{Device, Tensor};
 use std::sync::Mutex;
 
@@ -26,12 +26,22 @@ pub enum Score {
     Wanda,
     /// Fluctuation of the neuron's activation across calibration tokens × ‖down column‖².
     Flap,
+    /// OptiPFair's activation-weighted hybrid: (max-normalised MAW of gate row + up row + down
+    /// column) × the L2 norm of the neuron's activation over the calibration tokens.
+    Optipfair,
+    /// Optimal-brain-surgeon selection: greedily removes the neuron whose removal (with the
+    /// remaining down-projection columns re-fitted) costs least on the calibration activations,
+    /// accounting for correlations between neurons.
+    Obs,
 }
 
 impl Score {
     /// Whether the score needs calibration text.
     pub fn needs_data(self) -> bool {
-        matches!(self, Score::Wanda | Score::Flap)
+        matches!(
+            self,
+            Score::Wanda | Score::Flap | Score::Obs | Score::Optipfair
+        )
     }
     /// Parses a CLI name.
     pub fn parse(s: &str) -> Result<Self> {
@@ -42,9 +52,11 @@ impl Score {
             "l2" => Score::L2,
             "wanda" => Score::Wanda,
             "flap" => Score::Flap,
+            "optipfair" => Score::Optipfair,
+            "obs" => Score::Obs,
             other => bail!(
                 Input,
-                "unknown score `{other}` (maw, vow, pon, l2, wanda, flap)"
+                "unknown score `{other}` (maw, vow, pon, l2, wanda, flap, optipfair, obs)"
             ),
         })
     }
@@ -66,6 +78,12 @@ pub struct PruneOptions {
     pub ridge: f64,
     pub calib_samples: usize,
     pub calib_len: usize,
+    /// Remove this many layers, the ones that change the residual stream least (1 − cos(in, out)).
+    pub drop_layers: Option<usize>,
+    /// Remove exactly these layers.
+    pub drop_layers_at: Option<Vec<usize>>,
+    /// Calibrate each layer on the outputs of the already-pruned layers before it.
+    pub sequential: bool,
 }
 
 impl Default for PruneOptions {
@@ -79,6 +97,9 @@ impl Default for PruneOptions {
             ridge: 1e-2,
             calib_samples: 64,
             calib_len: 128,
+            drop_layers: None,
+            drop_layers_at: None,
+            sequential: true,
         }
     }
 }
@@ -89,7 +110,7 @@ pub fn mlp_target(intermediate: usize, o: &PruneOptions) -> Result<usize> {
     let mut keep = match (o.mlp_fraction, o.mlp_size) {
         (Some(_), Some(_)) => bail!(Input, "give either --mlp or --mlp-size, not both"),
         (Some(f), None) if (0.0..1.0).contains(&f) => {
-            intermediate - (intermediate as f64 * f).round() as usize
+            intermediate - (intermediate as f64 * f) as usize
         }
         (Some(f), None) => bail!(Input, "--mlp must be a fraction in [0, 1), got {f}"),
         (None, Some(n)) if n > 0 && n <= intermediate => n,
@@ -172,6 +193,13 @@ pub fn score_layer(
                 };
                 w(g) + w(u) + st.act_sq[i].sqrt() * d.iter().map(|x| x.abs() as f64).sum::<f64>()
             }
+            Score::Optipfair => 0.0, // filled in below: needs per-layer maxima
+            Score::Obs => {
+                // Without the inverse Gram matrix, the first-step OBS cost is approximated by the
+                // diagonal: ‖down column‖² · E[a²]; `prune_mlp` runs the real greedy selection.
+                let st = need()?;
+                st.act_sq[i] * d.iter().map(|&x| (x as f64).powi(2)).sum::<f64>()
+            }
             Score::Flap => {
                 let st = need()?;
                 let t = st.tokens.max(1) as f64;
@@ -181,6 +209,25 @@ pub fn score_layer(
             }
         };
         out.push(s);
+    }
+    if score == Score::Optipfair {
+        let st = need()?;
+        let maw = |r: &[f32]| {
+            let (mx, mn) = r
+                .iter()
+                .fold((f32::MIN, f32::MAX), |(a, b), &x| (a.max(x), b.min(x)));
+            (mx + mn.abs()) as f64
+        };
+        let norm = |v: Vec<f64>| {
+            let m = v.iter().copied().fold(f64::MIN, f64::max) + 1e-8;
+            v.into_iter().map(|x| x / m).collect::<Vec<_>>()
+        };
+        let g = norm(gate.iter().map(|r| maw(r)).collect());
+        let u = norm(up.iter().map(|r| maw(r)).collect());
+        let d = norm(down_t.iter().map(|r| maw(r)).collect());
+        for i in 0..n {
+            out[i] = (g[i] + u[i] + d[i]) * st.act_sq[i].sqrt();
+        }
     }
     Ok(out)
 }
@@ -212,62 +259,118 @@ fn select_cols(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
     )
 }
 
-/// Ridge re-fit of a down projection: `W_S = W G[:,S] (G[S,S] + λI)⁻¹` with `λ = ratio · mean diag G[S,S]`.
+/// Cholesky factor `L` (row-major, lower) of the `n×n` matrix `a`.
+fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
+    let mut l = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let (ri, rj) = (&l[i * n..i * n + j], &l[j * n..j * n + j]);
+            let s = a[i * n + j] - ri.iter().zip(rj).map(|(a, b)| a * b).sum::<f64>();
+            if i == j {
+                if s <= 0.0 || !s.is_finite() {
+                    bail!(Input, "recovery: the calibration Gram matrix is not positive definite; raise --ridge");
+                }
+                l[i * n + i] = s.sqrt();
+            } else {
+                l[i * n + j] = s / l[j * n + j];
+            }
+        }
+    }
+    Ok(l)
+}
+
+/// Solves `L Lᵀ Z = B` in place for `B` `[n, h]` row-major (h right-hand sides), split over threads.
+fn chol_solve(l: &[f64], n: usize, b: &mut [f64], h: usize) {
+    let chunk = h.div_ceil(crate::kernels::threads()).max(1);
+    let parts: Vec<Mutex<Vec<f64>>> = (0..h.div_ceil(chunk))
+        .map(|c| {
+            let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(h));
+            Mutex::new(
+                b.chunks_exact(h)
+                    .flat_map(|r| r[c0..c1].iter().copied())
+                    .collect(),
+            )
+        })
+        .collect();
+    par_for(parts.len(), &|c| {
+        let Ok(mut z) = parts[c].lock() else { return };
+        let w = (chunk).min(h - c * chunk);
+        for i in 0..n {
+            for j in 0..i {
+                let f = l[i * n + j];
+                if f != 0.0 {
+                    let (head, tail) = z.split_at_mut(i * w);
+                    tail[..w]
+                        .iter_mut()
+                        .zip(&head[j * w..j * w + w])
+                        .for_each(|(a, b)| *a -= f * b);
+                }
+            }
+            let d = l[i * n + i];
+            z[i * w..i * w + w].iter_mut().for_each(|a| *a /= d);
+        }
+        for i in (0..n).rev() {
+            for j in i + 1..n {
+                let f = l[j * n + i];
+                if f != 0.0 {
+                    let (head, tail) = z.split_at_mut(j * w);
+                    head[i * w..i * w + w]
+                        .iter_mut()
+                        .zip(&tail[..w])
+                        .for_each(|(a, b)| *a -= f * b);
+                }
+            }
+            let d = l[i * n + i];
+            z[i * w..i * w + w].iter_mut().for_each(|a| *a /= d);
+        }
+    });
+    for (c, part) in parts.into_iter().enumerate() {
+        let z = part.into_inner().unwrap_or_default();
+        let (c0, w) = (c * chunk, chunk.min(h - c * chunk));
+        for (r, row) in b.chunks_exact_mut(h).enumerate() {
+            row[c0..c0 + w].copy_from_slice(&z[r * w..r * w + w]);
+        }
+    }
+}
+
+/// The ridge strength `λ = ratio · mean diag G` of a Gram matrix.
+fn ridge_lambda(gram: &Tensor, ratio: f64) -> Result<f64> {
+    let n = gram.dim(0)?;
+    let diag: f64 =
+        crate::kernels::with_slice(gram, |g| (0..n).map(|i| g[i * n + i] as f64).sum())?;
+    Ok(ratio * (diag / n.max(1) as f64).max(1e-12))
+}
+
+/// `G + λI` in f64.
+fn damped(g: &[Vec<f32>], lambda: f64) -> Vec<f64> {
+    let n = g.len();
+    let mut a: Vec<f64> = g.iter().flatten().map(|&x| x as f64).collect();
+    (0..n).for_each(|i| a[i * n + i] += lambda);
+    a
+}
+
+/// Ridge re-fit of a down projection on the kept neurons `S`, shrunk towards the original weights:
+/// `W_S = argmin ‖W X − W_S X_S‖² + λ‖W_S − W[:,S]‖²`, i.e.
+/// `W_S = (W G[:,S] + λ W[:,S]) (G[S,S] + λI)⁻¹` with `λ = ratio · mean diag G`.
 pub fn refit_down(down: &Tensor, gram: &Tensor, kept: &[usize], ratio: f64) -> Result<Tensor> {
     let k = kept.len();
+    let lambda = ridge_lambda(gram, ratio)?;
     let gs = select_rows(gram, kept)?; // [k, I]
     let b = linear(&gs, down, None)?.to_vec2::<f32>()?; // [k, H] = G[S,:] Wᵀ
-    let gss = select_cols(&gs, kept)?.to_vec2::<f32>()?; // [k, k]
+    let ws = select_cols(down, kept)?
+        .t()?
+        .contiguous()?
+        .to_vec2::<f32>()?; // [k, H] = W[:,S]ᵀ
     let h = b.first().map_or(0, |r| r.len());
-    let mean_diag = (0..k).map(|i| gss[i][i] as f64).sum::<f64>() / k.max(1) as f64;
-    let lambda = ratio * mean_diag.max(1e-12);
-    // Cholesky A = L Lᵀ (f64), A = G[S,S] + λI.
-    let mut l = vec![0f64; k * k];
-    for i in 0..k {
-        for j in 0..=i {
-            let mut s = gss[i][j] as f64 + if i == j { lambda } else { 0.0 };
-            let (ri, rj) = (&l[i * k..i * k + j], &l[j * k..j * k + j]);
-            s -= ri.iter().zip(rj).map(|(a, b)| a * b).sum::<f64>();
-            if i == j {
-                if s <= 0.0 {
-                    bail!(Input, "recovery: the calibration Gram matrix is not positive definite; try a larger ridge");
-                }
-                l[i * k + i] = s.sqrt();
-            } else {
-                l[i * k + j] = s / l[j * k + j];
-            }
-        }
-    }
-    // Solve L Y = B, then Lᵀ Z = Y, all H right-hand sides at once (rows of length h).
-    let mut z: Vec<f64> = b.iter().flatten().map(|&x| x as f64).collect();
-    for i in 0..k {
-        for j in 0..i {
-            let c = l[i * k + j];
-            if c != 0.0 {
-                let (head, tail) = z.split_at_mut(i * h);
-                tail[..h]
-                    .iter_mut()
-                    .zip(&head[j * h..j * h + h])
-                    .for_each(|(a, b)| *a -= c * b);
-            }
-        }
-        let d = l[i * k + i];
-        z[i * h..i * h + h].iter_mut().for_each(|a| *a /= d);
-    }
-    for i in (0..k).rev() {
-        for j in i + 1..k {
-            let c = l[j * k + i];
-            if c != 0.0 {
-                let (head, tail) = z.split_at_mut(j * h);
-                head[i * h..i * h + h]
-                    .iter_mut()
-                    .zip(&tail[..h])
-                    .for_each(|(a, b)| *a -= c * b);
-            }
-        }
-        let d = l[i * k + i];
-        z[i * h..i * h + h].iter_mut().for_each(|a| *a /= d);
-    }
+    let a = damped(&select_cols(&gs, kept)?.to_vec2::<f32>()?, lambda);
+    let l = cholesky(&a, k)?;
+    let mut z: Vec<f64> = b
+        .iter()
+        .flatten()
+        .zip(ws.iter().flatten())
+        .map(|(&x, &w)| x as f64 + lambda * w as f64)
+        .collect();
+    chol_solve(&l, k, &mut z, h);
     // Z is [k, H]; the new down projection is Zᵀ, [H, k].
     let zt = Tensor::from_vec(
         z.iter().map(|&x| x as f32).collect::<Vec<_>>(),
@@ -277,12 +380,199 @@ pub fn refit_down(down: &Tensor, gram: &Tensor, kept: &[usize], ratio: f64) -> R
     Ok(zt.t()?.contiguous()?)
 }
 
+/// Optimal-brain-surgeon structured selection on one down projection `W` `[H, I]` with the
+/// activations' Gram matrix `G`: repeatedly removes the neuron `i` with the least
+/// `Σ_o W[o,i]² / H⁻¹[i,i]` (H = G + λI) and updates `W` and `H⁻¹` for its removal.
+/// Returns the kept indices and, when `update`, the re-fitted kept columns `[H, keep]`.
+pub fn obs_select(
+    down: &Tensor,
+    gram: &Tensor,
+    keep: usize,
+    ratio: f64,
+    update: bool,
+) -> Result<(Vec<usize>, Option<Tensor>)> {
+    let g = gram.to_vec2::<f32>()?;
+    let n = g.len();
+    let a = damped(&g, ridge_lambda(gram, ratio)?);
+    let l = cholesky(&a, n)?;
+    let mut hinv = vec![0f64; n * n];
+    (0..n).for_each(|i| hinv[i * n + i] = 1.0);
+    chol_solve(&l, n, &mut hinv, n);
+    let wv = down.to_vec2::<f32>()?;
+    let rows = wv.len();
+    let mut w: Vec<f64> = wv.iter().flatten().map(|&x| x as f64).collect();
+    let mut alive = vec![true; n];
+    let mut col_sq = vec![0f64; n];
+    for _ in keep..n {
+        col_sq.iter_mut().for_each(|c| *c = 0.0);
+        for r in w.chunks_exact(n) {
+            col_sq.iter_mut().zip(r).for_each(|(c, x)| *c += x * x);
+        }
+        let Some(i) = (0..n).filter(|&i| alive[i]).min_by(|&a, &b| {
+            let (ca, cb) = (col_sq[a] / hinv[a * n + a], col_sq[b] / hinv[b * n + b]);
+            ca.partial_cmp(&cb).unwrap_or(std::cmp::Ordering::Equal)
+        }) else {
+            break;
+        };
+        let d = hinv[i * n + i];
+        let hrow: Vec<f64> = hinv[i * n..i * n + n].to_vec();
+        let wshared = SharedF64(w.as_mut_ptr());
+        par_for(rows, &|o| {
+            let p = wshared;
+            // SAFETY: task o touches only row o of w.
+            let r = unsafe { std::slice::from_raw_parts_mut(p.0.add(o * n), n) };
+            let f = r[i] / d;
+            r.iter_mut().zip(&hrow).for_each(|(x, h)| *x -= f * h);
+        });
+        let hshared = SharedF64(hinv.as_mut_ptr());
+        par_for(n, &|a| {
+            let p = hshared;
+            // SAFETY: task a touches only row a of hinv; row i is copied into `hrow` beforehand.
+            let r = unsafe { std::slice::from_raw_parts_mut(p.0.add(a * n), n) };
+            let f = hrow[a] / d;
+            if f != 0.0 {
+                r.iter_mut().zip(&hrow).for_each(|(x, h)| *x -= f * h);
+            }
+        });
+        alive[i] = false;
+    }
+    let kept: Vec<usize> = (0..n).filter(|&i| alive[i]).collect();
+    let new = if update {
+        let mut out = Vec::with_capacity(rows * kept.len());
+        for r in w.chunks_exact(n) {
+            out.extend(kept.iter().map(|&j| r[j] as f32));
+        }
+        Some(Tensor::from_vec(out, (rows, kept.len()), &Device::Cpu)?)
+    } else {
+        None
+    };
+    Ok((kept, new))
+}
+
+#[derive(Clone, Copy)]
+struct SharedF64(*mut f64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn obs_updates_equal_the_ridge_refit_of_the_kept_set() {
+        // A random activation matrix with correlated columns, and a random down projection.
+        let (n, tokens, h) = (12, 64, 5);
+        let mut x = 7u64;
+        let mut rnd = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let mut acts: Vec<f32> = (0..tokens * n).map(|_| rnd()).collect();
+        for t in 0..tokens {
+            acts[t * n + 1] += 0.8 * acts[t * n]; // neuron 1 mostly repeats neuron 0
+        }
+        let a = Tensor::from_vec(acts, (tokens, n), &Device::Cpu).unwrap();
+        let at = a.t().unwrap().contiguous().unwrap();
+        let gram = linear(&at, &at, None).unwrap();
+        let down = Tensor::from_vec(
+            (0..h * n).map(|_| rnd()).collect::<Vec<_>>(),
+            (h, n),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (kept, w_obs) = obs_select(&down, &gram, 7, 1e-2, true).unwrap();
+        assert_eq!(kept.len(), 7);
+        let w_ref = refit_down(&down, &gram, &kept, 1e-2).unwrap();
+        let (p, q): (Vec<f32>, Vec<f32>) = (
+            w_obs.unwrap().flatten_all().unwrap().to_vec1().unwrap(),
+            w_ref.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        for (x, y) in p.iter().zip(&q) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+}
+// SAFETY: tasks write disjoint rows; par_for joins before the buffer is used again.
+unsafe impl Send for SharedF64 {}
+unsafe impl Sync for SharedF64 {}
+
+/// `layer` with only the MLP neurons `kept`; `down` replaces the sliced down projection if given.
+fn slice_layer(layer: &Layer, kept: &[usize], down: Option<Tensor>) -> Result<Layer> {
+    let mut out = layer.clone();
+    out.gate_proj = Linear {
+        weight: select_rows(&layer.gate_proj.weight, kept)?,
+        bias: None,
+    };
+    out.up_proj = Linear {
+        weight: select_rows(&layer.up_proj.weight, kept)?,
+        bias: None,
+    };
+    let down = match down {
+        Some(d) => d,
+        None => select_cols(&layer.down_proj.weight, kept)?,
+    };
+    out.down_proj = Linear {
+        weight: down,
+        bias: None,
+    };
+    Ok(out)
+}
+
 /// Result of a prune: the smaller model and what was kept.
 pub struct Pruned {
     pub model: Model,
-    /// Kept MLP neuron indices per layer.
+    /// Kept MLP neuron indices per kept layer.
     pub kept: Vec<Vec<usize>>,
+    /// Indices (in the source model) of the layers kept.
+    pub kept_layers: Vec<usize>,
+    /// Block influence (1 − mean cos(input, output)) of every source layer, when calibrated.
+    pub layer_influence: Vec<f64>,
     pub calib_tokens: usize,
+}
+
+/// The layers to drop: `at` as given (checked), or the `n` with the lowest block influence.
+pub fn layers_to_drop(n_layers: usize, o: &PruneOptions, influence: &[f64]) -> Result<Vec<usize>> {
+    let mut drop = match (&o.drop_layers, &o.drop_layers_at) {
+        (Some(_), Some(_)) => bail!(
+            Input,
+            "give either --drop-layers or --drop-layers-at, not both"
+        ),
+        (None, None) => vec![],
+        (None, Some(at)) => {
+            if let Some(&bad) = at.iter().find(|&&i| i >= n_layers) {
+                bail!(
+                    Input,
+                    "--drop-layers-at names layer {bad}; the model has layers 0..{}",
+                    n_layers - 1
+                );
+            }
+            at.clone()
+        }
+        (Some(k), None) => {
+            if influence.len() != n_layers {
+                bail!(Input, "--drop-layers chooses layers by their influence on calibration text: give --calib");
+            }
+            let mut idx: Vec<usize> = (0..n_layers).collect();
+            idx.sort_by(|&a, &b| {
+                influence[a]
+                    .partial_cmp(&influence[b])
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.cmp(&b))
+            });
+            idx.truncate(*k);
+            idx
+        }
+    };
+    drop.sort_unstable();
+    drop.dedup();
+    if drop.len() >= n_layers {
+        bail!(
+            Input,
+            "cannot drop {} of {n_layers} layers: at least one must stay",
+            drop.len()
+        );
+    }
+    Ok(drop)
 }
 
 /// Prunes MLP width uniformly. `calib_ids` (already cut into `calib_samples × calib_len`) enables
@@ -306,32 +596,44 @@ pub fn prune_mlp(
     let mut kept: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut downs: Vec<Option<Tensor>> = vec![None; n];
     let mut calib_tokens = 0;
+    let mut influence = Vec::new();
     match calib_ids {
         Some(ids) => {
-            let recover = o.recover && keep < cfg.intermediate_size;
-            let mut on_layer = |l: usize, st: &LayerStats| -> Result<()> {
-                let s = score_layer(model, l, o.score, Some(st))?;
-                kept[l] = top_k(&s, keep);
-                if let (true, Some(g)) = (recover, &st.gram) {
-                    downs[l] = Some(refit_down(
-                        &model.layers[l].down_proj.weight,
-                        g,
-                        &kept[l],
-                        o.ridge,
-                    )?);
+            let pruning = keep < cfg.intermediate_size;
+            let recover = o.recover && pruning;
+            let want_gram = pruning && (recover || o.score == Score::Obs);
+            let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<Layer>> {
+                let down = &model.layers[l].down_proj.weight;
+                match (o.score, &st.gram) {
+                    (Score::Obs, Some(g)) => {
+                        let (k, new) = obs_select(down, g, keep, o.ridge, recover)?;
+                        kept[l] = k;
+                        downs[l] = new;
+                    }
+                    _ => {
+                        kept[l] = top_k(&score_layer(model, l, o.score, Some(st))?, keep);
+                        if let (true, Some(g)) = (recover, &st.gram) {
+                            downs[l] = Some(refit_down(down, g, &kept[l], o.ridge)?);
+                        }
+                    }
                 }
-                Ok(())
+                Ok(if o.sequential && pruning {
+                    Some(slice_layer(&model.layers[l], &kept[l], downs[l].clone())?)
+                } else {
+                    None
+                })
             };
             let stats = calib::collect(
                 model,
                 ids,
                 o.calib_samples,
                 o.calib_len,
-                recover,
+                want_gram,
                 &mut on_layer,
                 &mut |d, t| progress("calibrate", d, t),
             )?;
             calib_tokens = stats.tokens;
+            influence = stats.layers.iter().map(|l| 1.0 - l.io_cosine).collect();
         }
         None => {
             let done = Mutex::new(0usize);
@@ -356,33 +658,66 @@ pub fn prune_mlp(
             }
         }
     }
+    let drop = layers_to_drop(n, o, &influence)?;
     let mut out = model.clone();
     out.cfg.intermediate_size = keep;
-    for (l, layer) in out.layers.iter_mut().enumerate() {
-        if keep == cfg.intermediate_size {
-            continue; // nothing removed: keep the tensors untouched (byte-identical export)
+    if keep < cfg.intermediate_size {
+        for (l, layer) in out.layers.iter_mut().enumerate() {
+            *layer = slice_layer(layer, &kept[l], downs[l].take())?;
         }
-        let idx = &kept[l];
-        layer.gate_proj = Linear {
-            weight: select_rows(&layer.gate_proj.weight, idx)?,
-            bias: None,
-        };
-        layer.up_proj = Linear {
-            weight: select_rows(&layer.up_proj.weight, idx)?,
-            bias: None,
-        };
-        let down = match downs[l].take() {
-            Some(d) => d,
-            None => select_cols(&layer.down_proj.weight, idx)?,
-        };
-        layer.down_proj = Linear {
-            weight: down,
-            bias: None,
-        };
+    }
+    let kept_layers: Vec<usize> = (0..n).filter(|l| !drop.contains(l)).collect();
+    if !drop.is_empty() {
+        out.layers = kept_layers.iter().map(|&l| out.layers[l].clone()).collect();
+        out.cfg.layer_types = kept_layers
+            .iter()
+            .map(|&l| out.cfg.layer_types[l])
+            .collect();
+        out.cfg.num_hidden_layers = kept_layers.len();
+        kept = kept_layers
+            .iter()
+            .map(|&l| std::mem::take(&mut kept[l]))
+            .collect();
     }
     Ok(Pruned {
         model: out,
         kept,
+        kept_layers,
+        layer_influence: influence,
         calib_tokens,
+    })
+}
+
+/// Per-layer and per-neuron importance on calibration text (for charts and `podar importance`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Importance {
+    pub score: Score,
+    pub tokens: usize,
+    /// Block influence of each layer: 1 − mean cos(input, output) of its residual stream.
+    pub layer_influence: Vec<f64>,
+    /// MLP neuron scores per layer (for `obs`, its first greedy step's diagonal cost).
+    pub mlp: Vec<Vec<f64>>,
+}
+
+/// Scores every layer and MLP neuron on `ids` (`samples × len`), without pruning anything.
+pub fn importance(
+    model: &Model,
+    ids: &[u32],
+    samples: usize,
+    len: usize,
+    score: Score,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Importance> {
+    let mut mlp = vec![Vec::new(); model.layers.len()];
+    let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<Layer>> {
+        mlp[l] = score_layer(model, l, score, Some(st))?;
+        Ok(None)
+    };
+    let stats = calib::collect(model, ids, samples, len, false, &mut on_layer, progress)?;
+    Ok(Importance {
+        score,
+        tokens: stats.tokens,
+        layer_influence: stats.layers.iter().map(|l| 1.0 - l.io_cosine).collect(),
+        mlp,
     })
 }

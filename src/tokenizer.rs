@@ -341,3 +341,133 @@ fn spm_merges(tokens: &[&str], types: &[u64], scores: &[f64]) -> Vec<Value> {
         .map(|(_, _, _, l, r)| json!([l, r]))
         .collect()
 }
+
+impl Tokenizer {
+    /// The token id of a token string, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// llama.cpp tokenizer metadata (`tokenizer.ggml.*`) equivalent to this byte-level BPE tokenizer.
+    pub fn gguf_metadata(&self) -> Result<Vec<(String, GValue)>> {
+        let tj: Value = serde_json::from_slice(&self.json)?;
+        let model = &tj["model"];
+        if model["type"].as_str() != Some("BPE") || model["byte_fallback"].as_bool() == Some(true) {
+            bail!(
+                Tokenizer,
+                "GGUF export supports byte-level BPE tokenizers; export --format hf instead"
+            );
+        }
+        let Some(vocab) = model["vocab"].as_object() else {
+            bail!(Tokenizer, "tokenizer.json has no vocabulary");
+        };
+        let added = tj["added_tokens"].as_array().cloned().unwrap_or_default();
+        let ids = vocab
+            .values()
+            .chain(added.iter().map(|a| &a["id"]))
+            .filter_map(Value::as_u64)
+            .max()
+            .map_or(0, |m| m as usize + 1);
+        if ids > MAX_VOCAB {
+            bail!(
+                Tokenizer,
+                "vocabulary of {ids} tokens exceeds the {MAX_VOCAB} cap"
+            );
+        }
+        let mut tokens = vec![String::new(); ids];
+        let mut types = vec![1i32; ids];
+        for (t, id) in vocab {
+            if let Some(i) = id.as_u64() {
+                tokens[i as usize] = t.clone();
+            }
+        }
+        for a in &added {
+            if let (Some(i), Some(c)) = (a["id"].as_u64(), a["content"].as_str()) {
+                tokens[i as usize] = c.to_string();
+                types[i as usize] = if a["special"].as_bool() == Some(true) {
+                    3
+                } else {
+                    4
+                };
+            }
+        }
+        for (i, t) in tokens.iter_mut().enumerate() {
+            if t.is_empty() {
+                *t = format!("[PAD{i}]");
+                types[i] = 5;
+            }
+        }
+        let merges: Vec<GValue> = model["merges"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|x| match x {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Array(p) => {
+                            Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+                        }
+                        _ => None,
+                    })
+                    .map(GValue::String)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let pre = tj["pre_tokenizer"].to_string();
+        let pre = if pre.contains("\"Digits\"") && pre.contains("\"ByteLevel\"") {
+            "smollm"
+        } else if pre.contains(r"\\p{N}{1,3}") {
+            "llama-bpe"
+        } else if pre.contains("\"Split\"") {
+            "qwen2"
+        } else {
+            "default"
+        };
+        let mut v = vec![
+            (
+                "tokenizer.ggml.model".to_string(),
+                GValue::String("gpt2".into()),
+            ),
+            ("tokenizer.ggml.pre".to_string(), GValue::String(pre.into())),
+            (
+                "tokenizer.ggml.tokens".to_string(),
+                GValue::Array(tokens.into_iter().map(GValue::String).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                GValue::Array(types.into_iter().map(GValue::I32).collect()),
+            ),
+            ("tokenizer.ggml.merges".to_string(), GValue::Array(merges)),
+        ];
+        let special = |k: &str| -> Option<u32> {
+            let s = match self.config.get(k)? {
+                Value::String(s) => s.clone(),
+                Value::Object(o) => o.get("content")?.as_str()?.to_string(),
+                _ => return None,
+            };
+            self.token_to_id(&s)
+        };
+        for (k, g) in [
+            ("bos_token", "bos_token_id"),
+            ("eos_token", "eos_token_id"),
+            ("unk_token", "unknown_token_id"),
+            ("pad_token", "padding_token_id"),
+        ] {
+            if let Some(id) = special(k) {
+                v.push((format!("tokenizer.ggml.{g}"), GValue::U32(id)));
+            }
+        }
+        let add_bos = self
+            .config
+            .get("add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        v.push(("tokenizer.ggml.add_bos_token".into(), GValue::Bool(add_bos)));
+        if let Some(t) = self.chat_template() {
+            v.push((
+                "tokenizer.chat_template".into(),
+                GValue::String(t.to_string()),
+            ));
+        }
+        Ok(v)
+    }
+}

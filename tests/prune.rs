@@ -87,6 +87,8 @@ fn pruned_shapes_match_config_for_every_family_and_score() {
             Score::L2,
             Score::Wanda,
             Score::Flap,
+            Score::Optipfair,
+            Score::Obs,
         ] {
             let o = PruneOptions {
                 mlp_fraction: Some(0.25),
@@ -136,11 +138,13 @@ fn recovery_brings_outputs_closer_to_the_unpruned_model() {
     let (m, _) = load("llama");
     let ids = calib(16 * 32);
     let held_out = calib(16 * 32 + 64)[16 * 32..].to_vec();
+    // Statistics from the unpruned model, so both runs keep the same neurons and only recovery differs.
     let base = PruneOptions {
         mlp_fraction: Some(0.4),
         score: Score::Wanda,
         calib_samples: 16,
         calib_len: 32,
+        sequential: false,
         ..Default::default()
     };
     let with = prune_mlp(
