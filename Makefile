@@ -39,9 +39,10 @@ models: $(MODEL)
 $(MODEL):
 	@bash scripts/fetch-model.sh
 
-## Speed and memory numbers (not a test): load time, eval tokens/s, peak RSS.
+## Numbers, not tests: load time, eval tokens/s and peak RSS; then the pruning table on ../shared/corpora.
 bench: build-native models
 	@bash scripts/bench.sh
+	@bash scripts/bench-prune.sh
 
 clean:
 	rm -rf target pkg

@@ -23,6 +23,12 @@ pub struct LayerStats {
     pub tokens: usize,
 }
 
+/// A pruned layer handed back during sequential calibration: its weights and the MLP neurons kept.
+pub struct Replacement {
+    pub layer: Layer,
+    pub kept: Vec<usize>,
+}
+
 /// Statistics of every layer plus the token count they were gathered on.
 #[derive(Debug, Clone)]
 pub struct CalibStats {
@@ -96,7 +102,7 @@ pub fn collect(
     samples: usize,
     len: usize,
     gram: bool,
-    on_layer: &mut dyn FnMut(usize, &LayerStats) -> Result<Option<Layer>>,
+    on_layer: &mut dyn FnMut(usize, &LayerStats) -> Result<Option<Replacement>>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<CalibStats> {
     let mut x = model.embed(ids, samples, len)?;
@@ -104,7 +110,9 @@ pub fn collect(
     let mut layers = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         let mut stats: Option<Result<LayerStats>> = None;
+        let mut saved: Option<(Tensor, Tensor)> = None;
         let mut tr = |t: LayerTrace| {
+            saved = Some((t.mlp_residual.clone(), t.mlp_hidden.clone()));
             stats = Some((|| {
                 let a = t.mlp_hidden;
                 let gram = if gram {
@@ -131,9 +139,19 @@ pub fn collect(
         st.io_cosine = mean_cosine(&x, &y)?;
         // Sequential calibration: a pruned layer hands back its new weights, and the next layer
         // sees the pruned layer's output, so later layers adapt to earlier pruning.
-        let y = match on_layer(l, &st)? {
-            Some(pruned) => model.layer_forward_with(&pruned, l, &x, samples, len, None, None)?,
-            None => y,
+        // Only the MLP changed, so the new output is the saved post-attention residual plus the
+        // pruned MLP applied to the kept neurons' saved activations.
+        let y = match (on_layer(l, &st)?, saved) {
+            (Some(r), Some((residual, mid))) => {
+                let idx: Vec<u32> = r.kept.iter().map(|&i| i as u32).collect();
+                let idx = Tensor::from_vec(idx, r.kept.len(), &candle_core::Device::Cpu)?;
+                let mid_kept = mid.index_select(&idx, 1)?.contiguous()?;
+                (residual + model.mlp_output(&r.layer, &mid_kept)?)?
+            }
+            (Some(r), None) => {
+                model.layer_forward_with(&r.layer, l, &x, samples, len, None, None)?
+            }
+            (None, _) => y,
         };
         // The Gram matrix is large (intermediate²): used by `on_layer`, then dropped.
         st.gram = None;

@@ -142,6 +142,8 @@ pub struct LayerTrace<'a> {
     pub mlp_hidden: &'a Tensor,
     /// Input of the attention's output projection, `[n, heads·head_dim]`.
     pub attn_hidden: &'a Tensor,
+    /// The residual stream after attention, before the MLP adds to it, `[n, hidden]`.
+    pub mlp_residual: &'a Tensor,
 }
 
 impl Model {
@@ -451,13 +453,20 @@ impl Model {
                 mlp_input: &h,
                 mlp_hidden: &mid,
                 attn_hidden: &attn,
+                mlp_residual: &x,
             });
         }
-        let mut m = layer.down_proj.forward(&mid)?;
-        if let Some(w) = &layer.post_feedforward_layernorm {
-            m = self.rms_norm(&m, w)?;
-        }
-        Ok((x + m)?)
+        Ok((&x + self.mlp_output(layer, &mid)?)?)
+    }
+
+    /// The MLP's contribution to the residual stream from its hidden activations `mid`
+    /// (down projection, then Gemma's post-feed-forward norm).
+    pub fn mlp_output(&self, layer: &Layer, mid: &Tensor) -> Result<Tensor> {
+        let m = layer.down_proj.forward(mid)?;
+        Ok(match &layer.post_feedforward_layernorm {
+            Some(w) => self.rms_norm(&m, w)?,
+            None => m,
+        })
     }
 
     /// Final norm and LM head on `[n, hidden]` → logits `[n, vocab]`.

@@ -262,21 +262,76 @@ fn select_cols(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
 /// Cholesky factor `L` (row-major, lower) of the `n×n` matrix `a`.
 fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
     let mut l = vec![0f64; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let (ri, rj) = (&l[i * n..i * n + j], &l[j * n..j * n + j]);
-            let s = a[i * n + j] - ri.iter().zip(rj).map(|(a, b)| a * b).sum::<f64>();
-            if i == j {
-                if s <= 0.0 || !s.is_finite() {
-                    bail!(Input, "recovery: the calibration Gram matrix is not positive definite; raise --ridge");
+    const ROWS: usize = 64;
+    for j in 0..n {
+        let s = a[j * n + j] - dot(&l[j * n..j * n + j], &l[j * n..j * n + j]);
+        if s <= 0.0 || !s.is_finite() {
+            bail!(
+                Input,
+                "recovery: the calibration Gram matrix is not positive definite; raise --ridge"
+            );
+        }
+        let d = s.sqrt();
+        l[j * n + j] = d;
+        // Column j below the diagonal: independent rows, split over threads.
+        let rest = n - j - 1;
+        let lp = SharedF64(l.as_mut_ptr());
+        par_for(rest.div_ceil(ROWS), &|c| {
+            let p = lp;
+            let (r0, r1) = (j + 1 + c * ROWS, (j + 1 + (c + 1) * ROWS).min(n));
+            // SAFETY: rows j and below-j rows < i are only read; each task writes l[i][j] of its own rows.
+            let lj = unsafe { std::slice::from_raw_parts(p.0.add(j * n), j) };
+            for i in r0..r1 {
+                let li = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * n), j + 1) };
+                li[j] = (a[i * n + j] - dot(&li[..j], lj)) / d;
+            }
+        });
+    }
+    Ok(l)
+}
+
+/// Dot product with independent accumulators, so it vectorizes.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc[0] + acc[1] + acc[2] + acc[3] + tail
+}
+
+/// Inverse of a small symmetric positive-definite matrix (Gauss–Jordan, f64).
+fn small_inverse(m: &[f64], b: usize) -> Result<Vec<f64>> {
+    let mut a = m.to_vec();
+    let mut inv = vec![0f64; b * b];
+    (0..b).for_each(|i| inv[i * b + i] = 1.0);
+    for c in 0..b {
+        let p = a[c * b + c];
+        if p.abs() < 1e-300 || !p.is_finite() {
+            bail!(
+                Input,
+                "recovery: singular block in the inverse Gram matrix; raise --ridge"
+            );
+        }
+        for k in 0..b {
+            a[c * b + k] /= p;
+            inv[c * b + k] /= p;
+        }
+        for r in 0..b {
+            if r != c {
+                let f = a[r * b + c];
+                for k in 0..b {
+                    a[r * b + k] -= f * a[c * b + k];
+                    inv[r * b + k] -= f * inv[c * b + k];
                 }
-                l[i * n + i] = s.sqrt();
-            } else {
-                l[i * n + j] = s / l[j * n + j];
             }
         }
     }
-    Ok(l)
+    Ok(inv)
 }
 
 /// Solves `L Lᵀ Z = B` in place for `B` `[n, h]` row-major (h right-hand sides), split over threads.
@@ -380,6 +435,37 @@ pub fn refit_down(down: &Tensor, gram: &Tensor, kept: &[usize], ratio: f64) -> R
     Ok(zt.t()?.contiguous()?)
 }
 
+/// `(L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹`: the triangular inverse row by row in f64, the product with our f32 matmul.
+fn inverse_from_cholesky(l: &[f64], n: usize) -> Result<Vec<f64>> {
+    let mut m = vec![0f64; n * n]; // L⁻¹, lower triangular
+    for i in 0..n {
+        let (done, row) = m.split_at_mut(i * n);
+        let row = &mut row[..n];
+        row[i] = 1.0;
+        for k in 0..i {
+            let f = l[i * n + k];
+            if f != 0.0 {
+                row[..=k]
+                    .iter_mut()
+                    .zip(&done[k * n..k * n + k + 1])
+                    .for_each(|(r, x)| *r -= f * x);
+            }
+        }
+        let d = l[i * n + i];
+        row[..=i].iter_mut().for_each(|r| *r /= d);
+    }
+    // (L⁻¹)ᵀ L⁻¹ = Mᵀ M: with Mt = Mᵀ, that is Mt · Mtᵀ, which `linear` computes.
+    let mut mt = vec![0f32; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            mt[j * n + i] = m[i * n + j] as f32;
+        }
+    }
+    let mt = Tensor::from_vec(mt, (n, n), &Device::Cpu)?;
+    let h = linear(&mt, &mt, None)?;
+    crate::kernels::with_slice(&h, |s| s.iter().map(|&x| x as f64).collect())
+}
+
 /// Optimal-brain-surgeon structured selection on one down projection `W` `[H, I]` with the
 /// activations' Gram matrix `G`: repeatedly removes the neuron `i` with the least
 /// `Σ_o W[o,i]² / H⁻¹[i,i]` (H = G + λI) and updates `W` and `H⁻¹` for its removal.
@@ -395,46 +481,77 @@ pub fn obs_select(
     let n = g.len();
     let a = damped(&g, ridge_lambda(gram, ratio)?);
     let l = cholesky(&a, n)?;
-    let mut hinv = vec![0f64; n * n];
-    (0..n).for_each(|i| hinv[i * n + i] = 1.0);
-    chol_solve(&l, n, &mut hinv, n);
+    let mut hinv = inverse_from_cholesky(&l, n)?;
     let wv = down.to_vec2::<f32>()?;
     let rows = wv.len();
     let mut w: Vec<f64> = wv.iter().flatten().map(|&x| x as f64).collect();
     let mut alive = vec![true; n];
     let mut col_sq = vec![0f64; n];
-    for _ in keep..n {
+    // Neurons leave in small blocks: the OBS_BLOCK cheapest by their current individual cost, removed
+    // jointly with the exact block update of W and H⁻¹ (one pass over H⁻¹ per block, not per neuron).
+    const OBS_BLOCK: usize = 8;
+    let mut remaining = n - keep.min(n);
+    while remaining > 0 {
         col_sq.iter_mut().for_each(|c| *c = 0.0);
         for r in w.chunks_exact(n) {
             col_sq.iter_mut().zip(r).for_each(|(c, x)| *c += x * x);
         }
-        let Some(i) = (0..n).filter(|&i| alive[i]).min_by(|&a, &b| {
-            let (ca, cb) = (col_sq[a] / hinv[a * n + a], col_sq[b] / hinv[b * n + b]);
-            ca.partial_cmp(&cb).unwrap_or(std::cmp::Ordering::Equal)
-        }) else {
-            break;
-        };
-        let d = hinv[i * n + i];
-        let hrow: Vec<f64> = hinv[i * n..i * n + n].to_vec();
+        let mut cand: Vec<usize> = (0..n).filter(|&i| alive[i]).collect();
+        let cost = |i: usize| col_sq[i] / hinv[i * n + i];
+        cand.sort_by(|&a, &b| {
+            cost(a)
+                .partial_cmp(&cost(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
+        });
+        let q: Vec<usize> = cand.into_iter().take(OBS_BLOCK.min(remaining)).collect();
+        let bq = q.len();
+        let hqq: Vec<f64> = q
+            .iter()
+            .flat_map(|&a| q.iter().map(move |&b| (a, b)))
+            .map(|(a, b)| hinv[a * n + b])
+            .collect();
+        let hqq_inv = small_inverse(&hqq, bq)?;
+        // Rows H⁻¹[Q,:], copied before H⁻¹ changes.
+        let hq: Vec<f64> = q
+            .iter()
+            .flat_map(|&a| hinv[a * n..a * n + n].iter().copied())
+            .collect();
         let wshared = SharedF64(w.as_mut_ptr());
         par_for(rows, &|o| {
             let p = wshared;
             // SAFETY: task o touches only row o of w.
             let r = unsafe { std::slice::from_raw_parts_mut(p.0.add(o * n), n) };
-            let f = r[i] / d;
-            r.iter_mut().zip(&hrow).for_each(|(x, h)| *x -= f * h);
+            // t = W[o,Q] · (H⁻¹[Q,Q])⁻¹, then W[o,:] −= t · H⁻¹[Q,:].
+            let t: Vec<f64> = (0..bq)
+                .map(|c| (0..bq).map(|k| r[q[k]] * hqq_inv[k * bq + c]).sum())
+                .collect();
+            for (c, tc) in t.iter().enumerate() {
+                r.iter_mut()
+                    .zip(&hq[c * n..c * n + n])
+                    .for_each(|(x, h)| *x -= tc * h);
+            }
         });
         let hshared = SharedF64(hinv.as_mut_ptr());
         par_for(n, &|a| {
             let p = hshared;
-            // SAFETY: task a touches only row a of hinv; row i is copied into `hrow` beforehand.
+            // SAFETY: task a touches only row a of hinv; rows Q were copied into `hq` beforehand.
             let r = unsafe { std::slice::from_raw_parts_mut(p.0.add(a * n), n) };
-            let f = hrow[a] / d;
-            if f != 0.0 {
-                r.iter_mut().zip(&hrow).for_each(|(x, h)| *x -= f * h);
+            let u: Vec<f64> = (0..bq)
+                .map(|c| (0..bq).map(|k| hq[k * n + a] * hqq_inv[k * bq + c]).sum())
+                .collect();
+            for (c, uc) in u.iter().enumerate() {
+                if *uc != 0.0 {
+                    r.iter_mut()
+                        .zip(&hq[c * n..c * n + n])
+                        .for_each(|(x, h)| *x -= uc * h);
+                }
             }
         });
-        alive[i] = false;
+        for &i in &q {
+            alive[i] = false;
+        }
+        remaining -= bq;
     }
     let kept: Vec<usize> = (0..n).filter(|&i| alive[i]).collect();
     let new = if update {
@@ -602,7 +719,7 @@ pub fn prune_mlp(
             let pruning = keep < cfg.intermediate_size;
             let recover = o.recover && pruning;
             let want_gram = pruning && (recover || o.score == Score::Obs);
-            let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<Layer>> {
+            let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<calib::Replacement>> {
                 let down = &model.layers[l].down_proj.weight;
                 match (o.score, &st.gram) {
                     (Score::Obs, Some(g)) => {
@@ -618,7 +735,11 @@ pub fn prune_mlp(
                     }
                 }
                 Ok(if o.sequential && pruning {
-                    Some(slice_layer(&model.layers[l], &kept[l], downs[l].clone())?)
+                    let layer = slice_layer(&model.layers[l], &kept[l], downs[l].clone())?;
+                    Some(calib::Replacement {
+                        layer,
+                        kept: kept[l].clone(),
+                    })
                 } else {
                     None
                 })
@@ -709,7 +830,7 @@ pub fn importance(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Importance> {
     let mut mlp = vec![Vec::new(); model.layers.len()];
-    let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<Layer>> {
+    let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<calib::Replacement>> {
         mlp[l] = score_layer(model, l, score, Some(st))?;
         Ok(None)
     };
