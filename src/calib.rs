@@ -17,6 +17,10 @@ pub struct LayerStats {
     pub act_sq: Vec<f64>,
     /// Gram matrix Σ a aᵀ of intermediate activations, `[intermediate, intermediate]`, when requested.
     pub gram: Option<Tensor>,
+    /// Σ z_j² of each input feature of the attention output projection, `[heads·head_dim]`.
+    pub attn_sq: Vec<f64>,
+    /// Gram matrix of the attention output projection's input, when requested.
+    pub attn_gram: Option<Tensor>,
     /// Mean cosine similarity between the layer's input and output residual streams.
     pub io_cosine: f64,
     /// Calibration tokens the sums run over.
@@ -27,6 +31,8 @@ pub struct LayerStats {
 pub struct Replacement {
     pub layer: Layer,
     pub kept: Vec<usize>,
+    /// The attention changed too (heads removed): the whole layer must be re-run.
+    pub attention_changed: bool,
 }
 
 /// Statistics of every layer plus the token count they were gathered on.
@@ -115,9 +121,15 @@ pub fn collect(
             saved = Some((t.mlp_residual.clone(), t.mlp_hidden.clone()));
             stats = Some((|| {
                 let a = t.mlp_hidden;
-                let gram = if gram {
+                let mlp_gram = if gram {
                     let at = a.t()?.contiguous()?;
                     Some(linear(&at, &at, None)?)
+                } else {
+                    None
+                };
+                let attn_gram = if gram {
+                    let zt = t.attn_hidden.t()?.contiguous()?;
+                    Some(linear(&zt, &zt, None)?)
                 } else {
                     None
                 };
@@ -125,7 +137,9 @@ pub fn collect(
                     input_sq: col_sums(t.mlp_input, true)?,
                     act_sum: col_sums(a, false)?,
                     act_sq: col_sums(a, true)?,
-                    gram,
+                    gram: mlp_gram,
+                    attn_sq: col_sums(t.attn_hidden, true)?,
+                    attn_gram,
                     io_cosine: 0.0,
                     tokens: ids.len(),
                 })
@@ -139,22 +153,21 @@ pub fn collect(
         st.io_cosine = mean_cosine(&x, &y)?;
         // Sequential calibration: a pruned layer hands back its new weights, and the next layer
         // sees the pruned layer's output, so later layers adapt to earlier pruning.
-        // Only the MLP changed, so the new output is the saved post-attention residual plus the
-        // pruned MLP applied to the kept neurons' saved activations.
+        // When only the MLP changed, the new output is the saved post-attention residual plus the
+        // pruned MLP applied to the kept neurons' saved activations; otherwise the layer is re-run.
         let y = match (on_layer(l, &st)?, saved) {
-            (Some(r), Some((residual, mid))) => {
+            (Some(r), Some((residual, mid))) if !r.attention_changed => {
                 let idx: Vec<u32> = r.kept.iter().map(|&i| i as u32).collect();
                 let idx = Tensor::from_vec(idx, r.kept.len(), &candle_core::Device::Cpu)?;
                 let mid_kept = mid.index_select(&idx, 1)?.contiguous()?;
                 (residual + model.mlp_output(&r.layer, &mid_kept)?)?
             }
-            (Some(r), None) => {
-                model.layer_forward_with(&r.layer, l, &x, samples, len, None, None)?
-            }
+            (Some(r), _) => model.layer_forward_with(&r.layer, l, &x, samples, len, None, None)?,
             (None, _) => y,
         };
-        // The Gram matrix is large (intermediate²): used by `on_layer`, then dropped.
+        // The Gram matrices are large (intermediate²): used by `on_layer`, then dropped.
         st.gram = None;
+        st.attn_gram = None;
         layers.push(st);
         x = y;
         progress(l + 1, n_layers);

@@ -41,7 +41,8 @@ impl GgufHeader {
     /// A float metadata value.
     pub fn get_f64(&self, key: &str) -> Option<f64> {
         match self.get(key)? {
-            Value::F32(x) => Some(*x as f64),
+            // The shortest decimal that round-trips the f32, so 1e-5 stays 1e-5 in config.json.
+            Value::F32(x) => format!("{x}").parse().ok(),
             Value::F64(x) => Some(*x),
             v => value_u64(v).map(|x| x as f64),
         }

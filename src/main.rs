@@ -98,6 +98,9 @@ mod cli {
             /// Remove these layers (comma-separated indices).
             #[arg(long, value_delimiter = ',')]
             drop_layers_at: Option<Vec<usize>>,
+            /// Fraction of KV heads (each with its query heads) to remove from every layer.
+            #[arg(long)]
+            heads: Option<f64>,
             /// Gather every layer's statistics on the unpruned model (as OptiPFair does) instead of
             /// calibrating each layer on the already-pruned layers before it.
             #[arg(long)]
@@ -329,6 +332,7 @@ mod cli {
         drop_layers: Option<usize>,
         drop_layers_at: Option<Vec<usize>>,
         parallel_calib: bool,
+        heads: Option<f64>,
         calib_samples: usize,
         calib_len: usize,
         dtype: String,
@@ -393,6 +397,7 @@ mod cli {
             drop_layers: a.drop_layers,
             drop_layers_at: a.drop_layers_at.clone(),
             sequential: !a.parallel_calib,
+            heads: a.heads,
         };
         let b = load(&a.model)?;
         podar::prune::mlp_target(b.model.cfg.intermediate_size, &opts).at(&a.model)?;
@@ -484,6 +489,7 @@ mod cli {
             "calibration": {"tokens": pruned.calib_tokens, "samples": opts.calib_samples, "len": opts.calib_len},
             "parameters_before": pb_, "parameters_after": pa,
             "kept_layers": pruned.kept_layers,
+            "kept_kv_heads": pruned.kept_heads,
             "layer_influence": pruned.layer_influence,
             "kept_mlp_neurons": pruned.kept,
             "seconds": {"prune": prune_secs, "total": secs},
@@ -644,6 +650,7 @@ mod cli {
                 drop_layers,
                 drop_layers_at,
                 parallel_calib,
+                heads,
                 calib_samples,
                 calib_len,
                 dtype,
@@ -663,6 +670,7 @@ mod cli {
                 drop_layers,
                 drop_layers_at,
                 parallel_calib,
+                heads,
                 calib_samples,
                 calib_len,
                 dtype,

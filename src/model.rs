@@ -378,7 +378,15 @@ impl Model {
     ) -> Result<Tensor> {
         let c = &self.cfg;
         let kind = c.layer_types[l];
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        // Head counts from the layer's own weights, so a layer with pruned heads runs as it is.
+        let hd = c.head_dim;
+        let (nh, nkv) = (
+            layer.q_proj.weight.dim(0)? / hd,
+            layer.k_proj.weight.dim(0)? / hd,
+        );
+        if nkv == 0 || !nh.is_multiple_of(nkv) {
+            bail!(Config, "layer {l} has {nh} query heads for {nkv} KV heads");
+        }
         let g = nh / nkv;
         let start = cache.as_ref().map_or(0, |c| c.len);
 

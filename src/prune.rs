@@ -84,6 +84,8 @@ pub struct PruneOptions {
     pub drop_layers_at: Option<Vec<usize>>,
     /// Calibrate each layer on the outputs of the already-pruned layers before it.
     pub sequential: bool,
+    /// Fraction of KV groups (each KV head with its query heads) to remove from every layer.
+    pub heads: Option<f64>,
 }
 
 impl Default for PruneOptions {
@@ -100,6 +102,7 @@ impl Default for PruneOptions {
             drop_layers: None,
             drop_layers_at: None,
             sequential: true,
+            heads: None,
         }
     }
 }
@@ -613,6 +616,78 @@ mod tests {
 unsafe impl Send for SharedF64 {}
 unsafe impl Sync for SharedF64 {}
 
+/// KV groups every layer keeps: all, or all but ⌊groups · fraction⌋ (at least one stays).
+pub fn heads_target(kv_heads: usize, fraction: Option<f64>) -> Result<usize> {
+    match fraction {
+        None => Ok(kv_heads),
+        Some(f) if (0.0..1.0).contains(&f) => {
+            let keep = kv_heads - (kv_heads as f64 * f) as usize;
+            if keep == 0 {
+                bail!(Input, "--heads {f} would remove all {kv_heads} KV heads");
+            }
+            Ok(keep)
+        }
+        Some(f) => bail!(Input, "--heads must be a fraction in [0, 1), got {f}"),
+    }
+}
+
+/// Output-projection columns (query-head features) of the KV groups `groups`.
+fn group_columns(groups: &[usize], group: usize, hd: usize) -> Vec<usize> {
+    groups
+        .iter()
+        .flat_map(|&j| (j * group * hd)..((j + 1) * group * hd))
+        .collect()
+}
+
+/// Scores KV groups: Σ over the group's o_proj input features of ‖z_c‖ · Σ|o_proj[:, c]|.
+fn head_group_scores(
+    layer: &Layer,
+    st: &LayerStats,
+    kv: usize,
+    group: usize,
+    hd: usize,
+) -> Result<Vec<f64>> {
+    let o = layer.o_proj.weight.t()?.contiguous()?.to_vec2::<f32>()?; // [nh·hd, H]
+    Ok((0..kv)
+        .map(|j| {
+            group_columns(&[j], group, hd)
+                .into_iter()
+                .map(|c| st.attn_sq[c].sqrt() * o[c].iter().map(|x| x.abs() as f64).sum::<f64>())
+                .sum()
+        })
+        .collect())
+}
+
+/// `layer` with only the KV groups `groups` (and their query heads); `o_proj` replaces the sliced one if given.
+fn slice_heads(
+    layer: &Layer,
+    groups: &[usize],
+    group: usize,
+    hd: usize,
+    o_proj: Option<Tensor>,
+) -> Result<Layer> {
+    let mut out = layer.clone();
+    let qrows = group_columns(groups, group, hd);
+    let kvrows = group_columns(groups, 1, hd);
+    let rows = |lin: &Linear, idx: &[usize]| -> Result<Linear> {
+        Ok(Linear {
+            weight: select_rows(&lin.weight, idx)?,
+            bias: lin.bias.as_ref().map(|b| select_rows(b, idx)).transpose()?,
+        })
+    };
+    out.q_proj = rows(&layer.q_proj, &qrows)?;
+    out.k_proj = rows(&layer.k_proj, &kvrows)?;
+    out.v_proj = rows(&layer.v_proj, &kvrows)?;
+    out.o_proj = Linear {
+        weight: match o_proj {
+            Some(o) => o,
+            None => select_cols(&layer.o_proj.weight, &qrows)?,
+        },
+        bias: layer.o_proj.bias.clone(),
+    };
+    Ok(out)
+}
+
 /// `layer` with only the MLP neurons `kept`; `down` replaces the sliced down projection if given.
 fn slice_layer(layer: &Layer, kept: &[usize], down: Option<Tensor>) -> Result<Layer> {
     let mut out = layer.clone();
@@ -642,6 +717,8 @@ pub struct Pruned {
     pub kept: Vec<Vec<usize>>,
     /// Indices (in the source model) of the layers kept.
     pub kept_layers: Vec<usize>,
+    /// Kept KV groups per kept layer.
+    pub kept_heads: Vec<Vec<usize>>,
     /// Block influence (1 − mean cos(input, output)) of every source layer, when calibrated.
     pub layer_influence: Vec<f64>,
     pub calib_tokens: usize,
@@ -712,14 +789,36 @@ pub fn prune_mlp(
     }
     let mut kept: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut downs: Vec<Option<Tensor>> = vec![None; n];
+    let kv_keep = heads_target(cfg.num_key_value_heads, o.heads)?;
+    let group = cfg.num_attention_heads / cfg.num_key_value_heads;
+    let mut kept_heads: Vec<Vec<usize>> = vec![(0..cfg.num_key_value_heads).collect(); n];
+    let mut o_projs: Vec<Option<Tensor>> = vec![None; n];
+    if kv_keep < cfg.num_key_value_heads && calib_ids.is_none() {
+        bail!(
+            Input,
+            "--heads scores heads on calibration text: give --calib"
+        );
+    }
     let mut calib_tokens = 0;
     let mut influence = Vec::new();
     match calib_ids {
         Some(ids) => {
             let pruning = keep < cfg.intermediate_size;
             let recover = o.recover && pruning;
-            let want_gram = pruning && (recover || o.score == Score::Obs);
+            let heads_pruning = kv_keep < cfg.num_key_value_heads;
+            let want_gram =
+                (pruning && (recover || o.score == Score::Obs)) || (heads_pruning && o.recover);
             let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<calib::Replacement>> {
+                if heads_pruning {
+                    let layer = &model.layers[l];
+                    let sc =
+                        head_group_scores(layer, st, cfg.num_key_value_heads, group, cfg.head_dim)?;
+                    kept_heads[l] = top_k(&sc, kv_keep);
+                    if let (true, Some(g)) = (o.recover, &st.attn_gram) {
+                        let cols = group_columns(&kept_heads[l], group, cfg.head_dim);
+                        o_projs[l] = Some(refit_down(&layer.o_proj.weight, g, &cols, o.ridge)?);
+                    }
+                }
                 let down = &model.layers[l].down_proj.weight;
                 match (o.score, &st.gram) {
                     (Score::Obs, Some(g)) => {
@@ -734,11 +833,21 @@ pub fn prune_mlp(
                         }
                     }
                 }
-                Ok(if o.sequential && pruning {
-                    let layer = slice_layer(&model.layers[l], &kept[l], downs[l].clone())?;
+                Ok(if o.sequential && (pruning || heads_pruning) {
+                    let mut layer = slice_layer(&model.layers[l], &kept[l], downs[l].clone())?;
+                    if heads_pruning {
+                        layer = slice_heads(
+                            &layer,
+                            &kept_heads[l],
+                            group,
+                            cfg.head_dim,
+                            o_projs[l].clone(),
+                        )?;
+                    }
                     Some(calib::Replacement {
                         layer,
                         kept: kept[l].clone(),
+                        attention_changed: heads_pruning,
                     })
                 } else {
                     None
@@ -787,6 +896,19 @@ pub fn prune_mlp(
             *layer = slice_layer(layer, &kept[l], downs[l].take())?;
         }
     }
+    if kv_keep < cfg.num_key_value_heads {
+        for (l, layer) in out.layers.iter_mut().enumerate() {
+            *layer = slice_heads(
+                layer,
+                &kept_heads[l],
+                group,
+                cfg.head_dim,
+                o_projs[l].take(),
+            )?;
+        }
+        out.cfg.num_key_value_heads = kv_keep;
+        out.cfg.num_attention_heads = kv_keep * group;
+    }
     let kept_layers: Vec<usize> = (0..n).filter(|l| !drop.contains(l)).collect();
     if !drop.is_empty() {
         out.layers = kept_layers.iter().map(|&l| out.layers[l].clone()).collect();
@@ -799,11 +921,16 @@ pub fn prune_mlp(
             .iter()
             .map(|&l| std::mem::take(&mut kept[l]))
             .collect();
+        kept_heads = kept_layers
+            .iter()
+            .map(|&l| std::mem::take(&mut kept_heads[l]))
+            .collect();
     }
     Ok(Pruned {
         model: out,
         kept,
         kept_layers,
+        kept_heads,
         layer_influence: influence,
         calib_tokens,
     })

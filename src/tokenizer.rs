@@ -295,8 +295,9 @@ pub fn gguf_tokenizer_json(h: &GgufHeader) -> Result<(Value, Value)> {
         "add_bos_token": add_bos,
         "add_eos_token": add_eos,
         "clean_up_tokenization_spaces": false,
-        "model_max_length": 1_000_000_000_000_000_019u64,
-        "tokenizer_class": if model == "gpt2" { "GPT2Tokenizer" } else { "LlamaTokenizer" },
+        "model_max_length": h.get_u64(&format!("{}.context_length", h.get_str("general.architecture").unwrap_or(""))).unwrap_or(8192),
+        // The generic fast class: GPT2Tokenizer would replace tokenizer.json's pre-tokenizer in transformers 5.
+        "tokenizer_class": "PreTrainedTokenizerFast",
     });
     for (k, i) in [
         ("bos_token", bos),

@@ -230,3 +230,89 @@ fn bad_requests_are_refused() {
     };
     assert_eq!(podar::prune::mlp_target(128, &o).unwrap(), 96);
 }
+
+#[test]
+fn head_and_depth_pruning_keep_config_and_tensors_consistent() {
+    let ids = calib(8 * 16);
+    for name in ["llama", "qwen2", "qwen3", "gemma2", "gemma3"] {
+        let (m, _) = load(name);
+        let o = PruneOptions {
+            mlp_fraction: Some(0.25),
+            heads: Some(0.5),
+            drop_layers: Some(1),
+            score: Score::Obs,
+            calib_samples: 8,
+            calib_len: 16,
+            ..Default::default()
+        };
+        let p = prune_mlp(&m, Some(&ids), &o, &mut |_, _, _| {}).unwrap();
+        let c = &p.model.cfg;
+        assert_eq!(
+            (c.num_key_value_heads, c.num_attention_heads),
+            (1, 2),
+            "{name}"
+        );
+        assert_eq!(c.num_hidden_layers, 2);
+        assert_eq!(c.layer_types.len(), 2);
+        assert_eq!(p.kept_layers.len(), 2);
+        assert_eq!(p.kept_heads.len(), 2);
+        let (cfg, st) = export(&p.model, StorageDtype::F32);
+        let back = podar::load_hf_weights(&cfg, vec![Cursor::new(st)]).unwrap();
+        assert_eq!(
+            back.cfg.head_dim, m.cfg.head_dim,
+            "{name}: head_dim must be written explicitly"
+        );
+        let a: Vec<f32> = p
+            .model
+            .forward(&ids[..12], 1, 12, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = back
+            .forward(&ids[..12], 1, 12, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b, "{name}: reloaded export computes something else");
+    }
+}
+
+#[test]
+fn head_recovery_brings_outputs_closer() {
+    let (m, _) = load("mistral");
+    let ids = calib(16 * 32);
+    let held_out = calib(16 * 32 + 64)[16 * 32..].to_vec();
+    let base = PruneOptions {
+        heads: Some(0.5),
+        calib_samples: 16,
+        calib_len: 32,
+        sequential: false,
+        ..Default::default()
+    };
+    let with = prune_mlp(
+        &m,
+        Some(&ids),
+        &PruneOptions {
+            recover: true,
+            ..base.clone()
+        },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let without = prune_mlp(
+        &m,
+        Some(&ids),
+        &PruneOptions {
+            recover: false,
+            ..base
+        },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(with.kept_heads, without.kept_heads);
+    assert!(logit_error(&m, &with.model, &held_out) < logit_error(&m, &without.model, &held_out));
+}
