@@ -69,60 +69,8 @@ mod cli {
             #[arg(long)]
             chat: bool,
         },
-        /// Prune MLP width for a domain and write a Hugging Face folder.
-        Prune {
-            model: PathBuf,
-            /// Domain text for calibration (data-driven scores and recovery).
-            #[arg(long)]
-            calib: Option<PathBuf>,
-            /// Fraction of MLP neurons to remove, e.g. 0.2.
-            #[arg(long)]
-            mlp: Option<f64>,
-            /// MLP width to keep instead of a fraction.
-            #[arg(long)]
-            mlp_size: Option<usize>,
-            /// maw, vow, pon, l2 (static) or wanda, flap, optipfair, obs (need --calib). Default: obs with --calib, else maw.
-            #[arg(long)]
-            score: Option<String>,
-            /// Skip the ridge re-fit of the down projections.
-            #[arg(long)]
-            no_recover: bool,
-            /// Ridge strength of recovery, relative to the Gram matrix's mean diagonal.
-            #[arg(long, default_value_t = 1e-2)]
-            ridge: f64,
-            #[arg(long)]
-            divisor: Option<usize>,
-            /// Remove N layers, those whose output differs least from their input on the calibration text.
-            #[arg(long)]
-            drop_layers: Option<usize>,
-            /// Remove these layers (comma-separated indices).
-            #[arg(long, value_delimiter = ',')]
-            drop_layers_at: Option<Vec<usize>>,
-            /// Fraction of KV heads (each with its query heads) to remove from every layer.
-            #[arg(long)]
-            heads: Option<f64>,
-            /// Gather every layer's statistics on the unpruned model (as OptiPFair does) instead of
-            /// calibrating each layer on the already-pruned layers before it.
-            #[arg(long)]
-            parallel_calib: bool,
-            #[arg(long, default_value_t = 64)]
-            calib_samples: usize,
-            #[arg(long, default_value_t = 128)]
-            calib_len: usize,
-            /// f32, f16 or bf16 (hf); f32, f16 or q8_0 (gguf).
-            #[arg(long, default_value = "f32")]
-            dtype: String,
-            /// hf (a Hugging Face folder) or gguf (DIR/model.gguf for llama.cpp).
-            #[arg(long, default_value = "hf")]
-            format: String,
-            #[arg(long)]
-            out: PathBuf,
-            /// Text files to evaluate before and after (perplexity, ctx 512).
-            #[arg(long)]
-            eval: Vec<PathBuf>,
-            #[arg(long)]
-            json: bool,
-        },
+        /// Prune MLP neurons, attention heads and layers for a domain; write a Hugging Face folder or a GGUF.
+        Prune(Box<PruneArgs>),
         /// Per-layer and per-neuron importance on calibration text, for charts and scripts.
         Importance {
             model: PathBuf,
@@ -320,25 +268,60 @@ mod cli {
         Some(kb * 1024)
     }
 
+    #[derive(clap::Args)]
     struct PruneArgs {
         model: PathBuf,
+        /// Domain text for calibration (data-driven scores and recovery).
+        #[arg(long)]
         calib: Option<PathBuf>,
+        /// Fraction of MLP neurons to remove, e.g. 0.2.
+        #[arg(long)]
         mlp: Option<f64>,
+        /// MLP width to keep instead of a fraction.
+        #[arg(long)]
         mlp_size: Option<usize>,
+        /// maw, vow, pon, l2 (static) or wanda, flap, optipfair, obs (need --calib). Default: obs with --calib, else maw.
+        #[arg(long)]
         score: Option<String>,
+        /// Skip the ridge re-fit of the down projections.
+        #[arg(long)]
         no_recover: bool,
+        /// Ridge strength of recovery, relative to the Gram matrix's mean diagonal.
+        #[arg(long, default_value_t = 1e-3)]
         ridge: f64,
+        /// Round the kept MLP width down to a multiple of 32, 64, 128 or 256.
+        #[arg(long)]
         divisor: Option<usize>,
+        /// Remove N layers, those whose output differs least from their input on the calibration text.
+        #[arg(long)]
         drop_layers: Option<usize>,
+        /// Remove these layers (comma-separated indices).
+        #[arg(long, value_delimiter = ',')]
         drop_layers_at: Option<Vec<usize>>,
-        parallel_calib: bool,
+        /// Fraction of KV heads (each with its query heads) to remove from every layer.
+        #[arg(long)]
         heads: Option<f64>,
+        /// Gather every layer's statistics on the unpruned model (as OptiPFair does) instead of
+        /// calibrating each layer on the already-pruned layers before it.
+        #[arg(long)]
+        parallel_calib: bool,
+        #[arg(long, default_value_t = 64)]
         calib_samples: usize,
+        #[arg(long, default_value_t = 128)]
         calib_len: usize,
+        /// f32, f16 or bf16 (hf); f32, f16 or q8_0 (gguf).
+        #[arg(long, default_value = "f32")]
         dtype: String,
+        /// hf (a Hugging Face folder) or gguf (DIR/model.gguf for llama.cpp).
+        #[arg(long, default_value = "hf")]
         format: String,
+        /// Output folder.
+        #[arg(long)]
         out: PathBuf,
+        /// Text files to evaluate before and after (perplexity, ctx 512).
+        #[arg(long)]
         eval: Vec<PathBuf>,
+        #[arg(long)]
         json: bool,
     }
 
@@ -379,12 +362,9 @@ mod cli {
         };
         let score = match (&a.score, &a.calib) {
             (Some(s), _) => Score::parse(s).at(&a.model)?,
-            (None, Some(_)) => Score::Wanda,
+            (None, Some(_)) => Score::Obs,
             (None, None) => Score::Maw,
         };
-        if a.calib.is_none() {
-            eprintln!("podar: warning: without --calib only static weight scores are possible; they damage small models badly (see README)");
-        }
         let opts = PruneOptions {
             mlp_fraction: a.mlp,
             mlp_size: a.mlp_size,
@@ -425,6 +405,18 @@ mod cli {
             }
             None => None,
         };
+        if a.calib.is_none() && (score.needs_data() || a.heads.is_some() || a.drop_layers.is_some())
+        {
+            return Err(bad(
+                &a.model,
+                format!(
+                    "score `{score:?}`, --heads and --drop-layers need calibration text (--calib)"
+                ),
+            ));
+        }
+        if a.calib.is_none() {
+            eprintln!("podar: warning: without --calib only static weight scores are possible; they damage small models badly (see README)");
+        }
         let before: Vec<f64> = a
             .eval
             .iter()
@@ -638,47 +630,7 @@ mod cli {
                 .at(&model)?;
                 println!();
             }
-            Cmd::Prune {
-                model,
-                calib,
-                mlp,
-                mlp_size,
-                score,
-                no_recover,
-                ridge,
-                divisor,
-                drop_layers,
-                drop_layers_at,
-                parallel_calib,
-                heads,
-                calib_samples,
-                calib_len,
-                dtype,
-                format,
-                out,
-                eval,
-                json,
-            } => prune(PruneArgs {
-                model,
-                calib,
-                mlp,
-                mlp_size,
-                score,
-                no_recover,
-                ridge,
-                divisor,
-                drop_layers,
-                drop_layers_at,
-                parallel_calib,
-                heads,
-                calib_samples,
-                calib_len,
-                dtype,
-                format,
-                out,
-                eval,
-                json,
-            })?,
+            Cmd::Prune(a) => prune(*a)?,
             Cmd::Importance {
                 model,
                 calib,

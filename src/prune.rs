@@ -96,7 +96,7 @@ impl Default for PruneOptions {
             divisor: None,
             score: Score::Wanda,
             recover: true,
-            ridge: 1e-2,
+            ridge: 1e-3,
             calib_samples: 64,
             calib_len: 128,
             drop_layers: None,

@@ -204,3 +204,162 @@ fn eval_json_on_tiny_model() {
     assert!(v["perplexity"].as_f64().unwrap() > 1.0);
     assert!(v["seconds"].as_f64().is_some());
 }
+
+#[test]
+fn prune_writes_a_consistent_hf_folder_and_report() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Calibration and evaluation text: podar's own source code, a "code" domain every clone has.
+    let calib = root.join("src/model.rs");
+    let eval = root.join("src/prune.rs");
+    let out = tmp("pruned_hf");
+    let (code, stdout, err) = podar(&[
+        "prune",
+        real_model().to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-samples",
+        "4",
+        "--calib-len",
+        "64",
+        "--mlp",
+        "0.2",
+        "--heads",
+        "0.34",
+        "--drop-layers",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--eval",
+        eval.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for k in ["parameters_before", "parameters_after", "seconds", "out"] {
+        assert!(v.get(k).is_some(), "--json lacks {k}: {stdout}");
+    }
+    assert!(v["parameters_after"].as_u64() < v["parameters_before"].as_u64());
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["intermediate_size"], 1229);
+    assert_eq!(cfg["num_hidden_layers"], 29);
+    assert_eq!(cfg["num_key_value_heads"], 2);
+    assert_eq!(cfg["num_attention_heads"], 6);
+    assert_eq!(cfg["head_dim"], 64);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("podar-report.json")).unwrap()).unwrap();
+    assert_eq!(report["kept_layers"].as_array().unwrap().len(), 29);
+    assert_eq!(report["calibration"]["tokens"], 256);
+    let ppl = &report["perplexity"][0];
+    assert!(ppl["before"].as_f64().unwrap() > 1.0 && ppl["after"].as_f64().unwrap() > 1.0);
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "README.md",
+    ] {
+        assert!(out.join(f).exists(), "missing {f}");
+    }
+    // podar reads its own export, with the same tokenizer, and inspect agrees with the config.
+    let (code, stdout, err) = podar(&["inspect", out.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(s["parameters"], v["parameters_after"]);
+    let (code, _, err) = podar(&[
+        "generate",
+        out.to_str().unwrap(),
+        "--prompt",
+        "def add(a, b):",
+        "--max-tokens",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn prune_writes_gguf() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = tmp("pruned_gguf");
+    let (code, _, err) = podar(&[
+        "prune",
+        real_model().to_str().unwrap(),
+        "--mlp-size",
+        "1024",
+        "--format",
+        "gguf",
+        "--dtype",
+        "q8_0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("static weight scores"),
+        "no warning about static scores: {err}"
+    );
+    let (code, stdout, err) = podar(&[
+        "inspect",
+        out.join("model.gguf").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(s["intermediate_size"], 1024);
+    assert_eq!(s["dtype"], "Q8_0");
+    let _ = root;
+}
+
+#[test]
+fn prune_refuses_bad_requests() {
+    let out = tmp("never");
+    let m = real_model();
+    let m = m.to_str().unwrap();
+    let t = tmp("tiny_calib.txt");
+    std::fs::write(&t, "def f(x):\n    return x\n").unwrap();
+    fails(
+        &[
+            "prune",
+            m,
+            "--calib",
+            t.to_str().unwrap(),
+            "--mlp",
+            "0.2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &t,
+        "need 8192",
+    );
+    fails(
+        &["prune", m, "--mlp", "1.5", "--out", out.to_str().unwrap()],
+        Path::new(m),
+        "--mlp must be a fraction",
+    );
+    fails(
+        &[
+            "prune",
+            m,
+            "--mlp",
+            "0.2",
+            "--score",
+            "wanda",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Path::new(m),
+        "need calibration text",
+    );
+    fails(
+        &[
+            "prune",
+            m,
+            "--drop-layers-at",
+            "30",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Path::new(m),
+        "names layer 30",
+    );
+}
