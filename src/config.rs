@@ -181,7 +181,8 @@ fn get_bool(m: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
     }
 }
 
-fn id_list(v: Option<&Value>) -> Vec<u32> {
+/// Token ids given as one number or a list (transformers allows both).
+pub(crate) fn id_list(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
         Some(Value::Array(a)) => a

@@ -88,16 +88,7 @@ impl Bundle {
 
     /// Token ids that end generation: generation_config's, else the config's, else the tokenizer's EOS.
     pub fn stop_ids(&self) -> Vec<u32> {
-        let from = |v: Option<&Value>| -> Vec<u32> {
-            match v {
-                Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|x| x.as_u64().map(|x| x as u32))
-                    .collect(),
-                _ => vec![],
-            }
-        };
+        let from = crate::config::id_list;
         let g = from(
             self.generation_config
                 .as_ref()

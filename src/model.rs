@@ -488,8 +488,8 @@ impl Model {
         Ok(logits)
     }
 
-    /// Logits `[b·t, vocab]` for token ids laid out `[b, t]`, optionally continuing a cache.
-    pub fn forward(
+    /// Runs every layer on token ids laid out `[b, t]`, continuing `cache` if given; `[b·t, hidden]`.
+    fn run_layers(
         &self,
         ids: &[u32],
         b: usize,
@@ -503,7 +503,18 @@ impl Model {
         if let Some(c) = cache {
             c.len += t;
         }
-        self.head(&x)
+        Ok(x)
+    }
+
+    /// Logits `[b·t, vocab]` for token ids laid out `[b, t]`, optionally continuing a cache.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.head(&self.run_layers(ids, b, t, cache)?)
     }
 
     /// Logits of the last position only, `[b, vocab]` (saves the LM head on every other position).
@@ -512,15 +523,9 @@ impl Model {
         ids: &[u32],
         b: usize,
         t: usize,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let mut x = self.embed(ids, b, t)?;
-        for l in 0..self.layers.len() {
-            x = self.layer_forward(l, &x, b, t, cache.as_deref_mut(), None)?;
-        }
-        if let Some(c) = cache {
-            c.len += t;
-        }
+        let x = self.run_layers(ids, b, t, cache)?;
         let last = x
             .reshape((b, t, self.cfg.hidden_size))?
             .narrow(1, t - 1, 1)?
@@ -583,11 +588,7 @@ impl Model {
 
     /// Hidden states after the last layer, `[b·t, hidden]`, for ids laid out `[b, t]`.
     pub fn hidden(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
-        let mut x = self.embed(ids, b, t)?;
-        for l in 0..self.layers.len() {
-            x = self.layer_forward(l, &x, b, t, None, None)?;
-        }
-        Ok(x)
+        self.run_layers(ids, b, t, None)
     }
 
     /// Negative log-likelihood of each `targets[i]` given hidden row `i` of `x` (`[n, hidden]`).

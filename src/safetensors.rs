@@ -165,15 +165,12 @@ impl<R: Read + Seek> TensorSource for SafetensorsSource<R> {
         Some(self.files[i].1.tensors[name].dtype)
     }
     fn load(&mut self, name: &str) -> Result<Tensor> {
+        let buf = self.load_raw(name)?;
         let &i = self
             .index
             .get(name)
             .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        let (r, h) = &mut self.files[i];
-        let meta = &h.tensors[name];
-        let mut buf = vec![0u8; (meta.end - meta.start) as usize];
-        r.seek(SeekFrom::Start(meta.start))?;
-        r.read_exact(&mut buf)?;
+        let meta = &self.files[i].1.tensors[name];
         to_f32_tensor(&buf, meta.dtype, &meta.shape)
     }
     fn load_raw(&mut self, name: &str) -> Result<Vec<u8>> {
