@@ -45,14 +45,9 @@ pub struct CalibStats {
 /// The first `samples` consecutive windows of `len` ids; a clear error if the text is too short.
 pub fn windows(ids: &[u32], samples: usize, len: usize) -> Result<Vec<u32>> {
     if samples == 0 || len < 2 {
-        bail!(
-            Input,
-            "--calib-samples must be at least 1 and --calib-len at least 2"
-        );
+        bail!(Input, "--calib-samples must be at least 1 and --calib-len at least 2");
     }
-    let need = samples
-        .checked_mul(len)
-        .ok_or_else(|| crate::Error::Input("calibration size overflows".into()))?;
+    let need = samples.checked_mul(len).ok_or_else(|| crate::Error::Input("calibration size overflows".into()))?;
     if ids.len() < need {
         bail!(
             Input,
@@ -80,10 +75,7 @@ fn col_sums(t: &Tensor, sq: bool) -> Result<Vec<f64>> {
 
 fn mean_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
     let (_, n) = a.dims2()?;
-    let (av, bv) = (
-        a.flatten_all()?.to_vec1::<f32>()?,
-        b.flatten_all()?.to_vec1::<f32>()?,
-    );
+    let (av, bv) = (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
     let mut total = 0f64;
     let mut rows = 0usize;
     for (x, y) in av.chunks_exact(n).zip(bv.chunks_exact(n)) {
@@ -172,8 +164,5 @@ pub fn collect(
         x = y;
         progress(l + 1, n_layers);
     }
-    Ok(CalibStats {
-        layers,
-        tokens: ids.len(),
-    })
+    Ok(CalibStats { layers, tokens: ids.len() })
 }

@@ -97,15 +97,8 @@ impl LayerType {
 /// RoPE frequency scaling.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
-    Linear {
-        factor: f64,
-    },
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: f64,
-    },
+    Linear { factor: f64 },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
 }
 
 /// Everything the forward pass needs to know, in transformers' terms.
@@ -151,10 +144,7 @@ fn get_usize(m: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if (n as usize) <= MAX_DIM => Ok(Some(n as usize)),
-            _ => bail!(
-                Config,
-                "`{key}` must be a non-negative integer at most {MAX_DIM}, got {v}"
-            ),
+            _ => bail!(Config, "`{key}` must be a non-negative integer at most {MAX_DIM}, got {v}"),
         },
     }
 }
@@ -185,20 +175,13 @@ fn get_bool(m: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
 pub(crate) fn id_list(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
         _ => vec![],
     }
 }
 
 fn parse_rope_scaling(rs: &Map<String, Value>) -> Result<Option<RopeScaling>> {
-    let kind = rs
-        .get("rope_type")
-        .or_else(|| rs.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("default");
     let factor = get_f64(rs, "factor")?.unwrap_or(1.0);
     Ok(match kind {
         "default" => None,
@@ -207,8 +190,7 @@ fn parse_rope_scaling(rs: &Map<String, Value>) -> Result<Option<RopeScaling>> {
             factor,
             low_freq_factor: get_f64(rs, "low_freq_factor")?.unwrap_or(1.0),
             high_freq_factor: get_f64(rs, "high_freq_factor")?.unwrap_or(4.0),
-            original_max_position_embeddings: get_f64(rs, "original_max_position_embeddings")?
-                .unwrap_or(8192.0),
+            original_max_position_embeddings: get_f64(rs, "original_max_position_embeddings")?.unwrap_or(8192.0),
         }),
         other => bail!(Config, "unsupported rope scaling `{other}`"),
     })
@@ -227,10 +209,7 @@ impl ModelConfig {
             .ok_or_else(|| Error::Config("missing `model_type`".into()))?;
         let arch = Arch::from_model_type(model_type)?;
         // A multimodal Gemma 3 config nests the text model.
-        let m = match (
-            model_type,
-            top.get("text_config").and_then(Value::as_object),
-        ) {
+        let m = match (model_type, top.get("text_config").and_then(Value::as_object)) {
             ("gemma3", Some(tc)) => tc,
             _ => top,
         };
@@ -238,20 +217,19 @@ impl ModelConfig {
         let num_attention_heads = req_usize(m, "num_attention_heads")?;
         let num_hidden_layers = req_usize(m, "num_hidden_layers")?;
         if num_attention_heads == 0 || hidden_size == 0 || num_hidden_layers > MAX_LAYERS {
-            bail!(Config, "hidden_size, num_attention_heads must be positive and num_hidden_layers at most {MAX_LAYERS}");
+            bail!(
+                Config,
+                "hidden_size, num_attention_heads must be positive and num_hidden_layers at most {MAX_LAYERS}"
+            );
         }
-        let num_key_value_heads =
-            get_usize(m, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = get_usize(m, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         let head_dim = get_usize(m, "head_dim")?.unwrap_or(hidden_size / num_attention_heads);
         let hidden_act = match m
             .get("hidden_activation")
             .or_else(|| m.get("hidden_act"))
             .and_then(Value::as_str)
-            .unwrap_or(if arch.is_gemma() {
-                "gelu_pytorch_tanh"
-            } else {
-                "silu"
-            }) {
+            .unwrap_or(if arch.is_gemma() { "gelu_pytorch_tanh" } else { "silu" })
+        {
             "silu" | "swish" => Activation::Silu,
             "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
             "gelu" => Activation::Gelu,
@@ -291,9 +269,7 @@ impl ModelConfig {
             _ => (attention_bias, false),
         };
         let mut sliding_window = get_usize(m, "sliding_window")?;
-        if matches!(arch, Arch::Qwen2 | Arch::Qwen3)
-            && !get_bool(m, "use_sliding_window")?.unwrap_or(false)
-        {
+        if matches!(arch, Arch::Qwen2 | Arch::Qwen3) && !get_bool(m, "use_sliding_window")?.unwrap_or(false) {
             sliding_window = None;
         }
         if arch == Arch::Llama {
@@ -323,9 +299,7 @@ impl ModelConfig {
                         (_, Some(p)) if p > 0 && (i + 1) % p != 0 => LayerType::Sliding,
                         (_, Some(_)) => LayerType::Full,
                         (Arch::Mistral, _) if sliding_window.is_some() => LayerType::Sliding,
-                        (Arch::Qwen2 | Arch::Qwen3, _)
-                            if sliding_window.is_some() && i >= max_window_layers =>
-                        {
+                        (Arch::Qwen2 | Arch::Qwen3, _) if sliding_window.is_some() && i >= max_window_layers => {
                             LayerType::Sliding
                         }
                         _ => LayerType::Full,
@@ -345,11 +319,7 @@ impl ModelConfig {
             max_position_embeddings: get_usize(m, "max_position_embeddings")?.unwrap_or(2048),
             rms_norm_eps: get_f64(m, "rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
-            rope_local_base_freq: if arch == Arch::Gemma3 {
-                Some(rope_local.unwrap_or(10000.0))
-            } else {
-                None
-            },
+            rope_local_base_freq: if arch == Arch::Gemma3 { Some(rope_local.unwrap_or(10000.0)) } else { None },
             rope_scaling,
             tie_word_embeddings: get_bool(top, "tie_word_embeddings")?
                 .or(get_bool(m, "tie_word_embeddings")?)
@@ -372,11 +342,7 @@ impl ModelConfig {
 
     /// Checks that the sizes agree with each other.
     pub fn validate(&self) -> Result<()> {
-        if self.num_key_value_heads == 0
-            || !self
-                .num_attention_heads
-                .is_multiple_of(self.num_key_value_heads)
-        {
+        if self.num_key_value_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             bail!(
                 Config,
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
@@ -385,11 +351,7 @@ impl ModelConfig {
             );
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
-            bail!(
-                Config,
-                "head_dim ({}) must be even and positive",
-                self.head_dim
-            );
+            bail!(Config, "head_dim ({}) must be even and positive", self.head_dim);
         }
         if self.layer_types.len() != self.num_hidden_layers {
             bail!(
@@ -474,19 +436,13 @@ mod tests {
     fn rejects_bad_head_ratio() {
         let j = br#"{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
             "num_attention_heads":4,"num_key_value_heads":3,"vocab_size":10}"#;
-        assert!(matches!(
-            ModelConfig::from_hf_json(j),
-            Err(Error::Config(_))
-        ));
+        assert!(matches!(ModelConfig::from_hf_json(j), Err(Error::Config(_))));
     }
 
     #[test]
     fn rejects_unknown_arch() {
         let j = br#"{"model_type":"gpt2"}"#;
-        assert!(matches!(
-            ModelConfig::from_hf_json(j),
-            Err(Error::UnsupportedArchitecture(_))
-        ));
+        assert!(matches!(ModelConfig::from_hf_json(j), Err(Error::UnsupportedArchitecture(_))));
     }
 
     #[test]
@@ -494,9 +450,6 @@ mod tests {
         let j = br#"{"model_type":"gemma2","hidden_size":64,"intermediate_size":128,"num_hidden_layers":3,
             "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":10,"sliding_window":4}"#;
         let c = ModelConfig::from_hf_json(j).unwrap();
-        assert_eq!(
-            c.layer_types,
-            vec![LayerType::Sliding, LayerType::Full, LayerType::Sliding]
-        );
+        assert_eq!(c.layer_types, vec![LayerType::Sliding, LayerType::Full, LayerType::Sliding]);
     }
 }

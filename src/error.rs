@@ -16,20 +16,14 @@ pub enum Error {
     #[error("config: {0}")]
     Config(String),
     /// An architecture podar does not run.
-    #[error(
-        "unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3)"
-    )]
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3)")]
     UnsupportedArchitecture(String),
     /// A tensor the architecture needs is absent.
     #[error("missing tensor `{0}`")]
     MissingTensor(String),
     /// A tensor's shape disagrees with the config.
     #[error("tensor `{name}` has shape {got:?}, the config implies {expected:?}")]
-    Shape {
-        name: String,
-        expected: Vec<usize>,
-        got: Vec<usize>,
-    },
+    Shape { name: String, expected: Vec<usize>, got: Vec<usize> },
     /// The tokenizer could not be built or could not encode/decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -22,18 +22,10 @@ pub struct Perplexity {
 /// Checks `ctx` and cuts `ids` into windows; errors say how much text is needed.
 pub fn windows(ids: &[u32], ctx: usize, max_ctx: usize) -> Result<Vec<&[u32]>> {
     if ctx < 2 || ctx > max_ctx.min(MAX_CTX) {
-        bail!(
-            Input,
-            "--ctx must be between 2 and {}, got {ctx}",
-            max_ctx.min(MAX_CTX)
-        );
+        bail!(Input, "--ctx must be between 2 and {}, got {ctx}", max_ctx.min(MAX_CTX));
     }
     if ids.len() < ctx {
-        bail!(
-            Input,
-            "the text has {} tokens; one window of --ctx {ctx} needs at least {ctx}",
-            ids.len()
-        );
+        bail!(Input, "the text has {} tokens; one window of --ctx {ctx} needs at least {ctx}", ids.len());
     }
     Ok(ids.chunks_exact(ctx).collect())
 }
@@ -45,11 +37,7 @@ pub fn perplexity(
     ctx: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Perplexity> {
-    let wins = windows(
-        ids,
-        ctx,
-        model.cfg.max_position_embeddings.max(ctx.min(MAX_CTX)),
-    )?;
+    let wins = windows(ids, ctx, model.cfg.max_position_embeddings.max(ctx.min(MAX_CTX)))?;
     let mut total = 0f64;
     let mut n = 0usize;
     for (k, w) in wins.iter().enumerate() {
@@ -60,10 +48,5 @@ pub fn perplexity(
         progress(k + 1, wins.len());
     }
     let mean = total / n as f64;
-    Ok(Perplexity {
-        perplexity: mean.exp(),
-        tokens: ids.len(),
-        predictions: n,
-        nll: mean,
-    })
+    Ok(Perplexity { perplexity: mean.exp(), tokens: ids.len(), predictions: n, nll: mean })
 }

@@ -11,15 +11,9 @@ use std::io::Write;
 
 fn encode(v: &[f32], dtype: StorageDtype, out: &mut Vec<u8>) {
     match dtype {
-        StorageDtype::F32 => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        StorageDtype::F16 => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())),
-        StorageDtype::BF16 => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes())),
+        StorageDtype::F32 => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        StorageDtype::F16 => v.iter().for_each(|x| out.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())),
+        StorageDtype::BF16 => v.iter().for_each(|x| out.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes())),
     }
 }
 
@@ -30,11 +24,7 @@ pub fn write_safetensors<W: Write>(model: &Model, dtype: StorageDtype, w: &mut W
     // The writer and the config agree by construction; check anyway before writing a byte.
     for ((name, t), (ename, shape)) in tensors.iter().zip(&expected) {
         if name != ename || t.dims() != shape.as_slice() {
-            return Err(crate::Error::Shape {
-                name: name.clone(),
-                expected: shape.clone(),
-                got: t.dims().to_vec(),
-            });
+            return Err(crate::Error::Shape { name: name.clone(), expected: shape.clone(), got: t.dims().to_vec() });
         }
     }
     let mut header = serde_json::Map::new();
@@ -76,10 +66,7 @@ pub fn hf_side_files(
     let mut files = vec![("config.json".to_string(), serde_json::to_vec_pretty(&cfg)?)];
     if let Some(t) = tokenizer {
         files.push(("tokenizer.json".into(), t.json.clone()));
-        files.push((
-            "tokenizer_config.json".into(),
-            serde_json::to_vec_pretty(&t.config)?,
-        ));
+        files.push(("tokenizer_config.json".into(), serde_json::to_vec_pretty(&t.config)?));
     }
     let gen = match generation_config {
         Some(g) => g.clone(),
@@ -94,9 +81,6 @@ pub fn hf_side_files(
             g
         }
     };
-    files.push((
-        "generation_config.json".into(),
-        serde_json::to_vec_pretty(&gen)?,
-    ));
+    files.push(("generation_config.json".into(), serde_json::to_vec_pretty(&gen)?));
     Ok(files)
 }

@@ -56,8 +56,7 @@ impl GgufHeader {
     }
     /// `general.architecture`.
     pub fn architecture(&self) -> Result<&str> {
-        self.get_str("general.architecture")
-            .ok_or_else(|| Error::Gguf("missing `general.architecture`".into()))
+        self.get_str("general.architecture").ok_or_else(|| Error::Gguf("missing `general.architecture`".into()))
     }
 
     /// Builds the model config from metadata alone (plus tensor shapes, never data).
@@ -80,9 +79,7 @@ impl GgufHeader {
                     // Per-layer lists are accepted when all entries agree.
                     let vals: Vec<u64> = a.iter().filter_map(value_u64).collect();
                     match vals.first() {
-                        Some(&f) if vals.len() == a.len() && vals.iter().all(|&v| v == f) => {
-                            Ok(f as usize)
-                        }
+                        Some(&f) if vals.len() == a.len() && vals.iter().all(|&v| v == f) => Ok(f as usize),
                         _ => bail!(Gguf, "`{key}` varies per layer; podar needs one value"),
                     }
                 }
@@ -102,15 +99,9 @@ impl GgufHeader {
             .transpose()?
             .unwrap_or(heads);
         if heads == 0 || layers > 1024 {
-            bail!(
-                Gguf,
-                "attention.head_count must be positive and block_count at most 1024"
-            );
+            bail!(Gguf, "attention.head_count must be positive and block_count at most 1024");
         }
-        let head_dim = self
-            .get_u64(&k("attention.key_length"))
-            .map(|x| x as usize)
-            .unwrap_or(hidden / heads);
+        let head_dim = self.get_u64(&k("attention.key_length")).map(|x| x as usize).unwrap_or(hidden / heads);
         let vocab = match self.get_u64(&k("vocab_size")) {
             Some(v) => v as usize,
             None => match self.get("tokenizer.ggml.tokens") {
@@ -121,9 +112,7 @@ impl GgufHeader {
                     .ok_or_else(|| Error::Gguf("cannot tell the vocabulary size".into()))?,
             },
         };
-        let sliding_window = self
-            .get_u64(&k("attention.sliding_window"))
-            .map(|x| x as usize);
+        let sliding_window = self.get_u64(&k("attention.sliding_window")).map(|x| x as usize);
         let layer_types: Vec<LayerType> = (0..layers)
             .map(|i| match arch {
                 Arch::Gemma2 if (i + 1) % 2 != 0 => LayerType::Sliding,
@@ -131,41 +120,23 @@ impl GgufHeader {
                 _ => LayerType::Full,
             })
             .collect();
-        let rope_scaling = match (
-            self.get_str(&k("rope.scaling.type")),
-            self.get_f64(&k("rope.scaling.factor")),
-        ) {
+        let rope_scaling = match (self.get_str(&k("rope.scaling.type")), self.get_f64(&k("rope.scaling.factor"))) {
             (Some("linear"), Some(f)) if f != 1.0 => Some(RopeScaling::Linear { factor: f }),
             (Some("none") | None, _) | (Some("linear"), _) => None,
             (Some(other), _) => bail!(Gguf, "unsupported rope scaling `{other}`"),
         };
         if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            bail!(
-                Gguf,
-                "per-dimension rope frequency factors (`rope_freqs.weight`) are not supported yet"
-            );
+            bail!(Gguf, "per-dimension rope frequency factors (`rope_freqs.weight`) are not supported yet");
         }
-        let bos = self
-            .get_u64("tokenizer.ggml.bos_token_id")
-            .map(|x| x as u32);
-        let eos: Vec<u32> = self
-            .get_u64("tokenizer.ggml.eos_token_id")
-            .map(|x| vec![x as u32])
-            .unwrap_or_default();
+        let bos = self.get_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32);
+        let eos: Vec<u32> = self.get_u64("tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default();
         let tie = !self.content.tensor_infos.contains_key("output.weight");
         let has_qkv_bias = self.content.tensor_infos.contains_key("blk.0.attn_q.bias");
-        let max_pos = self
-            .get_u64(&k("context_length"))
-            .map(|x| x as usize)
-            .unwrap_or(2048);
-        let eps = self
-            .get_f64(&k("attention.layer_norm_rms_epsilon"))
-            .unwrap_or(1e-6);
+        let max_pos = self.get_u64(&k("context_length")).map(|x| x as usize).unwrap_or(2048);
+        let eps = self.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
         let theta = self.get_f64(&k("rope.freq_base")).unwrap_or(10000.0);
-        let (attn_cap, final_cap) = (
-            self.get_f64(&k("attn_logit_softcapping")),
-            self.get_f64(&k("final_logit_softcapping")),
-        );
+        let (attn_cap, final_cap) =
+            (self.get_f64(&k("attn_logit_softcapping")), self.get_f64(&k("final_logit_softcapping")));
         let mut raw = json!({
             "architectures": [arch.hf_class()],
             "model_type": arch.model_type(),
@@ -188,10 +159,7 @@ impl GgufHeader {
         });
         let obj = raw.as_object_mut().expect("json! object");
         if let Some(RopeScaling::Linear { factor }) = &rope_scaling {
-            obj.insert(
-                "rope_scaling".into(),
-                json!({"rope_type": "linear", "factor": factor}),
-            );
+            obj.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": factor}));
         }
         if arch.is_gemma() {
             obj.insert("sliding_window".into(), json!(sliding_window));
@@ -200,13 +168,7 @@ impl GgufHeader {
             obj.insert("final_logit_softcapping".into(), json!(final_cap));
             let lt: Vec<&str> = layer_types
                 .iter()
-                .map(|t| {
-                    if *t == LayerType::Sliding {
-                        "sliding_attention"
-                    } else {
-                        "full_attention"
-                    }
-                })
+                .map(|t| if *t == LayerType::Sliding { "sliding_attention" } else { "full_attention" })
                 .collect();
             obj.insert("layer_types".into(), json!(lt));
         }
@@ -230,20 +192,12 @@ impl GgufHeader {
             tie_word_embeddings: tie,
             qkv_bias: has_qkv_bias,
             o_bias: false,
-            sliding_window: if arch.is_gemma() {
-                sliding_window
-            } else {
-                None
-            },
+            sliding_window: if arch.is_gemma() { sliding_window } else { None },
             layer_types,
             attn_logit_softcapping: attn_cap,
             final_logit_softcapping: final_cap,
             query_pre_attn_scalar: arch.is_gemma().then_some(head_dim as f64),
-            hidden_act: if arch.is_gemma() {
-                Activation::GeluTanh
-            } else {
-                Activation::Silu
-            },
+            hidden_act: if arch.is_gemma() { Activation::GeluTanh } else { Activation::Silu },
             bos_token_id: bos,
             eos_token_ids: eos,
             raw,
@@ -253,10 +207,7 @@ impl GgufHeader {
     }
 
     fn tensor_shape(&self, gguf_name: &str) -> Option<Vec<usize>> {
-        self.content
-            .tensor_infos
-            .get(gguf_name)
-            .map(|t| t.shape.dims().to_vec())
+        self.content.tensor_infos.get(gguf_name).map(|t| t.shape.dims().to_vec())
     }
 }
 
@@ -294,10 +245,7 @@ fn layer_names(arch: Arch) -> Vec<(&'static str, &'static str)> {
     ];
     if arch.is_gemma() {
         v.extend([
-            (
-                "post_attention_layernorm.weight",
-                "post_attention_norm.weight",
-            ),
+            ("post_attention_layernorm.weight", "post_attention_norm.weight"),
             ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
             ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
         ]);
@@ -310,14 +258,8 @@ fn layer_names(arch: Arch) -> Vec<(&'static str, &'static str)> {
 /// Maps every transformers tensor name of `arch` with `layers` layers to its llama.cpp name.
 pub fn name_map(arch: Arch, layers: usize) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    m.insert(
-        "model.embed_tokens.weight".to_string(),
-        "token_embd.weight".to_string(),
-    );
-    m.insert(
-        "model.norm.weight".to_string(),
-        "output_norm.weight".to_string(),
-    );
+    m.insert("model.embed_tokens.weight".to_string(), "token_embd.weight".to_string());
+    m.insert("model.norm.weight".to_string(), "output_norm.weight".to_string());
     m.insert("lm_head.weight".to_string(), "output.weight".to_string());
     let pairs = layer_names(arch);
     for i in 0..layers {
@@ -334,19 +276,12 @@ pub fn permute_qk(t: &Tensor, n_head: usize, forward: bool) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
     if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
-        bail!(
-            Gguf,
-            "cannot permute q/k with {rows} rows for {n_head} heads"
-        );
+        bail!(Gguf, "cannot permute q/k with {rows} rows for {n_head} heads");
     }
     let half = rows / n_head / 2;
     let rest: usize = dims[1..].iter().product();
     let (a, b) = if forward { (2, half) } else { (half, 2) };
-    let out = t
-        .reshape((n_head, a, b, rest))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?;
+    let out = t.reshape((n_head, a, b, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)?;
     Ok(out)
 }
 
@@ -390,11 +325,7 @@ impl<R: Read + Seek> GgufSource<R> {
     /// Storage type of a tensor in the file.
     pub fn ggml_dtype(&self, name: &str) -> Option<GgmlDType> {
         let g = self.names.get(name)?;
-        self.header
-            .content
-            .tensor_infos
-            .get(g)
-            .map(|t| t.ggml_dtype)
+        self.header.content.tensor_infos.get(g).map(|t| t.ggml_dtype)
     }
 }
 
@@ -414,26 +345,16 @@ impl<R: Read + Seek> TensorSource for GgufSource<R> {
         }
     }
     fn load(&mut self, name: &str) -> Result<Tensor> {
-        let g = self
-            .names
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let g = self.names.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let info = &self.header.content.tensor_infos[g];
         let q = info
-            .read(
-                &mut self.reader,
-                self.header.content.tensor_data_offset,
-                &Device::Cpu,
-            )
+            .read(&mut self.reader, self.header.content.tensor_data_offset, &Device::Cpu)
             .map_err(|e| Error::Gguf(format!("tensor `{g}`: {}", first_line(&e))))?;
         let mut t = q.dequantize(&Device::Cpu)?;
         if self.unpermute {
-            if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias")
-            {
+            if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {
                 t = permute_qk(&t, self.heads, false)?;
-            } else if name.ends_with("self_attn.k_proj.weight")
-                || name.ends_with("self_attn.k_proj.bias")
-            {
+            } else if name.ends_with("self_attn.k_proj.weight") || name.ends_with("self_attn.k_proj.bias") {
                 t = permute_qk(&t, self.kv_heads, false)?;
             }
         }
@@ -456,10 +377,7 @@ mod tests {
 
     #[test]
     fn permute_round_trips() {
-        let t = Tensor::arange(0f32, 48.0, &Device::Cpu)
-            .unwrap()
-            .reshape((8, 6))
-            .unwrap();
+        let t = Tensor::arange(0f32, 48.0, &Device::Cpu).unwrap().reshape((8, 6)).unwrap();
         let f = permute_qk(&t, 2, true).unwrap();
         let b = permute_qk(&f, 2, false).unwrap();
         assert_eq!(b.to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap());

@@ -88,38 +88,17 @@ pub fn arch_metadata(model: &Model) -> Vec<(String, Value)> {
     let a = c.arch.gguf_name();
     let k = |s: &str| format!("{a}.{s}");
     let mut v = vec![
-        (
-            "general.architecture".to_string(),
-            Value::String(a.to_string()),
-        ),
-        (
-            "general.name".to_string(),
-            Value::String("pruned with podar".to_string()),
-        ),
+        ("general.architecture".to_string(), Value::String(a.to_string())),
+        ("general.name".to_string(), Value::String("pruned with podar".to_string())),
         (k("block_count"), Value::U32(c.num_hidden_layers as u32)),
-        (
-            k("context_length"),
-            Value::U32(c.max_position_embeddings as u32),
-        ),
+        (k("context_length"), Value::U32(c.max_position_embeddings as u32)),
         (k("embedding_length"), Value::U32(c.hidden_size as u32)),
-        (
-            k("feed_forward_length"),
-            Value::U32(c.intermediate_size as u32),
-        ),
-        (
-            k("attention.head_count"),
-            Value::U32(c.num_attention_heads as u32),
-        ),
-        (
-            k("attention.head_count_kv"),
-            Value::U32(c.num_key_value_heads as u32),
-        ),
+        (k("feed_forward_length"), Value::U32(c.intermediate_size as u32)),
+        (k("attention.head_count"), Value::U32(c.num_attention_heads as u32)),
+        (k("attention.head_count_kv"), Value::U32(c.num_key_value_heads as u32)),
         (k("attention.key_length"), Value::U32(c.head_dim as u32)),
         (k("attention.value_length"), Value::U32(c.head_dim as u32)),
-        (
-            k("attention.layer_norm_rms_epsilon"),
-            Value::F32(c.rms_norm_eps as f32),
-        ),
+        (k("attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32)),
         (k("rope.freq_base"), Value::F32(c.rope_theta as f32)),
         (k("rope.dimension_count"), Value::U32(c.head_dim as u32)),
         (k("vocab_size"), Value::U32(c.vocab_size as u32)),
@@ -141,21 +120,10 @@ pub fn arch_metadata(model: &Model) -> Vec<(String, Value)> {
 }
 
 /// Writes `model` as GGUF v3 with `extra` metadata (tokenizer keys) appended.
-pub fn write_gguf<W: Write>(
-    model: &Model,
-    extra: &[(String, Value)],
-    dtype: GgufDtype,
-    w: &mut W,
-) -> Result<()> {
+pub fn write_gguf<W: Write>(model: &Model, extra: &[(String, Value)], dtype: GgufDtype, w: &mut W) -> Result<()> {
     let c = &model.cfg;
-    if matches!(
-        c.rope_scaling,
-        Some(crate::config::RopeScaling::Llama3 { .. })
-    ) {
-        bail!(
-            Gguf,
-            "GGUF export of Llama 3 rope scaling is not supported yet; export --format hf"
-        );
+    if matches!(c.rope_scaling, Some(crate::config::RopeScaling::Llama3 { .. })) {
+        bail!(Gguf, "GGUF export of Llama 3 rope scaling is not supported yet; export --format hf");
     }
     let names = name_map(c.arch, c.num_hidden_layers);
     let mut meta = arch_metadata(model);
@@ -172,11 +140,7 @@ pub fn write_gguf<W: Write>(
         let dims = t.dims().to_vec();
         let row = *dims.last().unwrap_or(&1);
         // Quantize matrices only; norms and biases stay F32 as llama.cpp expects.
-        let dt = if dims.len() < 2 || (dtype == GgufDtype::Q8_0 && row % 32 != 0) {
-            GgufDtype::F32
-        } else {
-            dtype
-        };
+        let dt = if dims.len() < 2 || (dtype == GgufDtype::Q8_0 && row % 32 != 0) { GgufDtype::F32 } else { dtype };
         let n = t.elem_count() as u64;
         let size = match dt {
             GgufDtype::F32 => n * 4,
@@ -222,19 +186,13 @@ pub fn write_gguf<W: Write>(
         }
         let bytes: Vec<u8> = match dt {
             GgufDtype::F32 => with_slice(&t, |s| s.iter().flat_map(|x| x.to_le_bytes()).collect())?,
-            GgufDtype::F16 => with_slice(&t, |s| {
-                s.iter()
-                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                    .collect()
-            })?,
+            GgufDtype::F16 => {
+                with_slice(&t, |s| s.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect())?
+            }
             GgufDtype::Q8_0 => QTensor::quantize(&t, GgmlDType::Q8_0)?.data()?.into_owned(),
         };
         if bytes.len() as u64 != size {
-            bail!(
-                Gguf,
-                "tensor `{name}`: encoded {} bytes, planned {size}",
-                bytes.len()
-            );
+            bail!(Gguf, "tensor `{name}`: encoded {} bytes, planned {size}", bytes.len());
         }
         w.write_all(&bytes)?;
         let pad = size.div_ceil(ALIGN) * ALIGN - size;

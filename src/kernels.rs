@@ -19,11 +19,7 @@ pub fn threads() -> usize {
             .ok()
             .and_then(|s| s.parse().ok())
             .filter(|&n: &usize| n > 0)
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            })
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
     }
 }
 
@@ -163,41 +159,21 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (rows, k) = x.dims2()?;
     let (n, k2) = w.dims2()?;
     if k != k2 {
-        return Err(candle_core::Error::Msg(format!(
-            "linear: input has {k} features, weight expects {k2}"
-        ))
-        .into());
+        return Err(candle_core::Error::Msg(format!("linear: input has {k} features, weight expects {k2}")).into());
     }
     let mut out = vec![0f32; rows * n];
     let optr = SharedMut(out.as_mut_ptr());
     with_slice(x, |xs| {
         with_slice(w, |ws| {
             // Chunks of output columns, a few per thread so uneven cores still balance.
-            let chunk = n
-                .div_ceil(threads() * 4)
-                .max(32)
-                .next_multiple_of(16)
-                .min(n.max(1));
+            let chunk = n.div_ceil(threads() * 4).max(32).next_multiple_of(16).min(n.max(1));
             let tasks = n.div_ceil(chunk);
             par_for(tasks, &|i| {
                 let j0 = i * chunk;
                 let cols = chunk.min(n - j0);
                 let o = optr;
                 // SAFETY: task i writes only columns j0..j0+cols of `out`; slices cover rows×k and n×k.
-                unsafe {
-                    gemm_bt(
-                        rows,
-                        cols,
-                        k,
-                        o.0.add(j0),
-                        n,
-                        xs.as_ptr(),
-                        k,
-                        ws.as_ptr().add(j0 * k),
-                        k,
-                        false,
-                    )
-                };
+                unsafe { gemm_bt(rows, cols, k, o.0.add(j0), n, xs.as_ptr(), k, ws.as_ptr().add(j0 * k), k, false) };
             });
         })
     })??;
@@ -232,18 +208,7 @@ pub struct AttnShape {
 /// Causal grouped-query attention. `q` is `[b, kv, g·t, hd]`, `k`/`v` `[b, kv, s, hd]`; returns `[b, kv, g·t, hd]`.
 /// Scores are scaled, soft-capped, masked and soft-maxed in f32, as transformers' eager attention does.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<Tensor> {
-    let AttnShape {
-        batch,
-        kv_heads,
-        group,
-        t,
-        s,
-        head_dim: hd,
-        start,
-        scale,
-        softcap,
-        window,
-    } = *sh;
+    let AttnShape { batch, kv_heads, group, t, s, head_dim: hd, start, scale, softcap, window } = *sh;
     let rows = group * t;
     let mut out = vec![0f32; batch * kv_heads * rows * hd];
     let optr = SharedMut(out.as_mut_ptr());
@@ -268,20 +233,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<T
                     let vp = &vs[(bh * s + c0) * hd..];
                     let mut sc = vec![0f32; nr * cols];
                     // SAFETY: sc is nr×cols; q rows row0..row0+nr and k rows c0..c1 lie inside their slices.
-                    unsafe {
-                        gemm_bt(
-                            nr,
-                            cols,
-                            hd,
-                            sc.as_mut_ptr(),
-                            cols,
-                            qp.as_ptr(),
-                            hd,
-                            kp.as_ptr(),
-                            hd,
-                            false,
-                        )
-                    };
+                    unsafe { gemm_bt(nr, cols, hd, sc.as_mut_ptr(), cols, qp.as_ptr(), hd, kp.as_ptr(), hd, false) };
                     for (i, row) in sc.chunks_exact_mut(cols).enumerate() {
                         let p = start + t0 + i;
                         let (a, b) = (lo(p).max(c0) - c0, (p + 1).min(s) - c0);
@@ -306,25 +258,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<T
                     let o = optr;
                     // SAFETY: this task alone writes output rows row0..row0+nr of head bh.
                     unsafe {
-                        gemm_nn(
-                            nr,
-                            hd,
-                            cols,
-                            o.0.add((bh * rows + row0) * hd),
-                            hd,
-                            sc.as_ptr(),
-                            cols,
-                            vp.as_ptr(),
-                            hd,
-                        )
+                        gemm_nn(nr, hd, cols, o.0.add((bh * rows + row0) * hd), hd, sc.as_ptr(), cols, vp.as_ptr(), hd)
                     };
                 })
             })
         })
     })???;
-    Ok(Tensor::from_vec(
-        out,
-        (batch, kv_heads, rows, hd),
-        &Device::Cpu,
-    )?)
+    Ok(Tensor::from_vec(out, (batch, kv_heads, rows, hd), &Device::Cpu)?)
 }

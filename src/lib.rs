@@ -33,9 +33,7 @@ pub use config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use eval::{perplexity, Perplexity};
 pub use generate::greedy;
-pub use load::{
-    inspect_gguf, inspect_hf, load_gguf, load_hf, load_hf_weights, Bundle, HfFiles, Summary,
-};
+pub use load::{inspect_gguf, inspect_hf, load_gguf, load_hf, load_hf_weights, Bundle, HfFiles, Summary};
 pub use model::{KvCache, Model};
 pub use safetensors::SafetensorsSource;
 pub use source::{StorageDtype, TensorSource};

@@ -70,9 +70,7 @@ pub struct Bundle {
 
 impl Bundle {
     /// Tokenizer metadata for a GGUF export: the source GGUF's, else derived from tokenizer.json.
-    pub fn gguf_tokenizer_metadata(
-        &self,
-    ) -> Result<Vec<(String, candle_core::quantized::gguf_file::Value)>> {
+    pub fn gguf_tokenizer_metadata(&self) -> Result<Vec<(String, candle_core::quantized::gguf_file::Value)>> {
         match &self.gguf_tokenizer {
             Some(m) => Ok(m.clone()),
             None => self.tokenizer()?.gguf_metadata(),
@@ -81,19 +79,13 @@ impl Bundle {
 
     /// The tokenizer, or an error saying the model has none.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer
-            .as_ref()
-            .ok_or_else(|| crate::Error::Tokenizer("this model has no tokenizer.json".into()))
+        self.tokenizer.as_ref().ok_or_else(|| crate::Error::Tokenizer("this model has no tokenizer.json".into()))
     }
 
     /// Token ids that end generation: generation_config's, else the config's, else the tokenizer's EOS.
     pub fn stop_ids(&self) -> Vec<u32> {
         let from = crate::config::id_list;
-        let g = from(
-            self.generation_config
-                .as_ref()
-                .and_then(|g| g.get("eos_token_id")),
-        );
+        let g = from(self.generation_config.as_ref().and_then(|g| g.get("eos_token_id")));
         if !g.is_empty() {
             return g;
         }
@@ -107,11 +99,7 @@ fn majority(names: impl Iterator<Item = String>) -> String {
     for n in names {
         *counts.entry(n).or_default() += 1;
     }
-    counts
-        .into_iter()
-        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-        .map(|x| x.0)
-        .unwrap_or_else(|| "unknown".into())
+    counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|x| x.0).unwrap_or_else(|| "unknown".into())
 }
 
 fn ggml_name(d: GgmlDType) -> String {
@@ -130,11 +118,7 @@ fn gguf_summary<R: Read + Seek>(src: &GgufSource<R>, cfg: &ModelConfig) -> Summa
 }
 
 fn st_summary(src: &dyn TensorSource, cfg: &ModelConfig) -> Summary {
-    let dtype = majority(
-        src.names()
-            .iter()
-            .filter_map(|n| src.storage_dtype(n).map(|d| d.torch_name().to_string())),
-    );
+    let dtype = majority(src.names().iter().filter_map(|n| src.storage_dtype(n).map(|d| d.torch_name().to_string())));
     Summary::new(cfg, dtype, "safetensors")
 }
 
@@ -154,10 +138,7 @@ pub fn inspect_hf<R: Read + Seek>(config: &[u8], shards: Vec<R>) -> Result<Summa
 }
 
 /// Loads a GGUF model and its tokenizer; `progress(layer, layers)`.
-pub fn load_gguf<R: Read + Seek>(
-    reader: R,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Bundle> {
+pub fn load_gguf<R: Read + Seek>(reader: R, progress: &mut dyn FnMut(usize, usize)) -> Result<Bundle> {
     let (mut src, cfg) = GgufSource::new(reader)?;
     let tokenizer = match src.header().get("tokenizer.ggml.tokens") {
         Some(_) => Some(Tokenizer::from_gguf(src.header())?),
@@ -174,43 +155,24 @@ pub fn load_gguf<R: Read + Seek>(
         .collect();
     gguf_tokenizer.sort_by(|a, b| a.0.cmp(&b.0));
     let model = Model::load(cfg, &mut src, progress)?;
-    Ok(Bundle {
-        model,
-        tokenizer,
-        generation_config: None,
-        summary,
-        gguf_tokenizer: Some(gguf_tokenizer),
-    })
+    Ok(Bundle { model, tokenizer, generation_config: None, summary, gguf_tokenizer: Some(gguf_tokenizer) })
 }
 
 /// Loads a Hugging Face model from its files; `progress(layer, layers)`.
-pub fn load_hf<R: Read + Seek>(
-    files: HfFiles<R>,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Bundle> {
+pub fn load_hf<R: Read + Seek>(files: HfFiles<R>, progress: &mut dyn FnMut(usize, usize)) -> Result<Bundle> {
     let cfg = ModelConfig::from_hf_json(&files.config)?;
     let tokenizer = match files.tokenizer_json.as_deref() {
         Some(tj) => Some(Tokenizer::from_hf(tj, files.tokenizer_config.as_deref())?),
         None => None,
     };
-    let generation_config = files
-        .generation_config
-        .as_deref()
-        .map(serde_json::from_slice)
-        .transpose()?;
+    let generation_config = files.generation_config.as_deref().map(serde_json::from_slice).transpose()?;
     if files.shards.is_empty() {
         bail!(Safetensors, "no safetensors file given");
     }
     let mut src = SafetensorsSource::new(files.shards)?;
     let summary = st_summary(&src, &cfg);
     let model = Model::load(cfg, &mut src, progress)?;
-    Ok(Bundle {
-        model,
-        tokenizer,
-        generation_config,
-        summary,
-        gguf_tokenizer: None,
-    })
+    Ok(Bundle { model, tokenizer, generation_config, summary, gguf_tokenizer: None })
 }
 
 /// Loads only the weights of a Hugging Face model (no tokenizer needed), e.g. for fixtures.

@@ -22,11 +22,7 @@ mod cli {
     use std::time::Instant;
 
     #[derive(Parser)]
-    #[command(
-        name = "podar",
-        version,
-        about = "Prune small language models for your own domain"
-    )]
+    #[command(name = "podar", version, about = "Prune small language models for your own domain")]
     struct Cli {
         #[command(subcommand)]
         cmd: Cmd,
@@ -107,10 +103,7 @@ mod cli {
 
     impl<T, E: Into<Error>> Context<T> for Result<T, E> {
         fn at(self, file: &Path) -> Result<T, Failure> {
-            self.map_err(|e| Failure {
-                file: Some(file.to_path_buf()),
-                err: e.into(),
-            })
+            self.map_err(|e| Failure { file: Some(file.to_path_buf()), err: e.into() })
         }
     }
 
@@ -154,10 +147,7 @@ mod cli {
     }
 
     fn resolve(path: &Path) -> Result<ModelPath, Failure> {
-        let bad = |msg: &str| Failure {
-            file: Some(path.to_path_buf()),
-            err: Error::Input(msg.to_string()),
-        };
+        let bad = |msg: &str| Failure { file: Some(path.to_path_buf()), err: Error::Input(msg.to_string()) };
         if !path.exists() {
             return Err(bad("no such file or folder"));
         }
@@ -168,22 +158,13 @@ mod cli {
             let index = path.join("model.safetensors.index.json");
             let shards = if index.exists() {
                 let bytes = std::fs::read(&index).at(&index)?;
-                podar::safetensors::shard_names(&bytes)
-                    .at(&index)?
-                    .into_iter()
-                    .map(|n| path.join(n))
-                    .collect()
+                podar::safetensors::shard_names(&bytes).at(&index)?.into_iter().map(|n| path.join(n)).collect()
             } else if path.join("model.safetensors").exists() {
                 vec![path.join("model.safetensors")]
             } else {
-                return Err(bad(
-                    "the folder holds neither model.safetensors nor model.safetensors.index.json",
-                ));
+                return Err(bad("the folder holds neither model.safetensors nor model.safetensors.index.json"));
             };
-            return Ok(ModelPath::Hf {
-                dir: path.to_path_buf(),
-                shards,
-            });
+            return Ok(ModelPath::Hf { dir: path.to_path_buf(), shards });
         }
         match path.extension().and_then(|e| e.to_str()) {
             Some("gguf") => Ok(ModelPath::Gguf(path.to_path_buf())),
@@ -192,14 +173,9 @@ mod cli {
                 if !dir.join("config.json").exists() {
                     return Err(bad("no config.json beside this .safetensors file"));
                 }
-                Ok(ModelPath::Hf {
-                    dir,
-                    shards: vec![path.to_path_buf()],
-                })
+                Ok(ModelPath::Hf { dir, shards: vec![path.to_path_buf()] })
             }
-            _ => Err(bad(
-                "expected a .gguf file, a .safetensors file or a model folder",
-            )),
+            _ => Err(bad("expected a .gguf file, a .safetensors file or a model folder")),
         }
     }
 
@@ -220,10 +196,7 @@ mod cli {
             ModelPath::Hf { dir, shards } => {
                 let cfg_path = dir.join("config.json");
                 let cfg = std::fs::read(&cfg_path).at(&cfg_path)?;
-                let maps = shards
-                    .iter()
-                    .map(|s| map(s))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let maps = shards.iter().map(|s| map(s)).collect::<Result<Vec<_>, _>>()?;
                 podar::inspect_hf(&cfg, maps.iter().map(|m| Cursor::new(&m[..])).collect()).at(path)
             }
         }
@@ -242,10 +215,7 @@ mod cli {
             }
             ModelPath::Hf { dir, shards } => {
                 let cfg_path = dir.join("config.json");
-                let maps = shards
-                    .iter()
-                    .map(|s| map(s))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let maps = shards.iter().map(|s| map(s)).collect::<Result<Vec<_>, _>>()?;
                 let files = HfFiles {
                     config: std::fs::read(&cfg_path).at(&cfg_path)?,
                     tokenizer_json: read_opt(dir.join("tokenizer.json"))?,
@@ -325,6 +295,21 @@ mod cli {
         json: bool,
     }
 
+    /// SHA-256 of the model's weight files (the GGUF, or the safetensors shards in order).
+    fn source_sha256(path: &Path) -> Result<String, Failure> {
+        use sha2::{Digest, Sha256};
+        let files = match resolve(path)? {
+            ModelPath::Gguf(p) => vec![p],
+            ModelPath::Hf { shards, .. } => shards,
+        };
+        let mut h = Sha256::new();
+        for f in files {
+            let m = map(&f)?;
+            h.update(&m[..]);
+        }
+        Ok(format!("{:x}", h.finalize()))
+    }
+
     fn ppl_of(b: &Bundle, m: &podar::Model, file: &Path) -> Result<f64, Failure> {
         let text = std::fs::read_to_string(file).at(file)?;
         let ids = b.tokenizer().at(file)?.encode(&text, false).at(file)?;
@@ -341,10 +326,7 @@ mod cli {
     fn prune(a: PruneArgs) -> Result<(), Failure> {
         use podar::prune::{PruneOptions, Score};
         let t0 = Instant::now();
-        let bad = |p: &Path, m: String| Failure {
-            file: Some(p.to_path_buf()),
-            err: Error::Input(m),
-        };
+        let bad = |p: &Path, m: String| Failure { file: Some(p.to_path_buf()), err: Error::Input(m) };
         use podar::gguf_write::GgufDtype;
         use podar::StorageDtype as St;
         // hf: f32/f16/bf16 safetensors; gguf: f32/f16/q8_0.
@@ -356,7 +338,13 @@ mod cli {
             ("gguf", "f16") => (St::F32, Some(GgufDtype::F16)),
             ("gguf", "q8_0") => (St::F32, Some(GgufDtype::Q8_0)),
             ("hf" | "gguf", d) => {
-                return Err(bad(&a.out, format!("--dtype {d} does not fit --format {} (hf: f32, f16, bf16; gguf: f32, f16, q8_0)", a.format)))
+                return Err(bad(
+                    &a.out,
+                    format!(
+                        "--dtype {d} does not fit --format {} (hf: f32, f16, bf16; gguf: f32, f16, q8_0)",
+                        a.format
+                    ),
+                ))
             }
             (f, _) => return Err(bad(&a.out, format!("--format must be hf or gguf, got {f}"))),
         };
@@ -385,16 +373,12 @@ mod cli {
             // Check layer choices before any long computation.
             podar::prune::layers_to_drop(
                 b.model.cfg.num_hidden_layers,
-                &PruneOptions {
-                    drop_layers: None,
-                    ..opts.clone()
-                },
+                &PruneOptions { drop_layers: None, ..opts.clone() },
                 &[],
             )
             .at(&a.model)?;
             if opts.drop_layers.is_some() && a.calib.is_none() {
-                podar::prune::layers_to_drop(b.model.cfg.num_hidden_layers, &opts, &[])
-                    .at(&a.model)?;
+                podar::prune::layers_to_drop(b.model.cfg.num_hidden_layers, &opts, &[]).at(&a.model)?;
             }
         }
         let calib_ids = match &a.calib {
@@ -405,32 +389,24 @@ mod cli {
             }
             None => None,
         };
-        if a.calib.is_none() && (score.needs_data() || a.heads.is_some() || a.drop_layers.is_some())
-        {
+        if a.calib.is_none() && (score.needs_data() || a.heads.is_some() || a.drop_layers.is_some()) {
             return Err(bad(
                 &a.model,
-                format!(
-                    "score `{score:?}`, --heads and --drop-layers need calibration text (--calib)"
-                ),
+                format!("score `{score:?}`, --heads and --drop-layers need calibration text (--calib)"),
             ));
         }
         if a.calib.is_none() {
             eprintln!("podar: warning: without --calib only static weight scores are possible; they damage small models badly (see README)");
         }
-        let before: Vec<f64> = a
-            .eval
-            .iter()
-            .map(|f| ppl_of(&b, &b.model, f))
-            .collect::<Result<_, _>>()?;
+        let before: Vec<f64> = a.eval.iter().map(|f| ppl_of(&b, &b.model, f)).collect::<Result<_, _>>()?;
         let t_prune = Instant::now();
         let pb = bar(0, "prune");
-        let pruned =
-            podar::prune::prune_mlp(&b.model, calib_ids.as_deref(), &opts, &mut |stage, d, n| {
-                pb.set_message(stage.to_string());
-                pb.set_length(n as u64);
-                pb.set_position(d as u64);
-            })
-            .at(&a.model)?;
+        let pruned = podar::prune::prune_mlp(&b.model, calib_ids.as_deref(), &opts, &mut |stage, d, n| {
+            pb.set_message(stage.to_string());
+            pb.set_length(n as u64);
+            pb.set_position(d as u64);
+        })
+        .at(&a.model)?;
         pb.finish_and_clear();
         let prune_secs = t_prune.elapsed().as_secs_f64();
         std::fs::create_dir_all(&a.out).at(&a.out)?;
@@ -460,11 +436,7 @@ mod cli {
                 std::io::Write::flush(&mut w).at(&gp)?;
             }
         }
-        let after: Vec<f64> = a
-            .eval
-            .iter()
-            .map(|f| ppl_of(&b, &pruned.model, f))
-            .collect::<Result<_, _>>()?;
+        let after: Vec<f64> = a.eval.iter().map(|f| ppl_of(&b, &pruned.model, f)).collect::<Result<_, _>>()?;
         let secs = t0.elapsed().as_secs_f64();
         let (pb_, pa) = (b.model.parameter_count(), pruned.model.parameter_count());
         let evals: Vec<serde_json::Value> = a
@@ -476,9 +448,11 @@ mod cli {
         let report = serde_json::json!({
             "podar_version": env!("CARGO_PKG_VERSION"),
             "source": a.model.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "source_sha256": source_sha256(&a.model)?,
             "method": {"mlp": opts.mlp_fraction, "mlp_size": pruned.model.cfg.intermediate_size, "score": opts.score,
                 "recover": opts.recover, "ridge": opts.ridge, "divisor": opts.divisor},
-            "calibration": {"tokens": pruned.calib_tokens, "samples": opts.calib_samples, "len": opts.calib_len},
+            "calibration": {"tokens": pruned.calib_tokens, "samples": opts.calib_samples, "len": opts.calib_len,
+                "ids_sha256": calib_ids.as_deref().map(podar::prune::ids_sha256)},
             "parameters_before": pb_, "parameters_after": pa,
             "kept_layers": pruned.kept_layers,
             "kept_kv_heads": pruned.kept_heads,
@@ -511,10 +485,7 @@ mod cli {
             );
         } else {
             for e in &evals {
-                eprintln!(
-                    "perplexity {}: {:.3} -> {:.3}",
-                    e["file"], e["before"], e["after"]
-                );
+                eprintln!("perplexity {}: {:.3} -> {:.3}", e["file"], e["before"], e["after"]);
             }
             eprintln!(
                 "wrote {} ({:.2}M -> {:.2}M parameters) in {secs:.1} s",
@@ -534,29 +505,15 @@ mod cli {
                     println!("{}", serde_json::to_string_pretty(&s).at(&model)?);
                 } else {
                     println!("{} ({}, {})", s.architecture, s.format, s.dtype);
-                    println!(
-                        "  layers {}, hidden {}, MLP {}",
-                        s.num_hidden_layers, s.hidden_size, s.intermediate_size
-                    );
+                    println!("  layers {}, hidden {}, MLP {}", s.num_hidden_layers, s.hidden_size, s.intermediate_size);
                     println!(
                         "  heads {} / {} KV, head_dim {}",
                         s.num_attention_heads, s.num_key_value_heads, s.head_dim
                     );
-                    println!(
-                        "  vocabulary {}, parameters {:.2}M",
-                        s.vocab_size,
-                        s.parameters as f64 / 1e6
-                    );
+                    println!("  vocabulary {}, parameters {:.2}M", s.vocab_size, s.parameters as f64 / 1e6);
                 }
             }
-            Cmd::Eval {
-                model,
-                text,
-                ids: ids_path,
-                ctx,
-                max_tokens,
-                json,
-            } => {
+            Cmd::Eval { model, text, ids: ids_path, ctx, max_tokens, json } => {
                 let t0 = Instant::now();
                 let b = load(&model)?;
                 let mut ids = match (&text, &ids_path) {
@@ -598,19 +555,10 @@ mod cli {
                     );
                 }
             }
-            Cmd::Generate {
-                model,
-                prompt,
-                max_tokens,
-                chat,
-            } => {
+            Cmd::Generate { model, prompt, max_tokens, chat } => {
                 let b = load(&model)?;
                 let tok = b.tokenizer().at(&model)?;
-                let text = if chat {
-                    tok.apply_chat_template(&prompt).at(&model)?
-                } else {
-                    prompt
-                };
+                let text = if chat { tok.apply_chat_template(&prompt).at(&model)? } else { prompt };
                 let ids = tok.encode(&text, false).at(&model)?;
                 let mut out = Vec::new();
                 let mut shown = String::new();
@@ -631,31 +579,17 @@ mod cli {
                 println!();
             }
             Cmd::Prune(a) => prune(*a)?,
-            Cmd::Importance {
-                model,
-                calib,
-                score,
-                calib_samples,
-                calib_len,
-                json,
-            } => {
+            Cmd::Importance { model, calib, score, calib_samples, calib_len, json } => {
                 let score = podar::prune::Score::parse(&score).at(&model)?;
                 let b = load(&model)?;
                 let text = std::fs::read_to_string(&calib).at(&calib)?;
                 let ids = b.tokenizer().at(&model)?.encode(&text, false).at(&calib)?;
                 let ids = podar::calib::windows(&ids, calib_samples, calib_len).at(&calib)?;
                 let pb = bar(0, "calibrate");
-                let imp = podar::prune::importance(
-                    &b.model,
-                    &ids,
-                    calib_samples,
-                    calib_len,
-                    score,
-                    &mut |d, n| {
-                        pb.set_length(n as u64);
-                        pb.set_position(d as u64);
-                    },
-                )
+                let imp = podar::prune::importance(&b.model, &ids, calib_samples, calib_len, score, &mut |d, n| {
+                    pb.set_length(n as u64);
+                    pb.set_position(d as u64);
+                })
                 .at(&model)?;
                 pb.finish_and_clear();
                 if json {

@@ -62,11 +62,7 @@ pub struct KvCache {
 
 fn expect_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
     if t.dims() != expected {
-        return Err(Error::Shape {
-            name: name.to_string(),
-            expected: expected.to_vec(),
-            got: t.dims().to_vec(),
-        });
+        return Err(Error::Shape { name: name.to_string(), expected: expected.to_vec(), got: t.dims().to_vec() });
     }
     Ok(())
 }
@@ -75,10 +71,7 @@ fn expect_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-    let mut v = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, h],
-    )];
+    let mut v = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}.");
         let mut add = |n: &str, s: Vec<usize>| v.push((format!("{p}{n}"), s));
@@ -120,13 +113,7 @@ pub fn check_source(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<()> {
     for (name, shape) in expected_tensors(cfg) {
         match src.shape(&name) {
             None => return Err(Error::MissingTensor(name)),
-            Some(s) if s != shape => {
-                return Err(Error::Shape {
-                    name,
-                    expected: shape,
-                    got: s,
-                })
-            }
+            Some(s) if s != shape => return Err(Error::Shape { name, expected: shape, got: s }),
             _ => {}
         }
     }
@@ -149,11 +136,7 @@ pub struct LayerTrace<'a> {
 impl Model {
     /// Loads every tensor the config needs from `src`, checking each shape. `progress(done, total)` is
     /// called after each layer.
-    pub fn load(
-        cfg: ModelConfig,
-        src: &mut dyn TensorSource,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self> {
+    pub fn load(cfg: ModelConfig, src: &mut dyn TensorSource, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
         cfg.validate()?;
         check_source(&cfg, src)?;
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
@@ -176,21 +159,14 @@ impl Model {
              -> Result<Linear> {
                 Ok(Linear {
                     weight: get(&format!("{p}{n}.weight"), &[o, i])?,
-                    bias: if bias {
-                        Some(get(&format!("{p}{n}.bias"), &[o])?)
-                    } else {
-                        None
-                    },
+                    bias: if bias { Some(get(&format!("{p}{n}.bias"), &[o])?) } else { None },
                 })
             };
             let gemma = cfg.arch.is_gemma();
             let qk_norm = cfg.arch.has_qk_norm();
             layers.push(Layer {
                 input_layernorm: get(&format!("{p}input_layernorm.weight"), &[h])?,
-                post_attention_layernorm: get(
-                    &format!("{p}post_attention_layernorm.weight"),
-                    &[h],
-                )?,
+                post_attention_layernorm: get(&format!("{p}post_attention_layernorm.weight"), &[h])?,
                 pre_feedforward_layernorm: if gemma {
                     Some(get(&format!("{p}pre_feedforward_layernorm.weight"), &[h])?)
                 } else {
@@ -205,16 +181,8 @@ impl Model {
                 k_proj: lin(&mut get, "self_attn.k_proj", kv, h, cfg.qkv_bias)?,
                 v_proj: lin(&mut get, "self_attn.v_proj", kv, h, cfg.qkv_bias)?,
                 o_proj: lin(&mut get, "self_attn.o_proj", h, q, cfg.o_bias)?,
-                q_norm: if qk_norm {
-                    Some(get(&format!("{p}self_attn.q_norm.weight"), &[hd])?)
-                } else {
-                    None
-                },
-                k_norm: if qk_norm {
-                    Some(get(&format!("{p}self_attn.k_norm.weight"), &[hd])?)
-                } else {
-                    None
-                },
+                q_norm: if qk_norm { Some(get(&format!("{p}self_attn.q_norm.weight"), &[hd])?) } else { None },
+                k_norm: if qk_norm { Some(get(&format!("{p}self_attn.k_norm.weight"), &[hd])?) } else { None },
                 gate_proj: lin(&mut get, "mlp.gate_proj", i, h, false)?,
                 up_proj: lin(&mut get, "mlp.up_proj", i, h, false)?,
                 down_proj: lin(&mut get, "mlp.down_proj", h, i, false)?,
@@ -222,18 +190,8 @@ impl Model {
             progress(l + 1, total);
         }
         let norm = get("model.norm.weight", &[h])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
-        };
-        Ok(Model {
-            cfg,
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-        })
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[cfg.vocab_size, h])?) };
+        Ok(Model { cfg, embed_tokens, layers, norm, lm_head })
     }
 
     /// Total parameter count (tied embeddings once).
@@ -244,34 +202,22 @@ impl Model {
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
         let xn = x.broadcast_div(&(var + self.cfg.rms_norm_eps)?.sqrt()?)?;
-        Ok(if self.cfg.arch.is_gemma() {
-            xn.broadcast_mul(&(w + 1.0)?)?
-        } else {
-            xn.broadcast_mul(w)?
-        })
+        Ok(if self.cfg.arch.is_gemma() { xn.broadcast_mul(&(w + 1.0)?)? } else { xn.broadcast_mul(w)? })
     }
 
     /// Inverse RoPE frequencies for a layer kind, as transformers computes them.
     fn inv_freq(&self, kind: LayerType) -> Vec<f32> {
         let c = &self.cfg;
         let local = c.arch == Arch::Gemma3 && kind == LayerType::Sliding;
-        let base = if local {
-            c.rope_local_base_freq.unwrap_or(10000.0)
-        } else {
-            c.rope_theta
-        };
+        let base = if local { c.rope_local_base_freq.unwrap_or(10000.0) } else { c.rope_theta };
         let d = c.head_dim;
-        let mut inv: Vec<f32> = (0..d / 2)
-            .map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64)) as f32)
-            .collect();
+        let mut inv: Vec<f32> = (0..d / 2).map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64)) as f32).collect();
         if local {
             return inv;
         }
         match &c.rope_scaling {
             None => {}
-            Some(RopeScaling::Linear { factor }) => inv
-                .iter_mut()
-                .for_each(|f| *f = (*f as f64 / factor) as f32),
+            Some(RopeScaling::Linear { factor }) => inv.iter_mut().for_each(|f| *f = (*f as f64 / factor) as f32),
             Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -311,10 +257,7 @@ impl Model {
                 sin.extend(row.iter().map(|x| x.sin()));
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (t, 2 * half), &Device::Cpu)?,
-            Tensor::from_vec(sin, (t, 2 * half), &Device::Cpu)?,
-        ))
+        Ok((Tensor::from_vec(cos, (t, 2 * half), &Device::Cpu)?, Tensor::from_vec(sin, (t, 2 * half), &Device::Cpu)?))
     }
 
     /// Embeds token ids `[b, t]` into `[b·t, hidden]`.
@@ -323,11 +266,7 @@ impl Model {
             bail!(Input, "expected {} ids, got {}", b * t, ids.len());
         }
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
-            bail!(
-                Input,
-                "token id {bad} is outside the vocabulary of {}",
-                self.cfg.vocab_size
-            );
+            bail!(Input, "token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size);
         }
         let idx = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
         let x = self.embed_tokens.index_select(&idx, 0)?;
@@ -380,10 +319,7 @@ impl Model {
         let kind = c.layer_types[l];
         // Head counts from the layer's own weights, so a layer with pruned heads runs as it is.
         let hd = c.head_dim;
-        let (nh, nkv) = (
-            layer.q_proj.weight.dim(0)? / hd,
-            layer.k_proj.weight.dim(0)? / hd,
-        );
+        let (nh, nkv) = (layer.q_proj.weight.dim(0)? / hd, layer.k_proj.weight.dim(0)? / hd);
         if nkv == 0 || !nh.is_multiple_of(nkv) {
             bail!(Config, "layer {l} has {nh} query heads for {nkv} KV heads");
         }
@@ -392,11 +328,7 @@ impl Model {
 
         let h = self.rms_norm(x, &layer.input_layernorm)?;
         let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
-            let y = lin
-                .forward(&h)?
-                .reshape((b, t, n, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
+            let y = lin.forward(&h)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?;
             Ok(match norm {
                 Some(w) => self.rms_norm(&y, w)?,
                 None => y,
@@ -456,13 +388,7 @@ impl Model {
         };
         let mid = (gate * layer.up_proj.forward(&h)?)?;
         if let Some(f) = trace {
-            f(LayerTrace {
-                layer: l,
-                mlp_input: &h,
-                mlp_hidden: &mid,
-                attn_hidden: &attn,
-                mlp_residual: &x,
-            });
+            f(LayerTrace { layer: l, mlp_input: &h, mlp_hidden: &mid, attn_hidden: &attn, mlp_residual: &x });
         }
         Ok((&x + self.mlp_output(layer, &mid)?)?)
     }
@@ -489,13 +415,7 @@ impl Model {
     }
 
     /// Runs every layer on token ids laid out `[b, t]`, continuing `cache` if given; `[b·t, hidden]`.
-    fn run_layers(
-        &self,
-        ids: &[u32],
-        b: usize,
-        t: usize,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    fn run_layers(&self, ids: &[u32], b: usize, t: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let mut x = self.embed(ids, b, t)?;
         for l in 0..self.layers.len() {
             x = self.layer_forward(l, &x, b, t, cache.as_deref_mut(), None)?;
@@ -507,29 +427,14 @@ impl Model {
     }
 
     /// Logits `[b·t, vocab]` for token ids laid out `[b, t]`, optionally continuing a cache.
-    pub fn forward(
-        &self,
-        ids: &[u32],
-        b: usize,
-        t: usize,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, ids: &[u32], b: usize, t: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
         self.head(&self.run_layers(ids, b, t, cache)?)
     }
 
     /// Logits of the last position only, `[b, vocab]` (saves the LM head on every other position).
-    pub fn forward_last(
-        &self,
-        ids: &[u32],
-        b: usize,
-        t: usize,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    pub fn forward_last(&self, ids: &[u32], b: usize, t: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.run_layers(ids, b, t, cache)?;
-        let last = x
-            .reshape((b, t, self.cfg.hidden_size))?
-            .narrow(1, t - 1, 1)?
-            .reshape((b, self.cfg.hidden_size))?;
+        let last = x.reshape((b, t, self.cfg.hidden_size))?.narrow(1, t - 1, 1)?.reshape((b, self.cfg.hidden_size))?;
         self.head(&last)
     }
 }
@@ -538,10 +443,7 @@ impl Model {
     /// Every weight by its transformers name, in `expected_tensors` order.
     /// (Tensors are reference-counted: the clones share storage.)
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = vec![(
-            "model.embed_tokens.weight".into(),
-            self.embed_tokens.clone(),
-        )];
+        let mut v: Vec<(String, Tensor)> = vec![("model.embed_tokens.weight".into(), self.embed_tokens.clone())];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}.");
             let mut add = |n: &str, t: &Tensor| v.push((format!("{p}{n}"), t.clone()));
@@ -564,14 +466,8 @@ impl Model {
                 add("self_attn.q_norm.weight", q);
                 add("self_attn.k_norm.weight", k);
             }
-            add(
-                "post_attention_layernorm.weight",
-                &layer.post_attention_layernorm,
-            );
-            if let (Some(a), Some(b)) = (
-                &layer.pre_feedforward_layernorm,
-                &layer.post_feedforward_layernorm,
-            ) {
+            add("post_attention_layernorm.weight", &layer.post_attention_layernorm);
+            if let (Some(a), Some(b)) = (&layer.pre_feedforward_layernorm, &layer.post_feedforward_layernorm) {
                 add("pre_feedforward_layernorm.weight", a);
                 add("post_feedforward_layernorm.weight", b);
             }

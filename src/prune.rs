@@ -38,10 +38,7 @@ pub enum Score {
 impl Score {
     /// Whether the score needs calibration text.
     pub fn needs_data(self) -> bool {
-        matches!(
-            self,
-            Score::Wanda | Score::Flap | Score::Obs | Score::Optipfair
-        )
+        matches!(self, Score::Wanda | Score::Flap | Score::Obs | Score::Optipfair)
     }
     /// Parses a CLI name.
     pub fn parse(s: &str) -> Result<Self> {
@@ -54,10 +51,7 @@ impl Score {
             "flap" => Score::Flap,
             "optipfair" => Score::Optipfair,
             "obs" => Score::Obs,
-            other => bail!(
-                Input,
-                "unknown score `{other}` (maw, vow, pon, l2, wanda, flap, optipfair, obs)"
-            ),
+            other => bail!(Input, "unknown score `{other}` (maw, vow, pon, l2, wanda, flap, optipfair, obs)"),
         })
     }
 }
@@ -112,15 +106,10 @@ impl Default for PruneOptions {
 pub fn mlp_target(intermediate: usize, o: &PruneOptions) -> Result<usize> {
     let mut keep = match (o.mlp_fraction, o.mlp_size) {
         (Some(_), Some(_)) => bail!(Input, "give either --mlp or --mlp-size, not both"),
-        (Some(f), None) if (0.0..1.0).contains(&f) => {
-            intermediate - (intermediate as f64 * f) as usize
-        }
+        (Some(f), None) if (0.0..1.0).contains(&f) => intermediate - (intermediate as f64 * f) as usize,
         (Some(f), None) => bail!(Input, "--mlp must be a fraction in [0, 1), got {f}"),
         (None, Some(n)) if n > 0 && n <= intermediate => n,
-        (None, Some(n)) => bail!(
-            Input,
-            "--mlp-size must be between 1 and {intermediate}, got {n}"
-        ),
+        (None, Some(n)) => bail!(Input, "--mlp-size must be between 1 and {intermediate}, got {n}"),
         (None, None) => intermediate,
     };
     if let Some(d) = o.divisor {
@@ -129,33 +118,20 @@ pub fn mlp_target(intermediate: usize, o: &PruneOptions) -> Result<usize> {
         }
         keep = keep / d * d;
         if keep == 0 {
-            bail!(
-                Input,
-                "rounding the kept width down to a multiple of {d} leaves no neurons"
-            );
+            bail!(Input, "rounding the kept width down to a multiple of {d} leaves no neurons");
         }
     }
     Ok(keep)
 }
 
 /// Scores of one layer's MLP neurons.
-pub fn score_layer(
-    model: &Model,
-    l: usize,
-    score: Score,
-    stats: Option<&LayerStats>,
-) -> Result<Vec<f64>> {
+pub fn score_layer(model: &Model, l: usize, score: Score, stats: Option<&LayerStats>) -> Result<Vec<f64>> {
     let layer = &model.layers[l];
     let gate = layer.gate_proj.weight.to_vec2::<f32>()?;
     let up = layer.up_proj.weight.to_vec2::<f32>()?;
     let down_t = layer.down_proj.weight.t()?.contiguous()?.to_vec2::<f32>()?; // [I, H]
-    let need = || {
-        stats.ok_or_else(|| {
-            crate::Error::Input(format!(
-                "score `{score:?}` needs calibration text (--calib)"
-            ))
-        })
-    };
+    let need =
+        || stats.ok_or_else(|| crate::Error::Input(format!("score `{score:?}` needs calibration text (--calib)")));
     let n = gate.len();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -163,9 +139,7 @@ pub fn score_layer(
         let s = match score {
             Score::Maw => {
                 let mm = |r: &[f32]| {
-                    let (mx, mn) = r
-                        .iter()
-                        .fold((f32::MIN, f32::MAX), |(a, b), &x| (a.max(x), b.min(x)));
+                    let (mx, mn) = r.iter().fold((f32::MIN, f32::MAX), |(a, b), &x| (a.max(x), b.min(x)));
                     (mx + mn.abs()) as f64
                 };
                 mm(g) + mm(u)
@@ -188,12 +162,7 @@ pub fn score_layer(
             Score::Wanda => {
                 let st = need()?;
                 let xn: Vec<f64> = st.input_sq.iter().map(|v| v.sqrt()).collect();
-                let w = |r: &[f32]| {
-                    r.iter()
-                        .zip(&xn)
-                        .map(|(&w, x)| w.abs() as f64 * x)
-                        .sum::<f64>()
-                };
+                let w = |r: &[f32]| r.iter().zip(&xn).map(|(&w, x)| w.abs() as f64 * x).sum::<f64>();
                 w(g) + w(u) + st.act_sq[i].sqrt() * d.iter().map(|x| x.abs() as f64).sum::<f64>()
             }
             Score::Optipfair => 0.0, // filled in below: needs per-layer maxima
@@ -216,9 +185,7 @@ pub fn score_layer(
     if score == Score::Optipfair {
         let st = need()?;
         let maw = |r: &[f32]| {
-            let (mx, mn) = r
-                .iter()
-                .fold((f32::MIN, f32::MAX), |(a, b), &x| (a.max(x), b.min(x)));
+            let (mx, mn) = r.iter().fold((f32::MIN, f32::MAX), |(a, b), &x| (a.max(x), b.min(x)));
             (mx + mn.abs()) as f64
         };
         let norm = |v: Vec<f64>| {
@@ -238,12 +205,7 @@ pub fn score_layer(
 /// Indices of the `keep` highest scores, in ascending index order (ties broken by lower index).
 pub fn top_k(scores: &[f64], keep: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| {
-        scores[b]
-            .partial_cmp(&scores[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(&b))
-    });
+    idx.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
     idx.truncate(keep);
     idx.sort_unstable();
     idx
@@ -256,10 +218,7 @@ fn select_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
 
 fn select_cols(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
     let i: Vec<u32> = idx.iter().map(|&x| x as u32).collect();
-    Ok(
-        t.index_select(&Tensor::from_vec(i, idx.len(), &Device::Cpu)?, 1)?
-            .contiguous()?,
-    )
+    Ok(t.index_select(&Tensor::from_vec(i, idx.len(), &Device::Cpu)?, 1)?.contiguous()?)
 }
 
 /// Cholesky factor `L` (row-major, lower) of the `n×n` matrix `a`.
@@ -269,10 +228,7 @@ fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
     for j in 0..n {
         let s = a[j * n + j] - dot(&l[j * n..j * n + j], &l[j * n..j * n + j]);
         if s <= 0.0 || !s.is_finite() {
-            bail!(
-                Input,
-                "recovery: the calibration Gram matrix is not positive definite; raise --ridge"
-            );
+            bail!(Input, "recovery: the calibration Gram matrix is not positive definite; raise --ridge");
         }
         let d = s.sqrt();
         l[j * n + j] = d;
@@ -315,10 +271,7 @@ fn small_inverse(m: &[f64], b: usize) -> Result<Vec<f64>> {
     for c in 0..b {
         let p = a[c * b + c];
         if p.abs() < 1e-300 || !p.is_finite() {
-            bail!(
-                Input,
-                "recovery: singular block in the inverse Gram matrix; raise --ridge"
-            );
+            bail!(Input, "recovery: singular block in the inverse Gram matrix; raise --ridge");
         }
         for k in 0..b {
             a[c * b + k] /= p;
@@ -343,11 +296,7 @@ fn chol_solve(l: &[f64], n: usize, b: &mut [f64], h: usize) {
     let parts: Vec<Mutex<Vec<f64>>> = (0..h.div_ceil(chunk))
         .map(|c| {
             let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(h));
-            Mutex::new(
-                b.chunks_exact(h)
-                    .flat_map(|r| r[c0..c1].iter().copied())
-                    .collect(),
-            )
+            Mutex::new(b.chunks_exact(h).flat_map(|r| r[c0..c1].iter().copied()).collect())
         })
         .collect();
     par_for(parts.len(), &|c| {
@@ -358,10 +307,7 @@ fn chol_solve(l: &[f64], n: usize, b: &mut [f64], h: usize) {
                 let f = l[i * n + j];
                 if f != 0.0 {
                     let (head, tail) = z.split_at_mut(i * w);
-                    tail[..w]
-                        .iter_mut()
-                        .zip(&head[j * w..j * w + w])
-                        .for_each(|(a, b)| *a -= f * b);
+                    tail[..w].iter_mut().zip(&head[j * w..j * w + w]).for_each(|(a, b)| *a -= f * b);
                 }
             }
             let d = l[i * n + i];
@@ -372,10 +318,7 @@ fn chol_solve(l: &[f64], n: usize, b: &mut [f64], h: usize) {
                 let f = l[j * n + i];
                 if f != 0.0 {
                     let (head, tail) = z.split_at_mut(j * w);
-                    head[i * w..i * w + w]
-                        .iter_mut()
-                        .zip(&tail[..w])
-                        .for_each(|(a, b)| *a -= f * b);
+                    head[i * w..i * w + w].iter_mut().zip(&tail[..w]).for_each(|(a, b)| *a -= f * b);
                 }
             }
             let d = l[i * n + i];
@@ -394,8 +337,7 @@ fn chol_solve(l: &[f64], n: usize, b: &mut [f64], h: usize) {
 /// The ridge strength `λ = ratio · mean diag G` of a Gram matrix.
 fn ridge_lambda(gram: &Tensor, ratio: f64) -> Result<f64> {
     let n = gram.dim(0)?;
-    let diag: f64 =
-        crate::kernels::with_slice(gram, |g| (0..n).map(|i| g[i * n + i] as f64).sum())?;
+    let diag: f64 = crate::kernels::with_slice(gram, |g| (0..n).map(|i| g[i * n + i] as f64).sum())?;
     Ok(ratio * (diag / n.max(1) as f64).max(1e-12))
 }
 
@@ -415,26 +357,15 @@ pub fn refit_down(down: &Tensor, gram: &Tensor, kept: &[usize], ratio: f64) -> R
     let lambda = ridge_lambda(gram, ratio)?;
     let gs = select_rows(gram, kept)?; // [k, I]
     let b = linear(&gs, down, None)?.to_vec2::<f32>()?; // [k, H] = G[S,:] Wᵀ
-    let ws = select_cols(down, kept)?
-        .t()?
-        .contiguous()?
-        .to_vec2::<f32>()?; // [k, H] = W[:,S]ᵀ
+    let ws = select_cols(down, kept)?.t()?.contiguous()?.to_vec2::<f32>()?; // [k, H] = W[:,S]ᵀ
     let h = b.first().map_or(0, |r| r.len());
     let a = damped(&select_cols(&gs, kept)?.to_vec2::<f32>()?, lambda);
     let l = cholesky(&a, k)?;
-    let mut z: Vec<f64> = b
-        .iter()
-        .flatten()
-        .zip(ws.iter().flatten())
-        .map(|(&x, &w)| x as f64 + lambda * w as f64)
-        .collect();
+    let mut z: Vec<f64> =
+        b.iter().flatten().zip(ws.iter().flatten()).map(|(&x, &w)| x as f64 + lambda * w as f64).collect();
     chol_solve(&l, k, &mut z, h);
     // Z is [k, H]; the new down projection is Zᵀ, [H, k].
-    let zt = Tensor::from_vec(
-        z.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-        (k, h),
-        &Device::Cpu,
-    )?;
+    let zt = Tensor::from_vec(z.iter().map(|&x| x as f32).collect::<Vec<_>>(), (k, h), &Device::Cpu)?;
     Ok(zt.t()?.contiguous()?)
 }
 
@@ -448,10 +379,7 @@ fn inverse_from_cholesky(l: &[f64], n: usize) -> Result<Vec<f64>> {
         for k in 0..i {
             let f = l[i * n + k];
             if f != 0.0 {
-                row[..=k]
-                    .iter_mut()
-                    .zip(&done[k * n..k * n + k + 1])
-                    .for_each(|(r, x)| *r -= f * x);
+                row[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]).for_each(|(r, x)| *r -= f * x);
             }
         }
         let d = l[i * n + i];
@@ -501,38 +429,23 @@ pub fn obs_select(
         }
         let mut cand: Vec<usize> = (0..n).filter(|&i| alive[i]).collect();
         let cost = |i: usize| col_sq[i] / hinv[i * n + i];
-        cand.sort_by(|&a, &b| {
-            cost(a)
-                .partial_cmp(&cost(b))
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
-        });
+        cand.sort_by(|&a, &b| cost(a).partial_cmp(&cost(b)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
         let q: Vec<usize> = cand.into_iter().take(OBS_BLOCK.min(remaining)).collect();
         let bq = q.len();
-        let hqq: Vec<f64> = q
-            .iter()
-            .flat_map(|&a| q.iter().map(move |&b| (a, b)))
-            .map(|(a, b)| hinv[a * n + b])
-            .collect();
+        let hqq: Vec<f64> =
+            q.iter().flat_map(|&a| q.iter().map(move |&b| (a, b))).map(|(a, b)| hinv[a * n + b]).collect();
         let hqq_inv = small_inverse(&hqq, bq)?;
         // Rows H⁻¹[Q,:], copied before H⁻¹ changes.
-        let hq: Vec<f64> = q
-            .iter()
-            .flat_map(|&a| hinv[a * n..a * n + n].iter().copied())
-            .collect();
+        let hq: Vec<f64> = q.iter().flat_map(|&a| hinv[a * n..a * n + n].iter().copied()).collect();
         let wshared = SharedF64(w.as_mut_ptr());
         par_for(rows, &|o| {
             let p = wshared;
             // SAFETY: task o touches only row o of w.
             let r = unsafe { std::slice::from_raw_parts_mut(p.0.add(o * n), n) };
             // t = W[o,Q] · (H⁻¹[Q,Q])⁻¹, then W[o,:] −= t · H⁻¹[Q,:].
-            let t: Vec<f64> = (0..bq)
-                .map(|c| (0..bq).map(|k| r[q[k]] * hqq_inv[k * bq + c]).sum())
-                .collect();
+            let t: Vec<f64> = (0..bq).map(|c| (0..bq).map(|k| r[q[k]] * hqq_inv[k * bq + c]).sum()).collect();
             for (c, tc) in t.iter().enumerate() {
-                r.iter_mut()
-                    .zip(&hq[c * n..c * n + n])
-                    .for_each(|(x, h)| *x -= tc * h);
+                r.iter_mut().zip(&hq[c * n..c * n + n]).for_each(|(x, h)| *x -= tc * h);
             }
         });
         let hshared = SharedF64(hinv.as_mut_ptr());
@@ -540,14 +453,10 @@ pub fn obs_select(
             let p = hshared;
             // SAFETY: task a touches only row a of hinv; rows Q were copied into `hq` beforehand.
             let r = unsafe { std::slice::from_raw_parts_mut(p.0.add(a * n), n) };
-            let u: Vec<f64> = (0..bq)
-                .map(|c| (0..bq).map(|k| hq[k * n + a] * hqq_inv[k * bq + c]).sum())
-                .collect();
+            let u: Vec<f64> = (0..bq).map(|c| (0..bq).map(|k| hq[k * n + a] * hqq_inv[k * bq + c]).sum()).collect();
             for (c, uc) in u.iter().enumerate() {
                 if *uc != 0.0 {
-                    r.iter_mut()
-                        .zip(&hq[c * n..c * n + n])
-                        .for_each(|(x, h)| *x -= uc * h);
+                    r.iter_mut().zip(&hq[c * n..c * n + n]).for_each(|(x, h)| *x -= uc * h);
                 }
             }
         });
@@ -582,9 +491,7 @@ mod tests {
         let (n, tokens, h) = (12, 64, 5);
         let mut x = 7u64;
         let mut rnd = || {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         let mut acts: Vec<f32> = (0..tokens * n).map(|_| rnd()).collect();
@@ -594,19 +501,12 @@ mod tests {
         let a = Tensor::from_vec(acts, (tokens, n), &Device::Cpu).unwrap();
         let at = a.t().unwrap().contiguous().unwrap();
         let gram = linear(&at, &at, None).unwrap();
-        let down = Tensor::from_vec(
-            (0..h * n).map(|_| rnd()).collect::<Vec<_>>(),
-            (h, n),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let down = Tensor::from_vec((0..h * n).map(|_| rnd()).collect::<Vec<_>>(), (h, n), &Device::Cpu).unwrap();
         let (kept, w_obs) = obs_select(&down, &gram, 7, 1e-2, true).unwrap();
         assert_eq!(kept.len(), 7);
         let w_ref = refit_down(&down, &gram, &kept, 1e-2).unwrap();
-        let (p, q): (Vec<f32>, Vec<f32>) = (
-            w_obs.unwrap().flatten_all().unwrap().to_vec1().unwrap(),
-            w_ref.flatten_all().unwrap().to_vec1().unwrap(),
-        );
+        let (p, q): (Vec<f32>, Vec<f32>) =
+            (w_obs.unwrap().flatten_all().unwrap().to_vec1().unwrap(), w_ref.flatten_all().unwrap().to_vec1().unwrap());
         for (x, y) in p.iter().zip(&q) {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
@@ -633,20 +533,11 @@ pub fn heads_target(kv_heads: usize, fraction: Option<f64>) -> Result<usize> {
 
 /// Output-projection columns (query-head features) of the KV groups `groups`.
 fn group_columns(groups: &[usize], group: usize, hd: usize) -> Vec<usize> {
-    groups
-        .iter()
-        .flat_map(|&j| (j * group * hd)..((j + 1) * group * hd))
-        .collect()
+    groups.iter().flat_map(|&j| (j * group * hd)..((j + 1) * group * hd)).collect()
 }
 
 /// Scores KV groups: Σ over the group's o_proj input features of ‖z_c‖ · Σ|o_proj[:, c]|.
-fn head_group_scores(
-    layer: &Layer,
-    st: &LayerStats,
-    kv: usize,
-    group: usize,
-    hd: usize,
-) -> Result<Vec<f64>> {
+fn head_group_scores(layer: &Layer, st: &LayerStats, kv: usize, group: usize, hd: usize) -> Result<Vec<f64>> {
     let o = layer.o_proj.weight.t()?.contiguous()?.to_vec2::<f32>()?; // [nh·hd, H]
     Ok((0..kv)
         .map(|j| {
@@ -659,13 +550,7 @@ fn head_group_scores(
 }
 
 /// `layer` with only the KV groups `groups` (and their query heads); `o_proj` replaces the sliced one if given.
-fn slice_heads(
-    layer: &Layer,
-    groups: &[usize],
-    group: usize,
-    hd: usize,
-    o_proj: Option<Tensor>,
-) -> Result<Layer> {
+fn slice_heads(layer: &Layer, groups: &[usize], group: usize, hd: usize, o_proj: Option<Tensor>) -> Result<Layer> {
     let mut out = layer.clone();
     let qrows = group_columns(groups, group, hd);
     let kvrows = group_columns(groups, 1, hd);
@@ -691,22 +576,13 @@ fn slice_heads(
 /// `layer` with only the MLP neurons `kept`; `down` replaces the sliced down projection if given.
 fn slice_layer(layer: &Layer, kept: &[usize], down: Option<Tensor>) -> Result<Layer> {
     let mut out = layer.clone();
-    out.gate_proj = Linear {
-        weight: select_rows(&layer.gate_proj.weight, kept)?,
-        bias: None,
-    };
-    out.up_proj = Linear {
-        weight: select_rows(&layer.up_proj.weight, kept)?,
-        bias: None,
-    };
+    out.gate_proj = Linear { weight: select_rows(&layer.gate_proj.weight, kept)?, bias: None };
+    out.up_proj = Linear { weight: select_rows(&layer.up_proj.weight, kept)?, bias: None };
     let down = match down {
         Some(d) => d,
         None => select_cols(&layer.down_proj.weight, kept)?,
     };
-    out.down_proj = Linear {
-        weight: down,
-        bias: None,
-    };
+    out.down_proj = Linear { weight: down, bias: None };
     Ok(out)
 }
 
@@ -727,18 +603,11 @@ pub struct Pruned {
 /// The layers to drop: `at` as given (checked), or the `n` with the lowest block influence.
 pub fn layers_to_drop(n_layers: usize, o: &PruneOptions, influence: &[f64]) -> Result<Vec<usize>> {
     let mut drop = match (&o.drop_layers, &o.drop_layers_at) {
-        (Some(_), Some(_)) => bail!(
-            Input,
-            "give either --drop-layers or --drop-layers-at, not both"
-        ),
+        (Some(_), Some(_)) => bail!(Input, "give either --drop-layers or --drop-layers-at, not both"),
         (None, None) => vec![],
         (None, Some(at)) => {
             if let Some(&bad) = at.iter().find(|&&i| i >= n_layers) {
-                bail!(
-                    Input,
-                    "--drop-layers-at names layer {bad}; the model has layers 0..{}",
-                    n_layers - 1
-                );
+                bail!(Input, "--drop-layers-at names layer {bad}; the model has layers 0..{}", n_layers - 1);
             }
             at.clone()
         }
@@ -748,10 +617,7 @@ pub fn layers_to_drop(n_layers: usize, o: &PruneOptions, influence: &[f64]) -> R
             }
             let mut idx: Vec<usize> = (0..n_layers).collect();
             idx.sort_by(|&a, &b| {
-                influence[a]
-                    .partial_cmp(&influence[b])
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(a.cmp(&b))
+                influence[a].partial_cmp(&influence[b]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
             });
             idx.truncate(*k);
             idx
@@ -760,11 +626,7 @@ pub fn layers_to_drop(n_layers: usize, o: &PruneOptions, influence: &[f64]) -> R
     drop.sort_unstable();
     drop.dedup();
     if drop.len() >= n_layers {
-        bail!(
-            Input,
-            "cannot drop {} of {n_layers} layers: at least one must stay",
-            drop.len()
-        );
+        bail!(Input, "cannot drop {} of {n_layers} layers: at least one must stay", drop.len());
     }
     Ok(drop)
 }
@@ -781,11 +643,7 @@ pub fn prune_mlp(
     let keep = mlp_target(cfg.intermediate_size, o)?;
     let n = cfg.num_hidden_layers;
     if o.score.needs_data() && calib_ids.is_none() {
-        bail!(
-            Input,
-            "score `{:?}` needs calibration text (--calib)",
-            o.score
-        );
+        bail!(Input, "score `{:?}` needs calibration text (--calib)", o.score);
     }
     let mut kept: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut downs: Vec<Option<Tensor>> = vec![None; n];
@@ -794,10 +652,7 @@ pub fn prune_mlp(
     let mut kept_heads: Vec<Vec<usize>> = vec![(0..cfg.num_key_value_heads).collect(); n];
     let mut o_projs: Vec<Option<Tensor>> = vec![None; n];
     if kv_keep < cfg.num_key_value_heads && calib_ids.is_none() {
-        bail!(
-            Input,
-            "--heads scores heads on calibration text: give --calib"
-        );
+        bail!(Input, "--heads scores heads on calibration text: give --calib");
     }
     let mut calib_tokens = 0;
     let mut influence = Vec::new();
@@ -806,13 +661,11 @@ pub fn prune_mlp(
             let pruning = keep < cfg.intermediate_size;
             let recover = o.recover && pruning;
             let heads_pruning = kv_keep < cfg.num_key_value_heads;
-            let want_gram =
-                (pruning && (recover || o.score == Score::Obs)) || (heads_pruning && o.recover);
+            let want_gram = (pruning && (recover || o.score == Score::Obs)) || (heads_pruning && o.recover);
             let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<calib::Replacement>> {
                 if heads_pruning {
                     let layer = &model.layers[l];
-                    let sc =
-                        head_group_scores(layer, st, cfg.num_key_value_heads, group, cfg.head_dim)?;
+                    let sc = head_group_scores(layer, st, cfg.num_key_value_heads, group, cfg.head_dim)?;
                     kept_heads[l] = top_k(&sc, kv_keep);
                     if let (true, Some(g)) = (o.recover, &st.attn_gram) {
                         let cols = group_columns(&kept_heads[l], group, cfg.head_dim);
@@ -836,39 +689,23 @@ pub fn prune_mlp(
                 Ok(if o.sequential && (pruning || heads_pruning) {
                     let mut layer = slice_layer(&model.layers[l], &kept[l], downs[l].clone())?;
                     if heads_pruning {
-                        layer = slice_heads(
-                            &layer,
-                            &kept_heads[l],
-                            group,
-                            cfg.head_dim,
-                            o_projs[l].clone(),
-                        )?;
+                        layer = slice_heads(&layer, &kept_heads[l], group, cfg.head_dim, o_projs[l].clone())?;
                     }
-                    Some(calib::Replacement {
-                        layer,
-                        kept: kept[l].clone(),
-                        attention_changed: heads_pruning,
-                    })
+                    Some(calib::Replacement { layer, kept: kept[l].clone(), attention_changed: heads_pruning })
                 } else {
                     None
                 })
             };
-            let stats = calib::collect(
-                model,
-                ids,
-                o.calib_samples,
-                o.calib_len,
-                want_gram,
-                &mut on_layer,
-                &mut |d, t| progress("calibrate", d, t),
-            )?;
+            let stats =
+                calib::collect(model, ids, o.calib_samples, o.calib_len, want_gram, &mut on_layer, &mut |d, t| {
+                    progress("calibrate", d, t)
+                })?;
             calib_tokens = stats.tokens;
             influence = stats.layers.iter().map(|l| 1.0 - l.io_cosine).collect();
         }
         None => {
             let done = Mutex::new(0usize);
-            let results: Vec<Mutex<Option<Result<Vec<usize>>>>> =
-                (0..n).map(|_| Mutex::new(None)).collect();
+            let results: Vec<Mutex<Option<Result<Vec<usize>>>>> = (0..n).map(|_| Mutex::new(None)).collect();
             par_for(n, &|l| {
                 let r = score_layer(model, l, o.score, None).map(|s| top_k(&s, keep));
                 if let Ok(mut slot) = results[l].lock() {
@@ -879,11 +716,7 @@ pub fn prune_mlp(
                 }
             });
             for (l, r) in results.into_iter().enumerate() {
-                kept[l] = r
-                    .into_inner()
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| Ok(vec![]))?;
+                kept[l] = r.into_inner().ok().flatten().unwrap_or_else(|| Ok(vec![]))?;
                 progress("score", l + 1, n);
             }
         }
@@ -898,13 +731,7 @@ pub fn prune_mlp(
     }
     if kv_keep < cfg.num_key_value_heads {
         for (l, layer) in out.layers.iter_mut().enumerate() {
-            *layer = slice_heads(
-                layer,
-                &kept_heads[l],
-                group,
-                cfg.head_dim,
-                o_projs[l].take(),
-            )?;
+            *layer = slice_heads(layer, &kept_heads[l], group, cfg.head_dim, o_projs[l].take())?;
         }
         out.cfg.num_key_value_heads = kv_keep;
         out.cfg.num_attention_heads = kv_keep * group;
@@ -912,28 +739,19 @@ pub fn prune_mlp(
     let kept_layers: Vec<usize> = (0..n).filter(|l| !drop.contains(l)).collect();
     if !drop.is_empty() {
         out.layers = kept_layers.iter().map(|&l| out.layers[l].clone()).collect();
-        out.cfg.layer_types = kept_layers
-            .iter()
-            .map(|&l| out.cfg.layer_types[l])
-            .collect();
+        out.cfg.layer_types = kept_layers.iter().map(|&l| out.cfg.layer_types[l]).collect();
         out.cfg.num_hidden_layers = kept_layers.len();
-        kept = kept_layers
-            .iter()
-            .map(|&l| std::mem::take(&mut kept[l]))
-            .collect();
-        kept_heads = kept_layers
-            .iter()
-            .map(|&l| std::mem::take(&mut kept_heads[l]))
-            .collect();
+        kept = kept_layers.iter().map(|&l| std::mem::take(&mut kept[l])).collect();
+        kept_heads = kept_layers.iter().map(|&l| std::mem::take(&mut kept_heads[l])).collect();
     }
-    Ok(Pruned {
-        model: out,
-        kept,
-        kept_layers,
-        kept_heads,
-        layer_influence: influence,
-        calib_tokens,
-    })
+    Ok(Pruned { model: out, kept, kept_layers, kept_heads, layer_influence: influence, calib_tokens })
+}
+
+/// SHA-256 of token ids written as comma-separated decimals (how reports identify calibration data).
+pub fn ids_sha256(ids: &[u32]) -> String {
+    use sha2::{Digest, Sha256};
+    let joined = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    format!("{:x}", Sha256::digest(joined.as_bytes()))
 }
 
 /// Per-layer and per-neuron importance on calibration text (for charts and `podar importance`).

@@ -31,26 +31,19 @@ pub fn read_header<R: Read + Seek>(r: &mut R) -> Result<Header> {
     let file_len = r.seek(SeekFrom::End(0))?;
     r.seek(SeekFrom::Start(0))?;
     let mut len8 = [0u8; 8];
-    r.read_exact(&mut len8)
-        .map_err(|_| Error::Safetensors("file is shorter than its 8-byte header length".into()))?;
+    r.read_exact(&mut len8).map_err(|_| Error::Safetensors("file is shorter than its 8-byte header length".into()))?;
     let n = u64::from_le_bytes(len8);
     if n > MAX_HEADER_SIZE {
-        bail!(
-            Safetensors,
-            "header length {n} exceeds the {MAX_HEADER_SIZE}-byte cap"
-        );
+        bail!(Safetensors, "header length {n} exceeds the {MAX_HEADER_SIZE}-byte cap");
     }
     let data_start = 8 + n;
     if data_start > file_len {
-        bail!(
-            Safetensors,
-            "header claims {n} bytes but the file has {file_len}: truncated?"
-        );
+        bail!(Safetensors, "header claims {n} bytes but the file has {file_len}: truncated?");
     }
     let mut buf = vec![0u8; n as usize];
     r.read_exact(&mut buf)?;
-    let json: serde_json::Value = serde_json::from_slice(&buf)
-        .map_err(|e| Error::Safetensors(format!("header is not valid JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&buf).map_err(|e| Error::Safetensors(format!("header is not valid JSON: {e}")))?;
     let Some(obj) = json.as_object() else {
         bail!(Safetensors, "header is not a JSON object");
     };
@@ -70,10 +63,7 @@ pub fn read_header<R: Read + Seek>(r: &mut R) -> Result<Header> {
             Some("F32") => StorageDtype::F32,
             Some("F16") => StorageDtype::F16,
             Some("BF16") => StorageDtype::BF16,
-            Some(other) => bail!(
-                Safetensors,
-                "tensor `{name}` has dtype {other}; podar reads F32, F16 and BF16"
-            ),
+            Some(other) => bail!(Safetensors, "tensor `{name}` has dtype {other}; podar reads F32, F16 and BF16"),
             None => bail!(Safetensors, "tensor `{name}` has no dtype"),
         };
         let shape: Vec<usize> = match v.get("shape").and_then(|s| s.as_array()) {
@@ -99,28 +89,16 @@ pub fn read_header<R: Read + Seek>(r: &mut R) -> Result<Header> {
         let bytes = elems
             .checked_mul(dtype.size() as u64)
             .ok_or_else(|| Error::Safetensors(format!("tensor `{name}`: size overflows")))?;
-        let (Some(start), Some(end)) = (data_start.checked_add(s), data_start.checked_add(e))
-        else {
+        let (Some(start), Some(end)) = (data_start.checked_add(s), data_start.checked_add(e)) else {
             bail!(Safetensors, "tensor `{name}`: offsets overflow");
         };
         if e < s || e - s != bytes {
             bail!(Safetensors, "tensor `{name}`: data_offsets [{s}, {e}] do not match shape {shape:?} ({bytes} bytes)");
         }
         if end > file_len {
-            bail!(
-                Safetensors,
-                "tensor `{name}` ends at byte {end} but the file has {file_len}: truncated?"
-            );
+            bail!(Safetensors, "tensor `{name}` ends at byte {end} but the file has {file_len}: truncated?");
         }
-        out.tensors.insert(
-            name.clone(),
-            TensorMeta {
-                dtype,
-                shape,
-                start,
-                end,
-            },
-        );
+        out.tensors.insert(name.clone(), TensorMeta { dtype, shape, start, end });
     }
     Ok(out)
 }
@@ -140,10 +118,7 @@ impl<R: Read + Seek> SafetensorsSource<R> {
             let h = read_header(&mut r)?;
             for name in h.tensors.keys() {
                 if index.insert(name.clone(), i).is_some() {
-                    bail!(
-                        Safetensors,
-                        "tensor `{name}` appears in more than one shard"
-                    );
+                    bail!(Safetensors, "tensor `{name}` appears in more than one shard");
                 }
             }
             files.push((r, h));
@@ -166,18 +141,12 @@ impl<R: Read + Seek> TensorSource for SafetensorsSource<R> {
     }
     fn load(&mut self, name: &str) -> Result<Tensor> {
         let buf = self.load_raw(name)?;
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let meta = &self.files[i].1.tensors[name];
         to_f32_tensor(&buf, meta.dtype, &meta.shape)
     }
     fn load_raw(&mut self, name: &str) -> Result<Vec<u8>> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let (r, h) = &mut self.files[i];
         let meta = &h.tensors[name];
         let mut buf = vec![0u8; (meta.end - meta.start) as usize];
@@ -199,10 +168,7 @@ pub fn shard_names(index_json: &[u8]) -> Result<Vec<String>> {
             bail!(Safetensors, "index `weight_map` holds a non-string");
         };
         if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-            bail!(
-                Safetensors,
-                "index names shard `{f}` outside the model folder"
-            );
+            bail!(Safetensors, "index names shard `{f}` outside the model folder");
         }
         if !names.iter().any(|n| n == f) {
             names.push(f.to_string());
@@ -229,10 +195,7 @@ mod tests {
         let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
         let bytes = file(h, &[0, 0, 128, 63, 0, 0, 0, 64]);
         let mut s = SafetensorsSource::new(vec![Cursor::new(bytes)]).unwrap();
-        assert_eq!(
-            s.load("a").unwrap().to_vec1::<f32>().unwrap(),
-            vec![1.0, 2.0]
-        );
+        assert_eq!(s.load("a").unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
     }
 
     #[test]

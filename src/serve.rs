@@ -28,11 +28,7 @@ fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return None;
     }
-    let first = rel
-        .components()
-        .next()
-        .and_then(|c| c.as_os_str().to_str())
-        .unwrap_or("");
+    let first = rel.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or("");
     let mut p = match first {
         "pkg" | "models" => root.join(rel),
         _ => root.join("www").join(rel),
@@ -74,11 +70,7 @@ fn respond(mut s: TcpStream, root: &Path) -> std::io::Result<()> {
         }
         if let Some((k, v)) = h.split_once(':') {
             if k.eq_ignore_ascii_case("range") {
-                if let Some((a, b)) = v
-                    .trim()
-                    .strip_prefix("bytes=")
-                    .and_then(|r| r.split_once('-'))
-                {
+                if let Some((a, b)) = v.trim().strip_prefix("bytes=").and_then(|r| r.split_once('-')) {
                     if let Ok(a) = a.parse() {
                         range = Some((a, b.parse().ok()));
                     }
@@ -90,14 +82,15 @@ fn respond(mut s: TcpStream, root: &Path) -> std::io::Result<()> {
                   Cross-Origin-Resource-Policy: same-origin\r\nCache-Control: no-cache\r\nAccept-Ranges: bytes\r\n\
                   Access-Control-Expose-Headers: Content-Length, Content-Range\r\nConnection: close\r\n";
     if method != "GET" && method != "HEAD" {
-        return write!(
-            s,
-            "HTTP/1.1 405 Method Not Allowed\r\n{common}Content-Length: 0\r\n\r\n"
-        );
+        return write!(s, "HTTP/1.1 405 Method Not Allowed\r\n{common}Content-Length: 0\r\n\r\n");
     }
     let Some(path) = resolve(root, target) else {
         let body = "not found\n";
-        return write!(s, "HTTP/1.1 404 Not Found\r\n{common}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        return write!(
+            s,
+            "HTTP/1.1 404 Not Found\r\n{common}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
     };
     let mut f = std::fs::File::open(&path)?;
     let len = f.metadata()?.len();
@@ -109,10 +102,7 @@ fn respond(mut s: TcpStream, root: &Path) -> std::io::Result<()> {
         None => ("200 OK", 0, len.saturating_sub(1)),
     };
     let n = if len == 0 { 0 } else { end + 1 - start };
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\n{common}Content-Type: {}\r\nContent-Length: {n}\r\n",
-        mime(&path)
-    );
+    let mut head = format!("HTTP/1.1 {status}\r\n{common}Content-Type: {}\r\nContent-Length: {n}\r\n", mime(&path));
     if range.is_some() {
         head.push_str(&format!("Content-Range: bytes {start}-{end}/{len}\r\n"));
     }
@@ -128,10 +118,7 @@ fn respond(mut s: TcpStream, root: &Path) -> std::io::Result<()> {
 /// Serves `root` on 127.0.0.1:`port` until killed.
 pub fn serve(root: &Path, port: u16) -> std::io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
-    eprintln!(
-        "podar: serving {} on http://127.0.0.1:{port}/ (Ctrl-C to stop)",
-        root.display()
-    );
+    eprintln!("podar: serving {} on http://127.0.0.1:{port}/ (Ctrl-C to stop)", root.display());
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let root = root.to_path_buf();

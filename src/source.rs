@@ -57,26 +57,12 @@ pub trait TensorSource {
 pub fn to_f32_tensor(buf: &[u8], dtype: StorageDtype, shape: &[usize]) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     if buf.len() != n * dtype.size() {
-        bail!(
-            Input,
-            "tensor data is {} bytes, expected {}",
-            buf.len(),
-            n * dtype.size()
-        );
+        bail!(Input, "tensor data is {} bytes, expected {}", buf.len(), n * dtype.size());
     }
     let v: Vec<f32> = match dtype {
-        StorageDtype::F32 => buf
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        StorageDtype::F16 => buf
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        StorageDtype::BF16 => buf
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        StorageDtype::F32 => buf.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        StorageDtype::F16 => buf.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        StorageDtype::BF16 => buf.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
     };
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }

@@ -26,43 +26,27 @@ impl Tokenizer {
             Some(b) => serde_json::from_slice(b)?,
             None => json!({}),
         };
-        Ok(Self {
-            inner,
-            json: tokenizer_json.to_vec(),
-            config,
-        })
+        Ok(Self { inner, json: tokenizer_json.to_vec(), config })
     }
 
     /// Rebuilds the model's tokenizer from GGUF metadata.
     pub fn from_gguf(h: &GgufHeader) -> Result<Self> {
         let (tj, cfg) = gguf_tokenizer_json(h)?;
         let bytes = serde_json::to_vec(&tj)?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
-            Error::Tokenizer(format!(
-                "cannot build the tokenizer from GGUF metadata: {e}"
-            ))
-        })?;
-        Ok(Self {
-            inner,
-            json: bytes,
-            config: cfg,
-        })
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Tokenizer(format!("cannot build the tokenizer from GGUF metadata: {e}")))?;
+        Ok(Self { inner, json: bytes, config: cfg })
     }
 
     /// Token ids of `text`; `special` adds the model's special tokens (e.g. BOS) as transformers would.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, special)
-            .map_err(|e| Error::Tokenizer(format!("cannot encode text: {e}")))?;
+        let enc = self.inner.encode(text, special).map_err(|e| Error::Tokenizer(format!("cannot encode text: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer(format!("cannot decode: {e}")))
+        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer(format!("cannot decode: {e}")))
     }
 
     /// Number of tokens including added ones.
@@ -82,20 +66,11 @@ impl Tokenizer {
         };
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template("chat", tpl)
-            .map_err(|e| Error::Tokenizer(format!("chat template does not parse: {e}")))?;
-        let t = env
-            .get_template("chat")
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", tpl).map_err(|e| Error::Tokenizer(format!("chat template does not parse: {e}")))?;
+        let t = env.get_template("chat").map_err(|e| Error::Tokenizer(e.to_string()))?;
         let tok = |k: &str| -> Value {
             match self.config.get(k) {
                 Some(Value::String(s)) => json!(s),
@@ -118,11 +93,7 @@ fn string_array<'a>(h: &'a GgufHeader, key: &str) -> Result<Option<Vec<&'a str>>
         None => Ok(None),
         Some(GValue::Array(a)) => {
             if a.len() > MAX_VOCAB {
-                bail!(
-                    Gguf,
-                    "`{key}` has {} entries, more than the {MAX_VOCAB} cap",
-                    a.len()
-                );
+                bail!(Gguf, "`{key}` has {} entries, more than the {MAX_VOCAB} cap", a.len());
             }
             a.iter()
                 .map(|v| match v {
@@ -138,7 +109,8 @@ fn string_array<'a>(h: &'a GgufHeader, key: &str) -> Result<Option<Vec<&'a str>>
 
 /// Pre-tokenizer regexes of llama.cpp's `tokenizer.ggml.pre` values, as transformers' tokenizer.json has them.
 fn pre_tokenizer(pre: &str) -> Value {
-    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+    let byte_level =
+        |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
     let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
     match pre {
         "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
@@ -157,10 +129,7 @@ fn pre_tokenizer(pre: &str) -> Value {
 pub fn gguf_tokenizer_json(h: &GgufHeader) -> Result<(Value, Value)> {
     let model = h.get_str("tokenizer.ggml.model").unwrap_or("");
     let Some(tokens) = string_array(h, "tokenizer.ggml.tokens")? else {
-        bail!(
-            Gguf,
-            "no tokenizer in this file (`tokenizer.ggml.tokens` missing)"
-        );
+        bail!(Gguf, "no tokenizer in this file (`tokenizer.ggml.tokens` missing)");
     };
     let types: Vec<u64> = match h.get("tokenizer.ggml.token_type") {
         Some(GValue::Array(a)) if a.len() == tokens.len() => a
@@ -173,11 +142,7 @@ pub fn gguf_tokenizer_json(h: &GgufHeader) -> Result<(Value, Value)> {
             .collect(),
         _ => vec![1; tokens.len()],
     };
-    let id = |k: &str| {
-        h.get_u64(k)
-            .filter(|&i| (i as usize) < tokens.len())
-            .map(|i| i as usize)
-    };
+    let id = |k: &str| h.get_u64(k).filter(|&i| (i as usize) < tokens.len()).map(|i| i as usize);
     let bos = id("tokenizer.ggml.bos_token_id");
     let eos = id("tokenizer.ggml.eos_token_id");
     let unk = id("tokenizer.ggml.unknown_token_id");
@@ -189,17 +154,12 @@ pub fn gguf_tokenizer_json(h: &GgufHeader) -> Result<(Value, Value)> {
     for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
         // 3 = control, 4 = user-defined (llama.cpp's token types).
         if *ty == 3 || *ty == 4 {
-            added.push(
-                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": *ty == 4, "special": *ty == 3}),
-            );
+            added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": *ty == 4, "special": *ty == 3}));
         }
     }
-    let vocab: serde_json::Map<String, Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), json!(i)))
-        .collect();
+    let vocab: serde_json::Map<String, Value> =
+        tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
     let tok_name = |i: Option<usize>| i.map(|i| tokens[i].to_string());
 
     let mut tj = match model {
@@ -228,20 +188,10 @@ pub fn gguf_tokenizer_json(h: &GgufHeader) -> Result<(Value, Value)> {
         "llama" => {
             // SentencePiece BPE: scores order the merges; byte fallback for unknown bytes.
             let scores: Vec<f64> = match h.get("tokenizer.ggml.scores") {
-                Some(GValue::Array(a)) if a.len() == tokens.len() => a
-                    .iter()
-                    .map(|v| {
-                        if let GValue::F32(x) = v {
-                            *x as f64
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect(),
-                _ => bail!(
-                    Gguf,
-                    "SentencePiece tokenizer without `tokenizer.ggml.scores`"
-                ),
+                Some(GValue::Array(a)) if a.len() == tokens.len() => {
+                    a.iter().map(|v| if let GValue::F32(x) = v { *x as f64 } else { 0.0 }).collect()
+                }
+                _ => bail!(Gguf, "SentencePiece tokenizer without `tokenizer.ggml.scores`"),
             };
             let merges = spm_merges(&tokens, &types, &scores);
             json!({
@@ -259,28 +209,19 @@ pub fn gguf_tokenizer_json(h: &GgufHeader) -> Result<(Value, Value)> {
                     "vocab": vocab, "merges": merges}
             })
         }
-        other => bail!(
-            Tokenizer,
-            "GGUF tokenizer model `{other}` is not supported (podar reads gpt2 and llama)"
-        ),
+        other => bail!(Tokenizer, "GGUF tokenizer model `{other}` is not supported (podar reads gpt2 and llama)"),
     };
     if add_bos || add_eos {
         let mut single = vec![];
         let mut special = serde_json::Map::new();
         if let (true, Some(b)) = (add_bos, bos) {
             single.push(json!({"SpecialToken": {"id": tokens[b], "type_id": 0}}));
-            special.insert(
-                tokens[b].to_string(),
-                json!({"id": tokens[b], "ids": [b], "tokens": [tokens[b]]}),
-            );
+            special.insert(tokens[b].to_string(), json!({"id": tokens[b], "ids": [b], "tokens": [tokens[b]]}));
         }
         single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
         if let (true, Some(e)) = (add_eos, eos) {
             single.push(json!({"SpecialToken": {"id": tokens[e], "type_id": 0}}));
-            special.insert(
-                tokens[e].to_string(),
-                json!({"id": tokens[e], "ids": [e], "tokens": [tokens[e]]}),
-            );
+            special.insert(tokens[e].to_string(), json!({"id": tokens[e], "ids": [e], "tokens": [tokens[e]]}));
         }
         let template = json!({"type": "TemplateProcessing", "single": single.clone(),
             "pair": single.iter().cloned().chain([json!({"Sequence": {"id": "B", "type_id": 1}})]).collect::<Vec<_>>(),
@@ -299,12 +240,7 @@ pub fn gguf_tokenizer_json(h: &GgufHeader) -> Result<(Value, Value)> {
         // The generic fast class: GPT2Tokenizer would replace tokenizer.json's pre-tokenizer in transformers 5.
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
-    for (k, i) in [
-        ("bos_token", bos),
-        ("eos_token", eos),
-        ("unk_token", unk),
-        ("pad_token", pad),
-    ] {
+    for (k, i) in [("bos_token", bos), ("eos_token", eos), ("unk_token", unk), ("pad_token", pad)] {
         if let Some(i) = i {
             cfg[k] = json!(tokens[i]);
         }
@@ -318,8 +254,7 @@ pub fn gguf_tokenizer_json(h: &GgufHeader) -> Result<(Value, Value)> {
 /// SentencePiece vocabularies carry scores, not merges: derive merges the way transformers does
 /// (every split of a piece into two pieces in the vocabulary, ordered by the merged piece's score).
 fn spm_merges(tokens: &[&str], types: &[u64], scores: &[f64]) -> Vec<Value> {
-    let index: std::collections::HashMap<&str, usize> =
-        tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let index: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
     let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
     for (i, piece) in tokens.iter().enumerate() {
         if types[i] != 1 {
@@ -332,15 +267,8 @@ fn spm_merges(tokens: &[&str], types: &[u64], scores: &[f64]) -> Vec<Value> {
             }
         }
     }
-    merges.sort_by(|a, b| {
-        b.0.partial_cmp(&a.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then((a.1, a.2).cmp(&(b.1, b.2)))
-    });
-    merges
-        .into_iter()
-        .map(|(_, _, _, l, r)| json!([l, r]))
-        .collect()
+    merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then((a.1, a.2).cmp(&(b.1, b.2))));
+    merges.into_iter().map(|(_, _, _, l, r)| json!([l, r])).collect()
 }
 
 impl Tokenizer {
@@ -354,10 +282,7 @@ impl Tokenizer {
         let tj: Value = serde_json::from_slice(&self.json)?;
         let model = &tj["model"];
         if model["type"].as_str() != Some("BPE") || model["byte_fallback"].as_bool() == Some(true) {
-            bail!(
-                Tokenizer,
-                "GGUF export supports byte-level BPE tokenizers; export --format hf instead"
-            );
+            bail!(Tokenizer, "GGUF export supports byte-level BPE tokenizers; export --format hf instead");
         }
         let Some(vocab) = model["vocab"].as_object() else {
             bail!(Tokenizer, "tokenizer.json has no vocabulary");
@@ -370,10 +295,7 @@ impl Tokenizer {
             .max()
             .map_or(0, |m| m as usize + 1);
         if ids > MAX_VOCAB {
-            bail!(
-                Tokenizer,
-                "vocabulary of {ids} tokens exceeds the {MAX_VOCAB} cap"
-            );
+            bail!(Tokenizer, "vocabulary of {ids} tokens exceeds the {MAX_VOCAB} cap");
         }
         let mut tokens = vec![String::new(); ids];
         let mut types = vec![1i32; ids];
@@ -385,11 +307,7 @@ impl Tokenizer {
         for a in &added {
             if let (Some(i), Some(c)) = (a["id"].as_u64(), a["content"].as_str()) {
                 tokens[i as usize] = c.to_string();
-                types[i as usize] = if a["special"].as_bool() == Some(true) {
-                    3
-                } else {
-                    4
-                };
+                types[i as usize] = if a["special"].as_bool() == Some(true) { 3 } else { 4 };
             }
         }
         for (i, t) in tokens.iter_mut().enumerate() {
@@ -404,9 +322,7 @@ impl Tokenizer {
                 m.iter()
                     .filter_map(|x| match x {
                         Value::String(s) => Some(s.clone()),
-                        Value::Array(p) => {
-                            Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
-                        }
+                        Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
                         _ => None,
                     })
                     .map(GValue::String)
@@ -424,19 +340,10 @@ impl Tokenizer {
             "default"
         };
         let mut v = vec![
-            (
-                "tokenizer.ggml.model".to_string(),
-                GValue::String("gpt2".into()),
-            ),
+            ("tokenizer.ggml.model".to_string(), GValue::String("gpt2".into())),
             ("tokenizer.ggml.pre".to_string(), GValue::String(pre.into())),
-            (
-                "tokenizer.ggml.tokens".to_string(),
-                GValue::Array(tokens.into_iter().map(GValue::String).collect()),
-            ),
-            (
-                "tokenizer.ggml.token_type".to_string(),
-                GValue::Array(types.into_iter().map(GValue::I32).collect()),
-            ),
+            ("tokenizer.ggml.tokens".to_string(), GValue::Array(tokens.into_iter().map(GValue::String).collect())),
+            ("tokenizer.ggml.token_type".to_string(), GValue::Array(types.into_iter().map(GValue::I32).collect())),
             ("tokenizer.ggml.merges".to_string(), GValue::Array(merges)),
         ];
         let special = |k: &str| -> Option<u32> {
@@ -457,17 +364,10 @@ impl Tokenizer {
                 v.push((format!("tokenizer.ggml.{g}"), GValue::U32(id)));
             }
         }
-        let add_bos = self
-            .config
-            .get("add_bos_token")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let add_bos = self.config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
         v.push(("tokenizer.ggml.add_bos_token".into(), GValue::Bool(add_bos)));
         if let Some(t) = self.chat_template() {
-            v.push((
-                "tokenizer.chat_template".into(),
-                GValue::String(t.to_string()),
-            ));
+            v.push(("tokenizer.chat_template".into(), GValue::String(t.to_string())));
         }
         Ok(v)
     }

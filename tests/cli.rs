@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn podar(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_podar"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_podar")).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -17,9 +14,7 @@ fn podar(args: &[&str]) -> (i32, String, String) {
 }
 
 fn tiny(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name)
 }
 
 fn real_model() -> PathBuf {
@@ -36,21 +31,11 @@ fn tmp(name: &str) -> PathBuf {
 fn fails(args: &[&str], file: &Path, needle: &str) {
     let (code, _, err) = podar(args);
     assert_eq!(code, 2, "args {args:?}: stderr {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "panic: {err}"
-    );
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
     let line = err.trim_end();
     assert_eq!(line.lines().count(), 1, "expected one line, got {err:?}");
-    assert!(
-        line.contains(&*file.to_string_lossy()),
-        "{line:?} does not name {}",
-        file.display()
-    );
-    assert!(
-        line.to_lowercase().contains(&needle.to_lowercase()),
-        "{line:?} does not say {needle:?}"
-    );
+    assert!(line.contains(&*file.to_string_lossy()), "{line:?} does not name {}", file.display());
+    assert!(line.to_lowercase().contains(&needle.to_lowercase()), "{line:?} does not say {needle:?}");
 }
 
 #[test]
@@ -64,36 +49,18 @@ fn corrupt_gguf() {
     let p = tmp("garbage.gguf");
     std::fs::write(&p, b"this is not a gguf file at all, just text").unwrap();
     fails(&["inspect", p.to_str().unwrap()], &p, "GGUF");
-    fails(
-        &["eval", p.to_str().unwrap(), "--ids", p.to_str().unwrap()],
-        &p,
-        "GGUF",
-    );
+    fails(&["eval", p.to_str().unwrap(), "--ids", p.to_str().unwrap()], &p, "GGUF");
 }
 
 #[test]
 fn truncated_gguf() {
     let bytes = std::fs::read(real_model()).expect("make test fetches the default model");
-    for (i, cut) in [100usize, 1 << 20, bytes.len() - 1000]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, cut) in [100usize, 1 << 20, bytes.len() - 1000].into_iter().enumerate() {
         let p = tmp(&format!("truncated{i}.gguf"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
         let ids = tmp("ids.json");
         std::fs::write(&ids, "[1,2,3,4,5,6,7,8]").unwrap();
-        fails(
-            &[
-                "eval",
-                p.to_str().unwrap(),
-                "--ids",
-                ids.to_str().unwrap(),
-                "--ctx",
-                "4",
-            ],
-            &p,
-            "GGUF",
-        );
+        fails(&["eval", p.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--ctx", "4"], &p, "GGUF");
     }
 }
 
@@ -101,21 +68,9 @@ fn truncated_gguf() {
 fn unknown_architecture() {
     let d = tmp("gpt2");
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(
-        d.join("config.json"),
-        br#"{"model_type":"gpt2","n_embd":64}"#,
-    )
-    .unwrap();
-    std::fs::copy(
-        tiny("llama").join("model.safetensors"),
-        d.join("model.safetensors"),
-    )
-    .unwrap();
-    fails(
-        &["inspect", d.to_str().unwrap()],
-        &d,
-        "unsupported architecture `gpt2`",
-    );
+    std::fs::write(d.join("config.json"), br#"{"model_type":"gpt2","n_embd":64}"#).unwrap();
+    std::fs::copy(tiny("llama").join("model.safetensors"), d.join("model.safetensors")).unwrap();
+    fails(&["inspect", d.to_str().unwrap()], &d, "unsupported architecture `gpt2`");
 }
 
 #[test]
@@ -126,16 +81,8 @@ fn config_disagrees_with_shapes() {
     let cfg = cfg.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
     assert!(cfg.contains("96"));
     std::fs::write(d.join("config.json"), cfg).unwrap();
-    std::fs::copy(
-        tiny("llama").join("model.safetensors"),
-        d.join("model.safetensors"),
-    )
-    .unwrap();
-    fails(
-        &["inspect", d.to_str().unwrap()],
-        &d,
-        "gate_proj.weight` has shape [128, 64], the config implies [96, 64]",
-    );
+    std::fs::copy(tiny("llama").join("model.safetensors"), d.join("model.safetensors")).unwrap();
+    fails(&["inspect", d.to_str().unwrap()], &d, "gate_proj.weight` has shape [128, 64], the config implies [96, 64]");
 }
 
 #[test]
@@ -155,16 +102,8 @@ fn text_too_short_and_ctx_out_of_range() {
     let m = real_model();
     let (m, t_s) = (m.to_str().unwrap(), t.to_str().unwrap());
     fails(&["eval", m, "--text", t_s], &t, "needs at least 512");
-    fails(
-        &["eval", m, "--text", t_s, "--ctx", "1"],
-        &t,
-        "--ctx must be between 2",
-    );
-    fails(
-        &["eval", m, "--text", t_s, "--ctx", "10000000"],
-        &t,
-        "--ctx must be between 2",
-    );
+    fails(&["eval", m, "--text", t_s, "--ctx", "1"], &t, "--ctx must be between 2");
+    fails(&["eval", m, "--text", t_s, "--ctx", "10000000"], &t, "--ctx must be between 2");
 }
 
 #[test]
@@ -188,15 +127,8 @@ fn eval_json_on_tiny_model() {
     let ids = tmp("tiny_ids.json");
     let list: Vec<u32> = (0..40).map(|i| (i * 37 % 256) as u32).collect();
     std::fs::write(&ids, serde_json::to_string(&list).unwrap()).unwrap();
-    let (code, out, err) = podar(&[
-        "eval",
-        tiny("qwen2").to_str().unwrap(),
-        "--ids",
-        ids.to_str().unwrap(),
-        "--ctx",
-        "16",
-        "--json",
-    ]);
+    let (code, out, err) =
+        podar(&["eval", tiny("qwen2").to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--ctx", "16", "--json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["tokens"], 40);
@@ -239,8 +171,7 @@ fn prune_writes_a_consistent_hf_folder_and_report() {
         assert!(v.get(k).is_some(), "--json lacks {k}: {stdout}");
     }
     assert!(v["parameters_after"].as_u64() < v["parameters_before"].as_u64());
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["intermediate_size"], 1229);
     assert_eq!(cfg["num_hidden_layers"], 29);
     assert_eq!(cfg["num_key_value_heads"], 2);
@@ -250,15 +181,11 @@ fn prune_writes_a_consistent_hf_folder_and_report() {
         serde_json::from_slice(&std::fs::read(out.join("podar-report.json")).unwrap()).unwrap();
     assert_eq!(report["kept_layers"].as_array().unwrap().len(), 29);
     assert_eq!(report["calibration"]["tokens"], 256);
+    assert_eq!(report["source_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(report["calibration"]["ids_sha256"].as_str().unwrap().len(), 64);
     let ppl = &report["perplexity"][0];
     assert!(ppl["before"].as_f64().unwrap() > 1.0 && ppl["after"].as_f64().unwrap() > 1.0);
-    for f in [
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-        "README.md",
-    ] {
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"] {
         assert!(out.join(f).exists(), "missing {f}");
     }
     // podar reads its own export, with the same tokenizer, and inspect agrees with the config.
@@ -266,14 +193,7 @@ fn prune_writes_a_consistent_hf_folder_and_report() {
     assert_eq!(code, 0, "{err}");
     let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(s["parameters"], v["parameters_after"]);
-    let (code, _, err) = podar(&[
-        "generate",
-        out.to_str().unwrap(),
-        "--prompt",
-        "def add(a, b):",
-        "--max-tokens",
-        "5",
-    ]);
+    let (code, _, err) = podar(&["generate", out.to_str().unwrap(), "--prompt", "def add(a, b):", "--max-tokens", "5"]);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -294,15 +214,8 @@ fn prune_writes_gguf() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("static weight scores"),
-        "no warning about static scores: {err}"
-    );
-    let (code, stdout, err) = podar(&[
-        "inspect",
-        out.join("model.gguf").to_str().unwrap(),
-        "--json",
-    ]);
+    assert!(err.contains("static weight scores"), "no warning about static scores: {err}");
+    let (code, stdout, err) = podar(&["inspect", out.join("model.gguf").to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{err}");
     let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(s["intermediate_size"], 1024);
@@ -318,48 +231,15 @@ fn prune_refuses_bad_requests() {
     let t = tmp("tiny_calib.txt");
     std::fs::write(&t, "def f(x):\n    return x\n").unwrap();
     fails(
-        &[
-            "prune",
-            m,
-            "--calib",
-            t.to_str().unwrap(),
-            "--mlp",
-            "0.2",
-            "--out",
-            out.to_str().unwrap(),
-        ],
+        &["prune", m, "--calib", t.to_str().unwrap(), "--mlp", "0.2", "--out", out.to_str().unwrap()],
         &t,
         "need 8192",
     );
+    fails(&["prune", m, "--mlp", "1.5", "--out", out.to_str().unwrap()], Path::new(m), "--mlp must be a fraction");
     fails(
-        &["prune", m, "--mlp", "1.5", "--out", out.to_str().unwrap()],
-        Path::new(m),
-        "--mlp must be a fraction",
-    );
-    fails(
-        &[
-            "prune",
-            m,
-            "--mlp",
-            "0.2",
-            "--score",
-            "wanda",
-            "--out",
-            out.to_str().unwrap(),
-        ],
+        &["prune", m, "--mlp", "0.2", "--score", "wanda", "--out", out.to_str().unwrap()],
         Path::new(m),
         "need calibration text",
     );
-    fails(
-        &[
-            "prune",
-            m,
-            "--drop-layers-at",
-            "30",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        Path::new(m),
-        "names layer 30",
-    );
+    fails(&["prune", m, "--drop-layers-at", "30", "--out", out.to_str().unwrap()], Path::new(m), "names layer 30");
 }

@@ -15,9 +15,7 @@ struct Expected {
 }
 
 fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name)
 }
 
 fn load(name: &str) -> podar::Model {
@@ -25,11 +23,7 @@ fn load(name: &str) -> podar::Model {
     let config = fs::read(d.join("config.json")).unwrap();
     let shards: Vec<Vec<u8>> = if d.join("model.safetensors.index.json").exists() {
         let idx = fs::read(d.join("model.safetensors.index.json")).unwrap();
-        shard_names(&idx)
-            .unwrap()
-            .iter()
-            .map(|n| fs::read(d.join(n)).unwrap())
-            .collect()
+        shard_names(&idx).unwrap().iter().map(|n| fs::read(d.join(n)).unwrap()).collect()
     } else {
         vec![fs::read(d.join("model.safetensors")).unwrap()]
     };
@@ -37,15 +31,10 @@ fn load(name: &str) -> podar::Model {
 }
 
 fn check(name: &str) {
-    let exp: Expected =
-        serde_json::from_slice(&fs::read(dir(name).join("expected.json")).unwrap()).unwrap();
+    let exp: Expected = serde_json::from_slice(&fs::read(dir(name).join("expected.json")).unwrap()).unwrap();
     let model = load(name);
     let t = exp.input_ids.len();
-    let logits: Vec<Vec<f32>> = model
-        .forward(&exp.input_ids, 1, t, None)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let logits: Vec<Vec<f32>> = model.forward(&exp.input_ids, 1, t, None).unwrap().to_vec2().unwrap();
     let mut worst = 0f32;
     for (row, erow) in logits.iter().zip(&exp.logits) {
         assert_eq!(row.len(), erow.len());
@@ -67,32 +56,17 @@ macro_rules! families {
     )*};
 }
 
-families!(
-    llama,
-    llama3,
-    llama_bf16,
-    llama_sharded,
-    qwen2,
-    qwen3,
-    mistral,
-    gemma2,
-    gemma3
-);
+families!(llama, llama3, llama_bf16, llama_sharded, qwen2, qwen3, mistral, gemma2, gemma3);
 
 #[test]
 fn batched_forward_equals_single() {
-    let exp: Expected =
-        serde_json::from_slice(&fs::read(dir("gemma2").join("expected.json")).unwrap()).unwrap();
+    let exp: Expected = serde_json::from_slice(&fs::read(dir("gemma2").join("expected.json")).unwrap()).unwrap();
     let model = load("gemma2");
     let t = exp.input_ids.len();
     let mut two = exp.input_ids.clone();
     two.extend(exp.input_ids.iter().rev());
     let both: Vec<Vec<f32>> = model.forward(&two, 2, t, None).unwrap().to_vec2().unwrap();
-    let single: Vec<Vec<f32>> = model
-        .forward(&exp.input_ids, 1, t, None)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let single: Vec<Vec<f32>> = model.forward(&exp.input_ids, 1, t, None).unwrap().to_vec2().unwrap();
     for (a, b) in both[..t].iter().zip(&single) {
         for (x, y) in a.iter().zip(b) {
             assert!((x - y).abs() < 1e-5);

@@ -6,9 +6,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 fn load(name: &str) -> podar::Model {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny")
-        .join(name);
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name);
     let cfg = std::fs::read(d.join("config.json")).unwrap();
     let st = std::fs::read(d.join("model.safetensors")).unwrap();
     podar::load_hf_weights(&cfg, vec![Cursor::new(st)]).unwrap()
@@ -16,12 +14,7 @@ fn load(name: &str) -> podar::Model {
 
 fn logits(m: &podar::Model) -> Vec<f32> {
     let ids: Vec<u32> = (0..12).map(|i| (i * 29 % 256) as u32).collect();
-    m.forward(&ids, 1, 12, None)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    m.forward(&ids, 1, 12, None).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
 #[test]
@@ -39,11 +32,7 @@ fn gguf_round_trip_keeps_logits() {
         let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| {}).unwrap();
         assert_eq!(back.model.cfg.arch.gguf_name(), m.cfg.arch.gguf_name());
         let (a, b) = (logits(&m), logits(&back.model));
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst < tol, "{name} {dtype:?}: max diff {worst}");
     }
 }
@@ -53,21 +42,14 @@ fn q8_0_weights_stay_within_one_quantization_step() {
     let m = load("llama");
     let mut buf = Vec::new();
     write_gguf(&m, &[], GgufDtype::Q8_0, &mut buf).unwrap();
-    let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| {})
-        .unwrap()
-        .model;
+    let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| {}).unwrap().model;
     for ((name, a), (_, b)) in m.named_tensors().iter().zip(back.named_tensors().iter()) {
-        let (a, b): (Vec<f32>, Vec<f32>) = (
-            a.flatten_all().unwrap().to_vec1().unwrap(),
-            b.flatten_all().unwrap().to_vec1().unwrap(),
-        );
+        let (a, b): (Vec<f32>, Vec<f32>) =
+            (a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap());
         for (ba, bb) in a.chunks(32).zip(b.chunks(32)) {
             let step = ba.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
             for (x, y) in ba.iter().zip(bb) {
-                assert!(
-                    (x - y).abs() <= step * 0.6 + 1e-6,
-                    "{name}: {x} vs {y} (step {step})"
-                );
+                assert!((x - y).abs() <= step * 0.6 + 1e-6, "{name}: {x} vs {y} (step {step})");
             }
         }
     }
@@ -75,8 +57,7 @@ fn q8_0_weights_stay_within_one_quantization_step() {
 
 #[test]
 fn default_model_gguf_export_keeps_tokenizer_and_perplexity() {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let b = podar::load_gguf(Cursor::new(std::fs::read(p).unwrap()), &mut |_, _| {}).unwrap();
     let meta = b.gguf_tokenizer_metadata().unwrap();
     let mut buf = Vec::new();
@@ -86,35 +67,20 @@ fn default_model_gguf_export_keeps_tokenizer_and_perplexity() {
     let ids = b.tokenizer().unwrap().encode(text, false).unwrap();
     assert_eq!(back.tokenizer().unwrap().encode(text, false).unwrap(), ids);
     let (x, y) = (
-        podar::perplexity(&b.model, &ids, ids.len(), &mut |_, _| {})
-            .unwrap()
-            .perplexity,
-        podar::perplexity(&back.model, &ids, ids.len(), &mut |_, _| {})
-            .unwrap()
-            .perplexity,
+        podar::perplexity(&b.model, &ids, ids.len(), &mut |_, _| {}).unwrap().perplexity,
+        podar::perplexity(&back.model, &ids, ids.len(), &mut |_, _| {}).unwrap().perplexity,
     );
     assert!((x / y - 1.0).abs() < 1e-5, "{x} vs {y}");
     // The tokenizer derived from tokenizer.json (the HF export path) gives the same ids.
     let derived = b.tokenizer().unwrap().gguf_metadata().unwrap();
     let get = |m: &[(String, candle_core::quantized::gguf_file::Value)], k: &str| {
-        m.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| format!("{v:?}"))
+        m.iter().find(|(n, _)| n == k).map(|(_, v)| format!("{v:?}"))
     };
-    for k in [
-        "tokenizer.ggml.pre",
-        "tokenizer.ggml.bos_token_id",
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.chat_template",
-    ] {
+    for k in
+        ["tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"]
+    {
         assert_eq!(get(&derived, k), get(&meta, k), "{k}");
     }
-    assert_eq!(
-        get(&derived, "tokenizer.ggml.merges"),
-        get(&meta, "tokenizer.ggml.merges")
-    );
-    assert_eq!(
-        get(&derived, "tokenizer.ggml.tokens"),
-        get(&meta, "tokenizer.ggml.tokens")
-    );
+    assert_eq!(get(&derived, "tokenizer.ggml.merges"), get(&meta, "tokenizer.ggml.merges"));
+    assert_eq!(get(&derived, "tokenizer.ggml.tokens"), get(&meta, "tokenizer.ggml.tokens"));
 }

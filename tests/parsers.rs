@@ -43,8 +43,7 @@ fn safetensors_mutations_never_panic() {
 
 #[test]
 fn gguf_mutations_never_panic() {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let bytes = std::fs::read(p).expect("make test fetches the default model");
     // Mutate the header region (metadata and tensor directory: the first ~2 MB).
     let head = &bytes[..bytes.len().min(3 << 20)];

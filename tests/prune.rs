@@ -8,29 +8,20 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name)
 }
 
 fn load(name: &str) -> (podar::Model, Vec<u8>) {
     let cfg = std::fs::read(dir(name).join("config.json")).unwrap();
     let st = std::fs::read(dir(name).join("model.safetensors")).unwrap();
-    (
-        podar::load_hf_weights(&cfg, vec![Cursor::new(st.clone())]).unwrap(),
-        st,
-    )
+    (podar::load_hf_weights(&cfg, vec![Cursor::new(st.clone())]).unwrap(), st)
 }
 
 fn export(m: &podar::Model, dtype: StorageDtype) -> (Vec<u8>, Vec<u8>) {
     let mut st = Vec::new();
     podar::export::write_safetensors(m, dtype, &mut st).unwrap();
     let files = podar::export::hf_side_files(m, None, None, dtype).unwrap();
-    let cfg = files
-        .into_iter()
-        .find(|(n, _)| n == "config.json")
-        .unwrap()
-        .1;
+    let cfg = files.into_iter().find(|(n, _)| n == "config.json").unwrap().1;
     (cfg, st)
 }
 
@@ -39,9 +30,7 @@ fn calib(n: usize) -> Vec<u32> {
     let mut x = 12345u64;
     (0..n)
         .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((x >> 33) % 256) as u32
         })
         .collect()
@@ -49,28 +38,18 @@ fn calib(n: usize) -> Vec<u32> {
 
 #[test]
 fn zero_percent_is_byte_identical() {
-    for (name, dtype) in [
-        ("llama", StorageDtype::F32),
-        ("llama_bf16", StorageDtype::BF16),
-        ("gemma2", StorageDtype::F32),
-    ] {
+    for (name, dtype) in
+        [("llama", StorageDtype::F32), ("llama_bf16", StorageDtype::BF16), ("gemma2", StorageDtype::F32)]
+    {
         let (m, src) = load(name);
-        let o = PruneOptions {
-            mlp_fraction: Some(0.0),
-            score: Score::Maw,
-            ..Default::default()
-        };
+        let o = PruneOptions { mlp_fraction: Some(0.0), score: Score::Maw, ..Default::default() };
         let p = prune_mlp(&m, None, &o, &mut |_, _, _| {}).unwrap();
         let (_, out) = export(&p.model, dtype);
         let mut a = SafetensorsSource::new(vec![Cursor::new(src)]).unwrap();
         let mut b = SafetensorsSource::new(vec![Cursor::new(out)]).unwrap();
         assert_eq!(a.names(), b.names(), "{name}");
         for n in a.names() {
-            assert_eq!(
-                a.load_raw(&n).unwrap(),
-                b.load_raw(&n).unwrap(),
-                "{name}: tensor {n} changed"
-            );
+            assert_eq!(a.load_raw(&n).unwrap(), b.load_raw(&n).unwrap(), "{name}: tensor {n} changed");
         }
     }
 }
@@ -80,30 +59,15 @@ fn pruned_shapes_match_config_for_every_family_and_score() {
     let ids = calib(8 * 16);
     for name in ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"] {
         let (m, _) = load(name);
-        for score in [
-            Score::Maw,
-            Score::Vow,
-            Score::Pon,
-            Score::L2,
-            Score::Wanda,
-            Score::Flap,
-            Score::Optipfair,
-            Score::Obs,
-        ] {
-            let o = PruneOptions {
-                mlp_fraction: Some(0.25),
-                score,
-                calib_samples: 8,
-                calib_len: 16,
-                ..Default::default()
-            };
+        for score in
+            [Score::Maw, Score::Vow, Score::Pon, Score::L2, Score::Wanda, Score::Flap, Score::Optipfair, Score::Obs]
+        {
+            let o =
+                PruneOptions { mlp_fraction: Some(0.25), score, calib_samples: 8, calib_len: 16, ..Default::default() };
             let data = score.needs_data().then_some(&ids[..]);
             let p = prune_mlp(&m, data, &o, &mut |_, _, _| {}).unwrap();
             assert_eq!(p.model.cfg.intermediate_size, 96);
-            assert!(p
-                .kept
-                .iter()
-                .all(|k| k.len() == 96 && k.windows(2).all(|w| w[0] < w[1])));
+            assert!(p.kept.iter().all(|k| k.len() == 96 && k.windows(2).all(|w| w[0] < w[1])));
             let (cfg, st) = export(&p.model, StorageDtype::F32);
             // The loader checks every tensor's shape against the written config.
             let back = podar::load_hf_weights(&cfg, vec![Cursor::new(st)]).unwrap();
@@ -116,20 +80,8 @@ fn pruned_shapes_match_config_for_every_family_and_score() {
 }
 
 fn logit_error(a: &podar::Model, b: &podar::Model, ids: &[u32]) -> f32 {
-    let x: Vec<f32> = a
-        .forward(ids, 1, ids.len(), None)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let y: Vec<f32> = b
-        .forward(ids, 1, ids.len(), None)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let x: Vec<f32> = a.forward(ids, 1, ids.len(), None).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let y: Vec<f32> = b.forward(ids, 1, ids.len(), None).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     x.iter().zip(&y).map(|(p, q)| (p - q).powi(2)).sum::<f32>()
 }
 
@@ -147,87 +99,31 @@ fn recovery_brings_outputs_closer_to_the_unpruned_model() {
         sequential: false,
         ..Default::default()
     };
-    let with = prune_mlp(
-        &m,
-        Some(&ids),
-        &PruneOptions {
-            recover: true,
-            ..base.clone()
-        },
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    let without = prune_mlp(
-        &m,
-        Some(&ids),
-        &PruneOptions {
-            recover: false,
-            ..base
-        },
-        &mut |_, _, _| {},
-    )
-    .unwrap();
+    let with = prune_mlp(&m, Some(&ids), &PruneOptions { recover: true, ..base.clone() }, &mut |_, _, _| {}).unwrap();
+    let without = prune_mlp(&m, Some(&ids), &PruneOptions { recover: false, ..base }, &mut |_, _, _| {}).unwrap();
     assert_eq!(with.kept, without.kept);
-    let (e_with, e_without) = (
-        logit_error(&m, &with.model, &held_out),
-        logit_error(&m, &without.model, &held_out),
-    );
-    assert!(
-        e_with < e_without,
-        "recovery did not help: {e_with} vs {e_without}"
-    );
+    let (e_with, e_without) = (logit_error(&m, &with.model, &held_out), logit_error(&m, &without.model, &held_out));
+    assert!(e_with < e_without, "recovery did not help: {e_with} vs {e_without}");
 }
 
 #[test]
 fn bad_requests_are_refused() {
     let (m, _) = load("llama");
-    let o = PruneOptions {
-        mlp_fraction: Some(0.2),
-        score: Score::Wanda,
-        ..Default::default()
-    };
-    let e = prune_mlp(&m, None, &o, &mut |_, _, _| {})
-        .err()
-        .unwrap()
-        .to_string();
+    let o = PruneOptions { mlp_fraction: Some(0.2), score: Score::Wanda, ..Default::default() };
+    let e = prune_mlp(&m, None, &o, &mut |_, _, _| {}).err().unwrap().to_string();
     assert!(e.contains("needs calibration text"), "{e}");
-    let e = podar::calib::windows(&calib(100), 64, 128)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = podar::calib::windows(&calib(100), 64, 128).err().unwrap().to_string();
     assert!(e.contains("8192"), "{e}");
     for bad in [
-        PruneOptions {
-            mlp_fraction: Some(1.0),
-            ..Default::default()
-        },
-        PruneOptions {
-            mlp_size: Some(0),
-            ..Default::default()
-        },
-        PruneOptions {
-            mlp_fraction: Some(0.2),
-            mlp_size: Some(10),
-            ..Default::default()
-        },
-        PruneOptions {
-            mlp_fraction: Some(0.2),
-            divisor: Some(48),
-            ..Default::default()
-        },
-        PruneOptions {
-            mlp_size: Some(100),
-            divisor: Some(128),
-            ..Default::default()
-        },
+        PruneOptions { mlp_fraction: Some(1.0), ..Default::default() },
+        PruneOptions { mlp_size: Some(0), ..Default::default() },
+        PruneOptions { mlp_fraction: Some(0.2), mlp_size: Some(10), ..Default::default() },
+        PruneOptions { mlp_fraction: Some(0.2), divisor: Some(48), ..Default::default() },
+        PruneOptions { mlp_size: Some(100), divisor: Some(128), ..Default::default() },
     ] {
         assert!(podar::prune::mlp_target(128, &bad).is_err(), "{bad:?}");
     }
-    let o = PruneOptions {
-        mlp_size: Some(100),
-        divisor: Some(32),
-        ..Default::default()
-    };
+    let o = PruneOptions { mlp_size: Some(100), divisor: Some(32), ..Default::default() };
     assert_eq!(podar::prune::mlp_target(128, &o).unwrap(), 96);
 }
 
@@ -247,36 +143,16 @@ fn head_and_depth_pruning_keep_config_and_tensors_consistent() {
         };
         let p = prune_mlp(&m, Some(&ids), &o, &mut |_, _, _| {}).unwrap();
         let c = &p.model.cfg;
-        assert_eq!(
-            (c.num_key_value_heads, c.num_attention_heads),
-            (1, 2),
-            "{name}"
-        );
+        assert_eq!((c.num_key_value_heads, c.num_attention_heads), (1, 2), "{name}");
         assert_eq!(c.num_hidden_layers, 2);
         assert_eq!(c.layer_types.len(), 2);
         assert_eq!(p.kept_layers.len(), 2);
         assert_eq!(p.kept_heads.len(), 2);
         let (cfg, st) = export(&p.model, StorageDtype::F32);
         let back = podar::load_hf_weights(&cfg, vec![Cursor::new(st)]).unwrap();
-        assert_eq!(
-            back.cfg.head_dim, m.cfg.head_dim,
-            "{name}: head_dim must be written explicitly"
-        );
-        let a: Vec<f32> = p
-            .model
-            .forward(&ids[..12], 1, 12, None)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f32> = back
-            .forward(&ids[..12], 1, 12, None)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        assert_eq!(back.cfg.head_dim, m.cfg.head_dim, "{name}: head_dim must be written explicitly");
+        let a: Vec<f32> = p.model.forward(&ids[..12], 1, 12, None).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = back.forward(&ids[..12], 1, 12, None).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a, b, "{name}: reloaded export computes something else");
     }
 }
@@ -286,33 +162,10 @@ fn head_recovery_brings_outputs_closer() {
     let (m, _) = load("mistral");
     let ids = calib(16 * 32);
     let held_out = calib(16 * 32 + 64)[16 * 32..].to_vec();
-    let base = PruneOptions {
-        heads: Some(0.5),
-        calib_samples: 16,
-        calib_len: 32,
-        sequential: false,
-        ..Default::default()
-    };
-    let with = prune_mlp(
-        &m,
-        Some(&ids),
-        &PruneOptions {
-            recover: true,
-            ..base.clone()
-        },
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    let without = prune_mlp(
-        &m,
-        Some(&ids),
-        &PruneOptions {
-            recover: false,
-            ..base
-        },
-        &mut |_, _, _| {},
-    )
-    .unwrap();
+    let base =
+        PruneOptions { heads: Some(0.5), calib_samples: 16, calib_len: 32, sequential: false, ..Default::default() };
+    let with = prune_mlp(&m, Some(&ids), &PruneOptions { recover: true, ..base.clone() }, &mut |_, _, _| {}).unwrap();
+    let without = prune_mlp(&m, Some(&ids), &PruneOptions { recover: false, ..base }, &mut |_, _, _| {}).unwrap();
     assert_eq!(with.kept_heads, without.kept_heads);
     assert!(logit_error(&m, &with.model, &held_out) < logit_error(&m, &without.model, &held_out));
 }

@@ -3,7 +3,6 @@
 //! Golden values come from tests/fixtures/make_smollm2_golden.py.
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -14,10 +13,7 @@ fn root() -> PathBuf {
 fn golden() -> &'static Value {
     static G: OnceLock<Value> = OnceLock::new();
     G.get_or_init(|| {
-        serde_json::from_slice(
-            &std::fs::read(root().join("tests/fixtures/smollm2/golden.json")).unwrap(),
-        )
-        .unwrap()
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/smollm2/golden.json")).unwrap()).unwrap()
     })
 }
 
@@ -25,22 +21,14 @@ fn bundle() -> &'static podar::Bundle {
     static B: OnceLock<podar::Bundle> = OnceLock::new();
     B.get_or_init(|| {
         let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        let bytes = std::fs::read(&p).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} — `make test` (or `make models`) fetches it",
-                p.display()
-            )
-        });
+        let bytes = std::fs::read(&p)
+            .unwrap_or_else(|e| panic!("{}: {e} — `make test` (or `make models`) fetches it", p.display()));
         podar::load_gguf(std::io::Cursor::new(bytes), &mut |_, _| {}).unwrap()
     })
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 /// transformers' GGUF conversion falls back to plain ByteLevel for `tokenizer.ggml.pre = "smollm"`;
@@ -51,11 +39,7 @@ fn tokenizer_matches_smollm2() {
     let tok = bundle().tokenizer().unwrap();
     for case in golden()["tokenizer_cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(
-            tok.encode(text, false).unwrap(),
-            ids(&case["ids_smollm_pretok"]),
-            "text {text:?}"
-        );
+        assert_eq!(tok.encode(text, false).unwrap(), ids(&case["ids_smollm_pretok"]), "text {text:?}");
     }
 }
 
@@ -71,18 +55,9 @@ fn tokenizer_matches_on_corpora() {
         let (d, f) = key.split_once('/').unwrap();
         let text = std::fs::read_to_string(dir.join(format!("{d}_{f}"))).unwrap();
         let got = tok.encode(&text, false).unwrap();
-        let joined = got
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let sha = format!("{:x}", Sha256::digest(joined.as_bytes()));
+        let sha = podar::prune::ids_sha256(&got);
         let want = &want["smollm_pretok"];
-        assert_eq!(
-            got.len() as u64,
-            want["n"].as_u64().unwrap(),
-            "{key}: token count"
-        );
+        assert_eq!(got.len() as u64, want["n"].as_u64().unwrap(), "{key}: token count");
         assert_eq!(sha, want["sha256"].as_str().unwrap(), "{key}: ids differ");
     }
 }
@@ -125,26 +100,13 @@ fn last_logits_match() {
     let b = bundle();
     let probe = &golden()["logits_probe"];
     let p = ids(&probe["input_ids"]);
-    let logits: Vec<f32> = b
-        .model
-        .forward_last(&p, 1, p.len(), None)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let logits: Vec<f32> =
+        b.model.forward_last(&p, 1, p.len(), None).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     for (i, want) in probe["first16"].as_array().unwrap().iter().enumerate() {
         let want = want.as_f64().unwrap() as f32;
-        assert!(
-            (logits[i] - want).abs() < 1e-3,
-            "logit {i}: {} vs {want}",
-            logits[i]
-        );
+        assert!((logits[i] - want).abs() < 1e-3, "logit {i}: {} vs {want}", logits[i]);
     }
-    for (id, want) in ids(&probe["top5_ids"])
-        .iter()
-        .zip(probe["top5_values"].as_array().unwrap())
-    {
+    for (id, want) in ids(&probe["top5_ids"]).iter().zip(probe["top5_values"].as_array().unwrap()) {
         let want = want.as_f64().unwrap() as f32;
         assert!((logits[*id as usize] - want).abs() < 1e-3);
     }
@@ -164,11 +126,7 @@ fn perplexity_matches_transformers() {
         let r = podar::perplexity(&b.model, &ids, 512, &mut |_, _| {}).unwrap();
         let want = want["ppl"].as_f64().unwrap();
         let rel = (r.perplexity / want - 1.0).abs();
-        eprintln!(
-            "{domain}: podar {:.4}, transformers {want:.4} ({:.3}%)",
-            r.perplexity,
-            rel * 100.0
-        );
+        eprintln!("{domain}: podar {:.4}, transformers {want:.4} ({:.3}%)", r.perplexity, rel * 100.0);
         assert_eq!(r.predictions, 8176);
         assert!(rel < 0.005, "{domain}: {} vs {want}", r.perplexity);
     }
