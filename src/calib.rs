@@ -3,7 +3,7 @@
 //! per-neuron statistics that data-driven scores and recovery use.
 
 use crate::error::{bail, Result};
-use crate::kernels::{linear, with_slice};
+use crate::kernels::with_slice;
 use crate::model::{Layer, LayerTrace, Model};
 use candle_core::Tensor;
 
@@ -113,18 +113,8 @@ pub fn collect(
             saved = Some((t.mlp_residual.clone(), t.mlp_hidden.clone()));
             stats = Some((|| {
                 let a = t.mlp_hidden;
-                let mlp_gram = if gram {
-                    let at = a.t()?.contiguous()?;
-                    Some(linear(&at, &at, None)?)
-                } else {
-                    None
-                };
-                let attn_gram = if gram {
-                    let zt = t.attn_hidden.t()?.contiguous()?;
-                    Some(linear(&zt, &zt, None)?)
-                } else {
-                    None
-                };
+                let mlp_gram = if gram { Some(crate::kernels::gram(a)?) } else { None };
+                let attn_gram = if gram { Some(crate::kernels::gram(t.attn_hidden)?) } else { None };
                 Ok(LayerStats {
                     input_sq: col_sums(t.mlp_input, true)?,
                     act_sum: col_sums(a, false)?,

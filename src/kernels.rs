@@ -266,3 +266,68 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<T
     })???;
     Ok(Tensor::from_vec(out, (batch, kv_heads, rows, hd), &Device::Cpu)?)
 }
+
+/// Gram matrix `xᵀx` (`[n, n]`) of `x` (`[tokens, n]`): only the blocks on and above the diagonal
+/// are multiplied, then mirrored, halving the work of a plain matmul.
+pub fn gram(x: &Tensor) -> Result<Tensor> {
+    let (t, n) = x.dims2()?;
+    let mut out = vec![0f32; n * n];
+    const B: usize = 256;
+    let nb = n.div_ceil(B);
+    let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|i| (i..nb).map(move |j| (i, j))).collect();
+    let optr = SharedMut(out.as_mut_ptr());
+    with_slice(x, |xs| {
+        par_for(pairs.len(), &|p| {
+            let (bi, bj) = pairs[p];
+            let (i0, j0) = (bi * B, bj * B);
+            let (ni, nj) = (B.min(n - i0), B.min(n - j0));
+            let o = optr;
+            // SAFETY: block (bi, bj) of `out` is written by this task alone; xs holds t×n values.
+            unsafe {
+                gemm(
+                    ni,
+                    nj,
+                    t,
+                    o.0.add(i0 * n + j0),
+                    1,
+                    n as isize,
+                    false,
+                    xs.as_ptr().add(i0),
+                    n as isize,
+                    1,
+                    xs.as_ptr().add(j0),
+                    1,
+                    n as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            };
+        })
+    })?;
+    for i in 0..n {
+        for j in 0..i {
+            out[i * n + j] = out[j * n + i];
+        }
+    }
+    Ok(Tensor::from_vec(out, (n, n), &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gram_equals_matmul() {
+        let v: Vec<f32> = (0..300 * 270).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let x = Tensor::from_vec(v, (300, 270), &Device::Cpu).unwrap();
+        let g = gram(&x).unwrap().to_vec2::<f32>().unwrap();
+        let r = x.t().unwrap().matmul(&x).unwrap().to_vec2::<f32>().unwrap();
+        for (a, b) in g.iter().flatten().zip(r.iter().flatten()) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
+}
