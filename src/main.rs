@@ -250,7 +250,7 @@ mod cli {
         /// MLP width to keep instead of a fraction.
         #[arg(long)]
         mlp_size: Option<usize>,
-        /// maw, vow, pon, l2 (static) or wanda, flap, optipfair, obs (need --calib). Default: obs with --calib, else maw.
+        /// maw, vow, pon, l2 (static) or wanda, flap, optipfair, obs (need --calib). Default: optipfair with --calib, else maw.
         #[arg(long)]
         score: Option<String>,
         /// Skip the ridge re-fit of the down projections.
@@ -350,7 +350,7 @@ mod cli {
         };
         let score = match (&a.score, &a.calib) {
             (Some(s), _) => Score::parse(s).at(&a.model)?,
-            (None, Some(_)) => Score::Obs,
+            (None, Some(_)) => Score::Optipfair,
             (None, None) => Score::Maw,
         };
         let opts = PruneOptions {

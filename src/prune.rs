@@ -88,7 +88,7 @@ impl Default for PruneOptions {
             mlp_fraction: None,
             mlp_size: None,
             divisor: None,
-            score: Score::Wanda,
+            score: Score::Optipfair,
             recover: true,
             ridge: 1e-3,
             calib_samples: 64,
