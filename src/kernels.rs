@@ -63,10 +63,49 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+/// Single-threaded `c[m×n] (+)= a[m×k] · b[k×n]` with explicit strides: `c` row-major with row
+/// stride `ldc`; `a` and `b` given as (row stride, column stride) pairs.
+///
+/// # Safety
+/// The pointers must cover the regions the sizes and strides describe.
+#[allow(clippy::too_many_arguments)]
+unsafe fn strided_gemm(
+    (m, n, k): (usize, usize, usize),
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+) {
+    gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        acc,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
 /// `c[m×n] (row stride ldc) (+)= a[m×k] (row stride lda) · bᵀ` with `b` n×k (row stride ldb).
 ///
 /// # Safety
-/// The pointers must cover the regions the strides and sizes describe.
+/// As for [`strided_gemm`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_bt(
     m: usize,
@@ -80,33 +119,13 @@ unsafe fn gemm_bt(
     ldb: usize,
     acc: bool,
 ) {
-    gemm(
-        m,
-        n,
-        k,
-        c,
-        1,
-        ldc as isize,
-        acc,
-        a,
-        1,
-        lda as isize,
-        b,
-        ldb as isize,
-        1,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    );
+    strided_gemm((m, n, k), c, ldc, acc, a, (lda, 1), b, (1, ldb));
 }
 
 /// `c[m×n] = a[m×k] · b[k×n]`, all row-major with the given row strides.
 ///
 /// # Safety
-/// As for [`gemm_bt`].
+/// As for [`strided_gemm`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_nn(
     m: usize,
@@ -119,27 +138,7 @@ unsafe fn gemm_nn(
     b: *const f32,
     ldb: usize,
 ) {
-    gemm(
-        m,
-        n,
-        k,
-        c,
-        1,
-        ldc as isize,
-        false,
-        a,
-        1,
-        lda as isize,
-        b,
-        1,
-        ldb as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    );
+    strided_gemm((m, n, k), c, ldc, false, a, (lda, 1), b, (ldb, 1));
 }
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor.
@@ -283,27 +282,17 @@ pub fn gram(x: &Tensor) -> Result<Tensor> {
             let (ni, nj) = (B.min(n - i0), B.min(n - j0));
             let o = optr;
             // SAFETY: block (bi, bj) of `out` is written by this task alone; xs holds t×n values.
+            // xᵀ block: element (i, τ) at x[τ·n + i]; x block: element (τ, j) at x[τ·n + j].
             unsafe {
-                gemm(
-                    ni,
-                    nj,
-                    t,
+                strided_gemm(
+                    (ni, nj, t),
                     o.0.add(i0 * n + j0),
-                    1,
-                    n as isize,
+                    n,
                     false,
                     xs.as_ptr().add(i0),
-                    n as isize,
-                    1,
+                    (1, n),
                     xs.as_ptr().add(j0),
-                    1,
-                    n as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
+                    (n, 1),
                 )
             };
         })
