@@ -310,11 +310,10 @@ mod cli {
         Ok(format!("{:x}", h.finalize()))
     }
 
-    fn ppl_of(b: &Bundle, m: &podar::Model, file: &Path) -> Result<f64, Failure> {
-        let text = std::fs::read_to_string(file).at(file)?;
-        let ids = b.tokenizer().at(file)?.encode(&text, false).at(file)?;
+    /// Perplexity (ctx 512) of `m` on ids read from `file` (for error messages).
+    fn ppl_of(m: &podar::Model, ids: &[u32], file: &Path) -> Result<f64, Failure> {
         let pb = bar(0, "eval");
-        let r = podar::perplexity(m, &ids, 512, &mut |d, n| {
+        let r = podar::perplexity(m, ids, 512, &mut |d, n| {
             pb.set_length(n as u64);
             pb.set_position(d as u64);
         })
@@ -369,17 +368,9 @@ mod cli {
         };
         let b = load(&a.model)?;
         podar::prune::mlp_target(b.model.cfg.intermediate_size, &opts).at(&a.model)?;
-        if a.calib.is_none() || opts.drop_layers_at.is_some() {
-            // Check layer choices before any long computation.
-            podar::prune::layers_to_drop(
-                b.model.cfg.num_hidden_layers,
-                &PruneOptions { drop_layers: None, ..opts.clone() },
-                &[],
-            )
-            .at(&a.model)?;
-            if opts.drop_layers.is_some() && a.calib.is_none() {
-                podar::prune::layers_to_drop(b.model.cfg.num_hidden_layers, &opts, &[]).at(&a.model)?;
-            }
+        if opts.drop_layers_at.is_some() {
+            // Check the named layers (and --drop-layers given alongside) before any long computation.
+            podar::prune::layers_to_drop(b.model.cfg.num_hidden_layers, &opts, &[]).at(&a.model)?;
         }
         let calib_ids = match &a.calib {
             Some(p) => {
@@ -398,7 +389,17 @@ mod cli {
         if a.calib.is_none() {
             eprintln!("podar: warning: without --calib only static weight scores are possible; they damage small models badly (see README)");
         }
-        let before: Vec<f64> = a.eval.iter().map(|f| ppl_of(&b, &b.model, f)).collect::<Result<_, _>>()?;
+        // Evaluation texts are tokenized once and scored before and after.
+        let eval_ids: Vec<Vec<u32>> = a
+            .eval
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(f).at(f)?;
+                b.tokenizer().at(&a.model)?.encode(&text, false).at(f)
+            })
+            .collect::<Result<_, _>>()?;
+        let before: Vec<f64> =
+            a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(&b.model, ids, f)).collect::<Result<_, _>>()?;
         let t_prune = Instant::now();
         let pb = bar(0, "prune");
         let pruned = podar::prune::prune_mlp(&b.model, calib_ids.as_deref(), &opts, &mut |stage, d, n| {
@@ -436,7 +437,8 @@ mod cli {
                 std::io::Write::flush(&mut w).at(&gp)?;
             }
         }
-        let after: Vec<f64> = a.eval.iter().map(|f| ppl_of(&b, &pruned.model, f)).collect::<Result<_, _>>()?;
+        let after: Vec<f64> =
+            a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(&pruned.model, ids, f)).collect::<Result<_, _>>()?;
         let secs = t0.elapsed().as_secs_f64();
         let (pb_, pa) = (b.model.parameter_count(), pruned.model.parameter_count());
         let evals: Vec<serde_json::Value> = a

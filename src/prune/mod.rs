@@ -382,7 +382,7 @@ pub fn prune_mlp(
                 }
                 let down = &model.layers[l].down_proj.weight;
                 match (o.score, &st.gram) {
-                    (Score::Obs, Some(g)) => {
+                    (Score::Obs, Some(g)) if pruning => {
                         let (k, new) = obs_select(down, g, keep, o.ridge, recover)?;
                         kept[l] = k;
                         downs[l] = new;
@@ -412,15 +412,11 @@ pub fn prune_mlp(
             influence = stats.layers.iter().map(|l| 1.0 - l.io_cosine).collect();
         }
         None => {
-            let done = Mutex::new(0usize);
             let results: Vec<Mutex<Option<Result<Vec<usize>>>>> = (0..n).map(|_| Mutex::new(None)).collect();
             par_for(n, &|l| {
                 let r = score_layer(model, l, o.score, None).map(|s| top_k(&s, keep));
                 if let Ok(mut slot) = results[l].lock() {
                     *slot = Some(r);
-                }
-                if let Ok(mut d) = done.lock() {
-                    *d += 1;
                 }
             });
             for (l, r) in results.into_iter().enumerate() {
