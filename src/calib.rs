@@ -40,6 +40,47 @@ pub struct Replacement {
 pub struct CalibStats {
     pub layers: Vec<LayerStats>,
     pub tokens: usize,
+    /// The residual stream at every layer boundary (`layers + 1` entries), last token of each window
+    /// only, `[samples · hidden]` each: what the angular distance of a block of layers is measured on.
+    pub boundary: Vec<Vec<f32>>,
+}
+
+/// Angular distance `arccos(cos(x_l, x_{l+n})) / π` between the residual stream before layer `l`
+/// and after layer `l + n − 1`, averaged over the windows' last tokens, for every start `l`
+/// (Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers").
+pub fn block_distances(boundary: &[Vec<f32>], n: usize, hidden: usize) -> Result<Vec<f64>> {
+    let layers = boundary.len().saturating_sub(1);
+    if n == 0 || n >= layers {
+        bail!(Input, "a block of {n} layers must leave at least one of the model's {layers} layers");
+    }
+    Ok((0..=layers - n)
+        .map(|l| {
+            let (a, b) = (&boundary[l], &boundary[l + n]);
+            let rows = a.len() / hidden.max(1);
+            let total: f64 = a
+                .chunks_exact(hidden)
+                .zip(b.chunks_exact(hidden))
+                .map(|(x, y)| cosine(x, y).clamp(-1.0, 1.0).acos() / std::f64::consts::PI)
+                .sum();
+            total / rows.max(1) as f64
+        })
+        .collect())
+}
+
+fn cosine(x: &[f32], y: &[f32]) -> f64 {
+    let (mut d, mut nx, mut ny) = (0f64, 0f64, 0f64);
+    for (&p, &q) in x.iter().zip(y) {
+        d += (p * q) as f64;
+        nx += (p * p) as f64;
+        ny += (q * q) as f64;
+    }
+    d / (nx.sqrt() * ny.sqrt()).max(1e-12)
+}
+
+/// The last token's row of each window of `x` (`[samples·len, hidden]`).
+fn last_tokens(x: &Tensor, samples: usize, len: usize) -> Result<Vec<f32>> {
+    let (_, h) = x.dims2()?;
+    with_slice(x, |s| (0..samples).flat_map(|w| s[((w + 1) * len - 1) * h..(w + 1) * len * h].to_vec()).collect())
 }
 
 /// The first `samples` consecutive windows of `len` ids; a clear error if the text is too short.
@@ -76,18 +117,8 @@ fn col_sums(t: &Tensor, sq: bool) -> Result<Vec<f64>> {
 fn mean_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
     let (_, n) = a.dims2()?;
     let (av, bv) = (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
-    let mut total = 0f64;
-    let mut rows = 0usize;
-    for (x, y) in av.chunks_exact(n).zip(bv.chunks_exact(n)) {
-        let (mut d, mut nx, mut ny) = (0f64, 0f64, 0f64);
-        for (&p, &q) in x.iter().zip(y) {
-            d += (p * q) as f64;
-            nx += (p * p) as f64;
-            ny += (q * q) as f64;
-        }
-        total += d / (nx.sqrt() * ny.sqrt()).max(1e-12);
-        rows += 1;
-    }
+    let rows = av.len() / n.max(1);
+    let total: f64 = av.chunks_exact(n).zip(bv.chunks_exact(n)).map(|(x, y)| cosine(x, y)).sum();
     Ok(total / rows.max(1) as f64)
 }
 
@@ -101,11 +132,12 @@ pub fn collect(
     len: usize,
     gram: bool,
     on_layer: &mut dyn FnMut(usize, &LayerStats) -> Result<Option<Replacement>>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<CalibStats> {
     let mut x = model.embed(ids, samples, len)?;
     let n_layers = model.layers.len();
     let mut layers = Vec::with_capacity(n_layers);
+    let mut boundary = vec![last_tokens(&x, samples, len)?];
     for l in 0..n_layers {
         let mut stats: Option<Result<LayerStats>> = None;
         let mut saved: Option<(Tensor, Tensor)> = None;
@@ -152,7 +184,8 @@ pub fn collect(
         st.attn_gram = None;
         layers.push(st);
         x = y;
-        progress(l + 1, n_layers);
+        boundary.push(last_tokens(&x, samples, len)?);
+        crate::error::go_on(progress(l + 1, n_layers))?;
     }
-    Ok(CalibStats { layers, tokens: ids.len() })
+    Ok(CalibStats { layers, tokens: ids.len(), boundary })
 }

@@ -46,6 +46,15 @@ pub fn first_line(e: &impl std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
+/// Turns a progress callback's answer (`true`: go on) into `Err(Cancelled)` when it asks to stop.
+pub fn go_on(keep_going: bool) -> Result<()> {
+    if keep_going {
+        Ok(())
+    } else {
+        Err(Error::Cancelled)
+    }
+}
+
 /// podar's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 

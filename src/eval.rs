@@ -30,12 +30,13 @@ pub fn windows(ids: &[u32], ctx: usize, max_ctx: usize) -> Result<Vec<&[u32]>> {
     Ok(ids.chunks_exact(ctx).collect())
 }
 
-/// Perplexity of `model` on `ids`; `progress(done, total)` after each window.
+/// Perplexity of `model` on `ids`; `progress(done, total)` after each window
+/// (returning `false` cancels).
 pub fn perplexity(
     model: &Model,
     ids: &[u32],
     ctx: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Perplexity> {
     let wins = windows(ids, ctx, model.cfg.max_position_embeddings.max(ctx.min(MAX_CTX)))?;
     let mut total = 0f64;
@@ -45,7 +46,7 @@ pub fn perplexity(
         let nll = model.nll(&h.narrow(0, 0, ctx - 1)?, &w[1..])?;
         total += nll.iter().map(|&x| x as f64).sum::<f64>();
         n += nll.len();
-        progress(k + 1, wins.len());
+        crate::error::go_on(progress(k + 1, wins.len()))?;
     }
     let mean = total / n as f64;
     Ok(Perplexity { perplexity: mean.exp(), tokens: ids.len(), predictions: n, nll: mean })

@@ -18,7 +18,7 @@ fn encode(v: &[f32], dtype: StorageDtype, out: &mut Vec<u8>) {
 }
 
 /// Streams `model.safetensors` into `w`, one tensor at a time, in `expected_tensors` order.
-pub fn write_safetensors<W: Write>(model: &Model, dtype: StorageDtype, w: &mut W) -> Result<()> {
+pub fn write_safetensors<W: Write + ?Sized>(model: &Model, dtype: StorageDtype, w: &mut W) -> Result<()> {
     let tensors = model.named_tensors();
     let expected = expected_tensors(&model.cfg);
     // The writer and the config agree by construction; check anyway before writing a byte.

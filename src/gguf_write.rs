@@ -120,7 +120,12 @@ pub fn arch_metadata(model: &Model) -> Vec<(String, Value)> {
 }
 
 /// Writes `model` as GGUF v3 with `extra` metadata (tokenizer keys) appended.
-pub fn write_gguf<W: Write>(model: &Model, extra: &[(String, Value)], dtype: GgufDtype, w: &mut W) -> Result<()> {
+pub fn write_gguf<W: Write + ?Sized>(
+    model: &Model,
+    extra: &[(String, Value)],
+    dtype: GgufDtype,
+    w: &mut W,
+) -> Result<()> {
     let c = &model.cfg;
     if matches!(c.rope_scaling, Some(crate::config::RopeScaling::Llama3 { .. })) {
         bail!(Gguf, "GGUF export of Llama 3 rope scaling is not supported yet; export --format hf");

@@ -7,7 +7,7 @@
 //! ```no_run
 //! use std::io::Cursor;
 //! let bytes = std::fs::read("models/SmolLM2-135M-Instruct.Q4_1.gguf").unwrap();
-//! let bundle = podar::load_gguf(Cursor::new(bytes), &mut |_, _| {}).unwrap();
+//! let bundle = podar::load_gguf(Cursor::new(bytes), &mut |_, _| true).unwrap();
 //! let ids = bundle.tokenizer().unwrap().encode("def fibonacci(n):", false).unwrap();
 //! let out = podar::greedy(&bundle.model, &ids, 10, &bundle.stop_ids(), &mut |_| true).unwrap();
 //! println!("{}", bundle.tokenizer().unwrap().decode(&out).unwrap());
@@ -21,6 +21,7 @@ pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_write;
+pub mod job;
 pub mod kernels;
 pub mod load;
 pub mod model;
@@ -28,12 +29,18 @@ pub mod prune;
 pub mod safetensors;
 pub mod source;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+pub mod zip;
 
 pub use config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use eval::{perplexity, Perplexity};
 pub use generate::greedy;
-pub use load::{inspect_gguf, inspect_hf, load_gguf, load_hf, load_hf_weights, Bundle, HfFiles, Summary};
+pub use job::{OutputFormat, Plan};
+pub use load::{
+    inspect_gguf, inspect_hf, load_gguf, load_hf, load_hf_weights, pick_files, Bundle, HfFiles, Picked, Summary,
+};
 pub use model::{KvCache, Model};
 pub use safetensors::SafetensorsSource;
 pub use source::{StorageDtype, TensorSource};

@@ -138,7 +138,7 @@ pub fn inspect_hf<R: Read + Seek>(config: &[u8], shards: Vec<R>) -> Result<Summa
 }
 
 /// Loads a GGUF model and its tokenizer; `progress(layer, layers)`.
-pub fn load_gguf<R: Read + Seek>(reader: R, progress: &mut dyn FnMut(usize, usize)) -> Result<Bundle> {
+pub fn load_gguf<R: Read + Seek>(reader: R, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Bundle> {
     let (mut src, cfg) = GgufSource::new(reader)?;
     let tokenizer = match src.header().get("tokenizer.ggml.tokens") {
         Some(_) => Some(Tokenizer::from_gguf(src.header())?),
@@ -159,7 +159,7 @@ pub fn load_gguf<R: Read + Seek>(reader: R, progress: &mut dyn FnMut(usize, usiz
 }
 
 /// Loads a Hugging Face model from its files; `progress(layer, layers)`.
-pub fn load_hf<R: Read + Seek>(files: HfFiles<R>, progress: &mut dyn FnMut(usize, usize)) -> Result<Bundle> {
+pub fn load_hf<R: Read + Seek>(files: HfFiles<R>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Bundle> {
     let cfg = ModelConfig::from_hf_json(&files.config)?;
     let tokenizer = match files.tokenizer_json.as_deref() {
         Some(tj) => Some(Tokenizer::from_hf(tj, files.tokenizer_config.as_deref())?),
@@ -179,5 +179,85 @@ pub fn load_hf<R: Read + Seek>(files: HfFiles<R>, progress: &mut dyn FnMut(usize
 pub fn load_hf_weights<R: Read + Seek>(config: &[u8], shards: Vec<R>) -> Result<Model> {
     let cfg = ModelConfig::from_hf_json(config)?;
     let mut src = SafetensorsSource::new(shards)?;
-    Model::load(cfg, &mut src, &mut |_, _| {})
+    Model::load(cfg, &mut src, &mut |_, _| true)
+}
+
+/// Which of a set of user-chosen files make up a model (indices into the names given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Picked {
+    /// One `.gguf` file.
+    Gguf(usize),
+    /// A Hugging Face folder's files; shards in name order.
+    Hf {
+        config: usize,
+        shards: Vec<usize>,
+        tokenizer_json: Option<usize>,
+        tokenizer_config: Option<usize>,
+        generation_config: Option<usize>,
+    },
+}
+
+/// Picks the model files out of `names` (a file picker's or a drop's, possibly with folder paths):
+/// a single `.gguf`, or `config.json` with `*.safetensors` and the tokenizer files.
+pub fn pick_files(names: &[String]) -> Result<Picked> {
+    let base = |n: &String| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string();
+    let find = |want: &str| names.iter().position(|n| base(n) == want);
+    let ggufs: Vec<usize> = (0..names.len()).filter(|&i| base(&names[i]).to_lowercase().ends_with(".gguf")).collect();
+    let mut shards: Vec<usize> = (0..names.len()).filter(|&i| base(&names[i]).ends_with(".safetensors")).collect();
+    shards.sort_by_key(|&i| base(&names[i]));
+    match (ggufs.as_slice(), find("config.json")) {
+        ([g], _) if shards.is_empty() => Ok(Picked::Gguf(*g)),
+        ([], Some(config)) if !shards.is_empty() => Ok(Picked::Hf {
+            config,
+            shards,
+            tokenizer_json: find("tokenizer.json"),
+            tokenizer_config: find("tokenizer_config.json"),
+            generation_config: find("generation_config.json"),
+        }),
+        ([], Some(_)) => bail!(Input, "config.json is there but no .safetensors file: add the weights"),
+        ([], None) if !shards.is_empty() => {
+            bail!(Input, "the .safetensors files need the folder's config.json too")
+        }
+        ([], None) => bail!(
+            Input,
+            "no model among {} file(s): give one .gguf, or a Hugging Face folder's config.json, *.safetensors and tokenizer files",
+            names.len()
+        ),
+        _ => bail!(Input, "give one model at a time: one .gguf, or one Hugging Face folder"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn picks_model_files() {
+        assert_eq!(pick_files(&names(&["a/m.Q4.GGUF"])).unwrap(), Picked::Gguf(0));
+        let p = pick_files(&names(&[
+            "m/tokenizer.json",
+            "m/model-00002-of-00002.safetensors",
+            "m/config.json",
+            "m/model-00001-of-00002.safetensors",
+            "m/README.md",
+        ]))
+        .unwrap();
+        assert_eq!(
+            p,
+            Picked::Hf {
+                config: 2,
+                shards: vec![3, 1],
+                tokenizer_json: Some(0),
+                tokenizer_config: None,
+                generation_config: None
+            }
+        );
+        for bad in [&["config.json"][..], &["x.safetensors"], &["a.gguf", "b.gguf"], &["notes.txt"], &[]] {
+            assert!(pick_files(&names(bad)).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -207,6 +207,7 @@ mod cli {
         let mut progress = |d: usize, n: usize| {
             pb.set_length(n as u64);
             pb.set_position(d as u64);
+            true
         };
         let b = match resolve(path)? {
             ModelPath::Gguf(p) => {
@@ -268,6 +269,10 @@ mod cli {
         /// Remove these layers (comma-separated indices).
         #[arg(long, value_delimiter = ',')]
         drop_layers_at: Option<Vec<usize>>,
+        /// Remove the contiguous block of N layers whose input and output residual streams are
+        /// closest in angle on the calibration text.
+        #[arg(long)]
+        drop_block: Option<usize>,
         /// Fraction of KV heads (each with its query heads) to remove from every layer.
         #[arg(long)]
         heads: Option<f64>,
@@ -316,37 +321,35 @@ mod cli {
         let r = podar::perplexity(m, ids, 512, &mut |d, n| {
             pb.set_length(n as u64);
             pb.set_position(d as u64);
+            true
         })
         .at(file)?;
         pb.finish_and_clear();
         Ok(r.perplexity)
     }
 
+    /// A folder on disk as a place to write a model's files.
+    struct DirSink<'a>(&'a Path);
+
+    impl podar::zip::FileSink for DirSink<'_> {
+        fn file(
+            &mut self,
+            name: &str,
+            body: &mut dyn FnMut(&mut dyn std::io::Write) -> podar::Result<()>,
+        ) -> podar::Result<()> {
+            let mut w = std::io::BufWriter::new(File::create(self.0.join(name))?);
+            body(&mut w)?;
+            std::io::Write::flush(&mut w)?;
+            Ok(())
+        }
+    }
+
     fn prune(a: PruneArgs) -> Result<(), Failure> {
+        use podar::job::{EvalPair, OutputFormat, Record};
         use podar::prune::{PruneOptions, Score};
         let t0 = Instant::now();
         let bad = |p: &Path, m: String| Failure { file: Some(p.to_path_buf()), err: Error::Input(m) };
-        use podar::gguf_write::GgufDtype;
-        use podar::StorageDtype as St;
-        // hf: f32/f16/bf16 safetensors; gguf: f32/f16/q8_0.
-        let (hf_dtype, gguf_dtype) = match (a.format.as_str(), a.dtype.as_str()) {
-            ("hf", "f32") => (St::F32, None),
-            ("hf", "f16") => (St::F16, None),
-            ("hf", "bf16") => (St::BF16, None),
-            ("gguf", "f32") => (St::F32, Some(GgufDtype::F32)),
-            ("gguf", "f16") => (St::F32, Some(GgufDtype::F16)),
-            ("gguf", "q8_0") => (St::F32, Some(GgufDtype::Q8_0)),
-            ("hf" | "gguf", d) => {
-                return Err(bad(
-                    &a.out,
-                    format!(
-                        "--dtype {d} does not fit --format {} (hf: f32, f16, bf16; gguf: f32, f16, q8_0)",
-                        a.format
-                    ),
-                ))
-            }
-            (f, _) => return Err(bad(&a.out, format!("--format must be hf or gguf, got {f}"))),
-        };
+        let format = OutputFormat::parse(&a.format, &a.dtype).map_err(|e| bad(&a.out, format!("--{e}")))?;
         let score = match (&a.score, &a.calib) {
             (Some(s), _) => Score::parse(s).at(&a.model)?,
             (None, Some(_)) => Score::Optipfair,
@@ -363,15 +366,13 @@ mod cli {
             calib_len: a.calib_len,
             drop_layers: a.drop_layers,
             drop_layers_at: a.drop_layers_at.clone(),
+            drop_block: a.drop_block,
             sequential: !a.parallel_calib,
             heads: a.heads,
         };
         let b = load(&a.model)?;
-        podar::prune::mlp_target(b.model.cfg.intermediate_size, &opts).at(&a.model)?;
-        if opts.drop_layers_at.is_some() {
-            // Check the named layers (and --drop-layers given alongside) before any long computation.
-            podar::prune::layers_to_drop(b.model.cfg.num_hidden_layers, &opts, &[]).at(&a.model)?;
-        }
+        // Every size and layer choice is checked before any long computation.
+        podar::job::plan(&b.model.cfg, &opts, format).at(&a.model)?;
         let calib_ids = match &a.calib {
             Some(p) => {
                 let text = std::fs::read_to_string(p).at(p)?;
@@ -380,10 +381,11 @@ mod cli {
             }
             None => None,
         };
-        if a.calib.is_none() && (score.needs_data() || a.heads.is_some() || a.drop_layers.is_some()) {
+        let layer_choice = a.drop_layers.is_some() || a.drop_block.is_some();
+        if a.calib.is_none() && (score.needs_data() || a.heads.is_some() || layer_choice) {
             return Err(bad(
                 &a.model,
-                format!("score `{score:?}`, --heads and --drop-layers need calibration text (--calib)"),
+                format!("score `{score:?}`, --heads, --drop-layers and --drop-block need calibration text (--calib)"),
             ));
         }
         if a.calib.is_none() {
@@ -406,80 +408,40 @@ mod cli {
             pb.set_message(stage.to_string());
             pb.set_length(n as u64);
             pb.set_position(d as u64);
+            true
         })
         .at(&a.model)?;
         pb.finish_and_clear();
         let prune_secs = t_prune.elapsed().as_secs_f64();
         std::fs::create_dir_all(&a.out).at(&a.out)?;
-        match gguf_dtype {
-            None => {
-                let st = a.out.join("model.safetensors");
-                let mut w = std::io::BufWriter::new(File::create(&st).at(&st)?);
-                podar::export::write_safetensors(&pruned.model, hf_dtype, &mut w).at(&st)?;
-                std::io::Write::flush(&mut w).at(&st)?;
-                let side = podar::export::hf_side_files(
-                    &pruned.model,
-                    b.tokenizer.as_ref(),
-                    b.generation_config.as_ref(),
-                    hf_dtype,
-                )
-                .at(&a.out)?;
-                for (name, bytes) in side {
-                    let p = a.out.join(name);
-                    std::fs::write(&p, bytes).at(&p)?;
-                }
-            }
-            Some(gd) => {
-                let gp = a.out.join("model.gguf");
-                let meta = b.gguf_tokenizer_metadata().at(&a.model)?;
-                let mut w = std::io::BufWriter::new(File::create(&gp).at(&gp)?);
-                podar::gguf_write::write_gguf(&pruned.model, &meta, gd, &mut w).at(&gp)?;
-                std::io::Write::flush(&mut w).at(&gp)?;
-            }
-        }
+        podar::job::write_model(&b, &pruned.model, format, &mut DirSink(&a.out)).at(&a.out)?;
         let after: Vec<f64> =
             a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(&pruned.model, ids, f)).collect::<Result<_, _>>()?;
-        let secs = t0.elapsed().as_secs_f64();
-        let (pb_, pa) = (b.model.parameter_count(), pruned.model.parameter_count());
-        let evals: Vec<serde_json::Value> = a
+        let evals: Vec<EvalPair> = a
             .eval
             .iter()
             .zip(before.iter().zip(&after))
-            .map(|(f, (x, y))| serde_json::json!({"file": f.file_name().map(|n| n.to_string_lossy().into_owned()), "before": x, "after": y}))
+            .map(|(f, (&before, &after))| EvalPair {
+                name: f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                before,
+                after,
+            })
             .collect();
-        let report = serde_json::json!({
-            "podar_version": env!("CARGO_PKG_VERSION"),
-            "source": a.model.file_name().map(|n| n.to_string_lossy().into_owned()),
-            "source_sha256": source_sha256(&a.model)?,
-            "method": {"mlp": opts.mlp_fraction, "mlp_size": pruned.model.cfg.intermediate_size, "score": opts.score,
-                "recover": opts.recover, "ridge": opts.ridge, "divisor": opts.divisor},
-            "calibration": {"tokens": pruned.calib_tokens, "samples": opts.calib_samples, "len": opts.calib_len,
-                "ids_sha256": calib_ids.as_deref().map(podar::prune::ids_sha256)},
-            "parameters_before": pb_, "parameters_after": pa,
-            "kept_layers": pruned.kept_layers,
-            "kept_kv_heads": pruned.kept_heads,
-            "layer_influence": pruned.layer_influence,
-            "kept_mlp_neurons": pruned.kept,
-            "seconds": {"prune": prune_secs, "total": secs},
-            "perplexity": evals,
-        });
-        let rp = a.out.join("podar-report.json");
-        std::fs::write(&rp, serde_json::to_vec_pretty(&report).at(&rp)?).at(&rp)?;
-        let card = format!(
-            "# Pruned with podar\n\nSource: `{}`. Layers {} → {}, MLP width {} → {} per layer ({:?} scores{}), parameters {:.2}M → {:.2}M.\n\n{}\nSee `podar-report.json` for the kept layers, neurons and timings.\n",
-            a.model.display(),
-            b.model.cfg.num_hidden_layers,
-            pruned.model.cfg.num_hidden_layers,
-            b.model.cfg.intermediate_size,
-            pruned.model.cfg.intermediate_size,
-            opts.score,
-            if opts.recover { ", ridge recovery" } else { "" },
-            pb_ as f64 / 1e6,
-            pa as f64 / 1e6,
-            evals.iter().map(|e| format!("- perplexity on {}: {:.3} → {:.3}\n", e["file"], e["before"], e["after"])).collect::<String>()
-        );
-        let cp = a.out.join("README.md");
-        std::fs::write(&cp, card).at(&cp)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let source_name = a.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let record = Record {
+            source_name: &source_name,
+            source_sha256: Some(source_sha256(&a.model)?),
+            source: &b.model,
+            pruned: &pruned,
+            options: &opts,
+            calib_ids: calib_ids.as_deref(),
+            evals: &evals,
+            prune_seconds: prune_secs,
+            total_seconds: secs,
+        };
+        podar::job::write_record(&record, &mut DirSink(&a.out)).at(&a.out)?;
+        let (pb_, pa) = (b.model.parameter_count(), pruned.model.parameter_count());
         if a.json {
             println!(
                 "{}",
@@ -487,7 +449,7 @@ mod cli {
             );
         } else {
             for e in &evals {
-                eprintln!("perplexity {}: {:.3} -> {:.3}", e["file"], e["before"], e["after"]);
+                eprintln!("perplexity {}: {:.3} -> {:.3}", e.name, e.before, e.after);
             }
             eprintln!(
                 "wrote {} ({:.2}M -> {:.2}M parameters) in {secs:.1} s",
@@ -538,6 +500,7 @@ mod cli {
                 let r = podar::perplexity(&b.model, &ids, ctx, &mut |d, n| {
                     pb.set_length(n as u64);
                     pb.set_position(d as u64);
+                    true
                 })
                 .at(&src)?;
                 pb.finish_and_clear();
@@ -591,6 +554,7 @@ mod cli {
                 let imp = podar::prune::importance(&b.model, &ids, calib_samples, calib_len, score, &mut |d, n| {
                     pb.set_length(n as u64);
                     pb.set_position(d as u64);
+                    true
                 })
                 .at(&model)?;
                 pb.finish_and_clear();

@@ -136,7 +136,11 @@ pub struct LayerTrace<'a> {
 impl Model {
     /// Loads every tensor the config needs from `src`, checking each shape. `progress(done, total)` is
     /// called after each layer.
-    pub fn load(cfg: ModelConfig, src: &mut dyn TensorSource, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+    pub fn load(
+        cfg: ModelConfig,
+        src: &mut dyn TensorSource,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Self> {
         cfg.validate()?;
         check_source(&cfg, src)?;
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
@@ -187,7 +191,7 @@ impl Model {
                 up_proj: lin(&mut get, "mlp.up_proj", i, h, false)?,
                 down_proj: lin(&mut get, "mlp.down_proj", h, i, false)?,
             });
-            progress(l + 1, total);
+            crate::error::go_on(progress(l + 1, total))?;
         }
         let norm = get("model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[cfg.vocab_size, h])?) };

@@ -29,7 +29,7 @@ fn gguf_round_trip_keeps_logits() {
         let m = load(name);
         let mut buf = Vec::new();
         write_gguf(&m, &[], dtype, &mut buf).unwrap();
-        let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| {}).unwrap();
+        let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| true).unwrap();
         assert_eq!(back.model.cfg.arch.gguf_name(), m.cfg.arch.gguf_name());
         let (a, b) = (logits(&m), logits(&back.model));
         let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
@@ -42,7 +42,7 @@ fn q8_0_weights_stay_within_one_quantization_step() {
     let m = load("llama");
     let mut buf = Vec::new();
     write_gguf(&m, &[], GgufDtype::Q8_0, &mut buf).unwrap();
-    let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| {}).unwrap().model;
+    let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| true).unwrap().model;
     for ((name, a), (_, b)) in m.named_tensors().iter().zip(back.named_tensors().iter()) {
         let (a, b): (Vec<f32>, Vec<f32>) =
             (a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap());
@@ -58,17 +58,17 @@ fn q8_0_weights_stay_within_one_quantization_step() {
 #[test]
 fn default_model_gguf_export_keeps_tokenizer_and_perplexity() {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let b = podar::load_gguf(Cursor::new(std::fs::read(p).unwrap()), &mut |_, _| {}).unwrap();
+    let b = podar::load_gguf(Cursor::new(std::fs::read(p).unwrap()), &mut |_, _| true).unwrap();
     let meta = b.gguf_tokenizer_metadata().unwrap();
     let mut buf = Vec::new();
     write_gguf(&b.model, &meta, GgufDtype::F32, &mut buf).unwrap();
-    let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| {}).unwrap();
+    let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| true).unwrap();
     let text = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n";
     let ids = b.tokenizer().unwrap().encode(text, false).unwrap();
     assert_eq!(back.tokenizer().unwrap().encode(text, false).unwrap(), ids);
     let (x, y) = (
-        podar::perplexity(&b.model, &ids, ids.len(), &mut |_, _| {}).unwrap().perplexity,
-        podar::perplexity(&back.model, &ids, ids.len(), &mut |_, _| {}).unwrap().perplexity,
+        podar::perplexity(&b.model, &ids, ids.len(), &mut |_, _| true).unwrap().perplexity,
+        podar::perplexity(&back.model, &ids, ids.len(), &mut |_, _| true).unwrap().perplexity,
     );
     assert!((x / y - 1.0).abs() < 1e-5, "{x} vs {y}");
     // The tokenizer derived from tokenizer.json (the HF export path) gives the same ids.

@@ -43,7 +43,7 @@ fn zero_percent_is_byte_identical() {
     {
         let (m, src) = load(name);
         let o = PruneOptions { mlp_fraction: Some(0.0), score: Score::Maw, ..Default::default() };
-        let p = prune_mlp(&m, None, &o, &mut |_, _, _| {}).unwrap();
+        let p = prune_mlp(&m, None, &o, &mut |_, _, _| true).unwrap();
         let (_, out) = export(&p.model, dtype);
         let mut a = SafetensorsSource::new(vec![Cursor::new(src)]).unwrap();
         let mut b = SafetensorsSource::new(vec![Cursor::new(out)]).unwrap();
@@ -65,7 +65,7 @@ fn pruned_shapes_match_config_for_every_family_and_score() {
             let o =
                 PruneOptions { mlp_fraction: Some(0.25), score, calib_samples: 8, calib_len: 16, ..Default::default() };
             let data = score.needs_data().then_some(&ids[..]);
-            let p = prune_mlp(&m, data, &o, &mut |_, _, _| {}).unwrap();
+            let p = prune_mlp(&m, data, &o, &mut |_, _, _| true).unwrap();
             assert_eq!(p.model.cfg.intermediate_size, 96);
             assert!(p.kept.iter().all(|k| k.len() == 96 && k.windows(2).all(|w| w[0] < w[1])));
             let (cfg, st) = export(&p.model, StorageDtype::F32);
@@ -99,8 +99,8 @@ fn recovery_brings_outputs_closer_to_the_unpruned_model() {
         sequential: false,
         ..Default::default()
     };
-    let with = prune_mlp(&m, Some(&ids), &PruneOptions { recover: true, ..base.clone() }, &mut |_, _, _| {}).unwrap();
-    let without = prune_mlp(&m, Some(&ids), &PruneOptions { recover: false, ..base }, &mut |_, _, _| {}).unwrap();
+    let with = prune_mlp(&m, Some(&ids), &PruneOptions { recover: true, ..base.clone() }, &mut |_, _, _| true).unwrap();
+    let without = prune_mlp(&m, Some(&ids), &PruneOptions { recover: false, ..base }, &mut |_, _, _| true).unwrap();
     assert_eq!(with.kept, without.kept);
     let (e_with, e_without) = (logit_error(&m, &with.model, &held_out), logit_error(&m, &without.model, &held_out));
     assert!(e_with < e_without, "recovery did not help: {e_with} vs {e_without}");
@@ -110,7 +110,7 @@ fn recovery_brings_outputs_closer_to_the_unpruned_model() {
 fn bad_requests_are_refused() {
     let (m, _) = load("llama");
     let o = PruneOptions { mlp_fraction: Some(0.2), score: Score::Wanda, ..Default::default() };
-    let e = prune_mlp(&m, None, &o, &mut |_, _, _| {}).err().unwrap().to_string();
+    let e = prune_mlp(&m, None, &o, &mut |_, _, _| true).err().unwrap().to_string();
     assert!(e.contains("needs calibration text"), "{e}");
     let e = podar::calib::windows(&calib(100), 64, 128).err().unwrap().to_string();
     assert!(e.contains("8192"), "{e}");
@@ -141,7 +141,7 @@ fn head_and_depth_pruning_keep_config_and_tensors_consistent() {
             calib_len: 16,
             ..Default::default()
         };
-        let p = prune_mlp(&m, Some(&ids), &o, &mut |_, _, _| {}).unwrap();
+        let p = prune_mlp(&m, Some(&ids), &o, &mut |_, _, _| true).unwrap();
         let c = &p.model.cfg;
         assert_eq!((c.num_key_value_heads, c.num_attention_heads), (1, 2), "{name}");
         assert_eq!(c.num_hidden_layers, 2);
@@ -164,8 +164,8 @@ fn head_recovery_brings_outputs_closer() {
     let held_out = calib(16 * 32 + 64)[16 * 32..].to_vec();
     let base =
         PruneOptions { heads: Some(0.5), calib_samples: 16, calib_len: 32, sequential: false, ..Default::default() };
-    let with = prune_mlp(&m, Some(&ids), &PruneOptions { recover: true, ..base.clone() }, &mut |_, _, _| {}).unwrap();
-    let without = prune_mlp(&m, Some(&ids), &PruneOptions { recover: false, ..base }, &mut |_, _, _| {}).unwrap();
+    let with = prune_mlp(&m, Some(&ids), &PruneOptions { recover: true, ..base.clone() }, &mut |_, _, _| true).unwrap();
+    let without = prune_mlp(&m, Some(&ids), &PruneOptions { recover: false, ..base }, &mut |_, _, _| true).unwrap();
     assert_eq!(with.kept_heads, without.kept_heads);
     assert!(logit_error(&m, &with.model, &held_out) < logit_error(&m, &without.model, &held_out));
 }

@@ -23,7 +23,7 @@ fn bundle() -> &'static podar::Bundle {
         let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
         let bytes = std::fs::read(&p)
             .unwrap_or_else(|e| panic!("{}: {e} — `make test` (or `make models`) fetches it", p.display()));
-        podar::load_gguf(std::io::Cursor::new(bytes), &mut |_, _| {}).unwrap()
+        podar::load_gguf(std::io::Cursor::new(bytes), &mut |_, _| true).unwrap()
     })
 }
 
@@ -123,7 +123,7 @@ fn perplexity_matches_transformers() {
     for (domain, want) in golden()["perplexity"].as_object().unwrap() {
         let bytes = std::fs::read(dir.join(format!("{domain}_eval.ids.json"))).unwrap();
         let ids: Vec<u32> = serde_json::from_slice(&bytes).unwrap();
-        let r = podar::perplexity(&b.model, &ids, 512, &mut |_, _| {}).unwrap();
+        let r = podar::perplexity(&b.model, &ids, 512, &mut |_, _| true).unwrap();
         let want = want["ppl"].as_f64().unwrap();
         let rel = (r.perplexity / want - 1.0).abs();
         eprintln!("{domain}: podar {:.4}, transformers {want:.4} ({:.3}%)", r.perplexity, rel * 100.0);

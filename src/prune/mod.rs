@@ -60,7 +60,8 @@ impl Score {
 }
 
 /// What to prune and how.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PruneOptions {
     /// Fraction of MLP neurons to remove (0..1), or
     pub mlp_fraction: Option<f64>,
@@ -79,6 +80,8 @@ pub struct PruneOptions {
     pub drop_layers: Option<usize>,
     /// Remove exactly these layers.
     pub drop_layers_at: Option<Vec<usize>>,
+    /// Remove the contiguous block of this many layers whose input and output are closest in angle.
+    pub drop_block: Option<usize>,
     /// Calibrate each layer on the outputs of the already-pruned layers before it.
     pub sequential: bool,
     /// Fraction of KV groups (each KV head with its query heads) to remove from every layer.
@@ -98,6 +101,7 @@ impl Default for PruneOptions {
             calib_len: 128,
             drop_layers: None,
             drop_layers_at: None,
+            drop_block: None,
             sequential: true,
             heads: None,
         }
@@ -305,21 +309,23 @@ pub struct Pruned {
     pub kept_heads: Vec<Vec<usize>>,
     /// Block influence (1 − mean cos(input, output)) of every source layer, when calibrated.
     pub layer_influence: Vec<f64>,
+    /// With `drop_block`: the angular distance of the block starting at each layer.
+    pub block_distances: Vec<f64>,
     pub calib_tokens: usize,
 }
 
-/// The layers to drop: `at` as given (checked), or the `n` with the lowest block influence.
-pub fn layers_to_drop(n_layers: usize, o: &PruneOptions, influence: &[f64]) -> Result<Vec<usize>> {
-    let mut drop = match (&o.drop_layers, &o.drop_layers_at) {
-        (Some(_), Some(_)) => bail!(Input, "give either --drop-layers or --drop-layers-at, not both"),
-        (None, None) => vec![],
-        (None, Some(at)) => {
+/// The layers to drop: `at` as given (checked), the `n` with the lowest block influence, or the
+/// contiguous block with the smallest angular distance (`block[l]` for the block starting at `l`).
+pub fn layers_to_drop(n_layers: usize, o: &PruneOptions, influence: &[f64], block: &[f64]) -> Result<Vec<usize>> {
+    let mut drop = match (&o.drop_layers, &o.drop_layers_at, o.drop_block) {
+        (None, None, None) => vec![],
+        (None, Some(at), None) => {
             if let Some(&bad) = at.iter().find(|&&i| i >= n_layers) {
                 bail!(Input, "--drop-layers-at names layer {bad}; the model has layers 0..{}", n_layers - 1);
             }
             at.clone()
         }
-        (Some(k), None) => {
+        (Some(k), None, None) => {
             if influence.len() != n_layers {
                 bail!(Input, "--drop-layers chooses layers by their influence on calibration text: give --calib");
             }
@@ -330,6 +336,19 @@ pub fn layers_to_drop(n_layers: usize, o: &PruneOptions, influence: &[f64]) -> R
             idx.truncate(*k);
             idx
         }
+        (None, None, Some(k)) => {
+            if k == 0 || k >= n_layers {
+                bail!(Input, "--drop-block {k}: the model has {n_layers} layers and at least one must stay");
+            }
+            if block.len() != n_layers - k + 1 {
+                bail!(Input, "--drop-block measures layers on calibration text: give --calib");
+            }
+            let start = (0..block.len())
+                .min_by(|&a, &b| block[a].partial_cmp(&block[b]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)))
+                .unwrap_or(0);
+            (start..start + k).collect()
+        }
+        _ => bail!(Input, "give only one of --drop-layers, --drop-layers-at and --drop-block"),
     };
     drop.sort_unstable();
     drop.dedup();
@@ -345,7 +364,7 @@ pub fn prune_mlp(
     model: &Model,
     calib_ids: Option<&[u32]>,
     o: &PruneOptions,
-    progress: &mut dyn FnMut(&str, usize, usize),
+    progress: &mut dyn FnMut(&str, usize, usize) -> bool,
 ) -> Result<Pruned> {
     let cfg = &model.cfg;
     let keep = mlp_target(cfg.intermediate_size, o)?;
@@ -364,6 +383,7 @@ pub fn prune_mlp(
     }
     let mut calib_tokens = 0;
     let mut influence = Vec::new();
+    let mut block = Vec::new();
     match calib_ids {
         Some(ids) => {
             let pruning = keep < cfg.intermediate_size;
@@ -410,6 +430,11 @@ pub fn prune_mlp(
                 })?;
             calib_tokens = stats.tokens;
             influence = stats.layers.iter().map(|l| 1.0 - l.io_cosine).collect();
+            if let Some(k) = o.drop_block {
+                if k > 0 && k < n {
+                    block = calib::block_distances(&stats.boundary, k, cfg.hidden_size)?;
+                }
+            }
         }
         None => {
             let results: Vec<Mutex<Option<Result<Vec<usize>>>>> = (0..n).map(|_| Mutex::new(None)).collect();
@@ -421,11 +446,11 @@ pub fn prune_mlp(
             });
             for (l, r) in results.into_iter().enumerate() {
                 kept[l] = r.into_inner().ok().flatten().unwrap_or_else(|| Ok(vec![]))?;
-                progress("score", l + 1, n);
+                crate::error::go_on(progress("score", l + 1, n))?;
             }
         }
     }
-    let drop = layers_to_drop(n, o, &influence)?;
+    let drop = layers_to_drop(n, o, &influence, &block)?;
     let mut out = model.clone();
     out.cfg.intermediate_size = keep;
     if keep < cfg.intermediate_size {
@@ -448,7 +473,15 @@ pub fn prune_mlp(
         kept = kept_layers.iter().map(|&l| std::mem::take(&mut kept[l])).collect();
         kept_heads = kept_layers.iter().map(|&l| std::mem::take(&mut kept_heads[l])).collect();
     }
-    Ok(Pruned { model: out, kept, kept_layers, kept_heads, layer_influence: influence, calib_tokens })
+    Ok(Pruned {
+        model: out,
+        kept,
+        kept_layers,
+        kept_heads,
+        layer_influence: influence,
+        block_distances: block,
+        calib_tokens,
+    })
 }
 
 /// SHA-256 of token ids written as comma-separated decimals (how reports identify calibration data).
@@ -476,7 +509,7 @@ pub fn importance(
     samples: usize,
     len: usize,
     score: Score,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Importance> {
     let mut mlp = vec![Vec::new(); model.layers.len()];
     let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<calib::Replacement>> {

@@ -1,0 +1,240 @@
+//! One pruning job as the CLI and the page both run it: the output format, the plan shown before
+//! any work (parameters and file size), the files written (model, tokenizer, report, model card)
+//! into any [`FileSink`] — a folder on disk, or a zip streamed to the browser.
+
+use crate::config::ModelConfig;
+use crate::error::{bail, Result};
+use crate::export::{hf_side_files, write_safetensors};
+use crate::gguf_write::{write_gguf, GgufDtype};
+use crate::load::Bundle;
+use crate::model::{expected_tensors, Model};
+use crate::prune::{heads_target, ids_sha256, mlp_target, PruneOptions, Pruned};
+use crate::source::StorageDtype;
+use crate::zip::FileSink;
+use serde_json::{json, Value};
+
+/// What the pruned model is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// A Hugging Face folder with `model.safetensors` in this dtype.
+    Hf(StorageDtype),
+    /// One `model.gguf` for llama.cpp.
+    Gguf(GgufDtype),
+}
+
+impl OutputFormat {
+    /// From the CLI's `--format` and `--dtype` (hf: f32, f16, bf16; gguf: f32, f16, q8_0).
+    pub fn parse(format: &str, dtype: &str) -> Result<Self> {
+        Ok(match (format, dtype) {
+            ("hf", "f32") => OutputFormat::Hf(StorageDtype::F32),
+            ("hf", "f16") => OutputFormat::Hf(StorageDtype::F16),
+            ("hf", "bf16") => OutputFormat::Hf(StorageDtype::BF16),
+            ("gguf", "f32") => OutputFormat::Gguf(GgufDtype::F32),
+            ("gguf", "f16") => OutputFormat::Gguf(GgufDtype::F16),
+            ("gguf", "q8_0") => OutputFormat::Gguf(GgufDtype::Q8_0),
+            ("hf" | "gguf", d) => {
+                bail!(Input, "dtype {d} does not fit format {format} (hf: f32, f16, bf16; gguf: f32, f16, q8_0)")
+            }
+            (f, _) => bail!(Input, "format must be hf or gguf, got {f}"),
+        })
+    }
+
+    /// Bytes the weights take in this format (headers and small files not counted).
+    pub fn weight_bytes(&self, cfg: &ModelConfig) -> u64 {
+        expected_tensors(cfg)
+            .iter()
+            .map(|(_, shape)| {
+                let n: u64 = shape.iter().map(|&d| d as u64).product();
+                let row = shape.last().copied().unwrap_or(1);
+                match self {
+                    OutputFormat::Hf(d) => n * d.size() as u64,
+                    OutputFormat::Gguf(_) if shape.len() < 2 => 4 * n,
+                    OutputFormat::Gguf(GgufDtype::F32) => 4 * n,
+                    OutputFormat::Gguf(GgufDtype::F16) => 2 * n,
+                    OutputFormat::Gguf(GgufDtype::Q8_0) if row % 32 == 0 => n / 32 * 34,
+                    OutputFormat::Gguf(GgufDtype::Q8_0) => 4 * n,
+                }
+            })
+            .sum()
+    }
+}
+
+/// The sizes a prune will produce, known before any computation (shown live in the page).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    pub parameters_before: u64,
+    pub parameters_after: u64,
+    pub layers_before: usize,
+    pub layers_after: usize,
+    pub intermediate_before: usize,
+    pub intermediate_after: usize,
+    pub kv_heads_before: usize,
+    pub kv_heads_after: usize,
+    /// Weight bytes of the output file(s) in the chosen format.
+    pub bytes_after: u64,
+    /// Calibration tokens the job needs (`calib_samples × calib_len`).
+    pub calib_tokens: usize,
+}
+
+/// The configuration the pruned model will have, and its sizes.
+pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Plan> {
+    let mut after = cfg.clone();
+    after.intermediate_size = mlp_target(cfg.intermediate_size, o)?;
+    let kv = heads_target(cfg.num_key_value_heads, o.heads)?;
+    after.num_attention_heads = kv * (cfg.num_attention_heads / cfg.num_key_value_heads.max(1));
+    after.num_key_value_heads = kv;
+    let n = cfg.num_hidden_layers;
+    let dropped = match (&o.drop_layers, &o.drop_layers_at, o.drop_block) {
+        (Some(k), None, None) => *k,
+        (None, None, Some(k)) => k,
+        (None, Some(_), None) => crate::prune::layers_to_drop(n, o, &[], &[])?.len(),
+        (None, None, None) => 0,
+        _ => bail!(Input, "give only one of --drop-layers, --drop-layers-at and --drop-block"),
+    };
+    if dropped >= n {
+        bail!(Input, "cannot drop {dropped} of {n} layers: at least one must stay");
+    }
+    after.num_hidden_layers = n - dropped;
+    after.layer_types.truncate(after.num_hidden_layers);
+    Ok(Plan {
+        parameters_before: cfg.parameter_count(),
+        parameters_after: after.parameter_count(),
+        layers_before: n,
+        layers_after: after.num_hidden_layers,
+        intermediate_before: cfg.intermediate_size,
+        intermediate_after: after.intermediate_size,
+        kv_heads_before: cfg.num_key_value_heads,
+        kv_heads_after: kv,
+        bytes_after: fmt.weight_bytes(&after),
+        calib_tokens: o.calib_samples.saturating_mul(o.calib_len),
+    })
+}
+
+/// Perplexity of one evaluation text before and after pruning.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EvalPair {
+    pub name: String,
+    pub before: f64,
+    pub after: f64,
+}
+
+/// Everything the report and the model card say about a finished job.
+pub struct Record<'a> {
+    /// The source's file name as the user gave it.
+    pub source_name: &'a str,
+    pub source_sha256: Option<String>,
+    pub source: &'a Model,
+    pub pruned: &'a Pruned,
+    pub options: &'a PruneOptions,
+    pub calib_ids: Option<&'a [u32]>,
+    pub evals: &'a [EvalPair],
+    pub prune_seconds: f64,
+    pub total_seconds: f64,
+}
+
+impl Record<'_> {
+    /// `podar-report.json`.
+    pub fn report(&self) -> Value {
+        let o = self.options;
+        json!({
+            "podar_version": env!("CARGO_PKG_VERSION"),
+            "source": self.source_name,
+            "source_sha256": self.source_sha256,
+            "method": {"mlp": o.mlp_fraction, "mlp_size": self.pruned.model.cfg.intermediate_size, "score": o.score,
+                "recover": o.recover, "ridge": o.ridge, "divisor": o.divisor, "sequential": o.sequential,
+                "heads": o.heads, "drop_layers": o.drop_layers, "drop_layers_at": o.drop_layers_at,
+                "drop_block": o.drop_block},
+            "calibration": {"tokens": self.pruned.calib_tokens, "samples": o.calib_samples, "len": o.calib_len,
+                "ids_sha256": self.calib_ids.map(ids_sha256)},
+            "parameters_before": self.source.parameter_count(),
+            "parameters_after": self.pruned.model.parameter_count(),
+            "kept_layers": self.pruned.kept_layers,
+            "kept_kv_heads": self.pruned.kept_heads,
+            "layer_influence": self.pruned.layer_influence,
+            "block_distances": self.pruned.block_distances,
+            "kept_mlp_neurons": self.pruned.kept,
+            "seconds": {"prune": self.prune_seconds, "total": self.total_seconds},
+            "perplexity": self.evals,
+        })
+    }
+
+    /// The model card, `README.md`.
+    pub fn card(&self) -> String {
+        let (a, b) = (&self.source.cfg, &self.pruned.model.cfg);
+        let evals: String = self
+            .evals
+            .iter()
+            .map(|e| format!("- perplexity on `{}`: {:.3} → {:.3}\n", e.name, e.before, e.after))
+            .collect();
+        format!(
+            "# Pruned with podar\n\nSource: `{}`. Layers {} → {}, KV heads {} → {}, MLP width {} → {} per layer \
+             ({:?} scores{}), parameters {:.2}M → {:.2}M.\n\n{}\nSee `podar-report.json` for the kept layers, \
+             heads, neurons and timings.\n",
+            self.source_name,
+            a.num_hidden_layers,
+            b.num_hidden_layers,
+            a.num_key_value_heads,
+            b.num_key_value_heads,
+            a.intermediate_size,
+            b.intermediate_size,
+            self.options.score,
+            if self.options.recover { ", ridge recovery" } else { "" },
+            a.parameter_count() as f64 / 1e6,
+            b.parameter_count() as f64 / 1e6,
+            evals
+        )
+    }
+}
+
+/// Writes the model files: `model.safetensors` and the tokenizer/config files, or `model.gguf`.
+pub fn write_model(bundle: &Bundle, model: &Model, fmt: OutputFormat, sink: &mut dyn FileSink) -> Result<()> {
+    match fmt {
+        OutputFormat::Hf(dtype) => {
+            sink.file("model.safetensors", &mut |w| write_safetensors(model, dtype, w))?;
+            let side = hf_side_files(model, bundle.tokenizer.as_ref(), bundle.generation_config.as_ref(), dtype)?;
+            for (name, bytes) in side {
+                sink.file(&name, &mut |w| Ok(w.write_all(&bytes)?))?;
+            }
+        }
+        OutputFormat::Gguf(dtype) => {
+            let meta = bundle.gguf_tokenizer_metadata()?;
+            sink.file("model.gguf", &mut |w| write_gguf(model, &meta, dtype, w))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the report and the model card.
+pub fn write_record(record: &Record, sink: &mut dyn FileSink) -> Result<()> {
+    let report = serde_json::to_vec_pretty(&record.report())?;
+    sink.file("podar-report.json", &mut |w| Ok(w.write_all(&report)?))?;
+    let card = record.card();
+    sink.file("README.md", &mut |w| Ok(w.write_all(card.as_bytes())?))
+}
+
+/// SHA-256 of everything `r` yields, in hex (the report's `source_sha256`).
+pub fn sha256_hex(r: &mut dyn std::io::Read) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(OutputFormat::parse("gguf", "q8_0").unwrap(), OutputFormat::Gguf(GgufDtype::Q8_0));
+        assert!(OutputFormat::parse("hf", "q8_0").unwrap_err().to_string().contains("does not fit"));
+        assert!(OutputFormat::parse("onnx", "f32").unwrap_err().to_string().contains("hf or gguf"));
+    }
+}

@@ -1,0 +1,495 @@
+//! The browser's view of the core: a `Session` that lives in a Web Worker and converts between
+//! JavaScript values and the core's types. No computation happens here; every method calls the same
+//! core functions the CLI calls.
+//!
+//! Files arrive as `Blob`s and are read in slices with `FileReaderSync` (workers only), so a model is
+//! never copied whole into wasm memory. Long calls take a `progress(stage, done, total)` function;
+//! when it returns `false` the call stops with "cancelled" and the session stays usable.
+
+use crate::error::{Error, Result};
+use crate::eval::perplexity;
+use crate::job::{self, EvalPair, OutputFormat, Record};
+use crate::load::{self, Bundle, HfFiles, Picked};
+use crate::prune::{self, PruneOptions, Pruned};
+use crate::zip::{FileSink, ZipWriter};
+use js_sys::{Function, Uint8Array};
+use serde::Serialize;
+use std::io::{Read, Seek, SeekFrom, Write};
+use wasm_bindgen::prelude::*;
+use web_sys::{Blob, File, FileReaderSync};
+
+#[wasm_bindgen(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+fn js_err(e: Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn io_err(what: &str, e: JsValue) -> std::io::Error {
+    let msg = e.as_string().or_else(|| js_sys::Error::from(e).message().as_string()).unwrap_or_default();
+    std::io::Error::other(format!("{what}: {msg}"))
+}
+
+/// `Read + Seek` over a `Blob`, reading slices of up to 4 MiB through `FileReaderSync`.
+pub struct BlobReader {
+    blob: Blob,
+    reader: FileReaderSync,
+    size: u64,
+    pos: u64,
+    buf: Vec<u8>,
+    buf_at: u64,
+}
+
+const SLICE: u64 = 4 << 20;
+
+impl BlobReader {
+    pub fn new(blob: Blob) -> std::result::Result<Self, JsError> {
+        let reader = FileReaderSync::new().map_err(|_| JsError::new("FileReaderSync needs a Web Worker"))?;
+        let size = blob.size() as u64;
+        Ok(BlobReader { blob, reader, size, pos: 0, buf: Vec::new(), buf_at: 0 })
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let end = (self.pos + SLICE).min(self.size);
+        let slice =
+            self.blob.slice_with_f64_and_f64(self.pos as f64, end as f64).map_err(|e| io_err("slicing a file", e))?;
+        let ab = self.reader.read_as_array_buffer(&slice).map_err(|e| io_err("reading a file", e))?;
+        self.buf = Uint8Array::new(&ab).to_vec();
+        self.buf_at = self.pos;
+        Ok(())
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.size || out.is_empty() {
+            return Ok(0);
+        }
+        let in_buf = self.pos >= self.buf_at && self.pos < self.buf_at + self.buf.len() as u64;
+        if !in_buf {
+            if out.len() as u64 >= SLICE {
+                // Large reads (tensor data) go straight into the caller's buffer.
+                let end = (self.pos + out.len() as u64).min(self.size);
+                let slice = self
+                    .blob
+                    .slice_with_f64_and_f64(self.pos as f64, end as f64)
+                    .map_err(|e| io_err("slicing a file", e))?;
+                let ab = self.reader.read_as_array_buffer(&slice).map_err(|e| io_err("reading a file", e))?;
+                let arr = Uint8Array::new(&ab);
+                let n = arr.length() as usize;
+                arr.copy_to(&mut out[..n]);
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            self.fill()?;
+        }
+        let off = (self.pos - self.buf_at) as usize;
+        let n = out.len().min(self.buf.len() - off);
+        out[..n].copy_from_slice(&self.buf[off..off + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for BlobReader {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let p = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = p.ok_or_else(|| std::io::Error::other("seek before the start of a file"))?;
+        Ok(self.pos)
+    }
+}
+
+/// Sends the bytes written to it to a JavaScript function in chunks of `cap` bytes (each one a fresh
+/// `Uint8Array`), so an export never holds a second copy of the model in wasm memory.
+struct ChunkWriter<'a> {
+    sink: &'a Function,
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl ChunkWriter<'_> {
+    fn emit(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let arr = Uint8Array::from(self.buf.as_slice());
+            self.sink.call1(&JsValue::NULL, &arr).map_err(|e| io_err("handing over a chunk", e))?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChunkWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= self.cap {
+            self.emit()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.emit()
+    }
+}
+
+/// Calls `progress(stage, done, total)`; a `false` answer (or a throw) asks to stop.
+fn ask(progress: &Function, stage: &str, done: usize, total: usize) -> bool {
+    progress
+        .call3(&JsValue::NULL, &JsValue::from_str(stage), &JsValue::from(done as f64), &JsValue::from(total as f64))
+        .map(|v| v.as_bool().unwrap_or(true))
+        .unwrap_or(false)
+}
+
+fn to_js<T: Serialize>(v: &T) -> std::result::Result<JsValue, JsError> {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
+}
+
+fn files_of(files: &js_sys::Array) -> std::result::Result<Vec<File>, JsError> {
+    files.iter().map(|f| f.dyn_into::<File>().map_err(|_| JsError::new("expected File objects"))).collect()
+}
+
+/// A file's path within a dropped folder, else its name.
+fn name_of(f: &File) -> String {
+    let rel = js_sys::Reflect::get(f, &JsValue::from_str("webkitRelativePath")).ok().and_then(|v| v.as_string());
+    rel.filter(|r| !r.is_empty()).unwrap_or_else(|| f.name())
+}
+
+fn read_all(f: &File) -> Result<Vec<u8>> {
+    let mut r =
+        BlobReader::new(f.clone().into()).map_err(|_| Error::Input("FileReaderSync needs a Web Worker".into()))?;
+    let mut v = Vec::with_capacity(f.size() as usize);
+    r.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// The output of the last prune, kept for evaluation, generation and export.
+struct Done {
+    pruned: Pruned,
+    options: PruneOptions,
+    calib_ids: Vec<u32>,
+    prune_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct PruneSummary<'a> {
+    parameters_before: u64,
+    parameters_after: u64,
+    intermediate_before: usize,
+    intermediate_after: usize,
+    layers_before: usize,
+    kept_layers: &'a [usize],
+    kv_heads_before: usize,
+    kept_kv_heads: &'a [Vec<usize>],
+    layer_influence: &'a [f64],
+    block_distances: &'a [f64],
+    calib_tokens: usize,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct TextInfo {
+    tokens: usize,
+    /// Calibration windows of `calib_len` the text holds.
+    windows: usize,
+}
+
+/// One model loaded in the page, and the last prune of it.
+#[wasm_bindgen]
+pub struct Session {
+    bundle: Option<Bundle>,
+    source_name: String,
+    source_sha256: Option<String>,
+    done: Option<Done>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[wasm_bindgen]
+impl Session {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Session {
+        Session { bundle: None, source_name: String::new(), source_sha256: None, done: None }
+    }
+
+    /// Threads the CPU kernels use (1 unless the page runs wasm threads).
+    pub fn threads() -> usize {
+        crate::kernels::threads()
+    }
+
+    /// Bytes of wasm memory now; wasm memory never shrinks, so this is also the peak so far.
+    pub fn memory_bytes() -> f64 {
+        wasm_bindgen::memory()
+            .dyn_into::<js_sys::WebAssembly::Memory>()
+            .map(|m| m.buffer())
+            .map_or(0.0, |b| b.dyn_into::<js_sys::ArrayBuffer>().map_or(0.0, |b| b.byte_length() as f64))
+    }
+
+    /// Reads only the headers of the chosen files: architecture, sizes and parameters.
+    pub fn inspect(&self, files: js_sys::Array) -> std::result::Result<JsValue, JsError> {
+        let files = files_of(&files)?;
+        let names: Vec<String> = files.iter().map(name_of).collect();
+        let summary = match load::pick_files(&names).map_err(js_err)? {
+            Picked::Gguf(i) => load::inspect_gguf(BlobReader::new(files[i].clone().into())?),
+            Picked::Hf { config, shards, .. } => {
+                let readers = shards
+                    .iter()
+                    .map(|&i| BlobReader::new(files[i].clone().into()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                load::inspect_hf(&read_all(&files[config]).map_err(js_err)?, readers)
+            }
+        }
+        .map_err(js_err)?;
+        to_js(&summary)
+    }
+
+    /// Loads a model (one `.gguf`, or a Hugging Face folder's files): hashes the weights for the
+    /// report, then reads every tensor; `progress("hash" | "load", done, total)`.
+    pub fn load(&mut self, files: js_sys::Array, progress: &Function) -> std::result::Result<JsValue, JsError> {
+        self.bundle = None;
+        self.done = None;
+        let files = files_of(&files)?;
+        let names: Vec<String> = files.iter().map(name_of).collect();
+        let picked = load::pick_files(&names).map_err(js_err)?;
+        let weights: Vec<&File> = match &picked {
+            Picked::Gguf(i) => vec![&files[*i]],
+            Picked::Hf { shards, .. } => shards.iter().map(|&i| &files[i]).collect(),
+        };
+        let total: f64 = weights.iter().map(|f| f.size()).sum();
+        let mut hashed = 0f64;
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        for f in &weights {
+            let mut r = BlobReader::new((*f).clone().into())?;
+            let mut buf = vec![0u8; SLICE as usize];
+            loop {
+                let n = r.read(&mut buf).map_err(|e| js_err(e.into()))?;
+                if n == 0 {
+                    break;
+                }
+                sha2::Digest::update(&mut h, &buf[..n]);
+                hashed += n as f64;
+                if !ask(progress, "hash", (hashed / 1e6) as usize, (total / 1e6) as usize) {
+                    return Err(js_err(Error::Cancelled));
+                }
+            }
+        }
+        let sha = format!("{:x}", sha2::Digest::finalize(h));
+        let picked_config = match &picked {
+            Picked::Gguf(_) => None,
+            Picked::Hf { config, .. } => Some(*config),
+        };
+        let mut cb = |d: usize, t: usize| ask(progress, "load", d, t);
+        let bundle = match picked {
+            Picked::Gguf(i) => load::load_gguf(BlobReader::new(files[i].clone().into())?, &mut cb),
+            Picked::Hf { config, shards, tokenizer_json, tokenizer_config, generation_config } => {
+                let opt = |i: Option<usize>| i.map(|i| read_all(&files[i])).transpose();
+                let hf = HfFiles {
+                    config: read_all(&files[config]).map_err(js_err)?,
+                    tokenizer_json: opt(tokenizer_json).map_err(js_err)?,
+                    tokenizer_config: opt(tokenizer_config).map_err(js_err)?,
+                    generation_config: opt(generation_config).map_err(js_err)?,
+                    shards: shards
+                        .iter()
+                        .map(|&i| BlobReader::new(files[i].clone().into()))
+                        .collect::<std::result::Result<Vec<_>, _>>()?,
+                };
+                load::load_hf(hf, &mut cb)
+            }
+        }
+        .map_err(js_err)?;
+        bundle.tokenizer().map_err(js_err)?;
+        // A GGUF is named by its file; a folder by its directory (when dropped or picked as one).
+        self.source_name = match picked_config {
+            None => weights.first().map(|f| f.name()).unwrap_or_default(),
+            Some(c) => names[c].rsplit_once('/').and_then(|(d, _)| d.rsplit('/').next()).unwrap_or("model").to_string(),
+        };
+        self.source_sha256 = Some(sha);
+        let summary = to_js(&bundle.summary)?;
+        self.bundle = Some(bundle);
+        Ok(summary)
+    }
+
+    fn bundle(&self) -> std::result::Result<&Bundle, JsError> {
+        self.bundle.as_ref().ok_or_else(|| JsError::new("load a model first"))
+    }
+
+    fn done(&self) -> std::result::Result<&Done, JsError> {
+        self.done.as_ref().ok_or_else(|| JsError::new("prune the model first"))
+    }
+
+    /// Tokens in `text`, and how many calibration windows of `calib_len` they fill.
+    pub fn text_info(&self, text: &str, calib_len: usize) -> std::result::Result<JsValue, JsError> {
+        let n = self.bundle()?.tokenizer().and_then(|t| t.encode(text, false)).map_err(js_err)?.len();
+        to_js(&TextInfo { tokens: n, windows: n / calib_len.max(1) })
+    }
+
+    /// Sizes after pruning with `options` (PruneOptions as JSON) in `format`/`dtype`, before any work.
+    pub fn plan(&self, options: JsValue, format: &str, dtype: &str) -> std::result::Result<JsValue, JsError> {
+        let o: PruneOptions = serde_wasm_bindgen::from_value(options)?;
+        let fmt = OutputFormat::parse(format, dtype).map_err(js_err)?;
+        to_js(&job::plan(&self.bundle()?.model.cfg, &o, fmt).map_err(js_err)?)
+    }
+
+    /// Prunes the loaded model for `text` (its first `calib_samples × calib_len` tokens calibrate).
+    /// `progress("calibrate" | "score", layer, layers)`.
+    pub fn prune(
+        &mut self,
+        text: &str,
+        options: JsValue,
+        progress: &Function,
+    ) -> std::result::Result<JsValue, JsError> {
+        let o: PruneOptions = serde_wasm_bindgen::from_value(options)?;
+        self.done = None;
+        let b = self.bundle()?;
+        job::plan(&b.model.cfg, &o, OutputFormat::Hf(crate::StorageDtype::F32)).map_err(js_err)?;
+        let ids = b.tokenizer().and_then(|t| t.encode(text, false)).map_err(js_err)?;
+        let calib = crate::calib::windows(&ids, o.calib_samples, o.calib_len).map_err(js_err)?;
+        let t0 = js_sys::Date::now();
+        let needs_calib = o.score.needs_data() || o.recover || o.heads.is_some() || o.drop_layers.is_some();
+        let calib_ids = if needs_calib || o.drop_block.is_some() { Some(calib.as_slice()) } else { None };
+        let pruned =
+            prune::prune_mlp(&b.model, calib_ids, &o, &mut |s, d, t| ask(progress, s, d, t)).map_err(js_err)?;
+        let seconds = (js_sys::Date::now() - t0) / 1e3;
+        let cfg = &b.model.cfg;
+        let summary = to_js(&PruneSummary {
+            parameters_before: b.model.parameter_count(),
+            parameters_after: pruned.model.parameter_count(),
+            intermediate_before: cfg.intermediate_size,
+            intermediate_after: pruned.model.cfg.intermediate_size,
+            layers_before: cfg.num_hidden_layers,
+            kept_layers: &pruned.kept_layers,
+            kv_heads_before: cfg.num_key_value_heads,
+            kept_kv_heads: &pruned.kept_heads,
+            layer_influence: &pruned.layer_influence,
+            block_distances: &pruned.block_distances,
+            calib_tokens: pruned.calib_tokens,
+            seconds,
+        })?;
+        self.done = Some(Done { pruned, options: o, calib_ids: calib, prune_seconds: seconds });
+        Ok(summary)
+    }
+
+    /// Perplexity of the source (`which = "source"`) or pruned model on `text`, skipping its first
+    /// `skip` tokens (the calibration part) and reading at most `max_tokens`, in windows of `ctx`.
+    pub fn perplexity(
+        &self,
+        which: &str,
+        text: &str,
+        skip: usize,
+        max_tokens: usize,
+        ctx: usize,
+        progress: &Function,
+    ) -> std::result::Result<JsValue, JsError> {
+        let b = self.bundle()?;
+        let model = match which {
+            "source" => &b.model,
+            _ => &self.done()?.pruned.model,
+        };
+        let ids = b.tokenizer().and_then(|t| t.encode(text, false)).map_err(js_err)?;
+        let rest = ids.get(skip..).unwrap_or_default();
+        let rest = &rest[..rest.len().min(max_tokens)];
+        let r = perplexity(model, rest, ctx, &mut |d, t| ask(progress, "eval", d, t)).map_err(js_err)?;
+        to_js(&r)
+    }
+
+    /// Greedy continuation of `prompt` (through the chat template when `chat`), streaming the new
+    /// text to `on_text(piece)`; returns the whole continuation. `on_text` returning `false` stops.
+    pub fn generate(
+        &self,
+        which: &str,
+        prompt: &str,
+        max_tokens: usize,
+        chat: bool,
+        on_text: &Function,
+    ) -> std::result::Result<String, JsError> {
+        let b = self.bundle()?;
+        let model = match which {
+            "source" => &b.model,
+            _ => &self.done()?.pruned.model,
+        };
+        let tok = b.tokenizer().map_err(js_err)?;
+        let text = if chat && tok.chat_template().is_some() {
+            tok.apply_chat_template(prompt).map_err(js_err)?
+        } else {
+            prompt.to_string()
+        };
+        let ids = tok.encode(&text, false).map_err(js_err)?;
+        let (mut out, mut shown) = (Vec::new(), String::new());
+        crate::generate::greedy(model, &ids, max_tokens, &b.stop_ids(), &mut |id| {
+            out.push(id);
+            match tok.decode(&out) {
+                // Only whole characters are shown: a token may end inside a UTF-8 sequence.
+                Ok(s) if s.len() >= shown.len() && s.starts_with(&shown) && !s.ends_with('\u{fffd}') => {
+                    let piece = s[shown.len()..].to_string();
+                    shown = s;
+                    on_text
+                        .call1(&JsValue::NULL, &JsValue::from_str(&piece))
+                        .map(|v| v.as_bool() != Some(false))
+                        .unwrap_or(false)
+                }
+                _ => true,
+            }
+        })
+        .map_err(js_err)?;
+        tok.decode(&out).map_err(js_err)
+    }
+
+    /// Writes the pruned model in chunks to `on_chunk(Uint8Array)`: for `format = "hf"` a zip of the
+    /// folder (model, tokenizer files, report, model card), for `"gguf"` the `.gguf` itself.
+    /// `evals` (a list of `{name, before, after}`) goes into the report. Returns the file name.
+    pub fn export(
+        &self,
+        format: &str,
+        dtype: &str,
+        evals: JsValue,
+        on_chunk: &Function,
+    ) -> std::result::Result<String, JsError> {
+        let b = self.bundle()?;
+        let d = self.done()?;
+        let fmt = OutputFormat::parse(format, dtype).map_err(js_err)?;
+        let evals: Vec<EvalPair> =
+            if evals.is_undefined() || evals.is_null() { Vec::new() } else { serde_wasm_bindgen::from_value(evals)? };
+        let stem = self.source_name.rsplit_once('.').map_or(&self.source_name[..], |(s, _)| s);
+        let mut w = ChunkWriter { sink: on_chunk, buf: Vec::with_capacity(8 << 20), cap: 8 << 20 };
+        let record = Record {
+            source_name: &self.source_name,
+            source_sha256: self.source_sha256.clone(),
+            source: &b.model,
+            pruned: &d.pruned,
+            options: &d.options,
+            calib_ids: Some(&d.calib_ids),
+            evals: &evals,
+            prune_seconds: d.prune_seconds,
+            total_seconds: d.prune_seconds,
+        };
+        let name = match fmt {
+            OutputFormat::Hf(_) => {
+                let mut z = ZipWriter::new(&mut w);
+                job::write_model(b, &d.pruned.model, fmt, &mut z).map_err(js_err)?;
+                job::write_record(&record, &mut z).map_err(js_err)?;
+                z.finish().map_err(js_err)?;
+                format!("{stem}-podar.zip")
+            }
+            OutputFormat::Gguf(_) => {
+                struct One<'a, 'b>(&'a mut ChunkWriter<'b>);
+                impl FileSink for One<'_, '_> {
+                    fn file(&mut self, _: &str, body: &mut dyn FnMut(&mut dyn Write) -> Result<()>) -> Result<()> {
+                        body(self.0)
+                    }
+                }
+                job::write_model(b, &d.pruned.model, fmt, &mut One(&mut w)).map_err(js_err)?;
+                format!("{stem}-podar.gguf")
+            }
+        };
+        w.flush().map_err(|e| js_err(e.into()))?;
+        Ok(name)
+    }
+}

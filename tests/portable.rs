@@ -1,0 +1,153 @@
+//! Tests written once and run on both targets: natively with `cargo test`, and in headless Chromium
+//! (in a dedicated worker, where the page runs podar) with `cargo test --target wasm32-unknown-unknown`.
+//! The tiny llama fixture is compiled in, so the browser needs no file access.
+
+use podar::job::{self, EvalPair, OutputFormat, Record};
+use podar::prune::{prune_mlp, PruneOptions, Score};
+use podar::zip::{read_stored, ZipWriter};
+use podar::{load_hf, Bundle, Error, HfFiles, StorageDtype};
+use serde::Deserialize;
+use std::io::Cursor;
+use wasm_bindgen_test::wasm_bindgen_test;
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+const CONFIG: &[u8] = include_bytes!("fixtures/tiny/llama/config.json");
+const WEIGHTS: &[u8] = include_bytes!("fixtures/tiny/llama/model.safetensors");
+const TOKENIZER: &[u8] = include_bytes!("fixtures/tiny/llama/tokenizer.json");
+const EXPECTED: &[u8] = include_bytes!("fixtures/tiny/llama/expected.json");
+
+#[derive(Deserialize)]
+struct Expected {
+    input_ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    greedy: Vec<u32>,
+}
+
+fn bundle() -> Bundle {
+    let files = HfFiles {
+        config: CONFIG.to_vec(),
+        tokenizer_json: Some(TOKENIZER.to_vec()),
+        tokenizer_config: None,
+        generation_config: None,
+        shards: vec![Cursor::new(WEIGHTS)],
+    };
+    load_hf(files, &mut |_, _| true).unwrap()
+}
+
+fn text() -> String {
+    (0..60).map(|i| format!("fn f{i}(x: u32) -> u32 {{ x * {} + {} }}\n", i % 7, i % 5)).collect()
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn logits_and_greedy_match_transformers() {
+    let exp: Expected = serde_json::from_slice(EXPECTED).unwrap();
+    let b = bundle();
+    let t = exp.input_ids.len();
+    let logits: Vec<Vec<f32>> = b.model.forward(&exp.input_ids, 1, t, None).unwrap().to_vec2().unwrap();
+    let worst =
+        logits.iter().flatten().zip(exp.logits.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "max |podar − transformers| = {worst}");
+    let got = podar::greedy(&b.model, &exp.input_ids, exp.greedy.len(), &[], &mut |_| true).unwrap();
+    assert_eq!(got, exp.greedy);
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn byte_tokenizer_round_trips() {
+    let b = bundle();
+    let tok = b.tokenizer().unwrap();
+    let s = "héllo, wörld\n\tfn main() {}";
+    let ids = tok.encode(s, false).unwrap();
+    assert_eq!(ids.len(), s.len(), "one id per byte");
+    assert_eq!(tok.decode(&ids).unwrap(), s);
+}
+
+/// Prune with calibration and recovery, export the Hugging Face folder as a zip, read it back with
+/// podar's loader: the shapes match the config and the perplexity is the pruned model's.
+#[wasm_bindgen_test(unsupported = test)]
+fn prune_export_zip_reload() {
+    let b = bundle();
+    let ids = b.tokenizer().unwrap().encode(&text(), false).unwrap();
+    let o = PruneOptions {
+        mlp_fraction: Some(0.5),
+        score: Score::Optipfair,
+        calib_samples: 8,
+        calib_len: 32,
+        heads: Some(0.5),
+        drop_block: Some(1),
+        ..PruneOptions::default()
+    };
+    let calib = podar::calib::windows(&ids, 8, 32).unwrap();
+    let pruned = prune_mlp(&b.model, Some(&calib), &o, &mut |_, _, _| true).unwrap();
+    let cfg = &pruned.model.cfg;
+    assert_eq!((cfg.intermediate_size, cfg.num_key_value_heads, cfg.num_hidden_layers), (64, 1, 2));
+    let plan = job::plan(&b.model.cfg, &o, OutputFormat::Hf(StorageDtype::F32)).unwrap();
+    assert_eq!(plan.parameters_after, pruned.model.parameter_count());
+    let evals = [EvalPair { name: "t".into(), before: 1.0, after: 2.0 }];
+    let record = Record {
+        source_name: "tiny",
+        source_sha256: None,
+        source: &b.model,
+        pruned: &pruned,
+        options: &o,
+        calib_ids: Some(&calib),
+        evals: &evals,
+        prune_seconds: 0.0,
+        total_seconds: 0.0,
+    };
+    let mut z = ZipWriter::new(Vec::new());
+    job::write_model(&b, &pruned.model, OutputFormat::Hf(StorageDtype::F32), &mut z).unwrap();
+    job::write_record(&record, &mut z).unwrap();
+    let zip = z.finish().unwrap();
+    let files = read_stored(&zip).unwrap();
+    let get = |n: &str| files.iter().find(|f| f.0 == n).map(|f| f.1.clone());
+    let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    for n in ["model.safetensors", "config.json", "tokenizer.json", "podar-report.json", "README.md"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    assert_eq!(
+        plan.bytes_after as usize,
+        get("model.safetensors").unwrap().len() - 8 - {
+            let h = get("model.safetensors").unwrap();
+            u64::from_le_bytes(h[..8].try_into().unwrap()) as usize
+        }
+    );
+    let back = load_hf(
+        HfFiles {
+            config: get("config.json").unwrap(),
+            tokenizer_json: get("tokenizer.json"),
+            tokenizer_config: get("tokenizer_config.json"),
+            generation_config: get("generation_config.json"),
+            shards: vec![Cursor::new(get("model.safetensors").unwrap())],
+        },
+        &mut |_, _| true,
+    )
+    .unwrap();
+    let eval_ids = &ids[256..512];
+    let p1 = podar::perplexity(&pruned.model, eval_ids, 64, &mut |_, _| true).unwrap().perplexity;
+    let p2 = podar::perplexity(&back.model, eval_ids, 64, &mut |_, _| true).unwrap().perplexity;
+    assert_eq!(p1, p2);
+    let report: serde_json::Value = serde_json::from_slice(&get("podar-report.json").unwrap()).unwrap();
+    assert_eq!(report["kept_layers"].as_array().unwrap().len(), 2);
+    assert_eq!(report["parameters_after"], pruned.model.parameter_count());
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn a_false_progress_answer_cancels() {
+    let b = bundle();
+    let ids = b.tokenizer().unwrap().encode(&text(), false).unwrap();
+    let mut calls = 0;
+    let r = podar::perplexity(&b.model, &ids, 64, &mut |_, _| {
+        calls += 1;
+        false
+    });
+    assert!(matches!(r, Err(Error::Cancelled)));
+    assert_eq!(calls, 1);
+    let calib = podar::calib::windows(&ids, 4, 32).unwrap();
+    let o = PruneOptions { mlp_fraction: Some(0.25), calib_samples: 4, calib_len: 32, ..PruneOptions::default() };
+    let r = prune_mlp(&b.model, Some(&calib), &o, &mut |_, _, _| false);
+    assert!(matches!(r, Err(Error::Cancelled)));
+    // The model is untouched and still works.
+    assert!(podar::perplexity(&b.model, &ids, 64, &mut |_, _| true).is_ok());
+}

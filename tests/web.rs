@@ -1,0 +1,112 @@
+//! The page's API (`podar::web::Session`) in headless Chromium, inside a dedicated worker as the page
+//! uses it: files handed over as `File`s and read in slices, progress callbacks, cancel, and the
+//! zip export read back with podar's own loader.
+#![cfg(target_arch = "wasm32")]
+
+use js_sys::{Array, Function, Uint8Array};
+use podar::web::Session;
+use serde_json::Value;
+use std::io::Cursor;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+const CONFIG: &[u8] = include_bytes!("fixtures/tiny/llama/config.json");
+const WEIGHTS: &[u8] = include_bytes!("fixtures/tiny/llama/model.safetensors");
+const TOKENIZER: &[u8] = include_bytes!("fixtures/tiny/llama/tokenizer.json");
+
+fn file(bytes: &[u8], name: &str) -> web_sys::File {
+    let parts = Array::of1(&Uint8Array::from(bytes));
+    web_sys::File::new_with_u8_array_sequence(&parts, name).unwrap()
+}
+
+fn files() -> Array {
+    Array::of3(&file(TOKENIZER, "tokenizer.json"), &file(WEIGHTS, "model.safetensors"), &file(CONFIG, "config.json"))
+}
+
+fn json(v: JsValue) -> Value {
+    serde_wasm_bindgen::from_value(v).unwrap()
+}
+
+fn yes() -> Function {
+    Function::new_with_args("stage, done, total", "return true")
+}
+
+fn text() -> String {
+    (0..60).map(|i| format!("fn f{i}(x: u32) -> u32 {{ x * {} + {} }}\n", i % 7, i % 5)).collect()
+}
+
+fn options(mlp: f64) -> JsValue {
+    let o = serde_json::json!({"mlp_fraction": mlp, "score": "optipfair", "calib_samples": 8, "calib_len": 32});
+    o.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).unwrap()
+}
+
+use serde::Serialize;
+
+#[wasm_bindgen_test]
+fn load_plan_prune_eval_export() {
+    let mut s = Session::new();
+    let summary = json(s.inspect(files()).unwrap());
+    assert_eq!(summary["num_hidden_layers"], 3);
+    let summary = json(s.load(files(), &yes()).unwrap());
+    assert_eq!(summary["intermediate_size"], 128);
+    let info = json(s.text_info(&text(), 32).unwrap());
+    assert_eq!(info["tokens"].as_u64().unwrap() as usize, text().len());
+    let plan = json(s.plan(options(0.5), "hf", "f32").unwrap());
+    assert_eq!(plan["intermediate_after"], 64);
+    let r = json(s.prune(&text(), options(0.5), &yes()).unwrap());
+    assert_eq!(r["intermediate_after"], 64);
+    assert_eq!(r["parameters_after"], plan["parameters_after"]);
+    let before = json(s.perplexity("source", &text(), 256, 256, 64, &yes()).unwrap())["perplexity"].as_f64().unwrap();
+    let after = json(s.perplexity("pruned", &text(), 256, 256, 64, &yes()).unwrap())["perplexity"].as_f64().unwrap();
+    assert!(before.is_finite() && after.is_finite());
+    let out = s.generate("pruned", "fn f", 5, false, &Function::new_with_args("piece", "return true")).unwrap();
+    assert!(!out.is_empty());
+    // The export arrives in chunks; put them together and read the zip back.
+    let chunks = Array::new();
+    let push = Closure::<dyn FnMut(Uint8Array)>::new({
+        let chunks = chunks.clone();
+        move |c: Uint8Array| {
+            chunks.push(&c);
+        }
+    });
+    let name = s.export("hf", "f32", JsValue::NULL, push.as_ref().unchecked_ref()).unwrap();
+    assert_eq!(name, "model-podar.zip");
+    let mut zip = Vec::new();
+    for c in chunks.iter() {
+        zip.extend(c.dyn_into::<Uint8Array>().unwrap().to_vec());
+    }
+    let files = podar::zip::read_stored(&zip).unwrap();
+    let get = |n: &str| files.iter().find(|f| f.0 == n).map(|f| f.1.clone());
+    let back = podar::load_hf(
+        podar::HfFiles {
+            config: get("config.json").unwrap(),
+            tokenizer_json: get("tokenizer.json"),
+            tokenizer_config: get("tokenizer_config.json"),
+            generation_config: get("generation_config.json"),
+            shards: vec![Cursor::new(get("model.safetensors").unwrap())],
+        },
+        &mut |_, _| true,
+    )
+    .unwrap();
+    let ids = back.tokenizer().unwrap().encode(&text(), false).unwrap();
+    let again = podar::perplexity(&back.model, &ids[256..512], 64, &mut |_, _| true).unwrap().perplexity;
+    assert!((again - after).abs() < 1e-9 * after, "{again} vs {after}");
+    let report: Value = serde_json::from_slice(&get("podar-report.json").unwrap()).unwrap();
+    assert_eq!(report["source_sha256"].as_str().unwrap().len(), 64);
+}
+
+#[wasm_bindgen_test]
+fn errors_are_messages_and_cancel_keeps_the_session() {
+    let mut s = Session::new();
+    assert!(s.prune("x", options(0.5), &yes()).is_err(), "no model yet");
+    let bad = Array::of1(&file(b"GGUF\x03\x00\x00\x00garbage", "broken.gguf"));
+    assert!(s.load(bad, &yes()).is_err());
+    s.load(files(), &yes()).unwrap();
+    assert!(s.prune("too short", options(0.5), &yes()).is_err());
+    let no = Function::new_with_args("stage, done, total", "return false");
+    assert!(s.prune(&text(), options(0.5), &no).is_err());
+    // Still usable after the cancel.
+    assert!(s.prune(&text(), options(0.5), &yes()).is_ok());
+}

@@ -1,0 +1,450 @@
+// The page: draws, and talks to the worker (worker.js), where all of podar runs.
+const $ = (id) => document.getElementById(id);
+const EXAMPLE = '../models/SmolLM2-135M-Instruct.Q4_1.gguf';
+const PRESETS = ['code-python.txt', 'english-vimtutor.txt', 'german-vimtutor.txt'];
+const DTYPES = { hf: ['f32', 'f16', 'bf16'], gguf: ['f32', 'f16', 'q8_0'] };
+const EVAL_CTX = 256;
+
+// ---- worker and its protocol ---------------------------------------------------------------
+const flagBuf = typeof SharedArrayBuffer === 'function' && self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
+const flag = flagBuf ? new Int32Array(flagBuf) : null;
+let worker = null;
+let nextId = 1;
+const pending = new Map();
+let lastModel = null; // how the current model was loaded, to reload after a worker restart
+
+function startWorker() {
+  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = (e) => {
+    const m = e.data;
+    const p = pending.get(m.id);
+    if (!p) return;
+    if (m.memory) state.peakMemory = Math.max(state.peakMemory, m.memory);
+    if (m.progress) return p.onProgress && p.onProgress(m.progress);
+    if (m.text !== undefined) return p.onText && p.onText(m.text);
+    pending.delete(m.id);
+    if (m.error !== undefined) p.reject(new Error(m.error));
+    else p.resolve(m.ok);
+  };
+  worker.onerror = (e) => {
+    e.preventDefault();
+    workerDied(e.message || 'the engine stopped');
+  };
+  return call('init', { flag: flagBuf });
+}
+
+function call(cmd, args = {}, hooks = {}) {
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject, ...hooks });
+    worker.postMessage({ id, cmd, ...args });
+  });
+}
+
+function workerDied(why) {
+  for (const p of pending.values()) p.reject(new Error(`the engine stopped (${why}); it was restarted`));
+  pending.clear();
+  worker.terminate();
+  state.loaded = false;
+  state.pruned = false;
+  startWorker().then(() => {
+    setStatus(`The engine stopped (${why}) and was restarted. Load the model again.`);
+    refresh();
+  });
+}
+
+// ---- state and drawing ---------------------------------------------------------------------
+const state = {
+  loaded: false, summary: null, pruned: false, busy: false, peakMemory: 0,
+  download: null, runs: [], beforeCache: new Map(), textTokens: 0,
+};
+
+function setStatus(msg) { $('status').textContent = msg; }
+function fmtParams(n) { return `${(n / 1e6).toFixed(2)}M`; }
+function fmtBytes(n) { return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`; }
+
+function refresh() {
+  const idle = !state.busy;
+  for (const id of ['load-example', 'load-url', 'model-files', 'model-folder']) $(id).disabled = !idle;
+  $('prune').disabled = !idle || !state.loaded;
+  $('cancel').disabled = idle;
+  $('download').disabled = !idle || !state.download;
+  $('generate').disabled = !idle || !state.pruned;
+}
+
+function progressText(p, t0, what) {
+  const frac = p.total > 0 ? p.done / p.total : 0;
+  $('bar').value = frac;
+  const secs = (performance.now() - t0) / 1e3;
+  const eta = frac > 0.02 && frac < 1 ? `, about ${Math.ceil(secs / frac - secs)} s left` : '';
+  const big = p.total > 1e5 || p.stage.startsWith('download') || p.stage === 'write';
+  const unit = p.stage === 'load' || p.stage === 'calibrate' || p.stage === 'score' ? 'layer ' : '';
+  const count = big ? `${fmtBytes(p.done)}${p.total ? ' of ' + fmtBytes(p.total) : ''}`
+    : p.stage === 'hash' ? `${p.done} of ${p.total} MB` : `${unit}${p.done} of ${p.total}`;
+  setStatus(`${what}: ${p.stage} ${count}${eta}`);
+}
+
+// Runs a worker call with progress, Cancel and error reporting; resolves to null when it failed.
+async function task(what, cmd, args, extra = {}) {
+  const t0 = performance.now();
+  try {
+    return await call(cmd, args, { onProgress: (p) => progressText(p, t0, what), ...extra });
+  } catch (e) {
+    throw new Error(e.message === 'cancelled' ? `${what}: cancelled` : `${what} failed: ${e.message}`);
+  }
+}
+
+async function busy(fn) {
+  if (state.busy) return;
+  state.busy = true;
+  if (flag) Atomics.store(flag, 0, 0);
+  refresh();
+  try {
+    await fn();
+  } catch (e) {
+    setStatus(e.message);
+    $('bar').value = 0;
+  } finally {
+    state.busy = false;
+    refresh();
+  }
+}
+
+// ---- model -----------------------------------------------------------------------------------
+function showSummary(s, names) {
+  state.summary = s;
+  const el = $('summary');
+  el.hidden = false;
+  el.textContent = `${names.join(', ')}: ${s.architecture} (${s.format}, ${s.dtype}) — ${s.num_hidden_layers} layers, ` +
+    `hidden ${s.hidden_size}, MLP ${s.intermediate_size}, heads ${s.num_attention_heads} / ${s.num_key_value_heads} KV, ` +
+    `vocabulary ${s.vocab_size}, ${fmtParams(s.parameters)} parameters.`;
+}
+
+async function loadModel(kind, payload) {
+  await busy(async () => {
+    state.loaded = false; state.pruned = false; state.download = null;
+    state.beforeCache.clear(); state.runs = [];
+    refresh();
+    let r;
+    if (kind === 'files') {
+      const files = payload;
+      const s = await task('Reading headers', 'inspect', { files });
+      showSummary(s, files.map((f) => f.name));
+      r = await task('Loading', 'load', { files });
+    } else {
+      r = await task('Loading', 'loadUrl', { url: payload });
+    }
+    showSummary(r.summary, r.names);
+    lastModel = { kind, payload };
+    state.loaded = true;
+    setStatus(`Model loaded: ${fmtParams(r.summary.parameters)} parameters. Choose a domain text and press Prune.`);
+    $('bar').value = 0;
+    await updateText();
+    await updatePlan();
+  });
+}
+
+$('load-example').onclick = () => loadModel('url', new URL(EXAMPLE, location.href).href);
+$('load-url').onclick = () => {
+  const u = $('model-url').value.trim();
+  if (!u) return setStatus('Type a model URL first.');
+  loadModel('url', u);
+};
+$('model-files').onchange = (e) => e.target.files.length && loadModel('files', [...e.target.files]);
+$('model-folder').onchange = (e) => e.target.files.length && loadModel('files', [...e.target.files]);
+const drop = $('drop');
+drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
+drop.ondragleave = () => drop.classList.remove('over');
+drop.ondrop = (e) => {
+  e.preventDefault();
+  drop.classList.remove('over');
+  const files = [...e.dataTransfer.files];
+  if (files.length) loadModel('files', files);
+};
+
+// ---- domain text -----------------------------------------------------------------------------
+async function presetText(name) {
+  const r = await fetch(`presets/${name}`);
+  if (!r.ok) throw new Error(`preset ${name}: HTTP ${r.status}`);
+  return r.text();
+}
+
+let textTimer = null;
+async function updateText() {
+  const text = $('domain-text').value;
+  const len = Number($('calib-len').value) || 128;
+  const samples = Number($('calib-samples').value) || 64;
+  if (!text) { $('text-info').textContent = 'No text yet.'; state.textTokens = 0; return; }
+  if (!state.loaded || state.busy) {
+    $('text-info').textContent = `${text.length} characters (load a model to count tokens).`;
+    return;
+  }
+  const info = await call('textInfo', { text, calibLen: len });
+  state.textTokens = info.tokens;
+  const need = samples * len;
+  const held = Math.max(0, info.tokens - need);
+  $('text-info').textContent = info.tokens >= need
+    ? `${info.tokens} tokens: enough for ${samples} calibration windows of ${len} (${need} tokens); ${held} tokens left for a held-out score.`
+    : `${info.tokens} tokens: not enough for ${samples} windows of ${len} (needs ${need}). Add text, or use ${info.windows} windows.`;
+}
+function textChanged() { clearTimeout(textTimer); textTimer = setTimeout(() => updateText().catch((e) => setStatus(e.message)), 300); }
+$('domain-text').oninput = () => { $('preset').value = ''; textChanged(); };
+$('domain-file').onchange = async (e) => {
+  const f = e.target.files[0];
+  if (!f) return;
+  $('domain-text').value = await f.text();
+  $('preset').value = '';
+  textChanged();
+};
+$('preset').onchange = async () => {
+  const p = $('preset').value;
+  if (!p) return;
+  $('domain-text').value = await presetText(p);
+  textChanged();
+};
+
+// ---- plan ------------------------------------------------------------------------------------
+function options() {
+  const mlp = Number($('mlp').value) / 100;
+  const drop = Number($('drop-layers').value) || 0;
+  const heads = Number($('heads').value) / 100;
+  const divisor = $('divisor').value ? Number($('divisor').value) : null;
+  const block = $('drop-mode').value === 'block';
+  const score = $('score').value;
+  const data = !['maw', 'l2', 'vow', 'pon'].includes(score);
+  return {
+    mlp_fraction: mlp > 0 ? mlp : null,
+    divisor,
+    score,
+    recover: $('recover').checked,
+    calib_samples: Number($('calib-samples').value) || 64,
+    calib_len: Number($('calib-len').value) || 128,
+    drop_layers: drop > 0 && !block ? drop : null,
+    drop_block: drop > 0 && block ? drop : null,
+    heads: heads > 0 ? heads : null,
+    sequential: true,
+    ridge: 1e-3,
+    _data: data,
+  };
+}
+function cleanOptions() { const o = options(); delete o._data; return o; }
+
+function fillDtypes() {
+  const cur = $('dtype').value;
+  $('dtype').innerHTML = DTYPES[$('format').value].map((d) => `<option>${d}</option>`).join('');
+  if (DTYPES[$('format').value].includes(cur)) $('dtype').value = cur;
+}
+fillDtypes();
+
+async function updatePlan() {
+  if (!state.loaded || state.busy) return;
+  try {
+    const p = await call('plan', { options: cleanOptions(), format: $('format').value, dtype: $('dtype').value });
+    state.plan = p;
+    $('plan').textContent = `Parameters ${fmtParams(p.parameters_before)} → ${fmtParams(p.parameters_after)} ` +
+      `(−${(100 * (1 - p.parameters_after / p.parameters_before)).toFixed(1)}%); layers ${p.layers_before} → ${p.layers_after}, ` +
+      `MLP ${p.intermediate_before} → ${p.intermediate_after}, KV heads ${p.kv_heads_before} → ${p.kv_heads_after}; ` +
+      `download about ${fmtBytes(p.bytes_after)}; calibration needs ${p.calib_tokens} tokens.`;
+  } catch (e) {
+    $('plan').textContent = `This plan does not work: ${e.message}`;
+  }
+}
+$('mlp-range').oninput = () => { $('mlp').value = $('mlp-range').value; updatePlan(); };
+$('mlp').oninput = () => { $('mlp-range').value = $('mlp').value; updatePlan(); };
+for (const id of ['score', 'recover', 'drop-layers', 'drop-mode', 'heads', 'divisor', 'dtype']) $(id).addEventListener('input', updatePlan);
+for (const id of ['calib-samples', 'calib-len']) $(id).addEventListener('input', () => { updatePlan(); textChanged(); });
+$('format').oninput = () => { fillDtypes(); updatePlan(); };
+
+// ---- prune, evaluate, export -----------------------------------------------------------------
+async function evalTexts(domainText, skip) {
+  const max = Number($('eval-tokens').value) || 0;
+  const texts = [];
+  if (max >= EVAL_CTX && state.textTokens - skip >= EVAL_CTX) texts.push({ name: 'your text (held out)', text: domainText, skip });
+  for (const p of PRESETS) {
+    if (p === $('preset').value || max < EVAL_CTX) continue;
+    texts.push({ name: p, text: await presetText(p), skip: 0 });
+  }
+  return texts.map((t) => ({ ...t, max }));
+}
+
+function drawPpl(rows) {
+  const body = $('ppl').querySelector('tbody');
+  body.innerHTML = '';
+  for (const r of rows) {
+    const tr = document.createElement('tr');
+    const ch = r.after !== undefined ? `${r.after >= r.before ? '+' : ''}${(100 * (r.after / r.before - 1)).toFixed(1)}%` : '';
+    for (const c of [r.name, r.before.toFixed(3), r.after !== undefined ? r.after.toFixed(3) : '…', ch]) {
+      const td = document.createElement('td');
+      td.textContent = c;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+  $('ppl').hidden = rows.length === 0;
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+function el(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function drawLayers(r) {
+  const svg = $('chart-layers');
+  svg.innerHTML = '';
+  const inf = r.layer_influence;
+  if (!inf.length) { svg.appendChild(el('text', { x: 10, y: 20 }, 'Static scores: no calibration, no influence measured.')); return; }
+  const W = 640, H = 180, pad = 30, max = Math.max(...inf) || 1;
+  const bw = (W - pad) / inf.length;
+  inf.forEach((v, i) => {
+    const h = (H - 40) * v / max;
+    const kept = r.kept_layers.includes(i);
+    const rect = el('rect', { x: pad + i * bw + 1, y: H - 20 - h, width: Math.max(1, bw - 2), height: h,
+      class: kept ? 'bar' : 'bar dropped' });
+    rect.appendChild(el('title', {}, `layer ${i}: ${v.toFixed(4)}${kept ? '' : ' (dropped)'}`));
+    svg.appendChild(rect);
+    if (inf.length <= 40 || i % 5 === 0) svg.appendChild(el('text', { x: pad + i * bw + bw / 2, y: H - 6, 'text-anchor': 'middle', class: 'tick' }, i));
+  });
+  svg.appendChild(el('text', { x: 2, y: 12, class: 'tick' }, max.toFixed(3)));
+}
+
+function drawRatio() {
+  const svg = $('chart-ratio');
+  svg.innerHTML = '';
+  const pts = state.runs.filter((r) => r.ppl !== undefined);
+  if (!pts.length) { svg.appendChild(el('text', { x: 10, y: 20 }, 'Prune with a held-out part of your text to add points.')); return; }
+  const W = 640, H = 200, L = 50, B = 30;
+  const xs = (x) => L + (W - L - 10) * x / 100;
+  const maxY = Math.max(...pts.map((p) => Math.max(p.ppl, p.base))) * 1.1;
+  const ys = (y) => H - B - (H - B - 10) * y / maxY;
+  svg.appendChild(el('line', { x1: L, y1: H - B, x2: W - 10, y2: H - B, class: 'axis' }));
+  svg.appendChild(el('line', { x1: L, y1: 10, x2: L, y2: H - B, class: 'axis' }));
+  for (const x of [0, 20, 40, 60, 80, 100]) svg.appendChild(el('text', { x: xs(x), y: H - 10, 'text-anchor': 'middle', class: 'tick' }, `${x}%`));
+  svg.appendChild(el('text', { x: 4, y: ys(maxY / 1.1) + 4, class: 'tick' }, (maxY / 1.1).toFixed(1)));
+  svg.appendChild(el('line', { x1: L, y1: ys(pts[0].base), x2: W - 10, y2: ys(pts[0].base), class: 'base' }));
+  for (const p of pts) {
+    const c = el('circle', { cx: xs(p.mlp), cy: ys(p.ppl), r: 5, class: p.recover ? 'dot rec' : 'dot' });
+    c.appendChild(el('title', {}, `${p.mlp}% ${p.score}${p.recover ? ' + recovery' : ''}: ${p.ppl.toFixed(3)}`));
+    svg.appendChild(c);
+  }
+}
+
+async function perplexityOf(which, t, what) {
+  return (await task(what, 'eval', { which, text: t.text, skip: t.skip, maxTokens: t.max, ctx: EVAL_CTX })).perplexity;
+}
+
+async function prune() {
+  const text = $('domain-text').value;
+  if (!state.loaded) return setStatus('Load a model first.');
+  if (!text.trim()) return setStatus('Give a domain text first (a preset, a file, or paste it).');
+  await busy(async () => {
+    const t0 = performance.now();
+    state.pruned = false; state.download = null;
+    $('gen-source').textContent = ''; $('gen-pruned').textContent = '';
+    refresh();
+    const o = options();
+    if (!o._data && !o.recover && !o.heads && !o.drop_layers && !o.drop_block) {
+      setStatus('Static weight scores damage small models badly; prefer a data-driven method.');
+    }
+    const opts = cleanOptions();
+    const skip = opts.calib_samples * opts.calib_len;
+    const texts = await evalTexts(text, skip);
+    const rows = [];
+    for (const t of texts) {
+      const key = `${t.name}|${t.skip}|${t.max}|${t.text.length}|${t.text.slice(0, 64)}`;
+      if (!state.beforeCache.has(key)) state.beforeCache.set(key, await perplexityOf('source', t, `Scoring the original on ${t.name}`));
+      rows.push({ name: t.name, before: state.beforeCache.get(key) });
+    }
+    drawPpl(rows);
+    const r = await task('Pruning', 'prune', { text, options: opts });
+    state.pruned = true;
+    drawLayers(r);
+    for (const [i, t] of texts.entries()) {
+      rows[i].after = await perplexityOf('pruned', t, `Scoring the pruned model on ${t.name}`);
+      drawPpl(rows);
+    }
+    const held = rows.find((x) => x.name.startsWith('your text'));
+    state.runs.push({ mlp: Number($('mlp').value), score: opts.score, recover: opts.recover,
+      ppl: held && held.after, base: held && held.before });
+    drawRatio();
+    const format = $('format').value, dtype = $('dtype').value;
+    const out = await task('Writing the download', 'export', {
+      format, dtype, evals: rows.map((x) => ({ name: x.name, before: x.before, after: x.after })),
+      expectBytes: state.plan ? state.plan.bytes_after : 0,
+    });
+    state.download = out;
+    const secs = (performance.now() - t0) / 1e3;
+    $('sizes').textContent = `Parameters ${fmtParams(r.parameters_before)} → ${fmtParams(r.parameters_after)}; ` +
+      `layers ${r.layers_before} → ${r.kept_layers.length}; MLP ${r.intermediate_before} → ${r.intermediate_after}; ` +
+      `calibrated on ${r.calib_tokens} tokens; prune ${r.seconds.toFixed(1)} s, whole job ${secs.toFixed(1)} s; ` +
+      `download ${out.name}, ${fmtBytes(out.blob.size)}; peak engine memory ${fmtBytes(state.peakMemory)}.`;
+    $('bar').value = 1;
+    state.lastJob = { seconds: secs, pruneSeconds: r.seconds, peakMemory: state.peakMemory, bytes: out.blob.size };
+    setStatus(`Pruned to ${fmtParams(r.parameters_after)} parameters in ${secs.toFixed(1)} s. Done`);
+  });
+}
+$('prune').onclick = prune;
+
+$('download').onclick = () => {
+  const d = state.download;
+  if (!d) return;
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(d.blob);
+  a.download = d.name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
+};
+
+$('cancel').onclick = () => {
+  if (!state.busy) return;
+  if (flag) {
+    Atomics.store(flag, 0, 1);
+    worker.postMessage({ cmd: 'cancel' });
+    setStatus('Cancelling…');
+  } else {
+    // Without cross-origin isolation there is no shared flag: stop the engine and start a new one.
+    workerDied('cancelled');
+  }
+};
+
+$('generate').onclick = () => busy(async () => {
+  const prompt = $('prompt').value;
+  const chat = $('chat').checked;
+  for (const which of ['source', 'pruned']) {
+    const out = $(which === 'source' ? 'gen-source' : 'gen-pruned');
+    out.textContent = '';
+    await task(`Generating (${which === 'source' ? 'original' : 'pruned'})`, 'generate',
+      { which, prompt, maxTokens: 48, chat }, { onText: (piece) => { out.textContent += piece; } });
+  }
+  setStatus('Generated with both models. Done');
+});
+
+// ---- start -----------------------------------------------------------------------------------
+async function detectGpu() {
+  if (!navigator.gpu) return 'no WebGPU in this browser';
+  try {
+    const a = await navigator.gpu.requestAdapter();
+    return a ? 'a WebGPU adapter is present, but podar\'s GPU kernels are not built yet' : 'WebGPU without an adapter';
+  } catch (e) {
+    return `WebGPU adapter request failed (${e.message})`;
+  }
+}
+
+(async () => {
+  try {
+    const r = await startWorker();
+    const gpu = await detectGpu();
+    $('engine').textContent = `Engine ready: CPU, WebAssembly SIMD, ${r.threads} thread${r.threads > 1 ? 's' : ''}; ${gpu}.` +
+      (flag ? '' : ' (Cancel restarts the engine: the page is not cross-origin isolated.)');
+    refresh();
+  } catch (e) {
+    $('engine').textContent = `The engine did not start: ${e.message}`;
+  }
+})();
+
+// For tests and benchmarks: the last job's numbers.
+window.podar = { state };

@@ -1,0 +1,124 @@
+// All of podar's Rust runs here, in a module Web Worker; the page only draws.
+// Protocol: {id, cmd, ...args} in; {id, progress: {stage, done, total}}, {id, text}, and finally
+// {id, ok, memory} or {id, error} out. A shared Int32Array flag (set by the page's Cancel) makes
+// every progress callback answer "stop", and the running call ends with "cancelled".
+import init, { Session } from '../pkg/podar.js';
+
+const ready = init();
+let session = null;
+let flag = null;
+let fetchAbort = null;
+
+const cancelled = () => flag !== null && Atomics.load(flag, 0) === 1;
+
+// Reads a response body into a File, reporting bytes as they arrive.
+async function download(url, name, id, required = true) {
+  const res = await fetch(url, { signal: fetchAbort.signal });
+  if (!res.ok) {
+    if (!required) return null;
+    throw new Error(`${url}: HTTP ${res.status} ${res.statusText}`);
+  }
+  const total = Number(res.headers.get('content-length')) || 0;
+  const reader = res.body.getReader();
+  const parts = [];
+  let got = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    got += value.length;
+    postMessage({ id, progress: { stage: `download ${name}`, done: got, total } });
+    if (cancelled()) throw new Error('cancelled');
+  }
+  return new File(parts, name);
+}
+
+// A URL names either one .gguf, or a Hugging Face repository (…/resolve/main/ or the repo page).
+async function fetchModel(url, id) {
+  const u = new URL(url, self.location.href);
+  const path = u.pathname;
+  if (path.toLowerCase().endsWith('.gguf')) {
+    return [await download(u.href, path.split('/').pop(), id)];
+  }
+  let base = u.href.replace(/[?#].*$/, '');
+  if (/\.(json|safetensors)$/.test(base)) base = base.slice(0, base.lastIndexOf('/') + 1);
+  if (u.hostname.endsWith('huggingface.co') && !base.includes('/resolve/')) {
+    base = base.replace(/\/(tree|blob)\/[^/]+.*$/, '').replace(/\/$/, '') + '/resolve/main/';
+  }
+  if (!base.endsWith('/')) base += '/';
+  const files = [await download(base + 'config.json', 'config.json', id)];
+  for (const n of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) {
+    const f = await download(base + n, n, id, false);
+    if (f) files.push(f);
+  }
+  const index = await download(base + 'model.safetensors.index.json', 'model.safetensors.index.json', id, false);
+  const shards = index ? [...new Set(Object.values(JSON.parse(await index.text()).weight_map || {}))] : ['model.safetensors'];
+  for (const s of shards) files.push(await download(base + s, s, id));
+  return files;
+}
+
+async function run(m) {
+  const progress = (stage, done, total) => {
+    postMessage({ id: m.id, progress: { stage, done, total } });
+    return !cancelled();
+  };
+  switch (m.cmd) {
+    case 'inspect':
+      return session.inspect(m.files);
+    case 'load':
+      return { summary: session.load(m.files, progress), names: m.files.map((f) => f.name) };
+    case 'loadUrl': {
+      fetchAbort = new AbortController();
+      const files = await fetchModel(m.url, m.id);
+      return { summary: session.load(files, progress), names: files.map((f) => f.name) };
+    }
+    case 'textInfo':
+      return session.text_info(m.text, m.calibLen);
+    case 'plan':
+      return session.plan(m.options, m.format, m.dtype);
+    case 'prune':
+      return session.prune(m.text, m.options, progress);
+    case 'eval':
+      return session.perplexity(m.which, m.text, m.skip, m.maxTokens, m.ctx, progress);
+    case 'generate':
+      return session.generate(m.which, m.prompt, m.maxTokens, m.chat, (piece) => {
+        postMessage({ id: m.id, text: piece });
+        return !cancelled();
+      });
+    case 'export': {
+      const parts = [];
+      let bytes = 0;
+      const name = session.export(m.format, m.dtype, m.evals, (chunk) => {
+        parts.push(chunk);
+        bytes += chunk.length;
+        postMessage({ id: m.id, progress: { stage: 'write', done: bytes, total: m.expectBytes || 0 } });
+      });
+      const type = name.endsWith('.zip') ? 'application/zip' : 'application/octet-stream';
+      return { name, blob: new Blob(parts, { type }) };
+    }
+    default:
+      throw new Error(`unknown command ${m.cmd}`);
+  }
+}
+
+self.onmessage = async (e) => {
+  const m = e.data;
+  try {
+    await ready;
+    if (m.cmd === 'init') {
+      flag = m.flag ? new Int32Array(m.flag) : null;
+      session = new Session();
+      postMessage({ id: m.id, ok: { threads: Session.threads() }, memory: Session.memory_bytes() });
+      return;
+    }
+    if (m.cmd === 'cancel') {
+      if (fetchAbort) fetchAbort.abort();
+      return;
+    }
+    const ok = await run(m);
+    postMessage({ id: m.id, ok, memory: Session.memory_bytes() });
+  } catch (err) {
+    const msg = err && err.name === 'AbortError' ? 'cancelled' : String((err && err.message) || err);
+    postMessage({ id: m.id, error: msg, memory: Session.memory_bytes() });
+  }
+};
