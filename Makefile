@@ -6,19 +6,24 @@ WASM_BINDGEN_VERSION := 0.2.130
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: serve test setup build build-native build-wasm lint models bench clean
+.PHONY: serve test test-browser setup build build-native build-wasm lint models bench bench-web clean
 
 ## Serve the app on http://127.0.0.1:$(PORT)/ (builds everything and fetches the default model first).
 serve: build models
 	./target/release/podar serve --port $(PORT) --root .
 
-## Everything the tests need, then every test.
+## Everything the tests need, then every test: native, then in headless Chromium.
 test: setup models
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
-	$(CARGO) clippy --release --lib --target wasm32-unknown-unknown -- -D warnings
-	$(CARGO) build --release --lib --target wasm32-unknown-unknown
+	$(CARGO) clippy --release --lib --tests --target wasm32-unknown-unknown -- -D warnings
 	$(CARGO) test --release
+	$(MAKE) --no-print-directory test-browser
+
+## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end.
+test-browser: build-native build-wasm
+	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web
+	node tests/e2e/page.mjs
 
 ## Toolchain pieces: the wasm32 target and the wasm-bindgen CLI pinned to the crate's version.
 setup:
@@ -43,6 +48,10 @@ $(MODEL):
 bench: build-native models
 	@bash scripts/bench.sh
 	@bash scripts/bench-prune.sh
+
+## The whole in-page job in headless Chromium: seconds and peak wasm memory.
+bench-web: setup build-native build-wasm models
+	node scripts/bench-web.mjs
 
 clean:
 	rm -rf target pkg

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs what building and testing need, only when missing: the wasm32 target and the wasm-bindgen CLI
-# at exactly the version Cargo.toml pins.
+# Installs what building and testing need, only when missing: the wasm32 target, the wasm-bindgen CLI
+# at exactly the version Cargo.toml pins, Debian's Chromium and chromedriver (browser tests), Node.js
+# and playwright-core (end-to-end tests; it never downloads a browser).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 want="$1"
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
@@ -10,4 +12,19 @@ have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
 if [ "$have" != "$want" ]; then
   echo "installing wasm-bindgen-cli $want (a few minutes, once)"
   cargo install wasm-bindgen-cli --version "$want"
+fi
+apt_pkgs=()
+command -v chromium >/dev/null || apt_pkgs+=(chromium)
+command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)
+command -v node >/dev/null || apt_pkgs+=(nodejs)
+command -v npm >/dev/null || apt_pkgs+=(npm)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  echo "installing ${apt_pkgs[*]} with apt (once)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${apt_pkgs[@]}"
+fi
+if [ ! -f node_modules/playwright-core/package.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
 fi

@@ -33,6 +33,8 @@ pub struct Replacement {
     pub kept: Vec<usize>,
     /// The attention changed too (heads removed): the whole layer must be re-run.
     pub attention_changed: bool,
+    /// Sequential calibration: the next layer sees this pruned layer's output (else the unpruned one).
+    pub continue_pruned: bool,
 }
 
 /// Statistics of every layer plus the token count they were gathered on.
@@ -114,71 +116,98 @@ fn col_sums(t: &Tensor, sq: bool) -> Result<Vec<f64>> {
     })
 }
 
-fn mean_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
+/// Σ over rows of cos(a_row, b_row).
+fn sum_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
     let (_, n) = a.dims2()?;
     let (av, bv) = (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
-    let rows = av.len() / n.max(1);
-    let total: f64 = av.chunks_exact(n).zip(bv.chunks_exact(n)).map(|(x, y)| cosine(x, y)).sum();
-    Ok(total / rows.max(1) as f64)
+    Ok(av.chunks_exact(n).zip(bv.chunks_exact(n)).map(|(x, y)| cosine(x, y)).sum())
 }
+
+/// What `collect` calls after each layer: `(layer index, original layer, its statistics)`.
+pub type OnLayer<'a> = dyn FnMut(usize, &Layer, &LayerStats) -> Result<Option<Replacement>> + 'a;
 
 /// Runs `ids` (`samples` windows of `len`) through the model layer by layer, gathering statistics.
 /// `gram` also accumulates each layer's activation Gram matrix (for recovery), handed to `on_layer`
 /// and then dropped, so only one layer's Gram matrix is alive at a time.
+///
+/// `on_layer(l, layer, stats)` sees the original layer; a [`Replacement`] it returns takes that
+/// layer's place in `model` at once, so a caller that owns the only copy of the model never holds
+/// two copies of a layer's weights for longer than one layer.
 pub fn collect(
-    model: &Model,
+    model: &mut Model,
     ids: &[u32],
     samples: usize,
     len: usize,
     gram: bool,
-    on_layer: &mut dyn FnMut(usize, &LayerStats) -> Result<Option<Replacement>>,
+    on_layer: &mut OnLayer,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<CalibStats> {
     let mut x = model.embed(ids, samples, len)?;
     let n_layers = model.layers.len();
     let mut layers = Vec::with_capacity(n_layers);
     let mut boundary = vec![last_tokens(&x, samples, len)?];
+    // Windows per forward pass: the MLP activations of ~2048 tokens are alive at a time, whatever
+    // the calibration size; the statistics are sums, gathered chunk by chunk.
+    let per = (CHUNK_TOKENS / len.max(1)).clamp(1, samples.max(1));
+    let chunks: Vec<(usize, usize)> = (0..samples).step_by(per).map(|w| (w, per.min(samples - w))).collect();
     for l in 0..n_layers {
-        let mut stats: Option<Result<LayerStats>> = None;
-        let mut saved: Option<(Tensor, Tensor)> = None;
-        let mut tr = |t: LayerTrace| {
-            saved = Some((t.mlp_residual.clone(), t.mlp_hidden.clone()));
-            stats = Some((|| {
-                let a = t.mlp_hidden;
-                let mlp_gram = if gram { Some(crate::kernels::gram(a)?) } else { None };
-                let attn_gram = if gram { Some(crate::kernels::gram(t.attn_hidden)?) } else { None };
-                Ok(LayerStats {
-                    input_sq: col_sums(t.mlp_input, true)?,
-                    act_sum: col_sums(a, false)?,
-                    act_sq: col_sums(a, true)?,
-                    gram: mlp_gram,
-                    attn_sq: col_sums(t.attn_hidden, true)?,
-                    attn_gram,
-                    io_cosine: 0.0,
-                    tokens: ids.len(),
-                })
-            })());
+        let mut st: Option<LayerStats> = None;
+        let mut cos_sum = 0f64;
+        let mut outs = Vec::with_capacity(chunks.len());
+        let mut saved = Vec::with_capacity(chunks.len());
+        for &(w0, wn) in &chunks {
+            let xc = x.narrow(0, w0 * len, wn * len)?;
+            let mut part: Option<Result<LayerStats>> = None;
+            let mut tr = |t: LayerTrace| {
+                saved.push((t.mlp_residual.clone(), t.mlp_hidden.clone()));
+                part = Some(stats_of(&t, gram));
+            };
+            let yc = model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?;
+            let Some(p) = part else {
+                bail!(Input, "layer {l} produced no statistics");
+            };
+            st = Some(match st {
+                None => p?,
+                Some(a) => a.add(p?)?,
+            });
+            cos_sum += sum_cosine(&xc, &yc)?;
+            outs.push(yc);
+        }
+        let Some(mut st) = st else {
+            bail!(Input, "no calibration windows");
         };
-        let y = model.layer_forward(l, &x, samples, len, None, Some(&mut tr))?;
-        let Some(st) = stats else {
-            bail!(Input, "layer {l} produced no statistics");
-        };
-        let mut st = st?;
-        st.io_cosine = mean_cosine(&x, &y)?;
+        st.io_cosine = cos_sum / ids.len().max(1) as f64;
+        st.tokens = ids.len();
         // Sequential calibration: a pruned layer hands back its new weights, and the next layer
         // sees the pruned layer's output, so later layers adapt to earlier pruning.
         // When only the MLP changed, the new output is the saved post-attention residual plus the
         // pruned MLP applied to the kept neurons' saved activations; otherwise the layer is re-run.
-        let y = match (on_layer(l, &st)?, saved) {
-            (Some(r), Some((residual, mid))) if !r.attention_changed => {
+        let rep = on_layer(l, &model.layers[l], &st)?;
+        let y = match &rep {
+            Some(r) if r.continue_pruned && !r.attention_changed && saved.len() == chunks.len() => {
                 let idx: Vec<u32> = r.kept.iter().map(|&i| i as u32).collect();
                 let idx = Tensor::from_vec(idx, r.kept.len(), &candle_core::Device::Cpu)?;
-                let mid_kept = mid.index_select(&idx, 1)?.contiguous()?;
-                (residual + model.mlp_output(&r.layer, &mid_kept)?)?
+                let mut parts = Vec::with_capacity(chunks.len());
+                for (residual, mid) in saved.drain(..) {
+                    let mid_kept = mid.index_select(&idx, 1)?.contiguous()?;
+                    parts.push((residual + model.mlp_output(&r.layer, &mid_kept)?)?);
+                }
+                Tensor::cat(&parts, 0)?
             }
-            (Some(r), _) => model.layer_forward_with(&r.layer, l, &x, samples, len, None, None)?,
-            (None, _) => y,
+            Some(r) if r.continue_pruned => {
+                let mut parts = Vec::with_capacity(chunks.len());
+                for &(w0, wn) in &chunks {
+                    let xc = x.narrow(0, w0 * len, wn * len)?;
+                    parts.push(model.layer_forward_with(&r.layer, l, &xc, wn, len, None, None)?);
+                }
+                Tensor::cat(&parts, 0)?
+            }
+            _ => Tensor::cat(&outs, 0)?,
         };
+        drop((saved, outs));
+        if let Some(r) = rep {
+            model.layers[l] = r.layer;
+        }
         // The Gram matrices are large (intermediate²): used by `on_layer`, then dropped.
         st.gram = None;
         st.attn_gram = None;
@@ -188,4 +217,42 @@ pub fn collect(
         crate::error::go_on(progress(l + 1, n_layers))?;
     }
     Ok(CalibStats { layers, tokens: ids.len(), boundary })
+}
+
+/// Tokens per calibration forward pass.
+const CHUNK_TOKENS: usize = 2048;
+
+/// One chunk's statistics (sums; `io_cosine` and `tokens` are set by the caller).
+fn stats_of(t: &LayerTrace, gram: bool) -> Result<LayerStats> {
+    let a = t.mlp_hidden;
+    Ok(LayerStats {
+        input_sq: col_sums(t.mlp_input, true)?,
+        act_sum: col_sums(a, false)?,
+        act_sq: col_sums(a, true)?,
+        gram: if gram { Some(crate::kernels::gram(a)?) } else { None },
+        attn_sq: col_sums(t.attn_hidden, true)?,
+        attn_gram: if gram { Some(crate::kernels::gram(t.attn_hidden)?) } else { None },
+        io_cosine: 0.0,
+        tokens: 0,
+    })
+}
+
+impl LayerStats {
+    /// The statistics of two disjoint sets of tokens together.
+    fn add(mut self, o: LayerStats) -> Result<LayerStats> {
+        let sum = |a: &mut Vec<f64>, b: &[f64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        sum(&mut self.input_sq, &o.input_sq);
+        sum(&mut self.act_sum, &o.act_sum);
+        sum(&mut self.act_sq, &o.act_sq);
+        sum(&mut self.attn_sq, &o.attn_sq);
+        let add = |a: Option<Tensor>, b: Option<Tensor>| -> Result<Option<Tensor>> {
+            Ok(match (a, b) {
+                (Some(a), Some(b)) => Some((a + b)?),
+                (a, b) => a.or(b),
+            })
+        };
+        self.gram = add(self.gram, o.gram)?;
+        self.attn_gram = add(self.attn_gram, o.attn_gram)?;
+        Ok(self)
+    }
 }

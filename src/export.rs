@@ -6,6 +6,7 @@ use crate::kernels::with_slice;
 use crate::model::{expected_tensors, Model};
 use crate::source::StorageDtype;
 use crate::tokenizer::Tokenizer;
+use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::io::Write;
 
@@ -15,6 +16,20 @@ fn encode(v: &[f32], dtype: StorageDtype, out: &mut Vec<u8>) {
         StorageDtype::F16 => v.iter().for_each(|x| out.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())),
         StorageDtype::BF16 => v.iter().for_each(|x| out.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes())),
     }
+}
+
+/// Writes a tensor's values little-endian in `dtype`, 64 Ki values at a time, so no tensor-sized
+/// buffer is ever allocated (the embedding alone is 113 MB in f32 for SmolLM2). Returns the bytes written.
+pub(crate) fn write_values<W: Write + ?Sized>(t: &Tensor, dtype: StorageDtype, w: &mut W) -> Result<u64> {
+    let mut buf = Vec::with_capacity((64 << 10) * dtype.size());
+    with_slice(t, |s| -> Result<u64> {
+        for chunk in s.chunks(64 << 10) {
+            buf.clear();
+            encode(chunk, dtype, &mut buf);
+            w.write_all(&buf)?;
+        }
+        Ok((s.len() * dtype.size()) as u64)
+    })?
 }
 
 /// Streams `model.safetensors` into `w`, one tensor at a time, in `expected_tensors` order.
@@ -44,11 +59,8 @@ pub fn write_safetensors<W: Write + ?Sized>(model: &Model, dtype: StorageDtype, 
     }
     w.write_all(&(h.len() as u64).to_le_bytes())?;
     w.write_all(&h)?;
-    let mut buf = Vec::new();
     for (_, t) in &tensors {
-        buf.clear();
-        with_slice(t, |s| encode(s, dtype, &mut buf))?;
-        w.write_all(&buf)?;
+        write_values(t, dtype, w)?;
     }
     Ok(())
 }

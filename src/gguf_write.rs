@@ -2,9 +2,10 @@
 //! metadata carried over, tensors in llama.cpp's names and layouts, streamed one at a time.
 
 use crate::error::{bail, Result};
+use crate::export::write_values;
 use crate::gguf::{name_map, permute_qk};
-use crate::kernels::with_slice;
 use crate::model::Model;
+use crate::source::StorageDtype;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use std::io::Write;
@@ -189,17 +190,26 @@ pub fn write_gguf<W: Write + ?Sized>(
         if c.arch.is_gemma() && name.ends_with("norm.weight") {
             t = t.affine(1.0, 1.0)?; // llama.cpp stores Gemma norms as 1 + w
         }
-        let bytes: Vec<u8> = match dt {
-            GgufDtype::F32 => with_slice(&t, |s| s.iter().flat_map(|x| x.to_le_bytes()).collect())?,
-            GgufDtype::F16 => {
-                with_slice(&t, |s| s.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect())?
+        let written = match dt {
+            GgufDtype::F32 => write_values(&t, StorageDtype::F32, w)?,
+            GgufDtype::F16 => write_values(&t, StorageDtype::F16, w)?,
+            GgufDtype::Q8_0 => {
+                // Q8_0 blocks run along rows, so quantizing a few thousand rows at a time gives the
+                // same bytes as the whole tensor without a tensor-sized buffer.
+                let rows = t.dims().first().copied().unwrap_or(1);
+                let mut n = 0u64;
+                for r in (0..rows).step_by(4096) {
+                    let part = t.narrow(0, r, 4096.min(rows - r))?.contiguous()?;
+                    let q = QTensor::quantize(&part, GgmlDType::Q8_0)?.data()?.into_owned();
+                    w.write_all(&q)?;
+                    n += q.len() as u64;
+                }
+                n
             }
-            GgufDtype::Q8_0 => QTensor::quantize(&t, GgmlDType::Q8_0)?.data()?.into_owned(),
         };
-        if bytes.len() as u64 != size {
-            bail!(Gguf, "tensor `{name}`: encoded {} bytes, planned {size}", bytes.len());
+        if written != size {
+            bail!(Gguf, "tensor `{name}`: encoded {written} bytes, planned {size}");
         }
-        w.write_all(&bytes)?;
         let pad = size.div_ceil(ALIGN) * ALIGN - size;
         w.write_all(&vec![0u8; pad as usize])?;
     }

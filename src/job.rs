@@ -123,7 +123,8 @@ pub struct Record<'a> {
     /// The source's file name as the user gave it.
     pub source_name: &'a str,
     pub source_sha256: Option<String>,
-    pub source: &'a Model,
+    /// The original's configuration.
+    pub source: &'a ModelConfig,
     pub pruned: &'a Pruned,
     pub options: &'a PruneOptions,
     pub calib_ids: Option<&'a [u32]>,
@@ -160,7 +161,7 @@ impl Record<'_> {
 
     /// The model card, `README.md`.
     pub fn card(&self) -> String {
-        let (a, b) = (&self.source.cfg, &self.pruned.model.cfg);
+        let (a, b) = (self.source, &self.pruned.model.cfg);
         let evals: String = self
             .evals
             .iter()

@@ -370,7 +370,7 @@ mod cli {
             sequential: !a.parallel_calib,
             heads: a.heads,
         };
-        let b = load(&a.model)?;
+        let mut b = load(&a.model)?;
         // Every size and layer choice is checked before any long computation.
         podar::job::plan(&b.model.cfg, &opts, format).at(&a.model)?;
         let calib_ids = match &a.calib {
@@ -404,13 +404,17 @@ mod cli {
             a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(&b.model, ids, f)).collect::<Result<_, _>>()?;
         let t_prune = Instant::now();
         let pb = bar(0, "prune");
-        let pruned = podar::prune::prune_mlp(&b.model, calib_ids.as_deref(), &opts, &mut |stage, d, n| {
+        // The original is consumed layer by layer: only its configuration is needed afterwards.
+        let source_cfg = b.model.cfg.clone();
+        let source = b.model;
+        let pruned = podar::prune::prune_owned(source, calib_ids.as_deref(), &opts, &mut |stage, d, n| {
             pb.set_message(stage.to_string());
             pb.set_length(n as u64);
             pb.set_position(d as u64);
             true
         })
         .at(&a.model)?;
+        b.model = pruned.model.clone();
         pb.finish_and_clear();
         let prune_secs = t_prune.elapsed().as_secs_f64();
         std::fs::create_dir_all(&a.out).at(&a.out)?;
@@ -432,7 +436,7 @@ mod cli {
         let record = Record {
             source_name: &source_name,
             source_sha256: Some(source_sha256(&a.model)?),
-            source: &b.model,
+            source: &source_cfg,
             pruned: &pruned,
             options: &opts,
             calib_ids: calib_ids.as_deref(),
@@ -441,7 +445,7 @@ mod cli {
             total_seconds: secs,
         };
         podar::job::write_record(&record, &mut DirSink(&a.out)).at(&a.out)?;
-        let (pb_, pa) = (b.model.parameter_count(), pruned.model.parameter_count());
+        let (pb_, pa) = (source_cfg.parameter_count(), pruned.model.parameter_count());
         if a.json {
             println!(
                 "{}",

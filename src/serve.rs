@@ -80,7 +80,7 @@ fn respond(mut s: TcpStream, root: &Path) -> std::io::Result<()> {
     }
     let common = "Cross-Origin-Opener-Policy: same-origin\r\nCross-Origin-Embedder-Policy: require-corp\r\n\
                   Cross-Origin-Resource-Policy: same-origin\r\nCache-Control: no-cache\r\nAccept-Ranges: bytes\r\n\
-                  Access-Control-Expose-Headers: Content-Length, Content-Range\r\nConnection: close\r\n";
+                  Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Content-Length, Content-Range\r\nConnection: close\r\n";
     if method != "GET" && method != "HEAD" {
         return write!(s, "HTTP/1.1 405 Method Not Allowed\r\n{common}Content-Length: 0\r\n\r\n");
     }
@@ -115,9 +115,10 @@ fn respond(mut s: TcpStream, root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves `root` on 127.0.0.1:`port` until killed.
+/// Serves `root` on 127.0.0.1:`port` (0: any free port, printed) until killed.
 pub fn serve(root: &Path, port: u16) -> std::io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
+    let port = listener.local_addr()?.port();
     eprintln!("podar: serving {} on http://127.0.0.1:{port}/ (Ctrl-C to stop)", root.display());
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };

@@ -126,11 +126,13 @@ impl ChunkWriter<'_> {
 
 impl Write for ChunkWriter<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(b);
+        // Never grows past `cap`: a large write is taken in pieces.
+        let n = b.len().min(self.cap - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
         if self.buf.len() >= self.cap {
             self.emit()?;
         }
-        Ok(b.len())
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.emit()
@@ -173,6 +175,8 @@ struct Done {
     options: PruneOptions,
     calib_ids: Vec<u32>,
     prune_seconds: f64,
+    /// The original's configuration (the original itself may have been consumed by the prune).
+    source_cfg: crate::config::ModelConfig,
 }
 
 #[derive(Serialize)]
@@ -198,10 +202,42 @@ struct TextInfo {
     windows: usize,
 }
 
+/// Reads the model out of `files`; `progress("load", layer, layers)`.
+fn read_model(files: &[File], progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Bundle> {
+    let names: Vec<String> = files.iter().map(name_of).collect();
+    let reader = |i: usize| {
+        BlobReader::new(files[i].clone().into()).map_err(|_| Error::Input("FileReaderSync needs a Web Worker".into()))
+    };
+    let bundle = match load::pick_files(&names)? {
+        Picked::Gguf(i) => load::load_gguf(reader(i)?, progress)?,
+        Picked::Hf { config, shards, tokenizer_json, tokenizer_config, generation_config } => {
+            let opt = |i: Option<usize>| i.map(|i| read_all(&files[i])).transpose();
+            let hf = HfFiles {
+                config: read_all(&files[config])?,
+                tokenizer_json: opt(tokenizer_json)?,
+                tokenizer_config: opt(tokenizer_config)?,
+                generation_config: opt(generation_config)?,
+                shards: shards.iter().map(|&i| reader(i)).collect::<Result<Vec<_>>>()?,
+            };
+            load::load_hf(hf, progress)?
+        }
+    };
+    bundle.tokenizer()?;
+    Ok(bundle)
+}
+
 /// One model loaded in the page, and the last prune of it.
+///
+/// Pruning consumes the loaded model layer by layer (`prune::prune_owned`), so the page never holds
+/// the original and the pruned model at once during a job. The original is read again from the
+/// files it came from (kept as `File` handles, outside wasm memory) when it is needed afterwards:
+/// for another prune, or to generate with it.
 #[wasm_bindgen]
 pub struct Session {
+    files: Vec<File>,
+    /// Tokenizer and side files; its `model` is the original while `source_alive`, else the pruned one.
     bundle: Option<Bundle>,
+    source_alive: bool,
     source_name: String,
     source_sha256: Option<String>,
     done: Option<Done>,
@@ -217,7 +253,14 @@ impl Default for Session {
 impl Session {
     #[wasm_bindgen(constructor)]
     pub fn new() -> Session {
-        Session { bundle: None, source_name: String::new(), source_sha256: None, done: None }
+        Session {
+            files: Vec::new(),
+            bundle: None,
+            source_alive: false,
+            source_name: String::new(),
+            source_sha256: None,
+            done: None,
+        }
     }
 
     /// Threads the CPU kernels use (1 unless the page runs wasm threads).
@@ -256,6 +299,7 @@ impl Session {
     pub fn load(&mut self, files: js_sys::Array, progress: &Function) -> std::result::Result<JsValue, JsError> {
         self.bundle = None;
         self.done = None;
+        self.source_alive = false;
         let files = files_of(&files)?;
         let names: Vec<String> = files.iter().map(name_of).collect();
         let picked = load::pick_files(&names).map_err(js_err)?;
@@ -282,38 +326,20 @@ impl Session {
             }
         }
         let sha = format!("{:x}", sha2::Digest::finalize(h));
-        let picked_config = match &picked {
-            Picked::Gguf(_) => None,
-            Picked::Hf { config, .. } => Some(*config),
-        };
-        let mut cb = |d: usize, t: usize| ask(progress, "load", d, t);
-        let bundle = match picked {
-            Picked::Gguf(i) => load::load_gguf(BlobReader::new(files[i].clone().into())?, &mut cb),
-            Picked::Hf { config, shards, tokenizer_json, tokenizer_config, generation_config } => {
-                let opt = |i: Option<usize>| i.map(|i| read_all(&files[i])).transpose();
-                let hf = HfFiles {
-                    config: read_all(&files[config]).map_err(js_err)?,
-                    tokenizer_json: opt(tokenizer_json).map_err(js_err)?,
-                    tokenizer_config: opt(tokenizer_config).map_err(js_err)?,
-                    generation_config: opt(generation_config).map_err(js_err)?,
-                    shards: shards
-                        .iter()
-                        .map(|&i| BlobReader::new(files[i].clone().into()))
-                        .collect::<std::result::Result<Vec<_>, _>>()?,
-                };
-                load::load_hf(hf, &mut cb)
-            }
-        }
-        .map_err(js_err)?;
-        bundle.tokenizer().map_err(js_err)?;
         // A GGUF is named by its file; a folder by its directory (when dropped or picked as one).
-        self.source_name = match picked_config {
-            None => weights.first().map(|f| f.name()).unwrap_or_default(),
-            Some(c) => names[c].rsplit_once('/').and_then(|(d, _)| d.rsplit('/').next()).unwrap_or("model").to_string(),
+        let name = match &picked {
+            Picked::Gguf(i) => files[*i].name(),
+            Picked::Hf { config, .. } => {
+                names[*config].rsplit_once('/').and_then(|(d, _)| d.rsplit('/').next()).unwrap_or("model").to_string()
+            }
         };
-        self.source_sha256 = Some(sha);
+        let bundle = read_model(&files, &mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
         let summary = to_js(&bundle.summary)?;
+        self.files = files;
+        self.source_name = name;
+        self.source_sha256 = Some(sha);
         self.bundle = Some(bundle);
+        self.source_alive = true;
         Ok(summary)
     }
 
@@ -323,6 +349,19 @@ impl Session {
 
     fn done(&self) -> std::result::Result<&Done, JsError> {
         self.done.as_ref().ok_or_else(|| JsError::new("prune the model first"))
+    }
+
+    /// Makes sure `bundle.model` is the original, reading it again from its files if a prune used it.
+    fn ensure_source(&mut self, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<()> {
+        if self.source_alive && self.bundle.is_some() {
+            return Ok(());
+        }
+        if self.files.is_empty() {
+            return Err(Error::Input("load a model first".into()));
+        }
+        self.bundle = Some(read_model(&self.files, progress)?);
+        self.source_alive = true;
+        Ok(())
     }
 
     /// Tokens in `text`, and how many calibration windows of `calib_len` they fill.
@@ -335,11 +374,17 @@ impl Session {
     pub fn plan(&self, options: JsValue, format: &str, dtype: &str) -> std::result::Result<JsValue, JsError> {
         let o: PruneOptions = serde_wasm_bindgen::from_value(options)?;
         let fmt = OutputFormat::parse(format, dtype).map_err(js_err)?;
-        to_js(&job::plan(&self.bundle()?.model.cfg, &o, fmt).map_err(js_err)?)
+        let d = self.done.as_ref();
+        let cfg = match (self.source_alive, d) {
+            (false, Some(d)) => &d.source_cfg,
+            _ => &self.bundle()?.model.cfg,
+        };
+        to_js(&job::plan(cfg, &o, fmt).map_err(js_err)?)
     }
 
-    /// Prunes the loaded model for `text` (its first `calib_samples × calib_len` tokens calibrate).
-    /// `progress("calibrate" | "score", layer, layers)`.
+    /// Prunes the original model for `text` (its first `calib_samples × calib_len` tokens calibrate).
+    /// `progress("load" | "calibrate" | "score", layer, layers)`; "load" only when the original has
+    /// to be read again because an earlier prune used it.
     pub fn prune(
         &mut self,
         text: &str,
@@ -347,20 +392,37 @@ impl Session {
         progress: &Function,
     ) -> std::result::Result<JsValue, JsError> {
         let o: PruneOptions = serde_wasm_bindgen::from_value(options)?;
-        self.done = None;
         let b = self.bundle()?;
-        job::plan(&b.model.cfg, &o, OutputFormat::Hf(crate::StorageDtype::F32)).map_err(js_err)?;
+        let cfg = match (self.source_alive, self.done.as_ref()) {
+            (false, Some(d)) => d.source_cfg.clone(),
+            _ => b.model.cfg.clone(),
+        };
+        job::plan(&cfg, &o, OutputFormat::Hf(crate::StorageDtype::F32)).map_err(js_err)?;
         let ids = b.tokenizer().and_then(|t| t.encode(text, false)).map_err(js_err)?;
         let calib = crate::calib::windows(&ids, o.calib_samples, o.calib_len).map_err(js_err)?;
-        let t0 = js_sys::Date::now();
         let needs_calib = o.score.needs_data() || o.recover || o.heads.is_some() || o.drop_layers.is_some();
         let calib_ids = if needs_calib || o.drop_block.is_some() { Some(calib.as_slice()) } else { None };
-        let pruned =
-            prune::prune_mlp(&b.model, calib_ids, &o, &mut |s, d, t| ask(progress, s, d, t)).map_err(js_err)?;
+        // The last prune's model goes first, then the original is consumed layer by layer.
+        self.done = None;
+        self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
+        let t0 = js_sys::Date::now();
+        let Some(mut b) = self.bundle.take() else {
+            return Err(JsError::new("load a model first"));
+        };
+        let source = b.model;
+        self.source_alive = false;
+        let parameters_before = source.parameter_count();
+        let pruned = match prune::prune_owned(source, calib_ids, &o, &mut |s, d, t| ask(progress, s, d, t)) {
+            Ok(p) => p,
+            Err(e) => {
+                // The original was partly consumed: read it again so the page stays usable.
+                let _ = self.ensure_source(&mut |_, _| true);
+                return Err(js_err(e));
+            }
+        };
         let seconds = (js_sys::Date::now() - t0) / 1e3;
-        let cfg = &b.model.cfg;
         let summary = to_js(&PruneSummary {
-            parameters_before: b.model.parameter_count(),
+            parameters_before,
             parameters_after: pruned.model.parameter_count(),
             intermediate_before: cfg.intermediate_size,
             intermediate_after: pruned.model.cfg.intermediate_size,
@@ -373,14 +435,16 @@ impl Session {
             calib_tokens: pruned.calib_tokens,
             seconds,
         })?;
-        self.done = Some(Done { pruned, options: o, calib_ids: calib, prune_seconds: seconds });
+        b.model = pruned.model.clone();
+        self.bundle = Some(b);
+        self.done = Some(Done { pruned, options: o, calib_ids: calib, prune_seconds: seconds, source_cfg: cfg });
         Ok(summary)
     }
 
     /// Perplexity of the source (`which = "source"`) or pruned model on `text`, skipping its first
     /// `skip` tokens (the calibration part) and reading at most `max_tokens`, in windows of `ctx`.
     pub fn perplexity(
-        &self,
+        &mut self,
         which: &str,
         text: &str,
         skip: usize,
@@ -388,6 +452,9 @@ impl Session {
         ctx: usize,
         progress: &Function,
     ) -> std::result::Result<JsValue, JsError> {
+        if which == "source" {
+            self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
+        }
         let b = self.bundle()?;
         let model = match which {
             "source" => &b.model,
@@ -403,13 +470,16 @@ impl Session {
     /// Greedy continuation of `prompt` (through the chat template when `chat`), streaming the new
     /// text to `on_text(piece)`; returns the whole continuation. `on_text` returning `false` stops.
     pub fn generate(
-        &self,
+        &mut self,
         which: &str,
         prompt: &str,
         max_tokens: usize,
         chat: bool,
         on_text: &Function,
     ) -> std::result::Result<String, JsError> {
+        if which == "source" {
+            self.ensure_source(&mut |_, _| true).map_err(js_err)?;
+        }
         let b = self.bundle()?;
         let model = match which {
             "source" => &b.model,
@@ -462,7 +532,7 @@ impl Session {
         let record = Record {
             source_name: &self.source_name,
             source_sha256: self.source_sha256.clone(),
-            source: &b.model,
+            source: &d.source_cfg,
             pruned: &d.pruned,
             options: &d.options,
             calib_ids: Some(&d.calib_ids),

@@ -88,7 +88,7 @@ fn prune_export_zip_reload() {
     let record = Record {
         source_name: "tiny",
         source_sha256: None,
-        source: &b.model,
+        source: &b.model.cfg,
         pruned: &pruned,
         options: &o,
         calib_ids: Some(&calib),

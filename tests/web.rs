@@ -95,6 +95,12 @@ fn load_plan_prune_eval_export() {
     assert!((again - after).abs() < 1e-9 * after, "{again} vs {after}");
     let report: Value = serde_json::from_slice(&get("podar-report.json").unwrap()).unwrap();
     assert_eq!(report["source_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(report["parameters_before"], summary["parameters"]);
+    // The prune consumed the original; a second prune reads it again and gives the same model.
+    let again = json(s.prune(&text(), options(0.5), &yes()).unwrap());
+    assert_eq!(again["parameters_after"], r["parameters_after"]);
+    let after2 = json(s.perplexity("pruned", &text(), 256, 256, 64, &yes()).unwrap())["perplexity"].as_f64().unwrap();
+    assert_eq!(after2, after);
 }
 
 #[wasm_bindgen_test]

@@ -98,6 +98,7 @@ async function busy(fn) {
   if (state.busy) return;
   state.busy = true;
   if (flag) Atomics.store(flag, 0, 0);
+  setStatus('Working…');
   refresh();
   try {
     await fn();
@@ -261,8 +262,10 @@ async function evalTexts(domainText, skip) {
   const texts = [];
   if (max >= EVAL_CTX && state.textTokens - skip >= EVAL_CTX) texts.push({ name: 'your text (held out)', text: domainText, skip });
   for (const p of PRESETS) {
-    if (p === $('preset').value || max < EVAL_CTX) continue;
-    texts.push({ name: p, text: await presetText(p), skip: 0 });
+    if (max < EVAL_CTX) continue;
+    const text = await presetText(p);
+    // The domain's own preset is already scored on its held-out part above.
+    if (text !== domainText) texts.push({ name: p, text, skip: 0 });
   }
   return texts.map((t) => ({ ...t, max }));
 }

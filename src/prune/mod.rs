@@ -133,7 +133,11 @@ pub fn mlp_target(intermediate: usize, o: &PruneOptions) -> Result<usize> {
 
 /// Scores of one layer's MLP neurons.
 pub fn score_layer(model: &Model, l: usize, score: Score, stats: Option<&LayerStats>) -> Result<Vec<f64>> {
-    let layer = &model.layers[l];
+    score_of(&model.layers[l], score, stats)
+}
+
+/// Neuron scores of one layer (see [`Score`]).
+fn score_of(layer: &Layer, score: Score, stats: Option<&LayerStats>) -> Result<Vec<f64>> {
     let gate = layer.gate_proj.weight.to_vec2::<f32>()?;
     let up = layer.up_proj.weight.to_vec2::<f32>()?;
     let down_t = layer.down_proj.weight.t()?.contiguous()?.to_vec2::<f32>()?; // [I, H]
@@ -359,25 +363,36 @@ pub fn layers_to_drop(n_layers: usize, o: &PruneOptions, influence: &[f64], bloc
 }
 
 /// Prunes MLP width uniformly. `calib_ids` (already cut into `calib_samples × calib_len`) enables
-/// data-driven scores and recovery. `progress(stage, done, total)`.
+/// data-driven scores and recovery. `progress(stage, done, total)`. `model` is left as it was; see
+/// [`prune_owned`] to prune without keeping the original.
 pub fn prune_mlp(
     model: &Model,
     calib_ids: Option<&[u32]>,
     o: &PruneOptions,
     progress: &mut dyn FnMut(&str, usize, usize) -> bool,
 ) -> Result<Pruned> {
-    let cfg = &model.cfg;
+    prune_owned(model.clone(), calib_ids, o, progress)
+}
+
+/// [`prune_mlp`] on a model the caller gives up: each layer's original weights are freed as soon as
+/// its pruned replacement exists, so memory peaks at about one model plus one layer (the page's
+/// way to stay within the browser's memory), instead of the original plus the pruned model.
+pub fn prune_owned(
+    mut model: Model,
+    calib_ids: Option<&[u32]>,
+    o: &PruneOptions,
+    progress: &mut dyn FnMut(&str, usize, usize) -> bool,
+) -> Result<Pruned> {
+    let cfg = &model.cfg.clone();
     let keep = mlp_target(cfg.intermediate_size, o)?;
     let n = cfg.num_hidden_layers;
     if o.score.needs_data() && calib_ids.is_none() {
         bail!(Input, "score `{:?}` needs calibration text (--calib)", o.score);
     }
     let mut kept: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut downs: Vec<Option<Tensor>> = vec![None; n];
     let kv_keep = heads_target(cfg.num_key_value_heads, o.heads)?;
     let group = cfg.num_attention_heads / cfg.num_key_value_heads;
     let mut kept_heads: Vec<Vec<usize>> = vec![(0..cfg.num_key_value_heads).collect(); n];
-    let mut o_projs: Vec<Option<Tensor>> = vec![None; n];
     if kv_keep < cfg.num_key_value_heads && calib_ids.is_none() {
         bail!(Input, "--heads scores heads on calibration text: give --calib");
     }
@@ -390,44 +405,55 @@ pub fn prune_mlp(
             let recover = o.recover && pruning;
             let heads_pruning = kv_keep < cfg.num_key_value_heads;
             let want_gram = (pruning && (recover || o.score == Score::Obs)) || (heads_pruning && o.recover);
-            let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<calib::Replacement>> {
+            let mut on_layer = |l: usize, layer: &Layer, st: &LayerStats| -> Result<Option<calib::Replacement>> {
+                if !pruning && !heads_pruning {
+                    kept[l] = (0..cfg.intermediate_size).collect();
+                    return Ok(None);
+                }
+                let mut o_proj = None;
                 if heads_pruning {
-                    let layer = &model.layers[l];
                     let sc = head_group_scores(layer, st, cfg.num_key_value_heads, group, cfg.head_dim)?;
                     kept_heads[l] = top_k(&sc, kv_keep);
                     if let (true, Some(g)) = (o.recover, &st.attn_gram) {
                         let cols = group_columns(&kept_heads[l], group, cfg.head_dim);
-                        o_projs[l] = Some(refit_down(&layer.o_proj.weight, g, &cols, o.ridge)?);
+                        o_proj = Some(refit_down(&layer.o_proj.weight, g, &cols, o.ridge)?);
                     }
                 }
-                let down = &model.layers[l].down_proj.weight;
+                let down = &layer.down_proj.weight;
+                let mut new_down = None;
                 match (o.score, &st.gram) {
                     (Score::Obs, Some(g)) if pruning => {
                         let (k, new) = obs_select(down, g, keep, o.ridge, recover)?;
                         kept[l] = k;
-                        downs[l] = new;
+                        new_down = new;
                     }
                     _ => {
-                        kept[l] = top_k(&score_layer(model, l, o.score, Some(st))?, keep);
+                        kept[l] = top_k(&score_of(layer, o.score, Some(st))?, keep);
                         if let (true, Some(g)) = (recover, &st.gram) {
-                            downs[l] = Some(refit_down(down, g, &kept[l], o.ridge)?);
+                            new_down = Some(refit_down(down, g, &kept[l], o.ridge)?);
                         }
                     }
                 }
-                Ok(if o.sequential && (pruning || heads_pruning) {
-                    let mut layer = slice_layer(&model.layers[l], &kept[l], downs[l].clone())?;
-                    if heads_pruning {
-                        layer = slice_heads(&layer, &kept_heads[l], group, cfg.head_dim, o_projs[l].clone())?;
-                    }
-                    Some(calib::Replacement { layer, kept: kept[l].clone(), attention_changed: heads_pruning })
-                } else {
-                    None
-                })
+                let mut layer = slice_layer(layer, &kept[l], new_down)?;
+                if heads_pruning {
+                    layer = slice_heads(&layer, &kept_heads[l], group, cfg.head_dim, o_proj)?;
+                }
+                Ok(Some(calib::Replacement {
+                    layer,
+                    kept: kept[l].clone(),
+                    attention_changed: heads_pruning,
+                    continue_pruned: o.sequential,
+                }))
             };
-            let stats =
-                calib::collect(model, ids, o.calib_samples, o.calib_len, want_gram, &mut on_layer, &mut |d, t| {
-                    progress("calibrate", d, t)
-                })?;
+            let stats = calib::collect(
+                &mut model,
+                ids,
+                o.calib_samples,
+                o.calib_len,
+                want_gram,
+                &mut on_layer,
+                &mut |d, t| progress("calibrate", d, t),
+            )?;
             calib_tokens = stats.tokens;
             influence = stats.layers.iter().map(|l| 1.0 - l.io_cosine).collect();
             if let Some(k) = o.drop_block {
@@ -439,7 +465,7 @@ pub fn prune_mlp(
         None => {
             let results: Vec<Mutex<Option<Result<Vec<usize>>>>> = (0..n).map(|_| Mutex::new(None)).collect();
             par_for(n, &|l| {
-                let r = score_layer(model, l, o.score, None).map(|s| top_k(&s, keep));
+                let r = score_layer(&model, l, o.score, None).map(|s| top_k(&s, keep));
                 if let Ok(mut slot) = results[l].lock() {
                     *slot = Some(r);
                 }
@@ -451,17 +477,15 @@ pub fn prune_mlp(
         }
     }
     let drop = layers_to_drop(n, o, &influence, &block)?;
-    let mut out = model.clone();
+    // With calibration every layer was replaced by its pruned version as it was calibrated.
+    let mut out = model;
     out.cfg.intermediate_size = keep;
-    if keep < cfg.intermediate_size {
+    if calib_ids.is_none() && keep < cfg.intermediate_size {
         for (l, layer) in out.layers.iter_mut().enumerate() {
-            *layer = slice_layer(layer, &kept[l], downs[l].take())?;
+            *layer = slice_layer(layer, &kept[l], None)?;
         }
     }
     if kv_keep < cfg.num_key_value_heads {
-        for (l, layer) in out.layers.iter_mut().enumerate() {
-            *layer = slice_heads(layer, &kept_heads[l], group, cfg.head_dim, o_projs[l].take())?;
-        }
         out.cfg.num_key_value_heads = kv_keep;
         out.cfg.num_attention_heads = kv_keep * group;
     }
@@ -512,11 +536,11 @@ pub fn importance(
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Importance> {
     let mut mlp = vec![Vec::new(); model.layers.len()];
-    let mut on_layer = |l: usize, st: &LayerStats| -> Result<Option<calib::Replacement>> {
-        mlp[l] = score_layer(model, l, score, Some(st))?;
+    let mut on_layer = |l: usize, layer: &Layer, st: &LayerStats| -> Result<Option<calib::Replacement>> {
+        mlp[l] = score_of(layer, score, Some(st))?;
         Ok(None)
     };
-    let stats = calib::collect(model, ids, samples, len, false, &mut on_layer, progress)?;
+    let stats = calib::collect(&mut model.clone(), ids, samples, len, false, &mut on_layer, progress)?;
     Ok(Importance {
         score,
         tokens: stats.tokens,

@@ -1,0 +1,42 @@
+// `make bench-web`: the whole in-page job for SmolLM2-135M in headless Chromium — load the GGUF,
+// calibrate 64×128 on code, prune 20% MLP, recover, build the zip — with its seconds and the peak
+// wasm memory. Prints numbers; asserts nothing.
+// Calibration text: ../shared/corpora/code_calib.txt when present, else the page's code preset.
+import fs from 'node:fs';
+import path from 'node:path';
+import { root, serve, launch, statusWaiter, openPage } from '../tests/e2e/harness.mjs';
+
+const shared = path.join(root, '../shared/corpora/code_calib.txt');
+const calib = fs.existsSync(shared) ? shared : path.join(root, 'www/presets/code-python.txt');
+const samples = Number(process.env.BENCH_SAMPLES || 64);
+const f32Bytes = 134_515_008 * 4;
+
+const app = await serve(root);
+const browser = await launch();
+try {
+  const page = await (await browser.newContext({ acceptDownloads: true })).newPage();
+  const waitStatus = statusWaiter(page);
+  const engine = await openPage(page, app.url);
+  let t0 = Date.now();
+  await page.getByRole('button', { name: 'Load example model' }).click();
+  await waitStatus(/Model loaded|failed/, 600_000);
+  const load = (Date.now() - t0) / 1e3;
+  await page.getByLabel('Domain text file').setInputFiles(calib);
+  await page.getByLabel('Calibration windows').fill(String(samples));
+  await page.getByLabel('Evaluation tokens per text').fill('0');
+  await page.getByLabel('MLP pruning (%)').fill('20');
+  await page.waitForFunction(() => /tokens: enough/.test(document.getElementById('text-info').textContent), null, { timeout: 60_000 });
+  t0 = Date.now();
+  await page.getByRole('button', { name: 'Prune' }).click();
+  const msg = await waitStatus(/Done$|failed/, 3_600_000);
+  const job = (Date.now() - t0) / 1e3;
+  const r = await page.evaluate(() => window.podar.state.lastJob);
+  if (!/Done$/.test(msg)) throw new Error(msg);
+  console.log(`bench-web: ${engine}`);
+  console.log(`bench-web: calibration text ${path.relative(root, calib)}, ${samples}×128 tokens, 20% MLP, optipfair + recovery, zip f32`);
+  console.log(`bench-web: load ${load.toFixed(1)} s, prune ${r.pruneSeconds.toFixed(1)} s, prune+zip ${job.toFixed(1)} s, whole job ${(load + job).toFixed(1)} s`);
+  console.log(`bench-web: peak wasm memory ${(r.peakMemory / 2 ** 20).toFixed(0)} MiB = ${(r.peakMemory / f32Bytes).toFixed(2)}× the f32 model (${(f32Bytes / 2 ** 20).toFixed(0)} MiB); zip ${(r.bytes / 1e6).toFixed(1)} MB`);
+} finally {
+  await browser.close();
+  app.proc.kill();
+}

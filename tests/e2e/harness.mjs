@@ -1,0 +1,50 @@
+// Shared by the end-to-end test and the in-page benchmark: the local server, Debian's Chromium
+// (never a downloaded browser), and waiting on the page's status line.
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+
+export const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
+export const podar = path.join(root, 'target/release/podar');
+
+/** `podar serve --port 0 --root dir`; resolves to {proc, url} once it listens. */
+export function serve(dir) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(podar, ['serve', '--port', '0', '--root', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d) => {
+      err += d;
+      const m = /http:\/\/127\.0\.0\.1:(\d+)\//.exec(err);
+      if (m) resolve({ proc: p, url: `http://127.0.0.1:${m[1]}/` });
+    });
+    p.on('exit', (c) => reject(new Error(`podar serve exited ${c}: ${err}`)));
+  });
+}
+
+export function launch(extraArgs = []) {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-background-networking', '--disable-component-update',
+      '--disable-sync', '--disable-quic', '--no-first-run', ...extraArgs],
+  });
+}
+
+/** A function that waits for the status line to match `re`, ignoring what it said when last read. */
+export function statusWaiter(page) {
+  let seen = '';
+  return async (re, ms) => {
+    await page.waitForFunction(([src, old]) => {
+      const t = document.getElementById('status').textContent;
+      return t !== old && new RegExp(src).test(t);
+    }, [re.source, seen], { timeout: ms });
+    seen = await page.getByRole('status').textContent();
+    return seen;
+  };
+}
+
+/** Opens the page and waits for the engine (the worker and its wasm) to start. */
+export async function openPage(page, url) {
+  await page.goto(url);
+  await page.waitForFunction(() => /Engine ready/.test(document.getElementById('engine').textContent), null, { timeout: 60_000 });
+  return page.locator('#engine').textContent();
+}

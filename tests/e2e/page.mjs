@@ -1,0 +1,140 @@
+// End to end, as a person uses the page: Debian's Chromium driven through playwright-core, controls
+// found by their labels. Loads the example model, prunes it for a domain text file, downloads the
+// zip, and checks the download with podar's own CLI against the CLI's own run of the same job.
+// Also: a corrupted model file and a too-short text give readable messages and the page keeps
+// working; Cancel stops a prune; URL loading works against a second local server; and no request
+// leaves the page's origin. A screenshot of the results is saved in target/e2e/.
+//
+// Usage: node tests/e2e/page.mjs   (after `make build`; env PODAR_E2E_SAMPLES, default 8 windows)
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import assert from 'node:assert/strict';
+import { root, podar, serve, launch, statusWaiter, openPage } from './harness.mjs';
+
+const out = path.join(root, 'target/e2e');
+const samples = Number(process.env.PODAR_E2E_SAMPLES || 8);
+const domainFile = path.join(root, 'www/presets/code-python.txt');
+fs.rmSync(out, { recursive: true, force: true });
+fs.mkdirSync(out, { recursive: true });
+const log = (...a) => console.log('[e2e]', ...a);
+
+const cli = (...args) => execFileSync(podar, args, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+
+const app = await serve(root);
+// A second origin holding a tiny Hugging Face folder, for URL loading.
+const remoteDir = path.join(out, 'remote');
+fs.mkdirSync(path.join(remoteDir, 'www/tiny'), { recursive: true });
+for (const f of ['config.json', 'model.safetensors', 'tokenizer.json']) {
+  fs.copyFileSync(path.join(root, 'tests/fixtures/tiny/llama', f), path.join(remoteDir, 'www/tiny', f));
+}
+const remote = await serve(remoteDir);
+
+const browser = await launch();
+let failed = false;
+try {
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 1800 } });
+  const page = await context.newPage();
+  const origin = new URL(app.url).origin;
+  const foreign = [];
+  page.on('request', (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith('blob:') && !r.url().startsWith('data:')) foreign.push(r.url()); });
+  page.on('pageerror', (e) => log('page error:', e.message));
+  const waitStatus = statusWaiter(page);
+
+  log(await openPage(page, app.url));
+
+  // A corrupted model file: a readable message, and the page still works.
+  const broken = path.join(out, 'broken.gguf');
+  fs.writeFileSync(broken, Buffer.concat([Buffer.from('GGUF'), Buffer.from([3, 0, 0, 0]), Buffer.alloc(64, 0xff)]));
+  await page.getByLabel('Model files').setInputFiles(broken);
+  let msg = await waitStatus(/failed/, 60_000);
+  log('corrupted model:', msg);
+  assert.match(msg, /GGUF|broken/);
+  assert.equal(await page.getByRole('button', { name: 'Load example model' }).isEnabled(), true);
+
+  // The example model.
+  let t0 = Date.now();
+  await page.getByRole('button', { name: 'Load example model' }).click();
+  msg = await waitStatus(/Model loaded/, 300_000);
+  log(`loaded in ${((Date.now() - t0) / 1e3).toFixed(1)} s:`, msg);
+
+  // Too little text: a readable message, and the page still works.
+  await page.getByLabel('Domain text', { exact: true }).fill('def f(): pass');
+  await page.getByLabel('MLP pruning (%)').fill('20');
+  await page.getByRole('button', { name: 'Prune' }).click();
+  msg = await waitStatus(/failed|cancelled/, 120_000);
+  log('too-short text:', msg);
+  assert.match(msg, /tokens/);
+  assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), true);
+
+  // The job: a domain text file, 20% MLP, calibration windows as in the CLI run below.
+  await page.getByLabel('Domain text file').setInputFiles(domainFile);
+  await page.getByLabel('Calibration windows').fill(String(samples));
+  await page.getByLabel('Evaluation tokens per text').fill('256');
+  await page.getByLabel('MLP pruning (%)').fill('20');
+  await page.waitForFunction(() => /tokens: enough/.test(document.getElementById('text-info').textContent), null, { timeout: 60_000 });
+  log(await page.locator('#text-info').textContent());
+  log(await page.locator('#plan').textContent());
+  t0 = Date.now();
+  await page.getByRole('button', { name: 'Prune' }).click();
+  msg = await waitStatus(/Done$|failed/, 1_800_000);
+  log(`job in ${((Date.now() - t0) / 1e3).toFixed(1)} s:`, msg);
+  assert.match(msg, /Done$/);
+  log(await page.locator('#sizes').textContent());
+  log('perplexity:', (await page.locator('#ppl tbody').innerText()).replace(/\s+/g, ' '));
+  await page.locator('#results').screenshot({ path: path.join(out, 'results.png') });
+
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download' }).click()]);
+  const zip = path.join(out, 'model.zip');
+  await download.saveAs(zip);
+  log('downloaded', download.suggestedFilename(), fs.statSync(zip).size, 'bytes');
+
+  // Unzip and check with podar's own loader against the CLI's run of the same job.
+  const dir = path.join(out, 'page');
+  execFileSync('python3', ['-m', 'zipfile', '-e', zip, dir]);
+  const inspected = JSON.parse(cli('inspect', dir, '--json'));
+  const cliDir = path.join(out, 'cli');
+  cli('prune', 'models/SmolLM2-135M-Instruct.Q4_1.gguf', '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--out', cliDir);
+  const cliCfg = JSON.parse(fs.readFileSync(path.join(cliDir, 'config.json')));
+  assert.equal(inspected.intermediate_size, cliCfg.intermediate_size);
+  assert.equal(inspected.num_hidden_layers, cliCfg.num_hidden_layers);
+  const heldOut = path.join(root, 'www/presets/english-vimtutor.txt');
+  const ppl = (d) => JSON.parse(cli('eval', d, '--text', heldOut, '--ctx', '256', '--max-tokens', '1024', '--json')).perplexity;
+  const [pPage, pCli] = [ppl(dir), ppl(cliDir)];
+  log(`perplexity of the download ${pPage.toFixed(4)}, of the CLI's export ${pCli.toFixed(4)}`);
+  assert.ok(Math.abs(pPage - pCli) <= 1e-3 * pCli, `page ${pPage} vs CLI ${pCli}`);
+  const kept = (d) => JSON.parse(fs.readFileSync(path.join(d, 'podar-report.json'))).kept_mlp_neurons;
+  const [kp, kc] = [kept(dir), kept(cliDir)];
+  const same = kp.reduce((n, l, i) => n + l.filter((x) => kc[i].includes(x)).length, 0);
+  const total = kc.reduce((n, l) => n + l.length, 0);
+  log(`kept neurons shared with the CLI: ${same} of ${total}`);
+
+  // Cancel in the middle of a prune; the page stays usable.
+  await page.getByLabel('MLP pruning (%)').fill('30');
+  await page.getByRole('button', { name: 'Prune' }).click();
+  await waitStatus(/Pruning: calibrate/, 600_000);
+  await page.getByRole('button', { name: 'Cancel' }).click();
+  msg = await waitStatus(/cancelled/, 300_000);
+  log('cancel:', msg);
+  assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), true);
+
+  assert.deepEqual(foreign, [], 'requests left the origin');
+  log('requests that left the origin: 0');
+
+  // URL loading, from the second origin (a deliberate cross-origin fetch, so after the count).
+  await page.getByLabel('Model URL').fill(`${remote.url}tiny/`);
+  await page.getByRole('button', { name: 'Load from URL' }).click();
+  msg = await waitStatus(/Model loaded|failed/, 120_000);
+  log('URL load:', msg);
+  assert.match(msg, /Model loaded/);
+  assert.match(await page.locator('#summary').textContent(), /llama/);
+  log('all checks passed');
+} catch (e) {
+  failed = true;
+  console.error('[e2e] FAILED:', e.message);
+} finally {
+  await browser.close();
+  app.proc.kill();
+  remote.proc.kill();
+}
+process.exit(failed ? 1 : 0);
