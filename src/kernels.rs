@@ -9,7 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Worker threads for kernels: `PODAR_THREADS`, else the machine's parallelism (1 on wasm32).
 pub fn threads() -> usize {
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", feature = "threads"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     {
         1
     }
@@ -30,29 +34,32 @@ pub fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
         (0..n).for_each(f);
         return;
     }
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        f(i);
+    };
     #[cfg(not(target_arch = "wasm32"))]
-    {
-        let next = AtomicUsize::new(0);
-        let work = || loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                break;
-            }
-            f(i);
-        };
-        std::thread::scope(|s| {
-            for _ in 1..t {
-                s.spawn(work);
-            }
-            work();
-        });
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = AtomicUsize::new(0);
-        let _ = Ordering::Relaxed;
-        (0..n).for_each(f);
-    }
+    std::thread::scope(|s| {
+        for _ in 1..t {
+            s.spawn(work);
+        }
+        work();
+    });
+    // In the page: the rayon pool of Web Workers that wasm-bindgen-rayon starts (the calling
+    // worker waits, which a worker, unlike the page's main thread, may do).
+    #[cfg(all(target_arch = "wasm32", feature = "threads"))]
+    rayon::scope(|s| {
+        for _ in 1..t {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
+    work();
 }
 
 /// A raw pointer that tasks writing disjoint parts of one buffer may share.

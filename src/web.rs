@@ -18,6 +18,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use wasm_bindgen::prelude::*;
 use web_sys::{Blob, File, FileReaderSync};
 
+/// `initThreadPool(n)` in JavaScript: starts `n` Web Workers for the kernels (threaded build only).
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
 #[wasm_bindgen(start)]
 fn start() {
     console_error_panic_hook::set_once();
@@ -270,10 +274,13 @@ impl Session {
 
     /// Bytes of wasm memory now; wasm memory never shrinks, so this is also the peak so far.
     pub fn memory_bytes() -> f64 {
+        // `buffer` is an ArrayBuffer, or a SharedArrayBuffer in the threaded build: read its length by name.
         wasm_bindgen::memory()
             .dyn_into::<js_sys::WebAssembly::Memory>()
-            .map(|m| m.buffer())
-            .map_or(0.0, |b| b.dyn_into::<js_sys::ArrayBuffer>().map_or(0.0, |b| b.byte_length() as f64))
+            .ok()
+            .and_then(|m| js_sys::Reflect::get(&m.buffer(), &JsValue::from_str("byteLength")).ok())
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
     }
 
     /// Reads only the headers of the chosen files: architecture, sizes and parameters.

@@ -14,7 +14,10 @@ const pending = new Map();
 let lastModel = null; // how the current model was loaded, to reload after a worker restart
 
 function startWorker() {
-  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  const url = new URL('./worker.js', import.meta.url);
+  const threads = new URLSearchParams(location.search).get('threads');
+  if (threads !== null) url.searchParams.set('threads', threads);
+  worker = new Worker(url, { type: 'module' });
   worker.onmessage = (e) => {
     const m = e.data;
     const p = pending.get(m.id);

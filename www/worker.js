@@ -2,9 +2,18 @@
 // Protocol: {id, cmd, ...args} in; {id, progress: {stage, done, total}}, {id, text}, and finally
 // {id, ok, memory} or {id, error} out. A shared Int32Array flag (set by the page's Cancel) makes
 // every progress callback answer "stop", and the running call ends with "cancelled".
-import init, { Session } from '../pkg/podar.js';
-
-const ready = init();
+// The threaded build (pkg/threads/, wasm threads over a pool of workers) when the page is
+// cross-origin isolated and the build exists, else the single-threaded one (pkg/).
+// `?threads=0` on the worker's URL forces the single-threaded build.
+let podar = null;
+const ready = (async () => {
+  const want = new URL(self.location.href).searchParams.get('threads') !== '0';
+  let threaded = want && self.crossOriginIsolated && typeof SharedArrayBuffer === 'function';
+  if (threaded) threaded = (await fetch('../pkg/threads/podar.js', { method: 'HEAD' }).catch(() => null))?.ok === true;
+  podar = await import(threaded ? '../pkg/threads/podar.js' : '../pkg/podar.js');
+  await podar.default();
+  if (threaded) await podar.initThreadPool(navigator.hardwareConcurrency || 2);
+})();
 let session = null;
 let flag = null;
 let fetchAbort = null;
@@ -107,8 +116,8 @@ self.onmessage = async (e) => {
     await ready;
     if (m.cmd === 'init') {
       flag = m.flag ? new Int32Array(m.flag) : null;
-      session = new Session();
-      postMessage({ id: m.id, ok: { threads: Session.threads() }, memory: Session.memory_bytes() });
+      session = new podar.Session();
+      postMessage({ id: m.id, ok: { threads: podar.Session.threads() }, memory: podar.Session.memory_bytes() });
       return;
     }
     if (m.cmd === 'cancel') {
@@ -116,9 +125,9 @@ self.onmessage = async (e) => {
       return;
     }
     const ok = await run(m);
-    postMessage({ id: m.id, ok, memory: Session.memory_bytes() });
+    postMessage({ id: m.id, ok, memory: podar.Session.memory_bytes() });
   } catch (err) {
     const msg = err && err.name === 'AbortError' ? 'cancelled' : String((err && err.message) || err);
-    postMessage({ id: m.id, error: msg, memory: Session.memory_bytes() });
+    postMessage({ id: m.id, error: msg, memory: podar ? podar.Session.memory_bytes() : 0 });
   }
 };

@@ -109,6 +109,15 @@ try {
   const total = kc.reduce((n, l) => n + l.length, 0);
   log(`kept neurons shared with the CLI: ${same} of ${total}`);
 
+  // Side-by-side generation, streamed; the original is read again from its file for it.
+  await page.getByLabel('Prompt').fill('def fibonacci(n):');
+  await page.getByRole('button', { name: 'Generate' }).click();
+  msg = await waitStatus(/Generated|failed/, 600_000);
+  const [genSource, genPruned] = [await page.locator('#gen-source').textContent(), await page.locator('#gen-pruned').textContent()];
+  log('generate:', msg, JSON.stringify(genSource.slice(0, 60)), '|', JSON.stringify(genPruned.slice(0, 60)));
+  assert.match(msg, /Done$/);
+  assert.ok(genSource.length > 0 && genPruned.length > 0);
+
   // Cancel in the middle of a prune; the page stays usable.
   await page.getByLabel('MLP pruning (%)').fill('30');
   await page.getByRole('button', { name: 'Prune' }).click();
