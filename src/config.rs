@@ -428,9 +428,127 @@ impl ModelConfig {
     }
 }
 
+/// RoPE frequencies `1 / base^(2i/d)`, in f32 as transformers and llama.cpp compute them.
+pub fn rope_freqs(base: f64, d: usize) -> Vec<f32> {
+    (0..d / 2).map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64)) as f32).collect()
+}
+
+impl RopeScaling {
+    /// Llama 3 scaling of one frequency (transformers' `_compute_llama3_parameters`).
+    pub fn llama3_scale(freq: f64, factor: f64, low: f64, high: f64, original: f64) -> f64 {
+        let wl = 2.0 * std::f64::consts::PI / freq;
+        if wl < original / high {
+            freq
+        } else if wl > original / low {
+            freq / factor
+        } else {
+            let smooth = (original / wl - low) / (high - low);
+            (1.0 - smooth) * freq / factor + smooth * freq
+        }
+    }
+
+    /// llama.cpp's `rope_freqs.weight` for Llama 3 scaling: per frequency, the divisor of the plain
+    /// frequency (1 for high frequencies, `factor` for low ones, smooth in between).
+    pub fn llama3_factors(&self, base: f64, d: usize) -> Option<Vec<f32>> {
+        let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } = *self
+        else {
+            return None;
+        };
+        let scale =
+            |f: f64| Self::llama3_scale(f, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings);
+        Some(rope_freqs(base, d).iter().map(|&f| (f as f64 / scale(f as f64)) as f32).collect())
+    }
+
+    /// The Llama 3 parameters that reproduce llama.cpp's per-frequency `factors`, if there are any.
+    /// Only two ratios are identifiable from the factors, so `low_freq_factor` is taken as 1 (the
+    /// usual value); every choice consistent with the factors gives the same frequencies.
+    pub fn llama3_from_factors(base: f64, d: usize, factors: &[f32]) -> Option<RopeScaling> {
+        let freqs = rope_freqs(base, d);
+        if factors.len() != freqs.len() || factors.iter().any(|&f| !(f.is_finite() && f >= 1.0)) {
+            return None;
+        }
+        let factor = factors.iter().fold(1f32, |a, &b| a.max(b)) as f64;
+        if factor <= 1.0 {
+            return None; // no scaling at all
+        }
+        // s = (L·x − lo)/(hi − lo) = a·x + b, with x = 1 / wavelength.
+        let x: Vec<f64> = freqs.iter().map(|&f| f as f64 / (2.0 * std::f64::consts::PI)).collect();
+        let eps = 1e-6;
+        let smooth: Vec<(f64, f64)> = factors
+            .iter()
+            .zip(&x)
+            .filter(|(&f, _)| (f as f64) > 1.0 + eps && (f as f64) < factor * (1.0 - eps))
+            .map(|(&f, &x)| (x, (1.0 / f as f64 - 1.0 / factor) / (1.0 - 1.0 / factor)))
+            .collect();
+        let hi_min =
+            factors.iter().zip(&x).filter(|(&f, _)| (f as f64) <= 1.0 + eps).map(|(_, &x)| x).fold(f64::MAX, f64::min);
+        let lo_max = factors
+            .iter()
+            .zip(&x)
+            .filter(|(&f, _)| (f as f64) >= factor * (1.0 - eps))
+            .map(|(_, &x)| x)
+            .fold(0.0, f64::max);
+        let (a, b) = match smooth.as_slice() {
+            [] if hi_min < f64::MAX && lo_max > 0.0 => {
+                let a = 1.0 / (hi_min - lo_max);
+                (a, -a * lo_max)
+            }
+            [(xs, ss)] if lo_max > 0.0 => (ss / (xs - lo_max), -ss / (xs - lo_max) * lo_max),
+            [(xs, ss)] if hi_min < f64::MAX => ((1.0 - ss) / (hi_min - xs), ss - (1.0 - ss) / (hi_min - xs) * xs),
+            pts if pts.len() >= 2 => {
+                let n = pts.len() as f64;
+                let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
+                let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+                let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+                let a = sxy / sxx;
+                (a, my - a * mx)
+            }
+            _ => return None,
+        };
+        if !(a > 0.0 && b < 0.0) {
+            return None;
+        }
+        let r = RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: 1.0 - 1.0 / b,
+            original_max_position_embeddings: -a / b,
+        };
+        let back = r.llama3_factors(base, d)?;
+        let exact = back.iter().zip(factors).all(|(p, q)| ((p - q) / q).abs() < 1e-5);
+        exact.then_some(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama3_rope_scaling_survives_llama_cpp_factors() {
+        // Llama 3.1 8B: many smooth frequencies; the fit recovers the parameters themselves.
+        let r = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        };
+        let f = r.llama3_factors(500000.0, 128).unwrap();
+        let RopeScaling::Llama3 { factor, high_freq_factor, original_max_position_embeddings, .. } =
+            RopeScaling::llama3_from_factors(500000.0, 128, &f).unwrap()
+        else {
+            panic!("not llama3");
+        };
+        assert!((factor - 8.0).abs() < 1e-6);
+        assert!((high_freq_factor - 4.0).abs() < 1e-3, "{high_freq_factor}");
+        assert!((original_max_position_embeddings - 8192.0).abs() < 1.0, "{original_max_position_embeddings}");
+        // Factors no Llama 3 scaling gives are refused.
+        let mut bad = f.clone();
+        bad[10] = 3.0;
+        bad[11] = 1.5;
+        assert!(RopeScaling::llama3_from_factors(500000.0, 128, &bad).is_none());
+        assert!(RopeScaling::llama3_from_factors(500000.0, 128, &f[..10]).is_none());
+    }
 
     #[test]
     fn rejects_bad_head_ratio() {

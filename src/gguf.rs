@@ -125,9 +125,6 @@ impl GgufHeader {
             (Some("none") | None, _) | (Some("linear"), _) => None,
             (Some(other), _) => bail!(Gguf, "unsupported rope scaling `{other}`"),
         };
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            bail!(Gguf, "per-dimension rope frequency factors (`rope_freqs.weight`) are not supported yet");
-        }
         let bos = self.get_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32);
         let eos: Vec<u32> = self.get_u64("tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default();
         let tie = !self.content.tensor_infos.contains_key("output.weight");
@@ -301,7 +298,27 @@ impl<R: Read + Seek> GgufSource<R> {
     /// Reads the header and config; tensors are read on demand.
     pub fn new(mut reader: R) -> Result<(Self, ModelConfig)> {
         let header = GgufHeader::read(&mut reader)?;
-        let cfg = header.config()?;
+        let mut cfg = header.config()?;
+        // Llama 3.1-style files carry their rope scaling as per-frequency factors.
+        if header.content.tensor_infos.contains_key("rope_freqs.weight") {
+            let t = header.content.tensor(&mut reader, "rope_freqs.weight", &candle_core::Device::Cpu)?;
+            let factors = t.dequantize(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            let Some(r) = RopeScaling::llama3_from_factors(cfg.rope_theta, cfg.head_dim, &factors) else {
+                bail!(Gguf, "`rope_freqs.weight` holds factors that no Llama 3 rope scaling reproduces");
+            };
+            if let (
+                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings },
+                Some(o),
+            ) = (&r, cfg.raw.as_object_mut())
+            {
+                o.insert(
+                    "rope_scaling".into(),
+                    json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings}),
+                );
+            }
+            cfg.rope_scaling = Some(r);
+        }
         let names = name_map(cfg.arch, cfg.num_hidden_layers)
             .into_iter()
             .filter(|(_, g)| header.content.tensor_infos.contains_key(g))

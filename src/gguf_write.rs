@@ -128,9 +128,6 @@ pub fn write_gguf<W: Write + ?Sized>(
     w: &mut W,
 ) -> Result<()> {
     let c = &model.cfg;
-    if matches!(c.rope_scaling, Some(crate::config::RopeScaling::Llama3 { .. })) {
-        bail!(Gguf, "GGUF export of Llama 3 rope scaling is not supported yet; export --format hf");
-    }
     let names = name_map(c.arch, c.num_hidden_layers);
     let mut meta = arch_metadata(model);
     meta.extend(extra.iter().cloned());
@@ -155,6 +152,13 @@ pub fn write_gguf<W: Write + ?Sized>(
         };
         plan.push((name.clone(), g.clone(), t.clone(), dims, dt, offset, size));
         offset += size.div_ceil(ALIGN) * ALIGN;
+    }
+    // Llama 3 rope scaling travels as llama.cpp's per-frequency factors.
+    if let Some(f) = c.rope_scaling.as_ref().and_then(|r| r.llama3_factors(c.rope_theta, c.head_dim)) {
+        let n = f.len();
+        let size = 4 * n as u64;
+        let t = candle_core::Tensor::from_vec(f, n, &candle_core::Device::Cpu)?;
+        plan.push(("rope_freqs.weight".into(), "rope_freqs.weight".into(), t, vec![n], GgufDtype::F32, offset, size));
     }
     let mut h = Vec::new();
     h.extend_from_slice(&0x46554747u32.to_le_bytes());

@@ -215,7 +215,7 @@ impl Model {
         let local = c.arch == Arch::Gemma3 && kind == LayerType::Sliding;
         let base = if local { c.rope_local_base_freq.unwrap_or(10000.0) } else { c.rope_theta };
         let d = c.head_dim;
-        let mut inv: Vec<f32> = (0..d / 2).map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64)) as f32).collect();
+        let mut inv = crate::config::rope_freqs(base, d);
         if local {
             return inv;
         }
@@ -228,20 +228,15 @@ impl Model {
                 high_freq_factor,
                 original_max_position_embeddings,
             }) => {
-                let low_wl = original_max_position_embeddings / low_freq_factor;
-                let high_wl = original_max_position_embeddings / high_freq_factor;
                 for f in inv.iter_mut() {
-                    let freq = *f as f64;
-                    let wl = 2.0 * std::f64::consts::PI / freq;
-                    let scaled = if wl > low_wl { freq / factor } else { freq };
-                    let out = if wl < high_wl || wl > low_wl {
-                        scaled
-                    } else {
-                        let smooth = (original_max_position_embeddings / wl - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * scaled / factor + smooth * scaled
-                    };
-                    *f = out as f32;
+                    let scaled = RopeScaling::llama3_scale(
+                        *f as f64,
+                        *factor,
+                        *low_freq_factor,
+                        *high_freq_factor,
+                        *original_max_position_embeddings,
+                    );
+                    *f = scaled as f32;
                 }
             }
         }

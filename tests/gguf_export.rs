@@ -21,6 +21,7 @@ fn logits(m: &podar::Model) -> Vec<f32> {
 fn gguf_round_trip_keeps_logits() {
     for (name, dtype, tol) in [
         ("llama", GgufDtype::F32, 1e-5),
+        ("llama3", GgufDtype::F32, 1e-5),
         ("qwen2", GgufDtype::F32, 1e-5),
         ("qwen3", GgufDtype::F32, 1e-5),
         ("gemma2", GgufDtype::F32, 1e-5),
@@ -31,6 +32,14 @@ fn gguf_round_trip_keeps_logits() {
         write_gguf(&m, &[], dtype, &mut buf).unwrap();
         let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| true).unwrap();
         assert_eq!(back.model.cfg.arch.gguf_name(), m.cfg.arch.gguf_name());
+        // Llama 3 rope scaling goes out as `rope_freqs.weight` and comes back as the same scaling.
+        let freqs = |m: &podar::Model| {
+            m.cfg.rope_scaling.as_ref().and_then(|r| r.llama3_factors(m.cfg.rope_theta, m.cfg.head_dim))
+        };
+        assert_eq!(freqs(&m).is_some(), name == "llama3");
+        if let (Some(a), Some(b)) = (freqs(&m), freqs(&back.model)) {
+            assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5 * x), "{a:?} vs {b:?}");
+        }
         let (a, b) = (logits(&m), logits(&back.model));
         let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst < tol, "{name} {dtype:?}: max diff {worst}");
