@@ -39,7 +39,8 @@ pub use eval::{perplexity, Perplexity};
 pub use generate::greedy;
 pub use job::{OutputFormat, Plan};
 pub use load::{
-    inspect_gguf, inspect_hf, load_gguf, load_hf, load_hf_weights, pick_files, Bundle, HfFiles, Picked, Summary,
+    inspect_gguf, inspect_hf, inspect_named, load_gguf, load_hf, load_hf_weights, load_named, pick_files, Bundle,
+    HfFiles, Picked, Summary,
 };
 pub use model::{KvCache, Model};
 pub use safetensors::SafetensorsSource;

@@ -227,6 +227,60 @@ pub fn pick_files(names: &[String]) -> Result<Picked> {
     }
 }
 
+/// A model found among named readers: one GGUF, or a Hugging Face folder with its small files read.
+enum Named<R> {
+    Gguf(R),
+    Hf(HfFiles<R>),
+}
+
+/// Picks the model out of named readers (see [`pick_files`]) and reads the small JSON files whole.
+fn open_named<R: Read>(files: Vec<(String, R)>) -> Result<Named<R>> {
+    let names: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+    let mut slots: Vec<Option<R>> = files.into_iter().map(|f| Some(f.1)).collect();
+    // `pick_files` names each file at most once, so every slot is taken at most once.
+    let mut take = |i: usize| slots[i].take().ok_or_else(|| crate::Error::Input(format!("`{}` given twice", names[i])));
+    let read = |r: R| -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        let mut r = r;
+        r.read_to_end(&mut v)?;
+        Ok(v)
+    };
+    Ok(match pick_files(&names)? {
+        Picked::Gguf(i) => Named::Gguf(take(i)?),
+        Picked::Hf { config, shards, tokenizer_json, tokenizer_config, generation_config } => {
+            let mut opt = |i: Option<usize>| i.map(|i| take(i).and_then(read)).transpose();
+            let (tokenizer_json, tokenizer_config, generation_config) =
+                (opt(tokenizer_json)?, opt(tokenizer_config)?, opt(generation_config)?);
+            Named::Hf(HfFiles {
+                config: read(take(config)?)?,
+                tokenizer_json,
+                tokenizer_config,
+                generation_config,
+                shards: shards.into_iter().map(&mut take).collect::<Result<_>>()?,
+            })
+        }
+    })
+}
+
+/// Reports the model among named readers (a file picker's files, a zip's entries) from headers only.
+pub fn inspect_named<R: Read + Seek>(files: Vec<(String, R)>) -> Result<Summary> {
+    match open_named(files)? {
+        Named::Gguf(r) => inspect_gguf(r),
+        Named::Hf(f) => inspect_hf(&f.config, f.shards),
+    }
+}
+
+/// Loads the model among named readers: one `.gguf`, or a Hugging Face folder's files.
+pub fn load_named<R: Read + Seek>(
+    files: Vec<(String, R)>,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Bundle> {
+    match open_named(files)? {
+        Named::Gguf(r) => load_gguf(r, progress),
+        Named::Hf(f) => load_hf(f, progress),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::eval::perplexity;
 use crate::job::{self, EvalPair, OutputFormat, Record};
-use crate::load::{self, Bundle, HfFiles, Picked};
+use crate::load::{self, Bundle, Picked};
 use crate::prune::{self, PruneOptions, Pruned};
 use crate::zip::{FileSink, ZipWriter};
 use js_sys::{Function, Uint8Array};
@@ -165,12 +165,16 @@ fn name_of(f: &File) -> String {
     rel.filter(|r| !r.is_empty()).unwrap_or_else(|| f.name())
 }
 
-fn read_all(f: &File) -> Result<Vec<u8>> {
-    let mut r =
-        BlobReader::new(f.clone().into()).map_err(|_| Error::Input("FileReaderSync needs a Web Worker".into()))?;
-    let mut v = Vec::with_capacity(f.size() as usize);
-    r.read_to_end(&mut v)?;
-    Ok(v)
+/// Each file as a named reader (a folder's files by their relative paths).
+fn named(files: &[File]) -> Result<Vec<(String, BlobReader)>> {
+    files
+        .iter()
+        .map(|f| {
+            let r = BlobReader::new(f.clone().into())
+                .map_err(|_| Error::Input("FileReaderSync needs a Web Worker".into()))?;
+            Ok((name_of(f), r))
+        })
+        .collect()
 }
 
 /// The output of the last prune, kept for evaluation, generation and export.
@@ -208,24 +212,7 @@ struct TextInfo {
 
 /// Reads the model out of `files`; `progress("load", layer, layers)`.
 fn read_model(files: &[File], progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Bundle> {
-    let names: Vec<String> = files.iter().map(name_of).collect();
-    let reader = |i: usize| {
-        BlobReader::new(files[i].clone().into()).map_err(|_| Error::Input("FileReaderSync needs a Web Worker".into()))
-    };
-    let bundle = match load::pick_files(&names)? {
-        Picked::Gguf(i) => load::load_gguf(reader(i)?, progress)?,
-        Picked::Hf { config, shards, tokenizer_json, tokenizer_config, generation_config } => {
-            let opt = |i: Option<usize>| i.map(|i| read_all(&files[i])).transpose();
-            let hf = HfFiles {
-                config: read_all(&files[config])?,
-                tokenizer_json: opt(tokenizer_json)?,
-                tokenizer_config: opt(tokenizer_config)?,
-                generation_config: opt(generation_config)?,
-                shards: shards.iter().map(|&i| reader(i)).collect::<Result<Vec<_>>>()?,
-            };
-            load::load_hf(hf, progress)?
-        }
-    };
+    let bundle = load::load_named(named(files)?, progress)?;
     bundle.tokenizer()?;
     Ok(bundle)
 }
@@ -285,19 +272,7 @@ impl Session {
 
     /// Reads only the headers of the chosen files: architecture, sizes and parameters.
     pub fn inspect(&self, files: js_sys::Array) -> std::result::Result<JsValue, JsError> {
-        let files = files_of(&files)?;
-        let names: Vec<String> = files.iter().map(name_of).collect();
-        let summary = match load::pick_files(&names).map_err(js_err)? {
-            Picked::Gguf(i) => load::inspect_gguf(BlobReader::new(files[i].clone().into())?),
-            Picked::Hf { config, shards, .. } => {
-                let readers = shards
-                    .iter()
-                    .map(|&i| BlobReader::new(files[i].clone().into()))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                load::inspect_hf(&read_all(&files[config]).map_err(js_err)?, readers)
-            }
-        }
-        .map_err(js_err)?;
+        let summary = load::inspect_named(named(&files_of(&files)?).map_err(js_err)?).map_err(js_err)?;
         to_js(&summary)
     }
 
@@ -354,6 +329,14 @@ impl Session {
         self.bundle.as_ref().ok_or_else(|| JsError::new("load a model first"))
     }
 
+    /// The original's configuration, whether or not the original is still in memory.
+    fn source_cfg(&self) -> std::result::Result<&crate::config::ModelConfig, JsError> {
+        match (self.source_alive, &self.done) {
+            (false, Some(d)) => Ok(&d.source_cfg),
+            _ => Ok(&self.bundle()?.model.cfg),
+        }
+    }
+
     fn done(&self) -> std::result::Result<&Done, JsError> {
         self.done.as_ref().ok_or_else(|| JsError::new("prune the model first"))
     }
@@ -381,12 +364,7 @@ impl Session {
     pub fn plan(&self, options: JsValue, format: &str, dtype: &str) -> std::result::Result<JsValue, JsError> {
         let o: PruneOptions = serde_wasm_bindgen::from_value(options)?;
         let fmt = OutputFormat::parse(format, dtype).map_err(js_err)?;
-        let d = self.done.as_ref();
-        let cfg = match (self.source_alive, d) {
-            (false, Some(d)) => &d.source_cfg,
-            _ => &self.bundle()?.model.cfg,
-        };
-        to_js(&job::plan(cfg, &o, fmt).map_err(js_err)?)
+        to_js(&job::plan(self.source_cfg()?, &o, fmt).map_err(js_err)?)
     }
 
     /// Prunes the original model for `text` (its first `calib_samples × calib_len` tokens calibrate).
@@ -399,11 +377,8 @@ impl Session {
         progress: &Function,
     ) -> std::result::Result<JsValue, JsError> {
         let o: PruneOptions = serde_wasm_bindgen::from_value(options)?;
+        let cfg = self.source_cfg()?.clone();
         let b = self.bundle()?;
-        let cfg = match (self.source_alive, self.done.as_ref()) {
-            (false, Some(d)) => d.source_cfg.clone(),
-            _ => b.model.cfg.clone(),
-        };
         job::plan(&cfg, &o, OutputFormat::Hf(crate::StorageDtype::F32)).map_err(js_err)?;
         let ids = b.tokenizer().and_then(|t| t.encode(text, false)).map_err(js_err)?;
         let calib = crate::calib::windows(&ids, o.calib_samples, o.calib_len).map_err(js_err)?;

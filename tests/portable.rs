@@ -113,17 +113,8 @@ fn prune_export_zip_reload() {
             u64::from_le_bytes(h[..8].try_into().unwrap()) as usize
         }
     );
-    let back = load_hf(
-        HfFiles {
-            config: get("config.json").unwrap(),
-            tokenizer_json: get("tokenizer.json"),
-            tokenizer_config: get("tokenizer_config.json"),
-            generation_config: get("generation_config.json"),
-            shards: vec![Cursor::new(get("model.safetensors").unwrap())],
-        },
-        &mut |_, _| true,
-    )
-    .unwrap();
+    let back =
+        podar::load_named(files.iter().map(|(n, b)| (n.clone(), Cursor::new(b))).collect(), &mut |_, _| true).unwrap();
     let eval_ids = &ids[256..512];
     let p1 = podar::perplexity(&pruned.model, eval_ids, 64, &mut |_, _| true).unwrap().perplexity;
     let p2 = podar::perplexity(&back.model, eval_ids, 64, &mut |_, _| true).unwrap().perplexity;

@@ -79,17 +79,8 @@ fn load_plan_prune_eval_export() {
     }
     let files = podar::zip::read_stored(&zip).unwrap();
     let get = |n: &str| files.iter().find(|f| f.0 == n).map(|f| f.1.clone());
-    let back = podar::load_hf(
-        podar::HfFiles {
-            config: get("config.json").unwrap(),
-            tokenizer_json: get("tokenizer.json"),
-            tokenizer_config: get("tokenizer_config.json"),
-            generation_config: get("generation_config.json"),
-            shards: vec![Cursor::new(get("model.safetensors").unwrap())],
-        },
-        &mut |_, _| true,
-    )
-    .unwrap();
+    let back =
+        podar::load_named(files.iter().map(|(n, b)| (n.clone(), Cursor::new(b))).collect(), &mut |_, _| true).unwrap();
     let ids = back.tokenizer().unwrap().encode(&text(), false).unwrap();
     let again = podar::perplexity(&back.model, &ids[256..512], 64, &mut |_, _| true).unwrap().perplexity;
     assert!((again - after).abs() < 1e-9 * after, "{again} vs {after}");

@@ -215,7 +215,6 @@ function options() {
   const divisor = $('divisor').value ? Number($('divisor').value) : null;
   const block = $('drop-mode').value === 'block';
   const score = $('score').value;
-  const data = !['maw', 'l2', 'vow', 'pon'].includes(score);
   return {
     mlp_fraction: mlp > 0 ? mlp : null,
     divisor,
@@ -228,10 +227,9 @@ function options() {
     heads: heads > 0 ? heads : null,
     sequential: true,
     ridge: 1e-3,
-    _data: data,
   };
 }
-function cleanOptions() { const o = options(); delete o._data; return o; }
+const STATIC_SCORES = ['maw', 'l2', 'vow', 'pon'];
 
 function fillDtypes() {
   const cur = $('dtype').value;
@@ -243,7 +241,7 @@ fillDtypes();
 async function updatePlan() {
   if (!state.loaded || state.busy) return;
   try {
-    const p = await call('plan', { options: cleanOptions(), format: $('format').value, dtype: $('dtype').value });
+    const p = await call('plan', { options: options(), format: $('format').value, dtype: $('dtype').value });
     state.plan = p;
     $('plan').textContent = `Parameters ${fmtParams(p.parameters_before)} → ${fmtParams(p.parameters_after)} ` +
       `(−${(100 * (1 - p.parameters_after / p.parameters_before)).toFixed(1)}%); layers ${p.layers_before} → ${p.layers_after}, ` +
@@ -350,11 +348,10 @@ async function prune() {
     state.pruned = false; state.download = null;
     $('gen-source').textContent = ''; $('gen-pruned').textContent = '';
     refresh();
-    const o = options();
-    if (!o._data && !o.recover && !o.heads && !o.drop_layers && !o.drop_block) {
+    const opts = options();
+    if (STATIC_SCORES.includes(opts.score) && !opts.recover && !opts.heads && !opts.drop_layers && !opts.drop_block) {
       setStatus('Static weight scores damage small models badly; prefer a data-driven method.');
     }
-    const opts = cleanOptions();
     const skip = opts.calib_samples * opts.calib_len;
     const texts = await evalTexts(text, skip);
     const rows = [];
