@@ -47,7 +47,7 @@ build-wasm:
 	wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/podar.wasm
 	@if rustup run $(NIGHTLY) rustc --version >/dev/null 2>&1; then \
 	  RUSTFLAGS="$(THREADS_RUSTFLAGS)" $(CARGO) +$(NIGHTLY) build --release --lib --target wasm32-unknown-unknown \
-	    --features threads -Z build-std=panic_abort,std --target-dir target/threads && \
+	    --no-default-features --features threads -Z build-std=panic_abort,std --target-dir target/threads && \
 	  wasm-bindgen --target web --out-dir pkg/threads target/threads/wasm32-unknown-unknown/release/podar.wasm; \
 	else \
 	  echo "podar: $(NIGHTLY) with rust-src is missing, so the page will run single-threaded (make setup installs it)"; \
@@ -64,6 +64,11 @@ $(MODEL):
 bench: build-native models
 	@bash scripts/bench.sh
 	@bash scripts/bench-prune.sh
+
+## The page on WebGPU (SwiftShader in headless Chromium): same kept neurons and perplexity as the
+## CPU. Slow on a software adapter (about 1.3 GFLOP/s here), so not part of `make test` yet.
+test-webgpu: build-native build-wasm models
+	node tests/e2e/webgpu.mjs
 
 ## The whole in-page job in headless Chromium: seconds and peak wasm memory.
 bench-web: setup build-native build-wasm models

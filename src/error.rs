@@ -36,6 +36,9 @@ pub enum Error {
     /// An error from the tensor library.
     #[error("tensor error: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
+    /// The WebGPU device failed (the page falls back to the CPU).
+    #[error("WebGPU: {0}")]
+    Gpu(String),
     /// Malformed JSON.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -7,6 +7,31 @@ use candle_core::{Device, Storage, Tensor};
 use gemm::{gemm, Parallelism};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Another engine that may take over the largest matrix products: the page's WebGPU worker. It
+/// answers `None` when it cannot (no device, a failure), and the CPU kernels run instead.
+pub trait Offload {
+    /// `x · wᵀ` with `x` `[rows, k]` and `w` `[n, k]`, as `[rows, n]`.
+    fn linear(&self, x: &[f32], rows: usize, k: usize, w: &Tensor, n: usize) -> Option<Vec<f32>>;
+    /// The Gram matrix `xᵀx` (`[n, n]`) of `x` `[t, n]`.
+    fn gram(&self, x: &[f32], t: usize, n: usize) -> Option<Vec<f32>>;
+}
+
+thread_local! {
+    static OFFLOAD: std::cell::RefCell<Option<std::rc::Rc<dyn Offload>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (or with `None` removes) the engine that takes over large products on this thread.
+pub fn set_offload(o: Option<std::rc::Rc<dyn Offload>>) {
+    OFFLOAD.with(|slot| *slot.borrow_mut() = o);
+}
+
+/// Products smaller than this many multiply-adds stay on the CPU (a GPU round trip costs more).
+const OFFLOAD_MIN_MACS: usize = 1 << 22;
+
+fn offload() -> Option<std::rc::Rc<dyn Offload>> {
+    OFFLOAD.with(|slot| slot.borrow().clone())
+}
+
 /// Worker threads for kernels: `PODAR_THREADS`, else the machine's parallelism (1 on wasm32).
 pub fn threads() -> usize {
     #[cfg(all(target_arch = "wasm32", feature = "threads"))]
@@ -82,9 +107,32 @@ unsafe fn strided_gemm(
     ldc: usize,
     acc: bool,
     a: *const f32,
-    (a_rs, a_cs): (usize, usize),
+    a_strides: (usize, usize),
     b: *const f32,
-    (b_rs, b_cs): (usize, usize),
+    b_strides: (usize, usize),
+) {
+    let (a_rs, a_cs) = (a_strides.0 as isize, a_strides.1 as isize);
+    let (b_rs, b_cs) = (b_strides.0 as isize, b_strides.1 as isize);
+    scaled_gemm((m, n, k), c, ldc as isize, acc, a, (a_rs, a_cs), b, (b_rs, b_cs), 1.0);
+}
+
+/// Single-threaded `c[m×n] = (c if acc) + scale · a[m×k] · b[k×n]` for f32 or f64, all strides
+/// in elements: `c` row-major with row stride `ldc`, `a` and `b` as (row stride, column stride).
+///
+/// # Safety
+/// The pointers must cover the regions the sizes and strides describe, and `c` must not overlap
+/// `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn scaled_gemm<T: 'static + Copy + From<f32>>(
+    (m, n, k): (usize, usize, usize),
+    c: *mut T,
+    ldc: isize,
+    acc: bool,
+    a: *const T,
+    (a_rs, a_cs): (isize, isize),
+    b: *const T,
+    (b_rs, b_cs): (isize, isize),
+    scale: T,
 ) {
     gemm(
         m,
@@ -92,16 +140,16 @@ unsafe fn strided_gemm(
         k,
         c,
         1,
-        ldc as isize,
+        ldc,
         acc,
         a,
-        a_cs as isize,
-        a_rs as isize,
+        a_cs,
+        a_rs,
         b,
-        b_cs as isize,
-        b_rs as isize,
-        1.0,
-        1.0,
+        b_cs,
+        b_rs,
+        T::from(1.0),
+        scale,
         false,
         false,
         false,
@@ -167,6 +215,12 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     if k != k2 {
         return Err(candle_core::Error::Msg(format!("linear: input has {k} features, weight expects {k2}")).into());
     }
+    let big = rows >= 16 && rows * n * k >= OFFLOAD_MIN_MACS;
+    if let Some(o) = offload().filter(|_| big) {
+        if let Some(v) = with_slice(x, |xs| o.linear(xs, rows, k, w, n))?.filter(|v| v.len() == rows * n) {
+            return finish_linear(v, rows, n, bias);
+        }
+    }
     let mut out = vec![0f32; rows * n];
     let optr = SharedMut(out.as_mut_ptr());
     with_slice(x, |xs| {
@@ -183,6 +237,10 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
             });
         })
     })??;
+    finish_linear(out, rows, n, bias)
+}
+
+fn finish_linear(mut out: Vec<f32>, rows: usize, n: usize, bias: Option<&Tensor>) -> Result<Tensor> {
     if let Some(b) = bias {
         let bv = b.to_vec1::<f32>()?;
         for row in out.chunks_exact_mut(n) {
@@ -277,6 +335,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<T
 /// are multiplied, then mirrored, halving the work of a plain matmul.
 pub fn gram(x: &Tensor) -> Result<Tensor> {
     let (t, n) = x.dims2()?;
+    if let Some(o) = offload().filter(|_| t * n * n >= OFFLOAD_MIN_MACS) {
+        if let Some(v) = with_slice(x, |xs| o.gram(xs, t, n))?.filter(|v| v.len() == n * n) {
+            return Ok(Tensor::from_vec(v, (n, n), &Device::Cpu)?);
+        }
+    }
     let mut out = vec![0f32; n * n];
     const B: usize = 256;
     let nb = n.div_ceil(B);

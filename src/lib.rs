@@ -21,6 +21,8 @@ pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_write;
+#[cfg(all(target_arch = "wasm32", feature = "gpu"))]
+pub mod gpu;
 pub mod job;
 pub mod kernels;
 pub mod load;

@@ -107,3 +107,56 @@ fn errors_are_messages_and_cancel_keeps_the_session() {
     // Still usable after the cancel.
     assert!(s.prune(&text(), options(0.5), &yes()).is_ok());
 }
+
+/// Pseudo-random values in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Every element within relative 1e-3 of the CPU's (plus a floor for values near zero).
+fn assert_close(gpu: &[f32], cpu: &[f32], what: &str) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
+    let scale = cpu.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        assert!((g - c).abs() <= 1e-3 * (c.abs() + 1e-2 * scale), "{what}[{i}]: GPU {g} vs CPU {c}");
+    }
+}
+
+/// The WGSL kernels against the CPU kernels, on SwiftShader in headless Chromium (the test runner
+/// passes --enable-unsafe-webgpu). Sizes are not multiples of the 64×64 tile, and small bindings
+/// force the weight, the input and the Gram input into several row blocks.
+#[cfg(feature = "gpu")]
+#[wasm_bindgen_test]
+async fn webgpu_products_equal_the_cpu_kernels() {
+    use candle_core::{Device, Tensor};
+    let mut gpu = podar::gpu::Gpu::open().await.expect("Chromium with --enable-unsafe-webgpu has an adapter");
+    let (rows, k, n) = (150, 200, 130);
+    let x = noise(rows * k, 1);
+    let w = noise(n * k, 2);
+    let xt = Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu).unwrap();
+    let wt = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
+    let cpu = podar::kernels::linear(&xt, &wt, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    gpu.upload(7, &w, n, k).unwrap();
+    assert_close(&gpu.linear(7, &x, rows, k).await.unwrap(), &cpu, "linear");
+    // Bindings of 40 rows of 200: the weight in 4 blocks, the input in 4 row blocks.
+    gpu.limit_binding(40 * 200 * 4);
+    gpu.upload(8, &w, n, k).unwrap();
+    assert_close(&gpu.linear(8, &x, rows, k).await.unwrap(), &cpu, "linear in row blocks");
+    // A Gram matrix of 500 tokens × 100 features, its input in 5 row blocks of 100 accumulated.
+    let (t, m) = (500, 100);
+    let a = noise(t * m, 3);
+    let at = Tensor::from_vec(a.clone(), (t, m), &Device::Cpu).unwrap();
+    let g_cpu = podar::kernels::gram(&at).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut small = podar::gpu::Gpu::open().await.unwrap();
+    small.limit_binding((m * m * 4) as u64);
+    assert_close(&small.gram(&a, t, m).await.unwrap(), &g_cpu, "gram in row blocks");
+    // An unknown weight and a wrong shape are errors, not panics.
+    assert!(gpu.linear(99, &x, rows, k).await.is_err());
+    assert!(gpu.linear(7, &x[..10], rows, k).await.is_err());
+}

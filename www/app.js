@@ -17,12 +17,15 @@ function startWorker() {
   const url = new URL('./worker.js', import.meta.url);
   const threads = new URLSearchParams(location.search).get('threads');
   if (threads !== null) url.searchParams.set('threads', threads);
+  const gpu = new URLSearchParams(location.search).get('gpu');
+  if (gpu !== null) url.searchParams.set('gpu', gpu);
   worker = new Worker(url, { type: 'module' });
   worker.onmessage = (e) => {
     const m = e.data;
     const p = pending.get(m.id);
     if (!p) return;
     if (m.memory) state.peakMemory = Math.max(state.peakMemory, m.memory);
+    if (m.gpu) showGpu(m.gpu);
     if (m.progress) return p.onProgress && p.onProgress(m.progress);
     if (m.text !== undefined) return p.onText && p.onText(m.text);
     pending.delete(m.id);
@@ -33,7 +36,7 @@ function startWorker() {
     e.preventDefault();
     workerDied(e.message || 'the engine stopped');
   };
-  return call('init', { flag: flagBuf });
+  return call('init', { flag: flagBuf, gpu: !$('force-cpu').checked });
 }
 
 function call(cmd, args = {}, hooks = {}) {
@@ -73,6 +76,7 @@ function refresh() {
   $('cancel').disabled = idle;
   $('download').disabled = !idle || !state.download;
   $('generate').disabled = !idle || !state.pruned;
+  $('force-cpu').disabled = !idle || !(state.gpu && state.gpu.available);
 }
 
 function progressText(p, t0, what) {
@@ -226,7 +230,7 @@ function options() {
     drop_block: drop > 0 && block ? drop : null,
     heads: heads > 0 ? heads : null,
     sequential: true,
-    ridge: 1e-3,
+    ridge: 1e-1,
   };
 }
 const STATIC_SCORES = ['maw', 'l2', 'vow', 'pon'];
@@ -384,7 +388,8 @@ async function prune() {
       `calibrated on ${r.calib_tokens} tokens; prune ${r.seconds.toFixed(1)} s, whole job ${secs.toFixed(1)} s; ` +
       `download ${out.name}, ${fmtBytes(out.blob.size)}; peak engine memory ${fmtBytes(state.peakMemory)}.`;
     $('bar').value = 1;
-    state.lastJob = { seconds: secs, pruneSeconds: r.seconds, peakMemory: state.peakMemory, bytes: out.blob.size };
+    state.lastJob = { seconds: secs, pruneSeconds: r.seconds, peakMemory: state.peakMemory, bytes: out.blob.size,
+      engine: state.gpu && state.gpu.on && !state.gpu.failed ? 'webgpu' : 'cpu', gpuProducts: state.gpu ? state.gpu.products : 0 };
     setStatus(`Pruned to ${fmtParams(r.parameters_after)} parameters in ${secs.toFixed(1)} s. Done`);
   });
 }
@@ -427,22 +432,36 @@ $('generate').onclick = () => busy(async () => {
 });
 
 // ---- start -----------------------------------------------------------------------------------
-async function detectGpu() {
-  if (!navigator.gpu) return 'no WebGPU in this browser';
-  try {
-    const a = await navigator.gpu.requestAdapter();
-    return a ? 'a WebGPU adapter is present, but podar\'s GPU kernels are not built yet' : 'WebGPU without an adapter';
-  } catch (e) {
-    return `WebGPU adapter request failed (${e.message})`;
-  }
+// The engine line: CPU threads, and whether the matrix products run on WebGPU.
+function engineText() {
+  const t = state.threads || 1;
+  const cpu = `CPU, WebAssembly SIMD, ${t} thread${t > 1 ? 's' : ''}`;
+  const g = state.gpu;
+  let gpu;
+  if (!g || !g.available) gpu = `no GPU (${g ? g.info : 'not checked'})`;
+  else if (g.failed) gpu = `WebGPU failed (${g.error || 'unknown error'}); the CPU took over`;
+  else if (g.on) gpu = `matrix products on WebGPU: ${g.info}`;
+  else gpu = `WebGPU available (${g.info}), CPU forced`;
+  return `Engine ready: ${cpu}; ${gpu}.` + (flag ? '' : ' (Cancel restarts the engine: the page is not cross-origin isolated.)');
 }
+
+function showGpu(g) {
+  state.gpu = g;
+  $('force-cpu').disabled = state.busy || !g.available;
+  if (!g.available) $('force-cpu').checked = true;
+  $('engine').textContent = engineText();
+}
+
+$('force-cpu').onchange = () => busy(async () => {
+  await task('Switching engine', 'setGpu', { on: !$('force-cpu').checked });
+  setStatus($('force-cpu').checked ? 'The CPU runs everything. Done' : 'Matrix products run on WebGPU. Done');
+});
 
 (async () => {
   try {
     const r = await startWorker();
-    const gpu = await detectGpu();
-    $('engine').textContent = `Engine ready: CPU, WebAssembly SIMD, ${r.threads} thread${r.threads > 1 ? 's' : ''}; ${gpu}.` +
-      (flag ? '' : ' (Cancel restarts the engine: the page is not cross-origin isolated.)');
+    state.threads = r.threads;
+    showGpu(r.gpu);
     refresh();
   } catch (e) {
     $('engine').textContent = `The engine did not start: ${e.message}`;

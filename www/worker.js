@@ -5,7 +5,13 @@
 // The threaded build (pkg/threads/, wasm threads over a pool of workers) when the page is
 // cross-origin isolated and the build exists, else the single-threaded one (pkg/).
 // `?threads=0` on the worker's URL forces the single-threaded build.
+// WebGPU: when the page is cross-origin isolated and an adapter exists, a GPU worker
+// (gpu-worker.js, started through gpu-bridge.js) runs the large matrix products; `?gpu=0` skips it.
+import { GpuBridge } from './gpu-bridge.js';
+
 let podar = null;
+let bridge = null;
+let gpuReason = '';
 const ready = (async () => {
   const want = new URL(self.location.href).searchParams.get('threads') !== '0';
   let threaded = want && self.crossOriginIsolated && typeof SharedArrayBuffer === 'function';
@@ -13,7 +19,21 @@ const ready = (async () => {
   podar = await import(threaded ? '../pkg/threads/podar.js' : '../pkg/podar.js');
   await podar.default();
   if (threaded) await podar.initThreadPool(navigator.hardwareConcurrency || 2);
+  if (new URL(self.location.href).searchParams.get('gpu') === '0') {
+    gpuReason = 'WebGPU switched off (?gpu=0)';
+  } else {
+    bridge = await GpuBridge.start().catch((e) => {
+      gpuReason = e.message;
+      return null;
+    });
+  }
 })();
+
+// What the page shows about the GPU: in use, its adapter, and the last failure if any.
+function gpuState() {
+  const s = session ? session.gpu_state() : { on: false, failed: false, products: 0 };
+  return { ...s, available: bridge !== null, info: bridge ? bridge.info : gpuReason, error: bridge?.lastError || null };
+}
 let session = null;
 let flag = null;
 let fetchAbort = null;
@@ -81,6 +101,10 @@ async function run(m) {
       const files = await fetchModel(m.url, m.id);
       return { summary: session.load(files, progress), names: files.map((f) => f.name) };
     }
+    case 'setGpu':
+      if (m.on && !bridge) throw new Error(`WebGPU is not available: ${gpuReason}`);
+      session.set_gpu(m.on ? bridge : undefined);
+      return gpuState();
     case 'textInfo':
       return session.text_info(m.text, m.calibLen);
     case 'plan':
@@ -117,7 +141,8 @@ self.onmessage = async (e) => {
     if (m.cmd === 'init') {
       flag = m.flag ? new Int32Array(m.flag) : null;
       session = new podar.Session();
-      postMessage({ id: m.id, ok: { threads: podar.Session.threads() }, memory: podar.Session.memory_bytes() });
+      if (bridge && m.gpu !== false) session.set_gpu(bridge);
+      postMessage({ id: m.id, ok: { threads: podar.Session.threads(), gpu: gpuState() }, memory: podar.Session.memory_bytes() });
       return;
     }
     if (m.cmd === 'cancel') {
@@ -125,7 +150,7 @@ self.onmessage = async (e) => {
       return;
     }
     const ok = await run(m);
-    postMessage({ id: m.id, ok, memory: podar.Session.memory_bytes() });
+    postMessage({ id: m.id, ok, memory: podar.Session.memory_bytes(), gpu: gpuState() });
   } catch (err) {
     const msg = err && err.name === 'AbortError' ? 'cancelled' : String((err && err.message) || err);
     postMessage({ id: m.id, error: msg, memory: podar ? podar.Session.memory_bytes() : 0 });

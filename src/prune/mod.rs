@@ -96,7 +96,7 @@ impl Default for PruneOptions {
             divisor: None,
             score: Score::Optipfair,
             recover: true,
-            ridge: 1e-3,
+            ridge: 1e-1,
             calib_samples: 64,
             calib_len: 128,
             drop_layers: None,

@@ -3,34 +3,67 @@
 
 use super::{select_cols, select_rows};
 use crate::error::{bail, Result};
-use crate::kernels::{linear, par_for};
+use crate::kernels::{linear, par_for, scaled_gemm};
 use candle_core::{Device, Tensor};
-use std::sync::Mutex;
 
-/// Cholesky factor `L` (row-major, lower) of the `n×n` matrix `a`.
+/// Block size of the blocked Cholesky factorisation and triangular solves.
+const NB: usize = 64;
+
+/// Cholesky factor `L` (row-major, lower) of the `n×n` matrix `a`: blocked, right-looking, with the
+/// trailing updates (almost all of the n³/3 work) as f64 matrix products split over threads.
 fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
-    let mut l = vec![0f64; n * n];
-    const ROWS: usize = 64;
-    for j in 0..n {
-        let s = a[j * n + j] - dot(&l[j * n..j * n + j], &l[j * n..j * n + j]);
-        if s <= 0.0 || !s.is_finite() {
-            bail!(Input, "recovery: the calibration Gram matrix is not positive definite; raise --ridge");
+    let mut l = a.to_vec();
+    for k0 in (0..n).step_by(NB) {
+        let k1 = (k0 + NB).min(n);
+        // The diagonal block (earlier columns' contributions are already subtracted).
+        for j in k0..k1 {
+            let s = l[j * n + j] - dot(&l[j * n + k0..j * n + j], &l[j * n + k0..j * n + j]);
+            if s <= 0.0 || !s.is_finite() {
+                bail!(Input, "recovery: the calibration Gram matrix is not positive definite; raise --ridge");
+            }
+            let d = s.sqrt();
+            l[j * n + j] = d;
+            for i in j + 1..k1 {
+                l[i * n + j] = (l[i * n + j] - dot(&l[i * n + k0..i * n + j], &l[j * n + k0..j * n + j])) / d;
+            }
         }
-        let d = s.sqrt();
-        l[j * n + j] = d;
-        // Column j below the diagonal: independent rows, split over threads.
-        let rest = n - j - 1;
         let lp = SharedF64(l.as_mut_ptr());
-        par_for(rest.div_ceil(ROWS), &|c| {
+        let row_tasks = (n - k1).div_ceil(NB);
+        // The panel below it: each row solves x · L11ᵀ = a_row, independently of the others.
+        par_for(row_tasks, &|t| {
             let p = lp;
-            let (r0, r1) = (j + 1 + c * ROWS, (j + 1 + (c + 1) * ROWS).min(n));
-            // SAFETY: rows j and below-j rows < i are only read; each task writes l[i][j] of its own rows.
-            let lj = unsafe { std::slice::from_raw_parts(p.0.add(j * n), j) };
-            for i in r0..r1 {
-                let li = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * n), j + 1) };
-                li[j] = (a[i * n + j] - dot(&li[..j], lj)) / d;
+            for i in k1 + t * NB..(k1 + (t + 1) * NB).min(n) {
+                // SAFETY: this task alone writes rows i of its range, columns k0..k1; L11 is only read.
+                let row = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * n + k0), k1 - k0) };
+                for j in k0..k1 {
+                    let lj = unsafe { std::slice::from_raw_parts(p.0.add(j * n + k0), j - k0) };
+                    row[j - k0] = (row[j - k0] - dot(&row[..j - k0], lj)) / unsafe { *p.0.add(j * n + j) };
+                }
             }
         });
+        // The trailing matrix, lower part: A22 −= L21 · L21ᵀ, row blocks in parallel.
+        par_for(row_tasks, &|t| {
+            let p = lp;
+            let (r0, r1) = (k1 + t * NB, (k1 + (t + 1) * NB).min(n));
+            // SAFETY: the task writes rows r0..r1, columns k1..r1 (disjoint from other tasks and from
+            // the panel columns k0..k1 that both factors read).
+            unsafe {
+                scaled_gemm(
+                    (r1 - r0, r1 - k1, k1 - k0),
+                    p.0.add(r0 * n + k1),
+                    n as isize,
+                    true,
+                    p.0.add(r0 * n + k0),
+                    (n as isize, 1),
+                    p.0.add(k1 * n + k0),
+                    (1, n as isize),
+                    -1.0,
+                )
+            };
+        });
+    }
+    for i in 0..n {
+        l[i * n + i + 1..(i + 1) * n].iter_mut().for_each(|x| *x = 0.0);
     }
     Ok(l)
 }
@@ -76,48 +109,76 @@ fn small_inverse(m: &[f64], b: usize) -> Result<Vec<f64>> {
     Ok(inv)
 }
 
-/// Solves `L Lᵀ Z = B` in place for `B` `[n, h]` row-major (h right-hand sides), split over threads.
+/// Solves `L Lᵀ Z = B` in place for `B` `[n, h]` row-major (h right-hand sides): blocked forward
+/// and back substitution, the off-diagonal blocks as f64 matrix products, columns split over threads.
 fn chol_solve(l: &[f64], n: usize, b: &mut [f64], h: usize) {
     let chunk = h.div_ceil(crate::kernels::threads()).max(1);
-    let parts: Vec<Mutex<Vec<f64>>> = (0..h.div_ceil(chunk))
-        .map(|c| {
-            let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(h));
-            Mutex::new(b.chunks_exact(h).flat_map(|r| r[c0..c1].iter().copied()).collect())
-        })
-        .collect();
-    par_for(parts.len(), &|c| {
-        let Ok(mut z) = parts[c].lock() else { return };
-        let w = (chunk).min(h - c * chunk);
-        for i in 0..n {
-            for j in 0..i {
-                let f = l[i * n + j];
-                if f != 0.0 {
-                    let (head, tail) = z.split_at_mut(i * w);
-                    tail[..w].iter_mut().zip(&head[j * w..j * w + w]).for_each(|(a, b)| *a -= f * b);
-                }
+    let bp = SharedF64(b.as_mut_ptr());
+    let (ni, hi) = (n as isize, h as isize);
+    par_for(h.div_ceil(chunk), &|c| {
+        let p = bp;
+        let (c0, w) = (c * chunk, chunk.min(h - c * chunk));
+        // SAFETY: this task alone touches columns c0..c0+w of every row of b.
+        // Rows i ≠ j never overlap, so `row(i)` and `row_ref(j)` may be alive together.
+        let row = |i: usize| unsafe { std::slice::from_raw_parts_mut(p.0.add(i * h + c0), w) };
+        let row_ref = |i: usize| unsafe { std::slice::from_raw_parts(p.0.add(i * h + c0), w) };
+        let blocks: Vec<(usize, usize)> = (0..n).step_by(NB).map(|i0| (i0, (i0 + NB).min(n))).collect();
+        // L Y = B.
+        for &(i0, i1) in &blocks {
+            if i0 > 0 {
+                // SAFETY: rows i0..i1 are written, rows 0..i0 read; all inside b's [n, h].
+                unsafe {
+                    scaled_gemm(
+                        (i1 - i0, w, i0),
+                        p.0.add(i0 * h + c0),
+                        hi,
+                        true,
+                        l.as_ptr().add(i0 * n),
+                        (ni, 1),
+                        p.0.add(c0),
+                        (hi, 1),
+                        -1.0,
+                    )
+                };
             }
-            let d = l[i * n + i];
-            z[i * w..i * w + w].iter_mut().for_each(|a| *a /= d);
+            for i in i0..i1 {
+                for j in i0..i {
+                    let (f, src) = (l[i * n + j], row_ref(j));
+                    row(i).iter_mut().zip(src).for_each(|(a, b)| *a -= f * b);
+                }
+                let d = l[i * n + i];
+                row(i).iter_mut().for_each(|a| *a /= d);
+            }
         }
-        for i in (0..n).rev() {
-            for j in i + 1..n {
-                let f = l[j * n + i];
-                if f != 0.0 {
-                    let (head, tail) = z.split_at_mut(j * w);
-                    head[i * w..i * w + w].iter_mut().zip(&tail[..w]).for_each(|(a, b)| *a -= f * b);
-                }
+        // Lᵀ Z = Y.
+        for &(i0, i1) in blocks.iter().rev() {
+            if i1 < n {
+                // (Lᵀ)[i0..i1, i1..n]: element (r, c) is L[i1 + c, i0 + r].
+                // SAFETY: rows i0..i1 are written, rows i1..n read.
+                unsafe {
+                    scaled_gemm(
+                        (i1 - i0, w, n - i1),
+                        p.0.add(i0 * h + c0),
+                        hi,
+                        true,
+                        l.as_ptr().add(i1 * n + i0),
+                        (1, ni),
+                        p.0.add(i1 * h + c0),
+                        (hi, 1),
+                        -1.0,
+                    )
+                };
             }
-            let d = l[i * n + i];
-            z[i * w..i * w + w].iter_mut().for_each(|a| *a /= d);
+            for i in (i0..i1).rev() {
+                for j in i + 1..i1 {
+                    let (f, src) = (l[j * n + i], row_ref(j));
+                    row(i).iter_mut().zip(src).for_each(|(a, b)| *a -= f * b);
+                }
+                let d = l[i * n + i];
+                row(i).iter_mut().for_each(|a| *a /= d);
+            }
         }
     });
-    for (c, part) in parts.into_iter().enumerate() {
-        let z = part.into_inner().unwrap_or_default();
-        let (c0, w) = (c * chunk, chunk.min(h - c * chunk));
-        for (r, row) in b.chunks_exact_mut(h).enumerate() {
-            row[c0..c0 + w].copy_from_slice(&z[r * w..r * w + w]);
-        }
-    }
 }
 
 /// The ridge strength `λ = ratio · mean diag G` of a Gram matrix.
@@ -155,32 +216,12 @@ pub fn refit_down(down: &Tensor, gram: &Tensor, kept: &[usize], ratio: f64) -> R
     Ok(zt.t()?.contiguous()?)
 }
 
-/// `(L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹`: the triangular inverse row by row in f64, the product with our f32 matmul.
+/// `(L Lᵀ)⁻¹`, by solving against the identity.
 fn inverse_from_cholesky(l: &[f64], n: usize) -> Result<Vec<f64>> {
-    let mut m = vec![0f64; n * n]; // L⁻¹, lower triangular
-    for i in 0..n {
-        let (done, row) = m.split_at_mut(i * n);
-        let row = &mut row[..n];
-        row[i] = 1.0;
-        for k in 0..i {
-            let f = l[i * n + k];
-            if f != 0.0 {
-                row[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]).for_each(|(r, x)| *r -= f * x);
-            }
-        }
-        let d = l[i * n + i];
-        row[..=i].iter_mut().for_each(|r| *r /= d);
-    }
-    // (L⁻¹)ᵀ L⁻¹ = Mᵀ M: with Mt = Mᵀ, that is Mt · Mtᵀ, which `linear` computes.
-    let mut mt = vec![0f32; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            mt[j * n + i] = m[i * n + j] as f32;
-        }
-    }
-    let mt = Tensor::from_vec(mt, (n, n), &Device::Cpu)?;
-    let h = linear(&mt, &mt, None)?;
-    crate::kernels::with_slice(&h, |s| s.iter().map(|&x| x as f64).collect())
+    let mut m = vec![0f64; n * n];
+    (0..n).for_each(|i| m[i * n + i] = 1.0);
+    chol_solve(l, n, &mut m, n);
+    Ok(m)
 }
 
 /// Optimal-brain-surgeon structured selection on one down projection `W` `[H, I]` with the
@@ -274,6 +315,36 @@ unsafe impl Sync for SharedF64 {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_cholesky_and_solve_across_several_blocks() {
+        // n spans three blocks with a ragged last one; A = MᵀM + I is positive definite.
+        let (n, h) = (2 * NB + 23, 37);
+        let m: Vec<f64> = (0..n * n).map(|i| ((i * 7919 % 997) as f64 / 997.0) - 0.5).collect();
+        let mut a = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                a[i * n + j] =
+                    (0..n).map(|k| m[k * n + i] * m[k * n + j]).sum::<f64>() + if i == j { 1.0 } else { 0.0 };
+            }
+        }
+        let l = cholesky(&a, n).unwrap();
+        for i in 0..n {
+            for j in 0..n {
+                let llt: f64 = (0..n).map(|k| l[i * n + k] * l[j * n + k]).sum();
+                assert!((llt - a[i * n + j]).abs() < 1e-9 * a[i * n + i].abs().max(1.0), "LLᵀ[{i},{j}]");
+            }
+        }
+        let b: Vec<f64> = (0..n * h).map(|i| ((i * 31 % 101) as f64) / 101.0).collect();
+        let mut z = b.clone();
+        chol_solve(&l, n, &mut z, h);
+        for i in 0..n {
+            for c in 0..h {
+                let az: f64 = (0..n).map(|k| a[i * n + k] * z[k * h + c]).sum();
+                assert!((az - b[i * h + c]).abs() < 1e-8, "(AZ)[{i},{c}] = {az} vs {}", b[i * h + c]);
+            }
+        }
+    }
 
     #[test]
     fn obs_updates_equal_the_ridge_refit_of_the_kept_set() {

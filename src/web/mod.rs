@@ -18,6 +18,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use wasm_bindgen::prelude::*;
 use web_sys::{Blob, File, FileReaderSync};
 
+mod gpu;
+pub use gpu::GpuBridge;
+#[cfg(feature = "gpu")]
+pub use gpu::GpuKernels;
+
 /// `initThreadPool(n)` in JavaScript: starts `n` Web Workers for the kernels (threaded build only).
 #[cfg(feature = "threads")]
 pub use wasm_bindgen_rayon::init_thread_pool;
@@ -232,6 +237,8 @@ pub struct Session {
     source_name: String,
     source_sha256: Option<String>,
     done: Option<Done>,
+    /// The WebGPU offload the kernels use, when the page gave a bridge.
+    gpu: Option<std::rc::Rc<gpu::BridgeOffload>>,
 }
 
 impl Default for Session {
@@ -251,7 +258,32 @@ impl Session {
             source_name: String::new(),
             source_sha256: None,
             done: None,
+            gpu: None,
         }
+    }
+
+    /// Runs the large matrix products on the GPU worker behind `bridge` (`www/gpu-bridge.js`), or,
+    /// with `undefined`, on the CPU again.
+    pub fn set_gpu(&mut self, bridge: Option<GpuBridge>) {
+        if let Some(old) = self.gpu.take() {
+            old.forget();
+        }
+        self.gpu = bridge.map(|b| std::rc::Rc::new(gpu::BridgeOffload::new(b)));
+        crate::kernels::set_offload(self.gpu.clone().map(|g| g as std::rc::Rc<dyn crate::kernels::Offload>));
+    }
+
+    /// `{on, failed, products}`: whether the GPU is in use, whether it failed (the CPU took over),
+    /// and how many products it has computed.
+    pub fn gpu_state(&self) -> JsValue {
+        let (on, failed, calls) = match &self.gpu {
+            Some(g) => (true, g.failed(), g.calls.get()),
+            None => (false, false, 0),
+        };
+        let o = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&o, &"on".into(), &on.into());
+        let _ = js_sys::Reflect::set(&o, &"failed".into(), &failed.into());
+        let _ = js_sys::Reflect::set(&o, &"products".into(), &(calls as f64).into());
+        o.into()
     }
 
     /// Threads the CPU kernels use (1 unless the page runs wasm threads).
@@ -282,6 +314,9 @@ impl Session {
         self.bundle = None;
         self.done = None;
         self.source_alive = false;
+        if let Some(g) = &self.gpu {
+            g.forget();
+        }
         let files = files_of(&files)?;
         let names: Vec<String> = files.iter().map(name_of).collect();
         let picked = load::pick_files(&names).map_err(js_err)?;
