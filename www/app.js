@@ -447,9 +447,9 @@ function engineText() {
 
 function showGpu(g) {
   state.gpu = g;
-  $('force-cpu').disabled = state.busy || !g.available;
   if (!g.available) $('force-cpu').checked = true;
   $('engine').textContent = engineText();
+  refresh();
 }
 
 $('force-cpu').onchange = () => busy(async () => {

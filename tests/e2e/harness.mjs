@@ -1,11 +1,14 @@
 // Shared by the end-to-end test and the in-page benchmark: the local server, Debian's Chromium
 // (never a downloaded browser), and waiting on the page's status line.
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import path from 'node:path';
 
 export const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 export const podar = path.join(root, 'target/release/podar');
+
+/** Runs the CLI from the repository root; its stdout as a string. */
+export const cli = (...args) => execFileSync(podar, args, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
 
 /** `podar serve --port 0 --root dir`; resolves to {proc, url} once it listens. */
 export function serve(dir) {

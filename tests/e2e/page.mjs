@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import assert from 'node:assert/strict';
-import { root, podar, serve, launch, statusWaiter, openPage } from './harness.mjs';
+import { root, cli, serve, launch, statusWaiter, openPage } from './harness.mjs';
 
 const out = path.join(root, 'target/e2e');
 const samples = Number(process.env.PODAR_E2E_SAMPLES || 8);
@@ -19,7 +19,6 @@ fs.rmSync(out, { recursive: true, force: true });
 fs.mkdirSync(out, { recursive: true });
 const log = (...a) => console.log('[e2e]', ...a);
 
-const cli = (...args) => execFileSync(podar, args, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
 
 const app = await serve(root);
 // A second origin holding a tiny Hugging Face folder, for URL loading.
