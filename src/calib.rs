@@ -21,6 +21,10 @@ pub struct LayerStats {
     pub attn_sq: Vec<f64>,
     /// Gram matrix of the attention output projection's input, when requested.
     pub attn_gram: Option<Tensor>,
+    /// `Σ a eᵀ`, `[intermediate, hidden]`, when the error is tracked: the activations against the
+    /// error `e` the pruned stream carries into this layer's output (the unpruned model's output on
+    /// the unpruned stream minus this layer's output on the pruned one). `None` while the streams agree.
+    pub err_cross: Option<Tensor>,
     /// Mean cosine similarity between the layer's input and output residual streams.
     pub io_cosine: f64,
     /// Calibration tokens the sums run over.
@@ -126,9 +130,20 @@ fn sum_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
 /// What `collect` calls after each layer: `(layer index, original layer, its statistics)`.
 pub type OnLayer<'a> = dyn FnMut(usize, &Layer, &LayerStats) -> Result<Option<Replacement>> + 'a;
 
+/// What [`collect`] gathers beyond the per-neuron sums.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want {
+    /// Each layer's activation Gram matrices.
+    pub gram: bool,
+    /// The unpruned model's error against the pruned stream ([`LayerStats::err_cross`]).
+    pub track_error: bool,
+}
+
 /// Runs `ids` (`samples` windows of `len`) through the model layer by layer, gathering statistics.
-/// `gram` also accumulates each layer's activation Gram matrix (for recovery), handed to `on_layer`
-/// and then dropped, so only one layer's Gram matrix is alive at a time.
+/// `want.gram` also accumulates each layer's activation Gram matrix (for recovery), handed to `on_layer`
+/// and then dropped, so only one layer's Gram matrix is alive at a time. `want.track_error` also runs the
+/// unpruned model on its own stream beside the pruned one (one more layer pass each) and fills
+/// [`LayerStats::err_cross`], so that recovery can steer the pruned model back to the unpruned one.
 ///
 /// `on_layer(l, layer, stats)` sees the original layer; a [`Replacement`] it returns takes that
 /// layer's place in `model` at once, so a caller that owns the only copy of the model never holds
@@ -138,7 +153,7 @@ pub fn collect(
     ids: &[u32],
     samples: usize,
     len: usize,
-    gram: bool,
+    want: Want,
     on_layer: &mut OnLayer,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<CalibStats> {
@@ -146,6 +161,8 @@ pub fn collect(
     let n_layers = model.layers.len();
     let mut layers = Vec::with_capacity(n_layers);
     let mut boundary = vec![last_tokens(&x, samples, len)?];
+    // The unpruned model's stream, once the pruned stream differs from it (None: they are equal).
+    let mut x_orig: Option<Tensor> = None;
     // Windows per forward pass: the MLP activations of ~2048 tokens are alive at a time, whatever
     // the calibration size; the statistics are sums, gathered chunk by chunk.
     let per = (CHUNK_TOKENS / len.max(1)).clamp(1, samples.max(1));
@@ -155,20 +172,27 @@ pub fn collect(
         let mut cos_sum = 0f64;
         let mut outs = Vec::with_capacity(chunks.len());
         let mut saved = Vec::with_capacity(chunks.len());
+        let mut orig_outs = Vec::new();
         for &(w0, wn) in &chunks {
             let xc = x.narrow(0, w0 * len, wn * len)?;
             let mut part: Option<Result<LayerStats>> = None;
             let mut tr = |t: LayerTrace| {
                 saved.push((t.mlp_residual.clone(), t.mlp_hidden.clone()));
-                part = Some(stats_of(&t, gram));
+                part = Some(stats_of(&t, want.gram));
             };
             let yc = model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?;
             let Some(p) = part else {
                 bail!(Input, "layer {l} produced no statistics");
             };
+            let mut p = p?;
+            if let (true, Some(xo), Some((_, mid))) = (want.track_error, &x_orig, saved.last()) {
+                let yo = model.layer_forward(l, &xo.narrow(0, w0 * len, wn * len)?, wn, len, None, None)?;
+                p.err_cross = Some(crate::kernels::cross(mid, &(&yo - &yc)?)?);
+                orig_outs.push(yo);
+            }
             st = Some(match st {
-                None => p?,
-                Some(a) => a.add(p?)?,
+                None => p,
+                Some(a) => a.add(p)?,
             });
             cos_sum += sum_cosine(&xc, &yc)?;
             outs.push(yc);
@@ -183,6 +207,14 @@ pub fn collect(
         // When only the MLP changed, the new output is the saved post-attention residual plus the
         // pruned MLP applied to the kept neurons' saved activations; otherwise the layer is re-run.
         let rep = on_layer(l, &model.layers[l], &st)?;
+        if want.track_error {
+            x_orig = match (x_orig.take(), &rep) {
+                (Some(_), _) => Some(Tensor::cat(&orig_outs, 0)?),
+                // The streams part here: the unpruned output is this layer's on the shared input.
+                (None, Some(r)) if r.continue_pruned => Some(Tensor::cat(&outs, 0)?),
+                (None, _) => None,
+            };
+        }
         let y = match &rep {
             Some(r) if r.continue_pruned && !r.attention_changed && saved.len() == chunks.len() => {
                 let idx: Vec<u32> = r.kept.iter().map(|&i| i as u32).collect();
@@ -211,6 +243,7 @@ pub fn collect(
         // The Gram matrices are large (intermediate²): used by `on_layer`, then dropped.
         st.gram = None;
         st.attn_gram = None;
+        st.err_cross = None;
         layers.push(st);
         x = y;
         boundary.push(last_tokens(&x, samples, len)?);
@@ -232,6 +265,7 @@ fn stats_of(t: &LayerTrace, gram: bool) -> Result<LayerStats> {
         gram: if gram { Some(crate::kernels::gram(a)?) } else { None },
         attn_sq: col_sums(t.attn_hidden, true)?,
         attn_gram: if gram { Some(crate::kernels::gram(t.attn_hidden)?) } else { None },
+        err_cross: None,
         io_cosine: 0.0,
         tokens: 0,
     })
@@ -253,6 +287,7 @@ impl LayerStats {
         };
         self.gram = add(self.gram, o.gram)?;
         self.attn_gram = add(self.attn_gram, o.attn_gram)?;
+        self.err_cross = add(self.err_cross, o.err_cross)?;
         Ok(self)
     }
 }

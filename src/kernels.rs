@@ -375,6 +375,40 @@ pub fn gram(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (n, n), &Device::Cpu)?)
 }
 
+/// `aᵀb` (`[n, m]`) of `a` (`[tokens, n]`) and `b` (`[tokens, m]`), split over row blocks of the result.
+pub fn cross(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (t, n) = a.dims2()?;
+    let (t2, m) = b.dims2()?;
+    if t != t2 {
+        return Err(candle_core::Error::Msg(format!("cross: {t} rows against {t2}")).into());
+    }
+    let mut out = vec![0f32; n * m];
+    const B: usize = 64;
+    let optr = SharedMut(out.as_mut_ptr());
+    with_slice(a, |xs| {
+        with_slice(b, |ys| {
+            par_for(n.div_ceil(B), &|bi| {
+                let i0 = bi * B;
+                let o = optr;
+                // SAFETY: rows i0..i0+B of `out` belong to this task; aᵀ element (i, τ) is at a[τ·n + i].
+                unsafe {
+                    strided_gemm(
+                        (B.min(n - i0), m, t),
+                        o.0.add(i0 * m),
+                        m,
+                        false,
+                        xs.as_ptr().add(i0),
+                        (1, n),
+                        ys.as_ptr(),
+                        (m, 1),
+                    )
+                };
+            })
+        })
+    })??;
+    Ok(Tensor::from_vec(out, (n, m), &Device::Cpu)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +421,20 @@ mod tests {
         let r = x.t().unwrap().matmul(&x).unwrap().to_vec2::<f32>().unwrap();
         for (a, b) in g.iter().flatten().zip(r.iter().flatten()) {
             assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn cross_equals_matmul() {
+        let f = |n: usize, m: usize, s: usize| {
+            let v: Vec<f32> = (0..n * m).map(|i| ((i * s) % 1000) as f32 / 1000.0 - 0.5).collect();
+            Tensor::from_vec(v, (n, m), &Device::Cpu).unwrap()
+        };
+        let (a, b) = (f(300, 130, 7919), f(300, 70, 104729));
+        let c = cross(&a, &b).unwrap().to_vec2::<f32>().unwrap();
+        let r = a.t().unwrap().matmul(&b).unwrap().to_vec2::<f32>().unwrap();
+        for (x, y) in c.iter().flatten().zip(r.iter().flatten()) {
+            assert!((x - y).abs() < 1e-3, "{x} vs {y}");
         }
     }
 }

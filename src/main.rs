@@ -257,10 +257,15 @@ mod cli {
         /// Skip the ridge re-fit of the down projections.
         #[arg(long)]
         no_recover: bool,
-        /// Ridge strength of recovery, relative to the Gram matrix's mean diagonal (0.1: measured best
-        /// on the shared corpora among 1e-4..1; it also shrinks the re-fit towards the original weights).
-        #[arg(long, default_value_t = 1e-1)]
+        /// Ridge strength of recovery, relative to the Gram matrix's mean diagonal; it also shrinks the
+        /// re-fit towards the original weights.
+        #[arg(long, default_value_t = podar::prune::PruneOptions::default().ridge)]
         ridge: f64,
+        /// Error correction of recovery, 0..1: also steer each re-fitted layer towards the unpruned
+        /// model's output by this fraction of the error the pruned layers before it left (0: off,
+        /// faster: it runs the unpruned model beside the pruned one).
+        #[arg(long, default_value_t = podar::prune::PruneOptions::default().correct)]
+        correct: f64,
         /// Round the kept MLP width down to a multiple of 32, 64, 128 or 256.
         #[arg(long)]
         divisor: Option<usize>,
@@ -370,6 +375,7 @@ mod cli {
             drop_block: a.drop_block,
             sequential: !a.parallel_calib,
             heads: a.heads,
+            correct: a.correct,
         };
         let mut b = load(&a.model)?;
         // Every size and layer choice is checked before any long computation.

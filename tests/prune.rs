@@ -106,6 +106,40 @@ fn recovery_brings_outputs_closer_to_the_unpruned_model() {
     assert!(e_with < e_without, "recovery did not help: {e_with} vs {e_without}");
 }
 
+/// Squared logit difference over `ids` cut into `b` windows (as calibration runs them).
+fn window_error(a: &podar::Model, m: &podar::Model, ids: &[u32], b: usize) -> f32 {
+    let t = ids.len() / b;
+    let x: Vec<f32> = a.forward(ids, b, t, None).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let y: Vec<f32> = m.forward(ids, b, t, None).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    x.iter().zip(&y).map(|(p, q)| (p - q).powi(2)).sum::<f32>()
+}
+
+#[test]
+fn error_correction_steers_the_pruned_model_towards_the_unpruned_one() {
+    let (m, _) = load("llama");
+    let ids = calib(16 * 32);
+    let base = PruneOptions {
+        mlp_fraction: Some(0.5),
+        score: Score::Wanda,
+        calib_samples: 16,
+        calib_len: 32,
+        ridge: 1e-3,
+        ..Default::default()
+    };
+    let run = |correct: f64| {
+        prune_mlp(&m, Some(&ids), &PruneOptions { correct, ..base.clone() }, &mut |_, _, _| true).unwrap().model
+    };
+    let (plain, corrected) = (run(0.0), run(1.0));
+    // The first layer sees the same input either way, so it is fitted the same.
+    let w = |x: &podar::Model, l: usize| x.layers[l].down_proj.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(w(&plain, 0), w(&corrected, 0));
+    assert_ne!(w(&plain, 2), w(&corrected, 2));
+    // On the calibration windows the corrected model ends closer to the unpruned one.
+    let (e_plain, e_corr) = (window_error(&m, &plain, &ids, 16), window_error(&m, &corrected, &ids, 16));
+    eprintln!("squared logit error on the calibration windows: {e_corr} corrected, {e_plain} plain");
+    assert!(e_corr < e_plain, "correction did not help: {e_corr} vs {e_plain}");
+}
+
 #[test]
 fn bad_requests_are_refused() {
     let (m, _) = load("llama");

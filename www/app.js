@@ -230,7 +230,6 @@ function options() {
     drop_block: drop > 0 && block ? drop : null,
     heads: heads > 0 ? heads : null,
     sequential: true,
-    ridge: 1e-1,
   };
 }
 const STATIC_SCORES = ['maw', 'l2', 'vow', 'pon'];

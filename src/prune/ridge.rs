@@ -197,13 +197,25 @@ fn damped(g: &[Vec<f32>], lambda: f64) -> Vec<f64> {
 }
 
 /// Ridge re-fit of a down projection on the kept neurons `S`, shrunk towards the original weights:
-/// `W_S = argmin ‖W X − W_S X_S‖² + λ‖W_S − W[:,S]‖²`, i.e.
-/// `W_S = (W G[:,S] + λ W[:,S]) (G[S,S] + λI)⁻¹` with `λ = ratio · mean diag G`.
-pub fn refit_down(down: &Tensor, gram: &Tensor, kept: &[usize], ratio: f64) -> Result<Tensor> {
+/// `W_S = argmin ‖W X + αE − W_S X_S‖² + λ‖W_S − W[:,S]‖²`, i.e.
+/// `W_S = (W G[:,S] + α Cᵀ[:,S] + λ W[:,S]) (G[S,S] + λI)⁻¹` with `λ = ratio · mean diag G`.
+/// `correct = Some((C, α))` with `C = X Eᵀ` (`[I, H]`) also steers the output by `α` times the
+/// error `E` the pruned stream carries (see [`crate::calib::LayerStats::err_cross`]).
+pub fn refit_down(
+    down: &Tensor,
+    gram: &Tensor,
+    kept: &[usize],
+    ratio: f64,
+    correct: Option<(&Tensor, f64)>,
+) -> Result<Tensor> {
     let k = kept.len();
     let lambda = ridge_lambda(gram, ratio)?;
     let gs = select_rows(gram, kept)?; // [k, I]
-    let b = linear(&gs, down, None)?.to_vec2::<f32>()?; // [k, H] = G[S,:] Wᵀ
+    let mut b = linear(&gs, down, None)?; // [k, H] = G[S,:] Wᵀ
+    if let Some((c, alpha)) = correct.filter(|&(_, a)| a != 0.0) {
+        b = (b + (select_rows(c, kept)? * alpha)?)?;
+    }
+    let b = b.to_vec2::<f32>()?;
     let ws = select_cols(down, kept)?.t()?.contiguous()?.to_vec2::<f32>()?; // [k, H] = W[:,S]ᵀ
     let h = b.first().map_or(0, |r| r.len());
     let a = damped(&select_cols(&gs, kept)?.to_vec2::<f32>()?, lambda);
@@ -365,7 +377,7 @@ mod tests {
         let down = Tensor::from_vec((0..h * n).map(|_| rnd()).collect::<Vec<_>>(), (h, n), &Device::Cpu).unwrap();
         let (kept, w_obs) = obs_select(&down, &gram, 7, 1e-2, true).unwrap();
         assert_eq!(kept.len(), 7);
-        let w_ref = refit_down(&down, &gram, &kept, 1e-2).unwrap();
+        let w_ref = refit_down(&down, &gram, &kept, 1e-2, None).unwrap();
         let (p, q): (Vec<f32>, Vec<f32>) =
             (w_obs.unwrap().flatten_all().unwrap().to_vec1().unwrap(), w_ref.flatten_all().unwrap().to_vec1().unwrap());
         for (x, y) in p.iter().zip(&q) {
