@@ -30,6 +30,7 @@ test: setup models
 test-browser: build-native build-wasm
 	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web
 	node tests/e2e/page.mjs
+	node tests/e2e/webgpu.mjs
 
 ## Toolchain pieces: the wasm32 target and the wasm-bindgen CLI pinned to the crate's version.
 setup:

@@ -156,6 +156,24 @@ async fn webgpu_products_equal_the_cpu_kernels() {
     let mut small = podar::gpu::Gpu::open().await.unwrap();
     small.limit_binding((m * m * 4) as u64);
     assert_close(&small.gram(&a, t, m).await.unwrap(), &g_cpu, "gram in row blocks");
+    // Inner dimensions that are not a multiple of 4 (a pruned width such as 1229) are padded.
+    let (k3, m3) = (203, 101);
+    let (x3, w3, a3) = (noise(rows * k3, 4), noise(n * k3, 5), noise(t * m3, 6));
+    let cpu3 = podar::kernels::linear(
+        &Tensor::from_vec(x3.clone(), (rows, k3), &Device::Cpu).unwrap(),
+        &Tensor::from_vec(w3.clone(), (n, k3), &Device::Cpu).unwrap(),
+        None,
+    )
+    .unwrap();
+    gpu.upload(9, &w3, n, k3).unwrap();
+    assert_close(
+        &gpu.linear(9, &x3, rows, k3).await.unwrap(),
+        &cpu3.flatten_all().unwrap().to_vec1().unwrap(),
+        "odd k",
+    );
+    let g3 = podar::kernels::gram(&Tensor::from_vec(a3.clone(), (t, m3), &Device::Cpu).unwrap()).unwrap();
+    let plain = podar::gpu::Gpu::open().await.unwrap();
+    assert_close(&plain.gram(&a3, t, m3).await.unwrap(), &g3.flatten_all().unwrap().to_vec1().unwrap(), "odd gram");
     // An unknown weight and a wrong shape are errors, not panics.
     assert!(gpu.linear(99, &x, rows, k).await.is_err());
     assert!(gpu.linear(7, &x[..10], rows, k).await.is_err());

@@ -68,6 +68,20 @@ impl Params {
     }
 }
 
+/// The rows of `x` (`[rows, k]`) widened to `kp ≥ k` columns with zeros (the kernels read four
+/// values at a time, so the inner dimension must be a multiple of 4; zeros add nothing to a product).
+fn pad_cols(x: &[f32], k: usize, kp: usize) -> std::borrow::Cow<'_, [f32]> {
+    if kp == k {
+        return x.into();
+    }
+    let mut out = Vec::with_capacity(x.len() / k.max(1) * kp);
+    for row in x.chunks_exact(k) {
+        out.extend_from_slice(row);
+        out.resize(out.len() + kp - k, 0.0);
+    }
+    out.into()
+}
+
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -153,19 +167,21 @@ impl Gpu {
         if w.len() != n * k {
             return Err(Error::Gpu(format!("weight {key}: {} values for [{n}, {k}]", w.len())));
         }
+        let kp = k.next_multiple_of(4);
+        let w = pad_cols(w, k, kp);
         let bytes = (w.len() * 4) as u64;
         if bytes > self.budget {
             return Err(Error::Gpu(format!("a weight of {} MiB exceeds the GPU budget", bytes >> 20)));
         }
         self.evict_for(bytes);
-        let per = self.rows_per_binding(k);
+        let per = self.rows_per_binding(kp);
         let blocks = (0..n)
             .step_by(per)
             .map(|r0| {
                 let rows = per.min(n - r0);
                 let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("weight"),
-                    contents: &f32_bytes(&w[r0 * k..(r0 + rows) * k]),
+                    contents: &f32_bytes(&w[r0 * kp..(r0 + rows) * kp]),
                     usage: wgpu::BufferUsages::STORAGE,
                 });
                 (buf, r0, rows)
@@ -273,28 +289,31 @@ impl Gpu {
         Ok(v)
     }
 
-    /// `x · Wᵀ` for weight `key` (`[n, k]`) and `x` `[rows, k]`: `[rows, n]`.
+    /// `x · Wᵀ` for weight `key` (`[n, k]`) and `x` `[rows, k]`: `[rows, n]`. Any `k`: the inner
+    /// dimension is padded with zeros to a multiple of 4, as the weight was on upload.
     pub async fn linear(&self, key: u32, x: &[f32], rows: usize, k: usize) -> Result<Vec<f32>> {
         let t = self.tick();
         let (n, blocks) = {
             let mut ws = self.weights.borrow_mut();
             let w = ws.get_mut(&key).ok_or_else(|| Error::Gpu(format!("weight {key} is not on the GPU")))?;
-            if w.k != k || x.len() != rows * k || !k.is_multiple_of(4) {
+            if w.k != k || x.len() != rows * k {
                 return Err(Error::Gpu(format!("linear: x is [{rows}, {k}], weight {key} is [{}, {}]", w.n, w.k)));
             }
             w.last_use = t;
             (w.n, w.blocks.iter().map(|(b, r0, r)| (b.clone(), *r0, *r)).collect::<Vec<_>>())
         };
+        let kp = k.next_multiple_of(4);
+        let x = pad_cols(x, k, kp);
         let mut out = Vec::with_capacity(rows * n);
         // Input and output row blocks that each fit one binding.
-        let per = self.rows_per_binding(k.max(n));
+        let per = self.rows_per_binding(kp.max(n));
         for r0 in (0..rows).step_by(per) {
             let m = per.min(rows - r0);
-            let xb = self.storage(&x[r0 * k..(r0 + m) * k]);
+            let xb = self.storage(&x[r0 * kp..(r0 + m) * kp]);
             let ob = self.output(m * n);
             let mut enc = self.device.create_command_encoder(&Default::default());
             for (wb, j0, nj) in &blocks {
-                let p = Params { m, n: *nj, k: k / 4, lda: k / 4, ldb: k / 4, ldc: n, c_off: *j0, acc: false };
+                let p = Params { m, n: *nj, k: kp / 4, lda: kp / 4, ldb: kp / 4, ldc: n, c_off: *j0, acc: false };
                 self.dispatch(&mut enc, &self.nt, (&xb, wb, &ob), p);
             }
             out.extend(self.finish(enc, &ob, m * n).await?);
@@ -303,9 +322,15 @@ impl Gpu {
     }
 
     /// The Gram matrix `xᵀx` (`[n, n]`) of `x` (`[t, n]`), accumulated over row blocks of `x`.
+    /// Any `n`: the features are padded with zeros to a multiple of 4 and the result cut back.
     pub async fn gram(&self, x: &[f32], t: usize, n: usize) -> Result<Vec<f32>> {
-        if x.len() != t * n || !n.is_multiple_of(4) || (n * n * 4) as u64 > self.max_binding {
+        let np = n.next_multiple_of(4);
+        if x.len() != t * n || (np * np * 4) as u64 > self.max_binding {
             return Err(Error::Gpu(format!("gram: [{t}, {n}] does not fit")));
+        }
+        if np != n {
+            let g = Box::pin(self.gram(&pad_cols(x, n, np), t, np)).await?;
+            return Ok(g.chunks_exact(np).take(n).flat_map(|row| row[..n].iter().copied()).collect());
         }
         let per = self.rows_per_binding(n);
         let ob = self.output(n * n);
