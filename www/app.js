@@ -230,6 +230,8 @@ function options() {
     drop_block: drop > 0 && block ? drop : null,
     heads: heads > 0 ? heads : null,
     sequential: true,
+    // Checked: the core's default strength; unchecked: off.
+    ...($('correct').checked ? {} : { correct: 0 }),
   };
 }
 const STATIC_SCORES = ['maw', 'l2', 'vow', 'pon'];
@@ -256,7 +258,7 @@ async function updatePlan() {
 }
 $('mlp-range').oninput = () => { $('mlp').value = $('mlp-range').value; updatePlan(); };
 $('mlp').oninput = () => { $('mlp-range').value = $('mlp').value; updatePlan(); };
-for (const id of ['score', 'recover', 'drop-layers', 'drop-mode', 'heads', 'divisor', 'dtype']) $(id).addEventListener('input', updatePlan);
+for (const id of ['score', 'recover', 'correct', 'drop-layers', 'drop-mode', 'heads', 'divisor', 'dtype']) $(id).addEventListener('input', updatePlan);
 for (const id of ['calib-samples', 'calib-len']) $(id).addEventListener('input', () => { updatePlan(); textChanged(); });
 $('format').oninput = () => { fillDtypes(); updatePlan(); };
 
