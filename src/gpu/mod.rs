@@ -328,22 +328,20 @@ impl Gpu {
         if x.len() != t * n || (np * np * 4) as u64 > self.max_binding {
             return Err(Error::Gpu(format!("gram: [{t}, {n}] does not fit")));
         }
-        if np != n {
-            let g = Box::pin(self.gram(&pad_cols(x, n, np), t, np)).await?;
-            return Ok(g.chunks_exact(np).take(n).flat_map(|row| row[..n].iter().copied()).collect());
-        }
-        let per = self.rows_per_binding(n);
-        let ob = self.output(n * n);
+        let x = pad_cols(x, n, np);
+        let per = self.rows_per_binding(np);
+        let ob = self.output(np * np);
         let mut enc = self.device.create_command_encoder(&Default::default());
         let mut inputs = Vec::new();
         for (i, r0) in (0..t).step_by(per).enumerate() {
             let m = per.min(t - r0);
-            let xb = self.storage(&x[r0 * n..(r0 + m) * n]);
-            let p = Params { m: n, n, k: m, lda: n / 4, ldb: n / 4, ldc: n, c_off: 0, acc: i > 0 };
+            let xb = self.storage(&x[r0 * np..(r0 + m) * np]);
+            let p = Params { m: np, n: np, k: m, lda: np / 4, ldb: np / 4, ldc: np, c_off: 0, acc: i > 0 };
             self.dispatch(&mut enc, &self.tn, (&xb, &xb, &ob), p);
             inputs.push(xb);
         }
-        self.finish(enc, &ob, n * n).await
+        let g = self.finish(enc, &ob, np * np).await?;
+        Ok(if np == n { g } else { g.chunks_exact(np).take(n).flat_map(|row| row[..n].iter().copied()).collect() })
     }
 }
 
