@@ -67,7 +67,7 @@ bench: build-native models
 	@bash scripts/bench-prune.sh
 
 ## The page on WebGPU (SwiftShader in headless Chromium): same kept neurons and perplexity as the
-## CPU. Slow on a software adapter (about 1.3 GFLOP/s here), so not part of `make test` yet.
+## CPU. Slow on a software adapter (about 1.3 GFLOP/s here): 2 calibration windows; also run by `make test`.
 test-webgpu: build-native build-wasm models
 	node tests/e2e/webgpu.mjs
 

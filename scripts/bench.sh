@@ -28,3 +28,21 @@ rss = r.get('peak_rss_bytes')
 if rss:
     print(f"peak RSS        {rss / 2**20:.0f} MiB = {rss / f32_bytes:.2f}x the f32 model bytes ({f32_bytes / 2**20:.0f} MiB)")
 PY
+
+# The whole native job the issue measures: load the GGUF, calibrate 64x128 on code, prune 20% MLP,
+# recover (with error correction, the default), write the f32 Hugging Face folder.
+calib=../shared/corpora/code_calib.txt
+[ -f "$calib" ] || calib=www/presets/code-python.txt
+job=$(mktemp -d)
+trap 'rm -rf "$job"' EXIT
+echo "== podar prune, $calib, 64x128, 20% MLP, default recovery, f32 folder"
+out=$(./target/release/podar prune "$model" --calib "$calib" --mlp 0.2 --out "$job/m" --json)
+python3 - "$out" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+f32_bytes = 134_515_008 * 4
+print(f"whole job       {r['seconds']:.1f} s (OptiPFair load+prune+save here: ~16 s)")
+rss = r.get('peak_rss_bytes')
+if rss:
+    print(f"peak RSS        {rss / 2**20:.0f} MiB = {rss / f32_bytes:.2f}x the f32 model bytes ({f32_bytes / 2**20:.0f} MiB)")
+PY

@@ -137,6 +137,10 @@ pub struct Want {
     pub gram: bool,
     /// The unpruned model's error against the pruned stream ([`LayerStats::err_cross`]).
     pub track_error: bool,
+    /// The caller's replacements change only MLPs, and the next layer sees them (sequential
+    /// calibration): a replaced layer's output is then rebuilt from its saved post-attention
+    /// residual and MLP activations, and each layer's input is freed as soon as it has been run.
+    pub mlp_only: bool,
 }
 
 /// Runs `ids` (`samples` windows of `len`) through the model layer by layer, gathering statistics.
@@ -148,6 +152,9 @@ pub struct Want {
 /// `on_layer(l, layer, stats)` sees the original layer; a [`Replacement`] it returns takes that
 /// layer's place in `model` at once, so a caller that owns the only copy of the model never holds
 /// two copies of a layer's weights for longer than one layer.
+///
+/// The streams are kept as chunks of windows (one forward pass each), so nothing is ever
+/// concatenated into a second copy, and chunks are freed as soon as they are used.
 pub fn collect(
     model: &mut Model,
     ids: &[u32],
@@ -157,45 +164,68 @@ pub fn collect(
     on_layer: &mut OnLayer,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<CalibStats> {
-    let mut x = model.embed(ids, samples, len)?;
     let n_layers = model.layers.len();
     let mut layers = Vec::with_capacity(n_layers);
-    let mut boundary = vec![last_tokens(&x, samples, len)?];
-    // The unpruned model's stream, once the pruned stream differs from it (None: they are equal).
-    let mut x_orig: Option<Tensor> = None;
     // Windows per forward pass: the MLP activations of ~2048 tokens are alive at a time, whatever
     // the calibration size; the statistics are sums, gathered chunk by chunk.
     let per = (CHUNK_TOKENS / len.max(1)).clamp(1, samples.max(1));
     let chunks: Vec<(usize, usize)> = (0..samples).step_by(per).map(|w| (w, per.min(samples - w))).collect();
+    let mut x: Vec<Option<Tensor>> = {
+        let x0 = model.embed(ids, samples, len)?;
+        chunks
+            .iter()
+            .map(|&(w0, wn)| Ok(Some(x0.narrow(0, w0 * len, wn * len)?.contiguous()?)))
+            .collect::<Result<_>>()?
+    };
+    let mut boundary = vec![stream_last_tokens(&x, &chunks, len)?];
+    // The unpruned model's stream, once the pruned stream differs from it (None: they are equal).
+    let mut x_orig: Option<Vec<Option<Tensor>>> = None;
     for l in 0..n_layers {
         let mut st: Option<LayerStats> = None;
         let mut cos_sum = 0f64;
+        // Outputs as run: the next input unless the layer is replaced, and the unpruned stream
+        // where the two part. Otherwise a replaced layer's output comes from `saved`.
+        let keep_outs = !want.mlp_only || (want.track_error && x_orig.is_none());
         let mut outs = Vec::with_capacity(chunks.len());
         let mut saved = Vec::with_capacity(chunks.len());
-        let mut orig_outs = Vec::new();
-        for &(w0, wn) in &chunks {
-            let xc = x.narrow(0, w0 * len, wn * len)?;
+        for (c, &(_, wn)) in chunks.iter().enumerate() {
+            let xc = match (want.mlp_only, &mut x[c]) {
+                (true, slot) => slot.take(),
+                (false, slot) => slot.clone(),
+            };
+            let Some(xc) = xc else {
+                bail!(Input, "calibration stream chunk {c} is missing at layer {l}");
+            };
             let mut part: Option<Result<LayerStats>> = None;
+            let mut mlp: Option<(Tensor, Tensor)> = None;
             let mut tr = |t: LayerTrace| {
-                saved.push((t.mlp_residual.clone(), t.mlp_hidden.clone()));
+                mlp = Some((t.mlp_residual.clone(), t.mlp_hidden.clone()));
                 part = Some(stats_of(&t, want.gram));
             };
             let yc = model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?;
-            let Some(p) = part else {
+            let (Some(p), Some((residual, mid))) = (part, mlp) else {
                 bail!(Input, "layer {l} produced no statistics");
             };
             let mut p = p?;
-            if let (true, Some(xo), Some((_, mid))) = (want.track_error, &x_orig, saved.last()) {
-                let yo = model.layer_forward(l, &xo.narrow(0, w0 * len, wn * len)?, wn, len, None, None)?;
-                p.err_cross = Some(crate::kernels::cross(mid, &(&yo - &yc)?)?);
-                orig_outs.push(yo);
+            if let (true, Some(xo)) = (want.track_error, x_orig.as_mut()) {
+                let Some(xoc) = xo[c].take() else {
+                    bail!(Input, "unpruned stream chunk {c} is missing at layer {l}");
+                };
+                let yo = model.layer_forward(l, &xoc, wn, len, None, None)?;
+                p.err_cross = Some(crate::kernels::cross(&mid, &(&yo - &yc)?)?);
+                xo[c] = Some(yo);
             }
             st = Some(match st {
                 None => p,
                 Some(a) => a.add(p)?,
             });
             cos_sum += sum_cosine(&xc, &yc)?;
-            outs.push(yc);
+            if keep_outs {
+                outs.push(yc);
+            }
+            if want.mlp_only {
+                saved.push((residual, mid));
+            }
         }
         let Some(mut st) = st else {
             bail!(Input, "no calibration windows");
@@ -207,34 +237,43 @@ pub fn collect(
         // When only the MLP changed, the new output is the saved post-attention residual plus the
         // pruned MLP applied to the kept neurons' saved activations; otherwise the layer is re-run.
         let rep = on_layer(l, &model.layers[l], &st)?;
-        if want.track_error {
-            x_orig = match (x_orig.take(), &rep) {
-                (Some(_), _) => Some(Tensor::cat(&orig_outs, 0)?),
+        if let (true, None, Some(r)) = (want.track_error, &x_orig, &rep) {
+            if r.continue_pruned {
                 // The streams part here: the unpruned output is this layer's on the shared input.
-                (None, Some(r)) if r.continue_pruned => Some(Tensor::cat(&outs, 0)?),
-                (None, _) => None,
-            };
+                x_orig = Some(outs.iter().cloned().map(Some).collect());
+            }
         }
-        let y = match &rep {
-            Some(r) if r.continue_pruned && !r.attention_changed && saved.len() == chunks.len() => {
-                let idx: Vec<u32> = r.kept.iter().map(|&i| i as u32).collect();
-                let idx = Tensor::from_vec(idx, r.kept.len(), &candle_core::Device::Cpu)?;
-                let mut parts = Vec::with_capacity(chunks.len());
-                for (residual, mid) in saved.drain(..) {
-                    let mid_kept = mid.index_select(&idx, 1)?.contiguous()?;
-                    parts.push((residual + model.mlp_output(&r.layer, &mid_kept)?)?);
+        let layer_out = |layer: &Layer, kept: Option<&[usize]>, (residual, mid): (Tensor, Tensor)| -> Result<Tensor> {
+            let mid = match kept {
+                Some(k) => {
+                    let idx: Vec<u32> = k.iter().map(|&i| i as u32).collect();
+                    let idx = Tensor::from_vec(idx, k.len(), &candle_core::Device::Cpu)?;
+                    mid.index_select(&idx, 1)?.contiguous()?
                 }
-                Tensor::cat(&parts, 0)?
+                None => mid,
+            };
+            Ok((residual + model.mlp_output(layer, &mid)?)?)
+        };
+        let y: Vec<Tensor> = match &rep {
+            Some(r) if r.continue_pruned && !r.attention_changed && want.mlp_only => {
+                saved.drain(..).map(|s| layer_out(&r.layer, Some(&r.kept), s)).collect::<Result<_>>()?
             }
             Some(r) if r.continue_pruned => {
-                let mut parts = Vec::with_capacity(chunks.len());
-                for &(w0, wn) in &chunks {
-                    let xc = x.narrow(0, w0 * len, wn * len)?;
-                    parts.push(model.layer_forward_with(&r.layer, l, &xc, wn, len, None, None)?);
+                if want.mlp_only {
+                    bail!(Input, "layer {l}: the attention changed, but calibration was told only MLPs change");
                 }
-                Tensor::cat(&parts, 0)?
+                let mut parts = Vec::with_capacity(chunks.len());
+                for (c, &(_, wn)) in chunks.iter().enumerate() {
+                    let Some(xc) = &x[c] else {
+                        bail!(Input, "calibration stream chunk {c} is missing at layer {l}");
+                    };
+                    parts.push(model.layer_forward_with(&r.layer, l, xc, wn, len, None, None)?);
+                }
+                parts
             }
-            _ => Tensor::cat(&outs, 0)?,
+            _ if keep_outs => std::mem::take(&mut outs),
+            // The layer stays as it was: its output, rebuilt from what was saved.
+            _ => saved.drain(..).map(|s| layer_out(&model.layers[l], None, s)).collect::<Result<_>>()?,
         };
         drop((saved, outs));
         if let Some(r) = rep {
@@ -245,15 +284,27 @@ pub fn collect(
         st.attn_gram = None;
         st.err_cross = None;
         layers.push(st);
-        x = y;
-        boundary.push(last_tokens(&x, samples, len)?);
+        x = y.into_iter().map(Some).collect();
+        boundary.push(stream_last_tokens(&x, &chunks, len)?);
         crate::error::go_on(progress(l + 1, n_layers))?;
     }
     Ok(CalibStats { layers, tokens: ids.len(), boundary })
 }
 
+/// The last token's row of every window of a chunked stream, in window order.
+fn stream_last_tokens(x: &[Option<Tensor>], chunks: &[(usize, usize)], len: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for (c, &(_, wn)) in x.iter().zip(chunks) {
+        match c {
+            Some(t) => out.extend(last_tokens(t, wn, len)?),
+            None => bail!(Input, "calibration stream chunk is missing"),
+        }
+    }
+    Ok(out)
+}
+
 /// Tokens per calibration forward pass.
-const CHUNK_TOKENS: usize = 2048;
+const CHUNK_TOKENS: usize = 1024;
 
 /// One chunk's statistics (sums; `io_cosine` and `tokens` are set by the caller).
 fn stats_of(t: &LayerTrace, gram: bool) -> Result<LayerStats> {

@@ -80,6 +80,7 @@ pub struct Plan {
 pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Plan> {
     let mut after = cfg.clone();
     after.intermediate_size = mlp_target(cfg.intermediate_size, o)?;
+    crate::prune::check_recovery(o)?;
     let kv = heads_target(cfg.num_key_value_heads, o.heads)?;
     after.num_attention_heads = kv * (cfg.num_attention_heads / cfg.num_key_value_heads.max(1));
     after.num_key_value_heads = kv;

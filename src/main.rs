@@ -418,6 +418,7 @@ mod cli {
             pb.set_message(stage.to_string());
             pb.set_length(n as u64);
             pb.set_position(d as u64);
+            crate::release_free_memory();
             true
         })
         .at(&a.model)?;
@@ -456,7 +457,8 @@ mod cli {
         if a.json {
             println!(
                 "{}",
-                serde_json::json!({"parameters_before": pb_, "parameters_after": pa, "seconds": secs, "out": a.out})
+                serde_json::json!({"parameters_before": pb_, "parameters_after": pa, "seconds": secs, "out": a.out,
+                    "peak_rss_bytes": peak_rss()})
             );
         } else {
             for e in &evals {
@@ -584,5 +586,17 @@ mod cli {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// Hands the allocator's free pages back to the system (called after each calibrated layer): the
+/// activations of one layer are freed before the next layer's exist, but glibc keeps the pages,
+/// and scattered between long-lived pruned weights they would add up to a second working set.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

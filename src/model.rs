@@ -379,11 +379,14 @@ impl Model {
             Some(w) => self.rms_norm(&x, w)?,
             None => self.rms_norm(&x, &layer.post_attention_layernorm)?,
         };
-        let gate = layer.gate_proj.forward(&h)?;
-        let gate = match c.hidden_act {
-            Activation::Silu => gate.silu()?,
-            Activation::GeluTanh => gate.gelu()?,
-            Activation::Gelu => gate.gelu_erf()?,
+        // In a block, so the pre-activation is freed before `up` exists (shadowing would keep it).
+        let gate = {
+            let pre = layer.gate_proj.forward(&h)?;
+            match c.hidden_act {
+                Activation::Silu => pre.silu()?,
+                Activation::GeluTanh => pre.gelu()?,
+                Activation::Gelu => pre.gelu_erf()?,
+            }
         };
         let mid = (gate * layer.up_proj.forward(&h)?)?;
         if let Some(f) = trace {

@@ -159,6 +159,13 @@ fn bad_requests_are_refused() {
     }
     let o = PruneOptions { mlp_size: Some(100), divisor: Some(32), ..Default::default() };
     assert_eq!(podar::prune::mlp_target(128, &o).unwrap(), 96);
+    for (ridge, correct, what) in
+        [(-1.0, 0.5, "--ridge"), (f64::NAN, 0.5, "--ridge"), (0.3, 1.5, "--correct"), (0.3, -0.1, "--correct")]
+    {
+        let o = PruneOptions { mlp_fraction: Some(0.2), ridge, correct, ..Default::default() };
+        let e = prune_mlp(&m, Some(&calib(64 * 128)), &o, &mut |_, _, _| true).err().unwrap().to_string();
+        assert!(e.contains(what), "{e}");
+    }
 }
 
 #[test]

@@ -138,6 +138,17 @@ pub fn mlp_target(intermediate: usize, o: &PruneOptions) -> Result<usize> {
     Ok(keep)
 }
 
+/// Checks the recovery parameters: `ridge` a finite number ≥ 0, `correct` in [0, 1].
+pub fn check_recovery(o: &PruneOptions) -> Result<()> {
+    if !(o.ridge.is_finite() && o.ridge >= 0.0) {
+        bail!(Input, "--ridge must be a number of at least 0, got {}", o.ridge);
+    }
+    if !(0.0..=1.0).contains(&o.correct) {
+        bail!(Input, "--correct must be between 0 (off) and 1, got {}", o.correct);
+    }
+    Ok(())
+}
+
 /// Scores of one layer's MLP neurons.
 pub fn score_layer(model: &Model, l: usize, score: Score, stats: Option<&LayerStats>) -> Result<Vec<f64>> {
     score_of(&model.layers[l], score, stats)
@@ -392,6 +403,7 @@ pub fn prune_owned(
 ) -> Result<Pruned> {
     let cfg = &model.cfg.clone();
     let keep = mlp_target(cfg.intermediate_size, o)?;
+    check_recovery(o)?;
     let n = cfg.num_hidden_layers;
     if o.score.needs_data() && calib_ids.is_none() {
         bail!(Input, "score `{:?}` needs calibration text (--calib)", o.score);
@@ -458,7 +470,7 @@ pub fn prune_owned(
                 ids,
                 o.calib_samples,
                 o.calib_len,
-                calib::Want { gram: want_gram, track_error },
+                calib::Want { gram: want_gram, track_error, mlp_only: pruning && !heads_pruning && o.sequential },
                 &mut on_layer,
                 &mut |d, t| progress("calibrate", d, t),
             )?;
