@@ -210,3 +210,53 @@ fn head_recovery_brings_outputs_closer() {
     assert_eq!(with.kept_heads, without.kept_heads);
     assert!(logit_error(&m, &with.model, &held_out) < logit_error(&m, &without.model, &held_out));
 }
+
+/// Sequential calibration with MLP-only replacements rebuilds each pruned layer's output from the
+/// saved activations; it must give the same streams and statistics as re-running the pruned layer
+/// (the path head pruning takes), across uneven chunks, with the unpruned stream tracked.
+#[test]
+fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
+    use candle_core::{Device, Tensor};
+    use podar::calib::{collect, LayerStats, Replacement, Want};
+    use podar::model::{Layer, Linear};
+    let (m, _) = load("llama");
+    let (samples, len) = (70, 16); // 1024-token chunks: 64 windows, then 6
+    let ids = calib(samples * len);
+    let run = |mlp_only: bool| {
+        let mut model = m.clone();
+        let mut errs = Vec::new();
+        let mut on_layer = |_l: usize, layer: &Layer, st: &LayerStats| -> podar::Result<Option<Replacement>> {
+            errs.push(st.err_cross.as_ref().map(|c| c.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()));
+            let n = layer.gate_proj.weight.dim(0)?;
+            let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 1).collect();
+            let idx = Tensor::from_vec(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), kept.len(), &Device::Cpu)?;
+            let mut out = layer.clone();
+            out.gate_proj = Linear { weight: layer.gate_proj.weight.index_select(&idx, 0)?, bias: None };
+            out.up_proj = Linear { weight: layer.up_proj.weight.index_select(&idx, 0)?, bias: None };
+            let down = (layer.down_proj.weight.index_select(&idx, 1)? * 1.5)?.contiguous()?;
+            out.down_proj = Linear { weight: down, bias: None };
+            Ok(Some(Replacement { layer: out, kept, attention_changed: false, continue_pruned: true }))
+        };
+        let want = Want { gram: true, track_error: true, mlp_only };
+        let st = collect(&mut model, &ids, samples, len, want, &mut on_layer, &mut |_, _| true).unwrap();
+        (st, errs)
+    };
+    let ((fast, fast_err), (rerun, rerun_err)) = (run(true), run(false));
+    assert_eq!(fast.boundary.len(), m.layers.len() + 1);
+    for (l, (a, b)) in fast.boundary.iter().zip(&rerun.boundary).enumerate() {
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let s = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
+        assert!(d <= 1e-4 * s.max(1.0), "boundary {l}: max difference {d} (scale {s})");
+    }
+    // Layer 0 sees one stream; after it the streams part and the error is tracked.
+    assert_eq!(fast_err[0], None);
+    for (l, (a, b)) in fast_err.iter().zip(&rerun_err).enumerate().skip(1) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a > 0.0 && (a - b).abs() <= 1e-3 * b, "layer {l}: error cross {a} vs {b}");
+    }
+    for (a, b) in fast.layers.iter().zip(&rerun.layers) {
+        assert_eq!(a.tokens, samples * len);
+        let rel = (a.act_sq.iter().sum::<f64>() - b.act_sq.iter().sum::<f64>()).abs() / b.act_sq.iter().sum::<f64>();
+        assert!(rel < 1e-5, "activation sums differ by {rel}");
+    }
+}
