@@ -166,8 +166,8 @@ pub fn collect(
 ) -> Result<CalibStats> {
     let n_layers = model.layers.len();
     let mut layers = Vec::with_capacity(n_layers);
-    // Windows per forward pass: the MLP activations of ~2048 tokens are alive at a time, whatever
-    // the calibration size; the statistics are sums, gathered chunk by chunk.
+    // Windows per forward pass (~CHUNK_TOKENS tokens): one pass's temporaries are alive at a time,
+    // whatever the calibration size; the statistics are sums, gathered chunk by chunk.
     let per = (CHUNK_TOKENS / len.max(1)).clamp(1, samples.max(1));
     let chunks: Vec<(usize, usize)> = (0..samples).step_by(per).map(|w| (w, per.min(samples - w))).collect();
     let mut x: Vec<Option<Tensor>> = {
