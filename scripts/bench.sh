@@ -17,17 +17,24 @@ else
   yes "$(cat README.md)" | head -c 400000 > /tmp/podar-bench.txt
   out=$(./target/release/podar eval "$model" --text /tmp/podar-bench.txt --max-tokens "$n" --json)
 fi
-python3 - "$out" <<'PY'
+# Prints the lines of one podar --json result: `report JSON` (eval) or `report JSON job` (prune).
+report() {
+  python3 - "$@" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
 f32_bytes = 134_515_008 * 4
-print(f"load            {r['load_seconds']:.2f} s")
-print(f"eval            {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tokens'] / r['seconds']:.0f} tokens/s (PyTorch f32 on 2 cores: ~465)")
-print(f"perplexity      {r['perplexity']:.4f}")
+if sys.argv[2:] == ["job"]:
+    print(f"whole job       {r['seconds']:.1f} s (OptiPFair load+prune+save here: ~16 s)")
+else:
+    print(f"load            {r['load_seconds']:.2f} s")
+    print(f"eval            {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tokens'] / r['seconds']:.0f} tokens/s (PyTorch f32 on 2 cores: ~465)")
+    print(f"perplexity      {r['perplexity']:.4f}")
 rss = r.get('peak_rss_bytes')
 if rss:
     print(f"peak RSS        {rss / 2**20:.0f} MiB = {rss / f32_bytes:.2f}x the f32 model bytes ({f32_bytes / 2**20:.0f} MiB)")
 PY
+}
+report "$out"
 
 # The whole native job the issue measures: load the GGUF, calibrate 64x128 on code, prune 20% MLP,
 # recover (with error correction, the default), write the f32 Hugging Face folder.
@@ -37,12 +44,4 @@ job=$(mktemp -d)
 trap 'rm -rf "$job"' EXIT
 echo "== podar prune, $calib, 64x128, 20% MLP, default recovery, f32 folder"
 out=$(./target/release/podar prune "$model" --calib "$calib" --mlp 0.2 --out "$job/m" --json)
-python3 - "$out" <<'PY'
-import json, sys
-r = json.loads(sys.argv[1])
-f32_bytes = 134_515_008 * 4
-print(f"whole job       {r['seconds']:.1f} s (OptiPFair load+prune+save here: ~16 s)")
-rss = r.get('peak_rss_bytes')
-if rss:
-    print(f"peak RSS        {rss / 2**20:.0f} MiB = {rss / f32_bytes:.2f}x the f32 model bytes ({f32_bytes / 2**20:.0f} MiB)")
-PY
+report "$out" job

@@ -245,11 +245,7 @@ pub fn collect(
         }
         let layer_out = |layer: &Layer, kept: Option<&[usize]>, (residual, mid): (Tensor, Tensor)| -> Result<Tensor> {
             let mid = match kept {
-                Some(k) => {
-                    let idx: Vec<u32> = k.iter().map(|&i| i as u32).collect();
-                    let idx = Tensor::from_vec(idx, k.len(), &candle_core::Device::Cpu)?;
-                    mid.index_select(&idx, 1)?.contiguous()?
-                }
+                Some(k) => crate::prune::select_cols(&mid, k)?,
                 None => mid,
             };
             Ok((residual + model.mlp_output(layer, &mid)?)?)
