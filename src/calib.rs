@@ -107,24 +107,35 @@ pub fn windows(ids: &[u32], samples: usize, len: usize) -> Result<Vec<u32>> {
     Ok(ids[..need].to_vec())
 }
 
+/// Σ over rows of each column (of its square with `sq`), in f64. Blocks of rows run in parallel;
+/// their partial sums are added in block order, so the result does not depend on the threads.
 fn col_sums(t: &Tensor, sq: bool) -> Result<Vec<f64>> {
-    let (_, n) = t.dims2()?;
+    let (rows, n) = t.dims2()?;
+    const PER: usize = 128;
+    let blocks = rows.div_ceil(PER);
+    let parts = std::sync::Mutex::new(vec![None; blocks]);
     with_slice(t, |s| {
-        let mut out = vec![0f64; n];
-        for row in s.chunks_exact(n) {
-            for (o, &x) in out.iter_mut().zip(row) {
-                *o += if sq { (x * x) as f64 } else { x as f64 };
+        crate::kernels::par_for(blocks, &|i| {
+            let mut part = vec![0f64; n];
+            for row in s[i * PER * n..((i + 1) * PER).min(rows) * n].chunks_exact(n) {
+                for (o, &x) in part.iter_mut().zip(row) {
+                    *o += if sq { (x * x) as f64 } else { x as f64 };
+                }
             }
-        }
-        out
-    })
+            parts.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(part);
+        })
+    })?;
+    let mut out = vec![0f64; n];
+    for part in parts.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten() {
+        out.iter_mut().zip(&part).for_each(|(o, p)| *o += p);
+    }
+    Ok(out)
 }
 
 /// Σ over rows of cos(a_row, b_row).
 fn sum_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
     let (_, n) = a.dims2()?;
-    let (av, bv) = (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
-    Ok(av.chunks_exact(n).zip(bv.chunks_exact(n)).map(|(x, y)| cosine(x, y)).sum())
+    with_slice(a, |av| with_slice(b, |bv| av.chunks_exact(n).zip(bv.chunks_exact(n)).map(|(x, y)| cosine(x, y)).sum()))?
 }
 
 /// What `collect` calls after each layer: `(layer index, original layer, its statistics)`.
@@ -212,7 +223,7 @@ pub fn collect(
                     bail!(Input, "unpruned stream chunk {c} is missing at layer {l}");
                 };
                 let yo = model.layer_forward(l, &xoc, wn, len, None, None)?;
-                p.err_cross = Some(crate::kernels::cross(&mid, &(&yo - &yc)?)?);
+                p.err_cross = Some(crate::kernels::cross(&mid, &crate::kernels::sub(&yo, &yc)?)?);
                 xo[c] = Some(yo);
             }
             st = Some(match st {
@@ -248,7 +259,7 @@ pub fn collect(
                 Some(k) => crate::prune::select_cols(&mid, k)?,
                 None => mid,
             };
-            Ok((residual + model.mlp_output(layer, &mid)?)?)
+            crate::kernels::add(&residual, &model.mlp_output(layer, &mid)?)
         };
         let y: Vec<Tensor> = match &rep {
             Some(r) if r.continue_pruned && !r.attention_changed && want.mlp_only => {
@@ -328,7 +339,7 @@ impl LayerStats {
         sum(&mut self.attn_sq, &o.attn_sq);
         let add = |a: Option<Tensor>, b: Option<Tensor>| -> Result<Option<Tensor>> {
             Ok(match (a, b) {
-                (Some(a), Some(b)) => Some((a + b)?),
+                (Some(a), Some(b)) => Some(crate::kernels::add(&a, &b)?),
                 (a, b) => a.or(b),
             })
         };

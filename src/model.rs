@@ -3,9 +3,9 @@
 
 use crate::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
 use crate::error::{bail, Error, Result};
-use crate::kernels::{attention, AttnShape};
+use crate::kernels::{add, attention, silu_mul, to_heads, AttnShape, Rope};
 use crate::source::TensorSource;
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 /// A linear map `y = x Wᵀ + b` with `W` stored `[out, in]` as in transformers.
 #[derive(Debug, Clone)]
@@ -203,10 +203,17 @@ impl Model {
         self.cfg.parameter_count()
     }
 
+    /// A norm's effective weight (Gemma scales by `1 + w`).
+    fn norm_weight(&self, w: &Tensor) -> Result<Vec<f32>> {
+        let mut v = w.to_vec1::<f32>()?;
+        if self.cfg.arch.is_gemma() {
+            v.iter_mut().for_each(|x| *x += 1.0);
+        }
+        Ok(v)
+    }
+
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = x.broadcast_div(&(var + self.cfg.rms_norm_eps)?.sqrt()?)?;
-        Ok(if self.cfg.arch.is_gemma() { xn.broadcast_mul(&(w + 1.0)?)? } else { xn.broadcast_mul(w)? })
+        crate::kernels::rms_norm(x, &self.norm_weight(w)?, self.cfg.rms_norm_eps as f32)
     }
 
     /// Inverse RoPE frequencies for a layer kind, as transformers computes them.
@@ -244,7 +251,7 @@ impl Model {
     }
 
     /// cos and sin tables `[t, head_dim]` for positions `start..start+t`.
-    fn rope_tables(&self, kind: LayerType, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
+    fn rope_tables(&self, kind: LayerType, start: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
         let inv = self.inv_freq(kind);
         let half = inv.len();
         let mut cos = Vec::with_capacity(t * 2 * half);
@@ -256,7 +263,7 @@ impl Model {
                 sin.extend(row.iter().map(|x| x.sin()));
             }
         }
-        Ok((Tensor::from_vec(cos, (t, 2 * half), &Device::Cpu)?, Tensor::from_vec(sin, (t, 2 * half), &Device::Cpu)?))
+        (cos, sin)
     }
 
     /// Embeds token ids `[b, t]` into `[b·t, hidden]`.
@@ -275,14 +282,6 @@ impl Model {
         } else {
             x
         })
-    }
-
-    fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let d = x.dim(D::Minus1)?;
-        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-        let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
     }
 
     fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
@@ -326,17 +325,17 @@ impl Model {
         let start = cache.as_ref().map_or(0, |c| c.len);
 
         let h = self.rms_norm(x, &layer.input_layernorm)?;
-        let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
-            let y = lin.forward(&h)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?;
-            Ok(match norm {
-                Some(w) => self.rms_norm(&y, w)?,
-                None => y,
-            })
+        let (cos, sin) = self.rope_tables(kind, start, t);
+        let rope = Rope { cos: &cos, sin: &sin };
+        let eps = c.rms_norm_eps as f32;
+        // Projections laid out as heads `[b, n, t, hd]`, q/k normed per head and rotated on the way.
+        let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>, rope: Option<&Rope>| -> Result<Tensor> {
+            let w = norm.as_ref().map(|w| self.norm_weight(w)).transpose()?;
+            to_heads(&lin.forward(&h)?, (b, t, n, hd), w.as_deref().map(|w| (w, eps)), rope)
         };
-        let (cos, sin) = self.rope_tables(kind, start, t)?;
-        let q = Self::apply_rope(&heads(&layer.q_proj, nh, &layer.q_norm)?, &cos, &sin)?;
-        let mut k = Self::apply_rope(&heads(&layer.k_proj, nkv, &layer.k_norm)?, &cos, &sin)?;
-        let mut v = heads(&layer.v_proj, nkv, &None)?;
+        let q = heads(&layer.q_proj, nh, &layer.q_norm, Some(&rope))?;
+        let mut k = heads(&layer.k_proj, nkv, &layer.k_norm, Some(&rope))?;
+        let mut v = heads(&layer.v_proj, nkv, &None, None)?;
         if let Some(cache) = cache {
             if cache.kv.len() <= l {
                 cache.kv.resize(l + 1, None);
@@ -365,34 +364,29 @@ impl Model {
                 LayerType::Full => None,
             },
         };
-        let attn = attention(&qg, &k, &v, &shape)?
-            .reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * t, nh * hd))?;
+        let attn = attention(&qg, &k, &v, &shape)?;
         let mut a = layer.o_proj.forward(&attn)?;
         if c.arch.is_gemma() {
             a = self.rms_norm(&a, &layer.post_attention_layernorm)?;
         }
-        let x = (x + a)?;
+        let x = add(x, &a)?;
         let h = match &layer.pre_feedforward_layernorm {
             Some(w) => self.rms_norm(&x, w)?,
             None => self.rms_norm(&x, &layer.post_attention_layernorm)?,
         };
-        // In a block, so the pre-activation is freed before `up` exists (shadowing would keep it).
-        let gate = {
+        // In a block, so the pre-activation is freed as soon as the GLU is formed.
+        let mid = {
             let pre = layer.gate_proj.forward(&h)?;
             match c.hidden_act {
-                Activation::Silu => pre.silu()?,
-                Activation::GeluTanh => pre.gelu()?,
-                Activation::Gelu => pre.gelu_erf()?,
+                Activation::Silu => silu_mul(&pre, &layer.up_proj.forward(&h)?)?,
+                Activation::GeluTanh => (pre.gelu()? * layer.up_proj.forward(&h)?)?,
+                Activation::Gelu => (pre.gelu_erf()? * layer.up_proj.forward(&h)?)?,
             }
         };
-        let mid = (gate * layer.up_proj.forward(&h)?)?;
         if let Some(f) = trace {
             f(LayerTrace { layer: l, mlp_input: &h, mlp_hidden: &mid, attn_hidden: &attn, mlp_residual: &x });
         }
-        Ok((&x + self.mlp_output(layer, &mid)?)?)
+        add(&x, &self.mlp_output(layer, &mid)?)
     }
 
     /// The MLP's contribution to the residual stream from its hidden activations `mid`

@@ -246,6 +246,9 @@ pub(crate) fn select_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
 }
 
 pub(crate) fn select_cols(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    if t.dtype() == candle_core::DType::F32 && t.rank() == 2 {
+        return crate::kernels::select_cols(t, idx);
+    }
     let i: Vec<u32> = idx.iter().map(|&x| x as u32).collect();
     Ok(t.index_select(&Tensor::from_vec(i, idx.len(), &Device::Cpu)?, 1)?.contiguous()?)
 }
