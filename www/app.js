@@ -15,10 +15,11 @@ let lastModel = null; // how the current model was loaded, to reload after a wor
 
 function startWorker() {
   const url = new URL('./worker.js', import.meta.url);
-  const threads = new URLSearchParams(location.search).get('threads');
-  if (threads !== null) url.searchParams.set('threads', threads);
-  const gpu = new URLSearchParams(location.search).get('gpu');
-  if (gpu !== null) url.searchParams.set('gpu', gpu);
+  // The page's engine switches pass on to the worker: ?threads=0, ?simd=plain, ?gpu=0.
+  for (const key of ['threads', 'simd', 'gpu']) {
+    const v = new URLSearchParams(location.search).get(key);
+    if (v !== null) url.searchParams.set(key, v);
+  }
   worker = new Worker(url, { type: 'module' });
   worker.onmessage = (e) => {
     const m = e.data;
@@ -436,7 +437,7 @@ $('generate').onclick = () => busy(async () => {
 // The engine line: CPU threads, and whether the matrix products run on WebGPU.
 function engineText() {
   const t = state.threads || 1;
-  const cpu = `CPU, WebAssembly SIMD, ${t} thread${t > 1 ? 's' : ''}`;
+  const cpu = `CPU, WebAssembly ${state.simd || 'SIMD'}, ${t} thread${t > 1 ? 's' : ''}`;
   const g = state.gpu;
   let gpu;
   if (!g || !g.available) gpu = `no GPU (${g ? g.info : 'not checked'})`;
@@ -462,6 +463,7 @@ $('force-cpu').onchange = () => busy(async () => {
   try {
     const r = await startWorker();
     state.threads = r.threads;
+    state.simd = r.simd;
     showGpu(r.gpu);
     refresh();
   } catch (e) {

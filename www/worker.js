@@ -2,9 +2,10 @@
 // Protocol: {id, cmd, ...args} in; {id, progress: {stage, done, total}}, {id, text}, and finally
 // {id, ok, memory} or {id, error} out. A shared Int32Array flag (set by the page's Cancel) makes
 // every progress callback answer "stop", and the running call ends with "cancelled".
-// The threaded build (pkg/threads/, wasm threads over a pool of workers) when the page is
-// cross-origin isolated and the build exists, else the single-threaded one (pkg/).
-// `?threads=0` on the worker's URL forces the single-threaded build.
+// The threaded build (wasm threads over a pool of workers) when the page is cross-origin isolated
+// and the build exists, else the single-threaded one (pkg/). Threaded: pkg/threads-relaxed/ (relaxed
+// SIMD: fused multiply-adds) where the browser validates relaxed SIMD, else pkg/threads/.
+// `?threads=0` on the worker's URL forces the single-threaded build, `?simd=plain` plain SIMD.
 // WebGPU: when the page is cross-origin isolated and an adapter exists, a GPU worker
 // (gpu-worker.js, started through gpu-bridge.js) runs the large matrix products; `?gpu=0` skips it.
 import { GpuBridge } from './gpu-bridge.js';
@@ -12,11 +13,25 @@ import { GpuBridge } from './gpu-bridge.js';
 let podar = null;
 let bridge = null;
 let gpuReason = '';
+// A module whose one function uses f32x4.relaxed_madd: valid only where relaxed SIMD is.
+const RELAXED_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 61, 1, 59, 0,
+  ...[0, 1, 2].flatMap(() => [253, 12, ...new Array(16).fill(0)]), 253, 133, 2, 11]);
+let simd = 'SIMD';
 const ready = (async () => {
-  const want = new URL(self.location.href).searchParams.get('threads') !== '0';
-  let threaded = want && self.crossOriginIsolated && typeof SharedArrayBuffer === 'function';
-  if (threaded) threaded = (await fetch('../pkg/threads/podar.js', { method: 'HEAD' }).catch(() => null))?.ok === true;
-  podar = await import(threaded ? '../pkg/threads/podar.js' : '../pkg/podar.js');
+  const params = new URL(self.location.href).searchParams;
+  const exists = async (p) => (await fetch(p, { method: 'HEAD' }).catch(() => null))?.ok === true;
+  let build = '../pkg/podar.js';
+  if (params.get('threads') !== '0' && self.crossOriginIsolated && typeof SharedArrayBuffer === 'function') {
+    const relaxed = params.get('simd') !== 'plain' && WebAssembly.validate(RELAXED_PROBE);
+    if (relaxed && await exists('../pkg/threads-relaxed/podar.js')) {
+      build = '../pkg/threads-relaxed/podar.js';
+      simd = 'relaxed SIMD';
+    } else if (await exists('../pkg/threads/podar.js')) {
+      build = '../pkg/threads/podar.js';
+    }
+  }
+  const threaded = build !== '../pkg/podar.js';
+  podar = await import(build);
   await podar.default();
   if (threaded) await podar.initThreadPool(navigator.hardwareConcurrency || 2);
   if (new URL(self.location.href).searchParams.get('gpu') === '0') {
@@ -142,7 +157,7 @@ self.onmessage = async (e) => {
       flag = m.flag ? new Int32Array(m.flag) : null;
       session = new podar.Session();
       if (bridge && m.gpu !== false) session.set_gpu(bridge);
-      postMessage({ id: m.id, ok: { threads: podar.Session.threads(), gpu: gpuState() }, memory: podar.Session.memory_bytes() });
+      postMessage({ id: m.id, ok: { threads: podar.Session.threads(), simd, gpu: gpuState() }, memory: podar.Session.memory_bytes() });
       return;
     }
     if (m.cmd === 'cancel') {
