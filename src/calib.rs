@@ -3,7 +3,7 @@
 //! per-neuron statistics that data-driven scores and recovery use.
 
 use crate::error::{bail, Result};
-use crate::kernels::with_slice;
+use crate::kernels::{with_slice, Accum};
 use crate::model::{Layer, LayerTrace, Model};
 use candle_core::Tensor;
 
@@ -199,6 +199,8 @@ pub fn collect(
         let keep_outs = !want.mlp_only || (want.track_error && x_orig.is_none());
         let mut outs = Vec::with_capacity(chunks.len());
         let mut saved = Vec::with_capacity(chunks.len());
+        // Sums over the chunks, accumulated in place.
+        let (mut gram, mut attn_gram, mut err_cross) = (Accum::default(), Accum::default(), Accum::default());
         for (c, &(_, wn)) in chunks.iter().enumerate() {
             let xc = match (want.mlp_only, &mut x[c]) {
                 (true, slot) => slot.take(),
@@ -208,27 +210,32 @@ pub fn collect(
                 bail!(Input, "calibration stream chunk {c} is missing at layer {l}");
             };
             let mut part: Option<Result<LayerStats>> = None;
-            let mut mlp: Option<(Tensor, Tensor)> = None;
+            let mut mlp: Option<(Tensor, Tensor, Tensor)> = None;
             let mut tr = |t: LayerTrace| {
-                mlp = Some((t.mlp_residual.clone(), t.mlp_hidden.clone()));
-                part = Some(stats_of(&t, want.gram));
+                mlp = Some((t.mlp_residual.clone(), t.mlp_hidden.clone(), t.attn_hidden.clone()));
+                part = Some(stats_of(&t));
             };
             let yc = model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?;
-            let (Some(p), Some((residual, mid))) = (part, mlp) else {
+            let (Some(p), Some((residual, mid, attn))) = (part, mlp) else {
                 bail!(Input, "layer {l} produced no statistics");
             };
-            let mut p = p?;
+            let p = p?;
+            if want.gram {
+                gram.add_gram(&mid)?;
+                attn_gram.add_gram(&attn)?;
+            }
+            drop(attn);
             if let (true, Some(xo)) = (want.track_error, x_orig.as_mut()) {
                 let Some(xoc) = xo[c].take() else {
                     bail!(Input, "unpruned stream chunk {c} is missing at layer {l}");
                 };
                 let yo = model.layer_forward(l, &xoc, wn, len, None, None)?;
-                p.err_cross = Some(crate::kernels::cross(&mid, &crate::kernels::sub(&yo, &yc)?)?);
+                err_cross.add_cross(&mid, &crate::kernels::sub(&yo, &yc)?)?;
                 xo[c] = Some(yo);
             }
             st = Some(match st {
                 None => p,
-                Some(a) => a.add(p)?,
+                Some(a) => a.add(p),
             });
             cos_sum += sum_cosine(&xc, &yc)?;
             if keep_outs {
@@ -243,6 +250,13 @@ pub fn collect(
         };
         st.io_cosine = cos_sum / ids.len().max(1) as f64;
         st.tokens = ids.len();
+        let square = |a: Accum, n: usize| if a.is_empty() { Ok(None) } else { a.into_tensor((n, n)).map(Some) };
+        st.gram = square(gram, st.act_sq.len())?;
+        st.attn_gram = square(attn_gram, st.attn_sq.len())?;
+        st.err_cross = match err_cross.is_empty() {
+            true => None,
+            false => Some(err_cross.into_tensor((st.act_sq.len(), st.input_sq.len()))?),
+        };
         // Sequential calibration: a pruned layer hands back its new weights, and the next layer
         // sees the pruned layer's output, so later layers adapt to earlier pruning.
         // When only the MLP changed, the new output is the saved post-attention residual plus the
@@ -313,16 +327,16 @@ fn stream_last_tokens(x: &[Option<Tensor>], chunks: &[(usize, usize)], len: usiz
 /// Tokens per calibration forward pass.
 const CHUNK_TOKENS: usize = 1024;
 
-/// One chunk's statistics (sums; `io_cosine` and `tokens` are set by the caller).
-fn stats_of(t: &LayerTrace, gram: bool) -> Result<LayerStats> {
+/// One chunk's per-neuron sums (the caller accumulates the matrices, `io_cosine` and `tokens`).
+fn stats_of(t: &LayerTrace) -> Result<LayerStats> {
     let a = t.mlp_hidden;
     Ok(LayerStats {
         input_sq: col_sums(t.mlp_input, true)?,
         act_sum: col_sums(a, false)?,
         act_sq: col_sums(a, true)?,
-        gram: if gram { Some(crate::kernels::gram(a)?) } else { None },
+        gram: None,
         attn_sq: col_sums(t.attn_hidden, true)?,
-        attn_gram: if gram { Some(crate::kernels::gram(t.attn_hidden)?) } else { None },
+        attn_gram: None,
         err_cross: None,
         io_cosine: 0.0,
         tokens: 0,
@@ -331,21 +345,12 @@ fn stats_of(t: &LayerTrace, gram: bool) -> Result<LayerStats> {
 
 impl LayerStats {
     /// The statistics of two disjoint sets of tokens together.
-    fn add(mut self, o: LayerStats) -> Result<LayerStats> {
+    fn add(mut self, o: LayerStats) -> LayerStats {
         let sum = |a: &mut Vec<f64>, b: &[f64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
         sum(&mut self.input_sq, &o.input_sq);
         sum(&mut self.act_sum, &o.act_sum);
         sum(&mut self.act_sq, &o.act_sq);
         sum(&mut self.attn_sq, &o.attn_sq);
-        let add = |a: Option<Tensor>, b: Option<Tensor>| -> Result<Option<Tensor>> {
-            Ok(match (a, b) {
-                (Some(a), Some(b)) => Some(crate::kernels::add(&a, &b)?),
-                (a, b) => a.or(b),
-            })
-        };
-        self.gram = add(self.gram, o.gram)?;
-        self.attn_gram = add(self.attn_gram, o.attn_gram)?;
-        self.err_cross = add(self.err_cross, o.err_cross)?;
-        Ok(self)
+        self
     }
 }
