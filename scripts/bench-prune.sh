@@ -14,7 +14,7 @@ fi
 domains="code prose german"
 calibs=${BENCH_CALIB:-code}
 [ "${BENCH_PRUNE:-}" = full ] && calibs="code prose german"
-methods=${BENCH_METHODS:-"maw optipfair obs"}
+methods=${BENCH_METHODS:-"maw energy optipfair obs"}
 ratios=${BENCH_RATIOS:-"0.1 0.2 0.4"}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -32,9 +32,10 @@ try {
   const job = (Date.now() - t0) / 1e3;
   const r = await page.evaluate(() => window.podar.state.lastJob);
   const correct = await page.locator('#correct').isChecked();
+  const score = await page.locator('#score').inputValue();
   if (!/Done$/.test(msg)) throw new Error(msg);
   console.log(`bench-web: ${engine}`);
-  console.log(`bench-web: calibration text ${path.relative(root, calib)}, ${samples}×128 tokens, 20% MLP, optipfair + recovery${correct ? ' with error correction' : ''}, zip f32`);
+  console.log(`bench-web: calibration text ${path.relative(root, calib)}, ${samples}×128 tokens, 20% MLP, ${score} + recovery${correct ? ' with error correction' : ''}, zip f32`);
   console.log(`bench-web: load ${load.toFixed(1)} s, prune ${r.pruneSeconds.toFixed(1)} s, prune+zip ${job.toFixed(1)} s, whole job ${(load + job).toFixed(1)} s`);
   console.log(`bench-web: peak wasm memory ${(r.peakMemory / 2 ** 20).toFixed(0)} MiB = ${(r.peakMemory / f32Bytes).toFixed(2)}× the f32 model (${(f32Bytes / 2 ** 20).toFixed(0)} MiB); zip ${(r.bytes / 1e6).toFixed(1)} MB`);
 } finally {

@@ -72,7 +72,7 @@ mod cli {
             model: PathBuf,
             #[arg(long)]
             calib: PathBuf,
-            /// Neuron score (wanda, flap, optipfair, obs or a static one).
+            /// Neuron score (wanda, flap, energy, optipfair, obs or a static one).
             #[arg(long, default_value = "wanda")]
             score: String,
             #[arg(long, default_value_t = 64)]
@@ -251,7 +251,7 @@ mod cli {
         /// MLP width to keep instead of a fraction.
         #[arg(long)]
         mlp_size: Option<usize>,
-        /// maw, vow, pon, l2 (static) or wanda, flap, optipfair, obs (need --calib). Default: optipfair with --calib, else maw.
+        /// maw, vow, pon, l2 (static) or wanda, flap, energy, optipfair, obs (need --calib). Default: energy with --calib, else maw.
         #[arg(long)]
         score: Option<String>,
         /// Skip the ridge re-fit of the down projections.
@@ -358,7 +358,7 @@ mod cli {
         let format = OutputFormat::parse(&a.format, &a.dtype).map_err(|e| bad(&a.out, format!("--{e}")))?;
         let score = match (&a.score, &a.calib) {
             (Some(s), _) => Score::parse(s).at(&a.model)?,
-            (None, Some(_)) => Score::Optipfair,
+            (None, Some(_)) => Score::Energy,
             (None, None) => Score::Maw,
         };
         let opts = PruneOptions {

@@ -59,9 +59,17 @@ fn pruned_shapes_match_config_for_every_family_and_score() {
     let ids = calib(8 * 16);
     for name in ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"] {
         let (m, _) = load(name);
-        for score in
-            [Score::Maw, Score::Vow, Score::Pon, Score::L2, Score::Wanda, Score::Flap, Score::Optipfair, Score::Obs]
-        {
+        for score in [
+            Score::Maw,
+            Score::Vow,
+            Score::Pon,
+            Score::L2,
+            Score::Wanda,
+            Score::Flap,
+            Score::Energy,
+            Score::Optipfair,
+            Score::Obs,
+        ] {
             let o =
                 PruneOptions { mlp_fraction: Some(0.25), score, calib_samples: 8, calib_len: 16, ..Default::default() };
             let data = score.needs_data().then_some(&ids[..]);
@@ -259,4 +267,43 @@ fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
         let rel = (a.act_sq.iter().sum::<f64>() - b.act_sq.iter().sum::<f64>()).abs() / b.act_sq.iter().sum::<f64>();
         assert!(rel < 1e-5, "activation sums differ by {rel}");
     }
+}
+
+#[test]
+fn energy_scores_are_each_neurons_output_energy() {
+    let (m, _) = load("llama");
+    let (samples, len) = (4, 16);
+    let ids = calib(samples * len);
+    let mut mc = m.clone();
+    let st =
+        podar::calib::collect(&mut mc, &ids, samples, len, Default::default(), &mut |_, _, _| Ok(None), &mut |_, _| {
+            true
+        })
+        .unwrap();
+    // The same quantity from a plain forward pass: Σ_t ‖a_ti · down[:, i]‖² for layer 1.
+    let x = m.embed(&ids, samples, len).unwrap();
+    let x = m.layer_forward(0, &x, samples, len, None, None).unwrap();
+    let mut mid = None;
+    m.layer_forward(
+        1,
+        &x,
+        samples,
+        len,
+        None,
+        Some(&mut |t: podar::model::LayerTrace| mid = Some(t.mlp_hidden.clone())),
+    )
+    .unwrap();
+    let a = mid.unwrap().to_vec2::<f32>().unwrap();
+    let down = m.layers[1].down_proj.weight.to_vec2::<f32>().unwrap(); // [hidden, intermediate]
+    let want: Vec<f64> = (0..a[0].len())
+        .map(|i| {
+            let d2: f64 = down.iter().map(|r| (r[i] as f64).powi(2)).sum();
+            a.iter().map(|row| (row[i] as f64).powi(2) * d2).sum()
+        })
+        .collect();
+    let got = podar::prune::score_layer(&m, 1, Score::Energy, Some(&st.layers[1])).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-4 * w.abs().max(1e-6), "{g} vs {w}");
+    }
+    assert!(podar::prune::score_layer(&m, 1, Score::Energy, None).is_err(), "energy needs calibration");
 }
