@@ -1,0 +1,139 @@
+//! Gram matrices and cross products of activations, summed in place over chunks of tokens.
+
+use super::{offload, par_for, strided_gemm, with_slice, SharedMut, OFFLOAD_MIN_MACS};
+use crate::error::Result;
+use candle_core::{Device, Tensor};
+
+/// Gram matrix `xᵀx` (`[n, n]`) of `x` (`[tokens, n]`): only the blocks on and above the diagonal
+/// are multiplied, then mirrored, halving the work of a plain matmul.
+pub fn gram(x: &Tensor) -> Result<Tensor> {
+    let n = x.dim(1)?;
+    let mut acc = Accum::default();
+    acc.add_gram(x)?;
+    acc.into_tensor((n, n))
+}
+
+/// `aᵀb` (`[n, m]`) of `a` (`[tokens, n]`) and `b` (`[tokens, m]`).
+pub fn cross(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (n, m) = (a.dim(1)?, b.dim(1)?);
+    let mut acc = Accum::default();
+    acc.add_cross(a, b)?;
+    acc.into_tensor((n, m))
+}
+
+/// A sum of Gram matrices or of cross products over chunks of tokens, accumulated in place (one
+/// buffer however many chunks). A Gram sum holds only its upper triangle until [`Accum::into_tensor`]
+/// mirrors it.
+#[derive(Debug, Default)]
+pub struct Accum {
+    data: Vec<f32>,
+    gram: bool,
+}
+
+impl Accum {
+    fn buffer(&mut self, len: usize) -> Result<*mut f32> {
+        if self.data.is_empty() {
+            self.data = vec![0f32; len];
+        } else if self.data.len() != len {
+            return Err(candle_core::Error::Msg(format!("accumulating {len} values into {}", self.data.len())).into());
+        }
+        Ok(self.data.as_mut_ptr())
+    }
+
+    /// Adds `xᵀx` of `x` (`[tokens, n]`).
+    pub fn add_gram(&mut self, x: &Tensor) -> Result<()> {
+        let (t, n) = x.dims2()?;
+        self.gram = true;
+        if let Some(o) = offload().filter(|_| t * n * n >= OFFLOAD_MIN_MACS) {
+            if let Some(v) = with_slice(x, |xs| o.gram(xs, t, n))?.filter(|v| v.len() == n * n) {
+                self.buffer(n * n)?;
+                self.data.iter_mut().zip(&v).for_each(|(a, b)| *a += b);
+                return Ok(());
+            }
+        }
+        let optr = SharedMut(self.buffer(n * n)?);
+        const B: usize = 256;
+        let nb = n.div_ceil(B);
+        let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|i| (i..nb).map(move |j| (i, j))).collect();
+        with_slice(x, |xs| {
+            par_for(pairs.len(), &|p| {
+                let (bi, bj) = pairs[p];
+                let (i0, j0) = (bi * B, bj * B);
+                let (ni, nj) = (B.min(n - i0), B.min(n - j0));
+                let o = optr;
+                // SAFETY: block (bi, bj) of the buffer is written by this task alone; xs holds t×n
+                // values. xᵀ block: element (i, τ) at x[τ·n + i]; x block: element (τ, j) at x[τ·n + j].
+                unsafe {
+                    strided_gemm(
+                        (ni, nj, t),
+                        o.0.add(i0 * n + j0),
+                        n,
+                        true,
+                        xs.as_ptr().add(i0),
+                        (1, n),
+                        xs.as_ptr().add(j0),
+                        (n, 1),
+                    )
+                };
+            })
+        })
+    }
+
+    /// Adds `aᵀb` of `a` (`[tokens, n]`) and `b` (`[tokens, m]`), row blocks of the result over threads.
+    pub fn add_cross(&mut self, a: &Tensor, b: &Tensor) -> Result<()> {
+        let (t, n) = a.dims2()?;
+        let (t2, m) = b.dims2()?;
+        if t != t2 {
+            return Err(candle_core::Error::Msg(format!("cross: {t} rows against {t2}")).into());
+        }
+        let optr = SharedMut(self.buffer(n * m)?);
+        const B: usize = 64;
+        with_slice(a, |xs| {
+            with_slice(b, |ys| {
+                par_for(n.div_ceil(B), &|bi| {
+                    let i0 = bi * B;
+                    let o = optr;
+                    // SAFETY: rows i0..i0+B of the buffer belong to this task; aᵀ element (i, τ) is at a[τ·n + i].
+                    unsafe {
+                        strided_gemm(
+                            (B.min(n - i0), m, t),
+                            o.0.add(i0 * m),
+                            m,
+                            true,
+                            xs.as_ptr().add(i0),
+                            (1, n),
+                            ys.as_ptr(),
+                            (m, 1),
+                        )
+                    };
+                })
+            })
+        })?
+    }
+
+    /// Whether anything was added.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The sum as a `shape` tensor (a Gram sum mirrored into its lower triangle first).
+    pub fn into_tensor(mut self, shape: (usize, usize)) -> Result<Tensor> {
+        let n = shape.0;
+        if self.gram {
+            // The lower triangle from the upper one, row blocks over threads.
+            let optr = SharedMut(self.data.as_mut_ptr());
+            const B: usize = 256;
+            par_for(n.div_ceil(B), &|bi| {
+                let o = optr;
+                for i in bi * B..(bi * B + B).min(n) {
+                    for j in 0..i {
+                        // SAFETY: (i, j) with j < i is written by the task of row i only; (j, i)
+                        // lies in the upper triangle, which no task writes.
+                        unsafe { *o.0.add(i * n + j) = *o.0.add(j * n + i) };
+                    }
+                }
+            });
+        }
+        Ok(Tensor::from_vec(self.data, shape, &Device::Cpu)?)
+    }
+}

@@ -1,0 +1,165 @@
+//! Elementwise and row-wise kernels of the layer forward pass, threaded over blocks of rows.
+
+use super::{par_for, threads, with_slice, SharedMut};
+use crate::error::Result;
+use candle_core::{Device, Tensor};
+
+/// Work (elements) below which an elementwise kernel stays on the calling thread.
+const PAR_MIN: usize = 1 << 15;
+
+/// Runs `f(first_row, rows)` over blocks of the rows (each `n` long) of `out`, split over threads
+/// when the work is large enough to pay for them.
+fn par_rows(out: &mut [f32], n: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let (len, n) = (out.len(), n.max(1));
+    if len < PAR_MIN || threads() <= 1 {
+        f(0, out);
+        return;
+    }
+    // The last row may be short (elementwise kernels use rows as plain blocks).
+    let rows = len.div_ceil(n);
+    let per = rows.div_ceil(threads() * 4).max(1);
+    let optr = SharedMut(out.as_mut_ptr());
+    par_for(rows.div_ceil(per), &|i| {
+        let p = optr;
+        let (e0, e1) = (i * per * n, ((i + 1) * per * n).min(len));
+        // SAFETY: task i alone writes elements e0..e1, which lie inside `out`.
+        f(i * per, unsafe { std::slice::from_raw_parts_mut(p.0.add(e0), e1 - e0) });
+    });
+}
+
+/// Each row of `x` (last dimension `n`) scaled to unit root-mean-square and by `w` (`[n]`), as
+/// transformers' RMSNorm computes it in f32 (Gemma passes `1 + w`).
+pub fn rms_norm(x: &Tensor, w: &[f32], eps: f32) -> Result<Tensor> {
+    let n = w.len();
+    let mut out = vec![0f32; x.elem_count()];
+    with_slice(x, |xs| {
+        par_rows(&mut out, n, &|r0, o| {
+            for (i, row) in o.chunks_exact_mut(n).enumerate() {
+                let xr = &xs[(r0 + i) * n..(r0 + i + 1) * n];
+                let var = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+                let d = (var + eps).sqrt();
+                row.iter_mut().zip(xr).zip(w).for_each(|((o, &v), &g)| *o = v / d * g);
+            }
+        })
+    })?;
+    Ok(Tensor::from_vec(out, x.shape(), &Device::Cpu)?)
+}
+
+/// Rotary tables for [`to_heads`]: `cos`, `sin` `[t, head_dim]`, positions in rows.
+pub struct Rope<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+/// A projection's output `y` `[b·t, n·hd]` as heads `[b, n, t, hd]`, each head's row optionally
+/// RMS-normed (`norm`: weight `[hd]` and eps, as Qwen3's and Gemma 3's q/k norms) and then rotated
+/// (`x·cos + rotate_half(x)·sin`, as transformers applies RoPE).
+pub fn to_heads(
+    y: &Tensor,
+    (b, t, n, hd): (usize, usize, usize, usize),
+    norm: Option<(&[f32], f32)>,
+    rope: Option<&Rope>,
+) -> Result<Tensor> {
+    let mut out = vec![0f32; b * t * n * hd];
+    let half = hd / 2;
+    with_slice(y, |ys| {
+        // One task per block of `[t, hd]` rows of a head: output row r = ((bi·n + h)·t + p).
+        par_rows(&mut out, hd, &|r0, o| {
+            let mut tmp = vec![0f32; hd];
+            for (i, row) in o.chunks_exact_mut(hd).enumerate() {
+                let r = r0 + i;
+                let (bh, p) = (r / t, r % t);
+                let (bi, h) = (bh / n, bh % n);
+                let src = &ys[((bi * t + p) * n + h) * hd..][..hd];
+                tmp.copy_from_slice(src);
+                if let Some((w, eps)) = norm {
+                    let var = tmp.iter().map(|v| v * v).sum::<f32>() / hd as f32;
+                    let d = (var + eps).sqrt();
+                    tmp.iter_mut().zip(w).for_each(|(v, &g)| *v = *v / d * g);
+                }
+                match rope {
+                    Some(Rope { cos, sin }) => {
+                        let (c, s) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
+                        for j in 0..half {
+                            row[j] = tmp[j] * c[j] + -tmp[j + half] * s[j];
+                            row[j + half] = tmp[j + half] * c[j + half] + tmp[j] * s[j + half];
+                        }
+                    }
+                    None => row.copy_from_slice(&tmp),
+                }
+            }
+        })
+    })?;
+    Ok(Tensor::from_vec(out, (b, n, t, hd), &Device::Cpu)?)
+}
+
+/// `silu(gate) · up`, elementwise: the GLU of Llama-family MLPs in one pass.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    zip_map(gate, up, |g, u| g / (1.0 + exp(-g)) * u)
+}
+
+/// `eˣ` in f32 without a library call, so that loops over it vectorize (natively and on wasm
+/// SIMD128): `2ⁿ · p(r)` with `n = round(x·log₂e)`, `r = x − n·ln 2` (split in two parts) and
+/// Cephes' degree-7 polynomial; within 2 ulp of `f32::exp` on `[−87, 88]`, clamped outside it.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Adding 1.5·2²³ rounds to an integer in the low mantissa bits (no float→int conversion,
+    // which baseline x86-64 cannot vectorize).
+    let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = t - 12_582_912.0;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p =
+        ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
+    let p = p * r * r + r + 1.0;
+    p * f32::from_bits(t.to_bits().wrapping_sub(0x4b40_0000 - 127) << 23)
+}
+
+/// `a + b`, elementwise (residual connections).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    zip_map(a, b, |x, y| x + y)
+}
+
+/// `a − b`, elementwise.
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    zip_map(a, b, |x, y| x - y)
+}
+
+/// `f(a, b)` elementwise; generic, so that `f` is inlined into the (vectorized) loop.
+fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return Err(candle_core::Error::Msg(format!("elementwise: shapes {:?} and {:?}", a.shape(), b.shape())).into());
+    }
+    let mut out = vec![0f32; a.elem_count()];
+    const N: usize = 4096;
+    with_slice(a, |xs| {
+        with_slice(b, |ys| {
+            par_rows(&mut out, N.min(xs.len()).max(1), &|r0, o| {
+                let (x, y) = (&xs[r0 * N..], &ys[r0 * N..]);
+                o.iter_mut().zip(x).zip(y).for_each(|((o, &p), &q)| *o = f(p, q));
+            })
+        })
+    })??;
+    Ok(Tensor::from_vec(out, a.shape(), &Device::Cpu)?)
+}
+
+/// Columns `idx` of the f32 matrix `t` (`[rows, n]`), as `[rows, idx.len()]`; rows over threads.
+pub fn select_cols(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    let (rows, n) = t.dims2()?;
+    if let Some(&bad) = idx.iter().find(|&&i| i >= n) {
+        return Err(candle_core::Error::Msg(format!("select_cols: column {bad} of {n}")).into());
+    }
+    let k = idx.len();
+    let mut out = vec![0f32; rows * k];
+    if k > 0 {
+        with_slice(t, |xs| {
+            par_rows(&mut out, k, &|r0, o| {
+                for (i, row) in o.chunks_exact_mut(k).enumerate() {
+                    let src = &xs[(r0 + i) * n..(r0 + i + 1) * n];
+                    row.iter_mut().zip(idx).for_each(|(o, &j)| *o = src[j]);
+                }
+            })
+        })?;
+    }
+    Ok(Tensor::from_vec(out, (rows, k), &Device::Cpu)?)
+}
