@@ -144,8 +144,10 @@ pub type OnLayer<'a> = dyn FnMut(usize, &Layer, &LayerStats) -> Result<Option<Re
 /// What [`collect`] gathers beyond the per-neuron sums.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Want {
-    /// Each layer's activation Gram matrices.
+    /// Each layer's MLP activation Gram matrix ([`LayerStats::gram`]).
     pub gram: bool,
+    /// Each layer's attention output Gram matrix ([`LayerStats::attn_gram`]).
+    pub attn_gram: bool,
     /// The unpruned model's error against the pruned stream ([`LayerStats::err_cross`]).
     pub track_error: bool,
     /// The caller's replacements change only MLPs, and the next layer sees them (sequential
@@ -155,10 +157,11 @@ pub struct Want {
 }
 
 /// Runs `ids` (`samples` windows of `len`) through the model layer by layer, gathering statistics.
-/// `want.gram` also accumulates each layer's activation Gram matrix (for recovery), handed to `on_layer`
-/// and then dropped, so only one layer's Gram matrix is alive at a time. `want.track_error` also runs the
-/// unpruned model on its own stream beside the pruned one (one more layer pass each) and fills
-/// [`LayerStats::err_cross`], so that recovery can steer the pruned model back to the unpruned one.
+/// `want.gram` and `want.attn_gram` also accumulate each layer's activation Gram matrices (for
+/// recovery), handed to `on_layer` and then dropped, so only one layer's Gram matrices are alive at a
+/// time. `want.track_error` also runs the unpruned model on its own stream beside the pruned one
+/// (one more layer pass each) and fills [`LayerStats::err_cross`], so that recovery can steer the
+/// pruned model back to the unpruned one.
 ///
 /// `on_layer(l, layer, stats)` sees the original layer; a [`Replacement`] it returns takes that
 /// layer's place in `model` at once, so a caller that owns the only copy of the model never holds
@@ -222,6 +225,8 @@ pub fn collect(
             let p = p?;
             if want.gram {
                 gram.add_gram(&mid)?;
+            }
+            if want.attn_gram {
                 attn_gram.add_gram(&attn)?;
             }
             drop(attn);

@@ -245,7 +245,7 @@ fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
             out.down_proj = Linear { weight: down, bias: None };
             Ok(Some(Replacement { layer: out, kept, attention_changed: false, continue_pruned: true }))
         };
-        let want = Want { gram: true, track_error: true, mlp_only };
+        let want = Want { gram: true, attn_gram: true, track_error: true, mlp_only };
         let st = collect(&mut model, &ids, samples, len, want, &mut on_layer, &mut |_, _| true).unwrap();
         (st, errs)
     };

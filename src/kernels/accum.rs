@@ -87,7 +87,8 @@ impl Accum {
             return Err(candle_core::Error::Msg(format!("cross: {t} rows against {t2}")).into());
         }
         let optr = SharedMut(self.buffer(n * m)?);
-        const B: usize = 64;
+        // Tall blocks, so that packing b costs little against the products that use it.
+        const B: usize = 256;
         with_slice(a, |xs| {
             with_slice(b, |ys| {
                 par_for(n.div_ceil(B), &|bi| {

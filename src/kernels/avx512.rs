@@ -116,11 +116,23 @@ unsafe fn pack_a(ap: &mut [f32], a: *const f32, (a_rs, a_cs): (usize, usize), mc
 /// `b` must cover the block the sizes and strides describe.
 unsafe fn pack_b(bp: &mut [f32], b: *const f32, (b_rs, b_cs): (usize, usize), kc: usize, nr: usize) {
     if b_rs == 1 {
-        // Columns of B contiguous (a transposed weight): read along them.
-        for j in 0..NR {
-            for kk in 0..kc {
-                // SAFETY: (kk, j) lies inside the block for j < nr.
-                bp[kk * NR + j] = if j < nr { unsafe { *b.add(j * b_cs + kk) } } else { 0.0 };
+        // Columns of B contiguous (a transposed weight): 16 × 16 blocks transposed in registers,
+        // the rest one by one.
+        for j0 in (0..NR).step_by(16) {
+            let mut kk0 = 0;
+            if j0 + 16 <= nr {
+                while kk0 + 16 <= kc {
+                    // SAFETY: columns j0..j0+16 and rows kk0..kk0+16 lie inside the block, and
+                    // steps kk0..kk0+16 of the panel inside it.
+                    unsafe { transpose16(b.add(j0 * b_cs + kk0), b_cs, bp.as_mut_ptr().add(kk0 * NR + j0), NR) };
+                    kk0 += 16;
+                }
+            }
+            for kk in kk0..kc {
+                for j in j0..j0 + 16 {
+                    // SAFETY: (kk, j) lies inside the block for j < nr.
+                    bp[kk * NR + j] = if j < nr { unsafe { *b.add(j * b_cs + kk) } } else { 0.0 };
+                }
             }
         }
     } else {
@@ -185,6 +197,44 @@ unsafe fn tile<const ROW: bool>(
             }
             _mm512_mask_storeu_ps(o0, m0, v0);
             _mm512_mask_storeu_ps(o1, m1, v1);
+        }
+    }
+}
+
+/// Writes the transpose of the 16 × 16 block at `src` (row stride `ls`) to `dst` (row stride `ld`).
+///
+/// # Safety
+/// Both blocks must be valid, `src` to read and `dst` to write.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: *const f32, ls: usize, dst: *mut f32, ld: usize) {
+    // SAFETY: row i of the source block holds 16 values.
+    let r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(src.add(i * ls)) });
+    // Within each 128-bit lane L: pairs, then quads, so that u[4g + s] holds, in lane L, element
+    // 4L + s of rows 4g..4g+4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let (a, b, c, d) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
+        let (lo_ab, hi_ab) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        let (lo_cd, hi_cd) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+        u[4 * g] = _mm512_shuffle_ps::<0x44>(lo_ab, lo_cd);
+        u[4 * g + 1] = _mm512_shuffle_ps::<0xee>(lo_ab, lo_cd);
+        u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(hi_ab, hi_cd);
+        u[4 * g + 3] = _mm512_shuffle_ps::<0xee>(hi_ab, hi_cd);
+    }
+    // Then the 128-bit lanes across rows: element e = 4L + s of all 16 rows in one vector.
+    for s in 0..4 {
+        let t0 = _mm512_shuffle_f32x4::<0x88>(u[s], u[4 + s]);
+        let t1 = _mm512_shuffle_f32x4::<0xdd>(u[s], u[4 + s]);
+        let t2 = _mm512_shuffle_f32x4::<0x88>(u[8 + s], u[12 + s]);
+        let t3 = _mm512_shuffle_f32x4::<0xdd>(u[8 + s], u[12 + s]);
+        for (e, v) in [
+            (s, _mm512_shuffle_f32x4::<0x88>(t0, t2)),
+            (8 + s, _mm512_shuffle_f32x4::<0xdd>(t0, t2)),
+            (4 + s, _mm512_shuffle_f32x4::<0x88>(t1, t3)),
+            (12 + s, _mm512_shuffle_f32x4::<0xdd>(t1, t3)),
+        ] {
+            // SAFETY: row e of the destination block holds 16 values.
+            unsafe { _mm512_storeu_ps(dst.add(e * ld), v) };
         }
     }
 }

@@ -290,6 +290,21 @@ fn finish_linear(mut out: Vec<f32>, rows: usize, n: usize, bias: Option<&Tensor>
     Ok(Tensor::from_vec(out, (rows, n), &Device::Cpu)?)
 }
 
+/// Folds `xs` with `f` in 8 interleaved lanes, then the lanes in order: a reduction the compiler
+/// can vectorize (a single running value cannot be, as float operations do not reassociate).
+fn lanes_fold(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = f(*a, x);
+        }
+    }
+    let head = acc.into_iter().fold(init, &f);
+    rest.iter().fold(head, |a, &x| f(a, x))
+}
+
 /// Attention geometry for [`attention`].
 pub struct AttnShape {
     pub batch: usize,
@@ -343,21 +358,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<T
                     for (i, row) in sc.chunks_exact_mut(cols).enumerate() {
                         let p = start + t0 + i;
                         let (a, b) = (lo(p).max(c0) - c0, (p + 1).min(s) - c0);
-                        let mut m = f32::NEG_INFINITY;
-                        for x in &mut row[a..b] {
-                            *x *= scale;
-                            if let Some(cap) = softcap {
-                                *x = (*x / cap).tanh() * cap;
-                            }
-                            m = m.max(*x);
+                        // Each step a plain loop over the visible scores, which the compiler vectorizes.
+                        let r = &mut row[a..b];
+                        r.iter_mut().for_each(|x| *x *= scale);
+                        if let Some(cap) = softcap {
+                            r.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
                         }
-                        let mut sum = 0f32;
-                        for x in &mut row[a..b] {
-                            *x = exp(*x - m);
-                            sum += *x;
-                        }
-                        let inv = 1.0 / sum;
-                        row[a..b].iter_mut().for_each(|x| *x *= inv);
+                        let m = lanes_fold(r, f32::NEG_INFINITY, f32::max);
+                        r.iter_mut().for_each(|x| *x = exp(*x - m));
+                        let inv = 1.0 / lanes_fold(r, 0.0, |acc, x| acc + x);
+                        r.iter_mut().for_each(|x| *x *= inv);
                         row[..a].iter_mut().for_each(|x| *x = 0.0);
                         row[b..].iter_mut().for_each(|x| *x = 0.0);
                     }

@@ -428,7 +428,7 @@ pub fn prune_owned(
             let pruning = keep < cfg.intermediate_size;
             let recover = o.recover && pruning;
             let heads_pruning = kv_keep < cfg.num_key_value_heads;
-            let want_gram = (pruning && (recover || o.score == Score::Obs)) || (heads_pruning && o.recover);
+            let want_gram = pruning && (recover || o.score == Score::Obs);
             // Gemma normalises the MLP output, so the error is not linear in the down projection there.
             let track_error = recover && o.sequential && o.correct != 0.0 && !cfg.arch.is_gemma();
             let mut on_layer = |l: usize, layer: &Layer, st: &LayerStats| -> Result<Option<calib::Replacement>> {
@@ -475,7 +475,12 @@ pub fn prune_owned(
                 ids,
                 o.calib_samples,
                 o.calib_len,
-                calib::Want { gram: want_gram, track_error, mlp_only: pruning && !heads_pruning && o.sequential },
+                calib::Want {
+                    gram: want_gram,
+                    attn_gram: heads_pruning && o.recover,
+                    track_error,
+                    mlp_only: pruning && !heads_pruning && o.sequential,
+                },
                 &mut on_layer,
                 &mut |d, t| progress("calibrate", d, t),
             )?;
