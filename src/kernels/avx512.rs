@@ -11,8 +11,8 @@ const MR: usize = 12;
 const NR: usize = 32;
 /// The inner dimension in blocks of this many: a packed B panel (32 KiB) stays in L1.
 const KC: usize = 256;
-/// Rows of A taken at a time (≤ 1 MiB of packed A, which stays in L2).
-const MC: usize = 84 * MR;
+/// Rows of A taken at a time: an `MC × KC` block of A (480 KiB) stays in L2.
+const MC: usize = 40 * MR;
 
 /// Whether this CPU runs [`gemm`].
 pub(super) fn available() -> bool {
