@@ -31,6 +31,10 @@ fn par_rows(out: &mut [f32], n: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
 /// transformers' RMSNorm computes it in f32 (Gemma passes `1 + w`).
 pub fn rms_norm(x: &Tensor, w: &[f32], eps: f32) -> Result<Tensor> {
     let n = w.len();
+    if n == 0 || x.dims().last() != Some(&n) {
+        let msg = format!("rms_norm: input of shape {:?} against a weight of {n}", x.dims());
+        return Err(candle_core::Error::Msg(msg).into());
+    }
     let mut out = vec![0f32; x.elem_count()];
     with_slice(x, |xs| {
         par_rows(&mut out, n, &|r0, o| {
@@ -60,6 +64,16 @@ pub fn to_heads(
     norm: Option<(&[f32], f32)>,
     rope: Option<&Rope>,
 ) -> Result<Tensor> {
+    let bad = |what: String| -> Result<Tensor> { Err(candle_core::Error::Msg(format!("to_heads: {what}")).into()) };
+    if hd == 0 || y.elem_count() != b * t * n * hd {
+        return bad(format!("{} values are not {b}×{t}×{n} heads of {hd}", y.elem_count()));
+    }
+    if let Some((w, _)) = norm.filter(|(w, _)| w.len() != hd) {
+        return bad(format!("a norm weight of {} for heads of {hd}", w.len()));
+    }
+    if let Some(r) = rope.filter(|r| hd % 2 != 0 || r.cos.len() < t * hd || r.sin.len() < t * hd) {
+        return bad(format!("rotary tables of {}/{} values for {t} positions of {hd}", r.cos.len(), r.sin.len()));
+    }
     let mut out = vec![0f32; b * t * n * hd];
     let half = hd / 2;
     with_slice(y, |ys| {
