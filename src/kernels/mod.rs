@@ -413,24 +413,46 @@ mod tests {
                 let a_st = if a_t { (1, m) } else { (k, 1) };
                 let b_st = if b_t { (1, k) } else { (n, 1) };
                 let ldc = n + 3;
-                let mut c: Vec<f32> = (0..m * ldc).map(|i| (i % 7) as f32).collect();
-                let before = c.clone();
-                unsafe { strided_gemm((m, n, k), c.as_mut_ptr(), ldc, acc, a.as_ptr(), a_st, b.as_ptr(), b_st) };
-                for i in 0..m {
-                    for j in 0..ldc {
-                        let got = c[i * ldc + j];
-                        if j >= n {
-                            assert_eq!(got, before[i * ldc + j], "({m},{n},{k}) wrote past the tile at ({i},{j})");
-                            continue;
+                let before: Vec<f32> = (0..m * ldc).map(|i| (i % 7) as f32).collect();
+                // The kernel this CPU picks, and gemm's (the portable one) whatever the CPU.
+                let (mut c, mut portable) = (before.clone(), before.clone());
+                unsafe {
+                    strided_gemm((m, n, k), c.as_mut_ptr(), ldc, acc, a.as_ptr(), a_st, b.as_ptr(), b_st);
+                    let st = |(r, c): (usize, usize)| (r as isize, c as isize);
+                    let (pa, pb) = (st(a_st), st(b_st));
+                    scaled_gemm(
+                        (m, n, k),
+                        portable.as_mut_ptr(),
+                        ldc as isize,
+                        acc,
+                        a.as_ptr(),
+                        pa,
+                        b.as_ptr(),
+                        pb,
+                        1.0,
+                    );
+                }
+                for (c, name) in [(&c, "picked"), (&portable, "portable")] {
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let got = c[i * ldc + j];
+                            if j >= n {
+                                assert_eq!(
+                                    got,
+                                    before[i * ldc + j],
+                                    "{name} ({m},{n},{k}) wrote past the tile at ({i},{j})"
+                                );
+                                continue;
+                            }
+                            let mut want: f64 = if acc { before[i * ldc + j] as f64 } else { 0.0 };
+                            for kk in 0..k {
+                                want += a[i * a_st.0 + kk * a_st.1] as f64 * b[kk * b_st.0 + j * b_st.1] as f64;
+                            }
+                            assert!(
+                                (got as f64 - want).abs() < 1e-4 * (1.0 + k as f64).sqrt(),
+                                "{name} ({m},{n},{k}) {got} vs {want}"
+                            );
                         }
-                        let mut want: f64 = if acc { before[i * ldc + j] as f64 } else { 0.0 };
-                        for kk in 0..k {
-                            want += a[i * a_st.0 + kk * a_st.1] as f64 * b[kk * b_st.0 + j * b_st.1] as f64;
-                        }
-                        assert!(
-                            (got as f64 - want).abs() < 1e-4 * (1.0 + k as f64).sqrt(),
-                            "({m},{n},{k}) {got} vs {want}"
-                        );
                     }
                 }
             }
