@@ -504,6 +504,30 @@ mod tests {
         assert!(select_cols(&wavy(3, 4, 1), &[4]).is_err());
     }
 
+    /// Shapes that do not fit are errors, not out-of-range reads.
+    #[test]
+    fn norm_and_heads_refuse_mismatched_shapes() {
+        let x = wavy(6, 8, 7919);
+        assert!(rms_norm(&x, &[1.0; 8], 1e-5).is_ok());
+        assert!(rms_norm(&x, &[1.0; 4], 1e-5).is_err());
+        assert!(rms_norm(&x, &[], 1e-5).is_err());
+        // 48 values: 1 batch × 6 positions × 2 heads of 4.
+        let (cos, sin) = (vec![1.0f32; 6 * 4], vec![0.0f32; 6 * 4]);
+        let rope = Rope { cos: &cos, sin: &sin };
+        let ok = to_heads(&x, (1, 6, 2, 4), Some((&[1.0; 4], 1e-6)), Some(&rope)).unwrap();
+        // cos 1, sin 0 and a unit norm weight: each head row is the input row, RMS-normed.
+        let row = &x.to_vec2::<f32>().unwrap()[0][..4];
+        let rms = (row.iter().map(|v| v * v).sum::<f32>() / 4.0 + 1e-6).sqrt();
+        let got = ok.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(row.iter().zip(&got).all(|(a, b)| (a / rms - b).abs() < 1e-5));
+        assert!(to_heads(&x, (1, 6, 2, 5), None, None).is_err());
+        assert!(to_heads(&x, (1, 5, 2, 4), None, None).is_err());
+        assert!(to_heads(&x, (1, 6, 2, 4), Some((&[1.0; 3], 1e-6)), None).is_err());
+        let short = Rope { cos: &cos[..20], sin: &sin[..20] };
+        assert!(to_heads(&x, (1, 6, 2, 4), None, Some(&short)).is_err());
+        assert!(to_heads(&wavy(6, 6, 1), (1, 6, 2, 3), None, Some(&rope)).is_err());
+    }
+
     #[test]
     fn exp_is_within_two_ulp() {
         let mut worst = 0f32;
