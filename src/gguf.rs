@@ -113,10 +113,16 @@ impl GgufHeader {
             },
         };
         let sliding_window = self.get_u64(&k("attention.sliding_window")).map(|x| x as usize);
+        // llama.cpp's layout: Gemma 2 alternates; Gemma 3 slides except every `p`-th layer
+        // (`attention.sliding_window_pattern`, 6 when absent).
+        let period = match arch {
+            Arch::Gemma2 => Some(2),
+            Arch::Gemma3 => Some(self.get_u64(&k("attention.sliding_window_pattern")).map_or(6, |p| p as usize)),
+            _ => None,
+        };
         let layer_types: Vec<LayerType> = (0..layers)
-            .map(|i| match arch {
-                Arch::Gemma2 if (i + 1) % 2 != 0 => LayerType::Sliding,
-                Arch::Gemma3 if (i + 1) % 6 != 0 => LayerType::Sliding,
+            .map(|i| match period {
+                Some(p) if p == 0 || (i + 1) % p != 0 => LayerType::Sliding,
                 _ => LayerType::Full,
             })
             .collect();

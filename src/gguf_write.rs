@@ -8,6 +8,7 @@ use crate::model::Model;
 use crate::source::StorageDtype;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Tensor;
 use std::io::Write;
 
 /// Tensor storage in an exported GGUF.
@@ -83,6 +84,39 @@ fn put_value(w: &mut Vec<u8>, v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The period `p` of a Gemma model's sliding-window layout as llama.cpp describes it (layer `i`
+/// slides unless `(i + 1) % p == 0`): Gemma 3 writes it as `gemma3.attention.sliding_window_pattern`;
+/// Gemma 2's is always 2. A layout no period gives (after dropping layers, say) cannot be written
+/// as GGUF, and is refused rather than written wrong.
+pub fn swa_period(c: &crate::config::ModelConfig) -> Result<Option<usize>> {
+    use crate::config::{Arch, LayerType};
+    let n = c.layer_types.len();
+    let fits = |p: usize| (0..n).all(|i| (c.layer_types[i] == LayerType::Sliding) == ((i + 1) % p != 0));
+    let shown = || {
+        let s: Vec<&str> = c.layer_types.iter().map(|t| if *t == LayerType::Sliding { "S" } else { "F" }).collect();
+        s.join("")
+    };
+    match c.arch {
+        Arch::Gemma2 if fits(2) => Ok(None),
+        Arch::Gemma2 => bail!(
+            Gguf,
+            "the model's sliding (S) and full (F) attention layers, {}, no longer alternate as llama.cpp's Gemma 2 \
+             expects; write it with --format hf, or drop layers in pairs",
+            shown()
+        ),
+        Arch::Gemma3 => match (1..=n + 1).find(|&p| fits(p)) {
+            Some(p) => Ok(Some(p)),
+            None => bail!(
+                Gguf,
+                "the model's sliding (S) and full (F) attention layers, {}, follow no period that GGUF can \
+                 record; write it with --format hf",
+                shown()
+            ),
+        },
+        _ => Ok(None),
+    }
+}
+
 /// Architecture metadata for the model's current (possibly pruned) shape.
 pub fn arch_metadata(model: &Model) -> Vec<(String, Value)> {
     let c = &model.cfg;
@@ -130,6 +164,9 @@ pub fn write_gguf<W: Write + ?Sized>(
     let c = &model.cfg;
     let names = name_map(c.arch, c.num_hidden_layers);
     let mut meta = arch_metadata(model);
+    if let Some(p) = swa_period(c)? {
+        meta.push((format!("{}.attention.sliding_window_pattern", c.arch.gguf_name()), Value::U32(p as u32)));
+    }
     meta.extend(extra.iter().cloned());
     meta.push(("general.alignment".into(), Value::U32(ALIGN as u32)));
     // Tensor directory first: names, shapes (reversed, innermost first), types, offsets.
@@ -197,19 +234,7 @@ pub fn write_gguf<W: Write + ?Sized>(
         let written = match dt {
             GgufDtype::F32 => write_values(&t, StorageDtype::F32, w)?,
             GgufDtype::F16 => write_values(&t, StorageDtype::F16, w)?,
-            GgufDtype::Q8_0 => {
-                // Q8_0 blocks run along rows, so quantizing a few thousand rows at a time gives the
-                // same bytes as the whole tensor without a tensor-sized buffer.
-                let rows = t.dims().first().copied().unwrap_or(1);
-                let mut n = 0u64;
-                for r in (0..rows).step_by(4096) {
-                    let part = t.narrow(0, r, 4096.min(rows - r))?.contiguous()?;
-                    let q = QTensor::quantize(&part, GgmlDType::Q8_0)?.data()?.into_owned();
-                    w.write_all(&q)?;
-                    n += q.len() as u64;
-                }
-                n
-            }
+            GgufDtype::Q8_0 => write_q8_0(&t, Q8_ROWS, w)?,
         };
         if written != size {
             bail!(Gguf, "tensor `{name}`: encoded {written} bytes, planned {size}");
@@ -218,4 +243,42 @@ pub fn write_gguf<W: Write + ?Sized>(
         w.write_all(&vec![0u8; pad as usize])?;
     }
     Ok(())
+}
+
+/// Rows quantized at a time by [`write_q8_0`].
+const Q8_ROWS: usize = 4096;
+
+/// Writes `t` (rows of a multiple of 32 values) as Q8_0 blocks, `rows_at_once` rows at a time:
+/// blocks run along rows, so this gives the bytes of the whole tensor without a tensor-sized buffer.
+fn write_q8_0<W: Write + ?Sized>(t: &Tensor, rows_at_once: usize, w: &mut W) -> Result<u64> {
+    let rows = t.dims().first().copied().unwrap_or(1);
+    let mut n = 0u64;
+    for r in (0..rows).step_by(rows_at_once.max(1)) {
+        // A copy that starts at offset 0: candle's quantizer reads the storage from its start,
+        // whatever the view's offset (a plain `contiguous()` of a row range is still a view).
+        let part = t.narrow(0, r, rows_at_once.min(rows - r))?.force_contiguous()?;
+        let q = QTensor::quantize(&part, GgmlDType::Q8_0)?.data()?.into_owned();
+        w.write_all(&q)?;
+        n += q.len() as u64;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_in_row_blocks_equals_the_whole_tensor() {
+        let (rows, cols) = (70, 64);
+        let v: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 97.0).collect();
+        let t = Tensor::from_vec(v, (rows, cols), &candle_core::Device::Cpu).unwrap();
+        let whole = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap().data().unwrap().into_owned();
+        for step in [1, 16, 32, 69, 70, 4096] {
+            let mut out = Vec::new();
+            let n = write_q8_0(&t, step, &mut out).unwrap();
+            assert_eq!(n as usize, out.len());
+            assert!(out == whole, "{step} rows at a time give other bytes than the whole tensor");
+        }
+    }
 }

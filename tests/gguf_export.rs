@@ -25,6 +25,8 @@ fn gguf_round_trip_keeps_logits() {
         ("qwen2", GgufDtype::F32, 1e-5),
         ("qwen3", GgufDtype::F32, 1e-5),
         ("gemma2", GgufDtype::F32, 1e-5),
+        // Its config puts a full-attention layer every 3rd layer, not llama.cpp's default 6th.
+        ("gemma3", GgufDtype::F32, 1e-5),
         ("mistral", GgufDtype::F16, 2e-2),
     ] {
         let m = load(name);
@@ -44,6 +46,30 @@ fn gguf_round_trip_keeps_logits() {
         let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst < tol, "{name} {dtype:?}: max diff {worst}");
     }
+}
+
+#[test]
+fn gemma_layouts_gguf_cannot_record_are_refused() {
+    use podar::config::LayerType;
+    // Gemma 2 without its first layer: full, sliding, … no longer alternates from sliding.
+    let mut m = load("gemma2");
+    m.layers.remove(0);
+    m.cfg.layer_types.remove(0);
+    m.cfg.num_hidden_layers -= 1;
+    let err = write_gguf(&m, &[], GgufDtype::F32, &mut Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("--format hf"), "{err}");
+    // Gemma 3 with a layout of no period (full, sliding, full over its first layers) is refused; one
+    // that has a period is written with it and read back with the same layout.
+    let mut m = load("gemma3");
+    let n = m.cfg.layer_types.len();
+    assert!(n >= 3);
+    m.cfg.layer_types = (0..n).map(|i| if i == 1 { LayerType::Sliding } else { LayerType::Full }).collect();
+    assert!(write_gguf(&m, &[], GgufDtype::F32, &mut Vec::new()).is_err());
+    m.cfg.layer_types = vec![LayerType::Sliding; n];
+    let mut buf = Vec::new();
+    write_gguf(&m, &[], GgufDtype::F32, &mut buf).unwrap();
+    let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| true).unwrap();
+    assert_eq!(back.model.cfg.layer_types, m.cfg.layer_types);
 }
 
 #[test]
