@@ -29,7 +29,7 @@ for c in $calibs; do
         args=(--mlp "$r" --score "$m" $rec)
         [ "$m" != maw ] && args+=(--calib "$corp/${c}_calib.txt")
         t0=$(date +%s.%N)
-        ./target/release/podar prune "$model" "${args[@]}" --out "$out/m" --json >/dev/null 2>&1
+        ./target/release/podar prune "$model" "${args[@]}" --out "$out/m" --force --json >/dev/null 2>&1
         t1=$(date +%s.%N)
         case "$rec" in --no-recover) tag=" norec" ;; --correct*) tag=" nocorrect" ;; *) tag="" ;; esac
         name="$m $r$tag"
@@ -41,7 +41,7 @@ for c in $calibs; do
   [ "$c" = code ] || continue
   for depth in "--drop-layers 2" "--drop-layers 6" "--drop-block 2" "--drop-block 6" "--heads 0.34"; do
     t0=$(date +%s.%N)
-    ./target/release/podar prune "$model" --calib "$corp/${c}_calib.txt" $depth --out "$out/m" --json >/dev/null 2>&1
+    ./target/release/podar prune "$model" --calib "$corp/${c}_calib.txt" $depth --out "$out/m" --force --json >/dev/null 2>&1
     t1=$(date +%s.%N)
     printf '%-28s %6s %8s %8s %8s %8.1f\n' "${depth#--}" "$c" $(for d in $domains; do ppl "$out/m" "$d"; done) "$(python3 -c "print($t1 - $t0)")"
   done

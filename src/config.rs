@@ -367,6 +367,37 @@ impl ModelConfig {
         if self.vocab_size == 0 || self.intermediate_size == 0 {
             bail!(Config, "vocab_size and intermediate_size must be positive");
         }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            bail!(Config, "rms_norm_eps must be a number of at least 0, got {}", self.rms_norm_eps);
+        }
+        let positive = |name: &str, x: f64| -> Result<()> {
+            if !(x.is_finite() && x > 0.0) {
+                bail!(Config, "{name} must be a positive number, got {x}");
+            }
+            Ok(())
+        };
+        positive("rope_theta", self.rope_theta)?;
+        if let Some(b) = self.rope_local_base_freq {
+            positive("rope_local_base_freq", b)?;
+        }
+        match &self.rope_scaling {
+            Some(RopeScaling::Linear { factor }) => positive("rope_scaling.factor", *factor)?,
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                positive("rope_scaling.factor", *factor)?;
+                positive("rope_scaling.low_freq_factor", *low_freq_factor)?;
+                positive("rope_scaling.high_freq_factor", *high_freq_factor)?;
+                positive("rope_scaling.original_max_position_embeddings", *original_max_position_embeddings)?;
+                if high_freq_factor <= low_freq_factor {
+                    bail!(Config, "rope_scaling.high_freq_factor must be larger than low_freq_factor");
+                }
+            }
+            None => {}
+        }
         Ok(())
     }
 

@@ -170,7 +170,7 @@ impl Record<'_> {
             .collect();
         format!(
             "# Pruned with podar\n\nSource: `{}`. Layers {} → {}, KV heads {} → {}, MLP width {} → {} per layer \
-             ({:?} scores{}), parameters {:.2}M → {:.2}M.\n\n{}\nSee `podar-report.json` for the kept layers, \
+             ({} scores{}), parameters {:.2}M → {:.2}M.\n\n{}\nSee `podar-report.json` for the kept layers, \
              heads, neurons and timings.\n",
             self.source_name,
             a.num_hidden_layers,

@@ -296,9 +296,14 @@ mod cli {
         /// hf (a Hugging Face folder) or gguf (DIR/model.gguf for llama.cpp).
         #[arg(long, default_value = "hf")]
         format: String,
-        /// Output folder.
+        /// Output folder: new, or empty (see --force).
         #[arg(long)]
         out: PathBuf,
+        /// Write into a folder that already holds files: model files left there by an earlier
+        /// run (*.safetensors, their index, *.gguf) are removed first, so they cannot mix with the new
+        /// model. Never allowed on the folder of the input model.
+        #[arg(long)]
+        force: bool,
         /// Text files to evaluate before and after (perplexity, ctx 512).
         #[arg(long)]
         eval: Vec<PathBuf>,
@@ -350,11 +355,49 @@ mod cli {
         }
     }
 
+    /// Files of an earlier model in an output folder, which would mix with a new one.
+    fn stale_model_files(out: &Path) -> Result<Vec<PathBuf>, Failure> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(out).at(out)? {
+            let p = e.at(out)?.path();
+            let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            if p.is_file() && [".safetensors", ".safetensors.index.json", ".gguf"].iter().any(|x| name.ends_with(x)) {
+                found.push(p);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Refuses an output folder that is a file, holds the input model, or (without `force`) holds files.
+    fn check_out(out: &Path, model: &Path, force: bool) -> Result<(), Failure> {
+        let bad = |m: String| Failure { file: Some(out.to_path_buf()), err: Error::Input(m) };
+        if !out.exists() {
+            return Ok(());
+        }
+        if !out.is_dir() {
+            return Err(bad("--out names a file; give a folder to write the model into".into()));
+        }
+        let (o, m) = (out.canonicalize().at(out)?, model.canonicalize().at(model)?);
+        let model_dir = if m.is_dir() { m.clone() } else { m.parent().map(Path::to_path_buf).unwrap_or_default() };
+        if o == model_dir || m.starts_with(&o) {
+            return Err(bad(
+                "--out is the folder of the input model, which would be overwritten; choose another".into()
+            ));
+        }
+        if !force && std::fs::read_dir(out).at(out)?.next().is_some() {
+            return Err(bad(
+                "--out is not empty; choose a new folder, or add --force to replace the model files in it".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn prune(a: PruneArgs) -> Result<(), Failure> {
         use podar::job::{EvalPair, OutputFormat, Record};
         use podar::prune::{PruneOptions, Score};
         let t0 = Instant::now();
         let bad = |p: &Path, m: String| Failure { file: Some(p.to_path_buf()), err: Error::Input(m) };
+        check_out(&a.out, &a.model, a.force)?;
         let format = OutputFormat::parse(&a.format, &a.dtype).map_err(|e| bad(&a.out, format!("--{e}")))?;
         let score = match (&a.score, &a.calib) {
             (Some(s), _) => Score::parse(s).at(&a.model)?,
@@ -392,7 +435,22 @@ mod cli {
         if a.calib.is_none() && (score.needs_data() || a.heads.is_some() || layer_choice) {
             return Err(bad(
                 &a.model,
-                format!("score `{score:?}`, --heads, --drop-layers and --drop-block need calibration text (--calib)"),
+                format!("{} need calibration text (--calib)", {
+                    let mut what = Vec::new();
+                    if score.needs_data() {
+                        what.push(format!("score `{score}`"));
+                    }
+                    if a.heads.is_some() {
+                        what.push("--heads".to_string());
+                    }
+                    if a.drop_layers.is_some() {
+                        what.push("--drop-layers".to_string());
+                    }
+                    if a.drop_block.is_some() {
+                        what.push("--drop-block".to_string());
+                    }
+                    what.join(", ")
+                }),
             ));
         }
         if a.calib.is_none() {
@@ -426,6 +484,9 @@ mod cli {
         pb.finish_and_clear();
         let prune_secs = t_prune.elapsed().as_secs_f64();
         std::fs::create_dir_all(&a.out).at(&a.out)?;
+        for f in stale_model_files(&a.out)? {
+            std::fs::remove_file(&f).at(&f)?;
+        }
         podar::job::write_model(&b, &pruned.model, format, &mut DirSink(&a.out)).at(&a.out)?;
         let after: Vec<f64> =
             a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(&pruned.model, ids, f)).collect::<Result<_, _>>()?;
@@ -458,7 +519,7 @@ mod cli {
             println!(
                 "{}",
                 serde_json::json!({"parameters_before": pb_, "parameters_after": pa, "seconds": secs, "out": a.out,
-                    "peak_rss_bytes": peak_rss()})
+                    "peak_rss_bytes": peak_rss(), "perplexity": evals})
             );
         } else {
             for e in &evals {

@@ -170,6 +170,7 @@ fn prune_writes_a_consistent_hf_folder_and_report() {
     for k in ["parameters_before", "parameters_after", "seconds", "out"] {
         assert!(v.get(k).is_some(), "--json lacks {k}: {stdout}");
     }
+    assert!(v["perplexity"][0]["after"].as_f64().unwrap() > 1.0, "--json lacks the --eval perplexity: {stdout}");
     assert!(v["parameters_after"].as_u64() < v["parameters_before"].as_u64());
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["intermediate_size"], 1229);
@@ -242,4 +243,40 @@ fn prune_refuses_bad_requests() {
         "need calibration text",
     );
     fails(&["prune", m, "--drop-layers-at", "30", "--out", out.to_str().unwrap()], Path::new(m), "names layer 30");
+    // SmolLM2 has 3 KV groups: 0.2 of them rounds to none.
+    fails(&["prune", m, "--heads", "0.2", "--out", out.to_str().unwrap()], Path::new(m), "removes none");
+}
+
+#[test]
+fn prune_guards_its_output_folder() {
+    let src = tiny("llama");
+    let s = src.to_str().unwrap();
+    // Into the input model's own folder: refused, even with --force.
+    for force in [false, true] {
+        let mut args = vec!["prune", s, "--mlp", "0.5", "--score", "l2", "--out", s];
+        if force {
+            args.push("--force");
+        }
+        fails(&args, &src, "input model");
+    }
+    // A folder that holds files: refused without --force.
+    let out = tmp("guarded");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("model.gguf"), b"an earlier export").unwrap();
+    std::fs::write(out.join("model-00001-of-00002.safetensors"), b"an earlier shard").unwrap();
+    let o = out.to_str().unwrap();
+    fails(&["prune", s, "--mlp", "0.5", "--score", "l2", "--out", o], &out, "not empty");
+    // With --force the earlier model files go, so the folder holds one model, which loads.
+    let (code, _, err) = podar(&["prune", s, "--mlp", "0.5", "--score", "l2", "--out", o, "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.join("model.gguf").exists() && !out.join("model-00001-of-00002.safetensors").exists());
+    let (code, stdout, err) = podar(&["inspect", o, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(v["intermediate_size"], cfg["intermediate_size"]);
+    // --out naming a file is refused.
+    let file = tmp("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    fails(&["prune", s, "--mlp", "0.5", "--score", "l2", "--out", file.to_str().unwrap()], &file, "names a file");
 }

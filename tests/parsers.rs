@@ -53,3 +53,25 @@ fn gguf_mutations_never_panic() {
         let _ = podar::inspect_gguf(Cursor::new(b));
     }
 }
+
+#[test]
+fn configs_that_would_give_nan_are_refused() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    for (model, key, value) in [
+        ("llama", "rms_norm_eps", serde_json::json!(-1.0)),
+        ("llama", "rope_theta", serde_json::json!(0.0)),
+        (
+            "llama3",
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "factor": 0.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+        ),
+    ] {
+        let mut c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(model).join("config.json")).unwrap()).unwrap();
+        assert!(podar::ModelConfig::from_hf_json(c.to_string().as_bytes()).is_ok());
+        c[key] = value;
+        let err = podar::ModelConfig::from_hf_json(c.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(err.contains(key), "{model} with a bad {key}: {err}");
+    }
+}

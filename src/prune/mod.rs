@@ -42,6 +42,14 @@ pub enum Score {
     Obs,
 }
 
+impl std::fmt::Display for Score {
+    /// The CLI name (`energy`, `maw`…).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
 impl Score {
     /// Whether the score needs calibration text.
     pub fn needs_data(self) -> bool {
@@ -164,8 +172,7 @@ fn score_of(layer: &Layer, score: Score, stats: Option<&LayerStats>) -> Result<V
     let gate = layer.gate_proj.weight.to_vec2::<f32>()?;
     let up = layer.up_proj.weight.to_vec2::<f32>()?;
     let down_t = layer.down_proj.weight.t()?.contiguous()?.to_vec2::<f32>()?; // [I, H]
-    let need =
-        || stats.ok_or_else(|| crate::Error::Input(format!("score `{score:?}` needs calibration text (--calib)")));
+    let need = || stats.ok_or_else(|| crate::Error::Input(format!("score `{score}` needs calibration text (--calib)")));
     let n = gate.len();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -263,6 +270,15 @@ pub fn heads_target(kv_heads: usize, fraction: Option<f64>) -> Result<usize> {
             let keep = kv_heads - (kv_heads as f64 * f) as usize;
             if keep == 0 {
                 bail!(Input, "--heads {f} would remove all {kv_heads} KV heads");
+            }
+            if keep == kv_heads && f > 0.0 {
+                bail!(
+                    Input,
+                    "--heads {f} removes none of the model's {kv_heads} KV groups (whole groups go, each {:.1}% of the \
+                     heads): give at least {:.3}, or leave --heads out",
+                    100.0 / kv_heads as f64,
+                    1.0 / kv_heads as f64
+                );
             }
             Ok(keep)
         }
@@ -411,7 +427,7 @@ pub fn prune_owned(
     check_recovery(o)?;
     let n = cfg.num_hidden_layers;
     if o.score.needs_data() && calib_ids.is_none() {
-        bail!(Input, "score `{:?}` needs calibration text (--calib)", o.score);
+        bail!(Input, "score `{}` needs calibration text (--calib)", o.score);
     }
     let mut kept: Vec<Vec<usize>> = vec![Vec::new(); n];
     let kv_keep = heads_target(cfg.num_key_value_heads, o.heads)?;
