@@ -101,7 +101,7 @@ pub fn windows(ids: &[u32], samples: usize, len: usize) -> Result<Vec<u32>> {
             "the calibration text has {} tokens; {samples} windows of {len} need {need} (about {} more tokens, roughly {} more characters)",
             ids.len(),
             need - ids.len(),
-            (need - ids.len()) * 4
+            (need - ids.len()).saturating_mul(4)
         );
     }
     Ok(ids[..need].to_vec())
@@ -204,6 +204,17 @@ pub fn collect(
         let mut saved = Vec::with_capacity(chunks.len());
         // Sums over the chunks, accumulated in place.
         let (mut gram, mut attn_gram, mut err_cross) = (Accum::default(), Accum::default(), Accum::default());
+        // Once the streams have parted and only MLPs change, the pruned stream's full output is
+        // never used: the error's cross-product is taken as Σ a (y_orig − residual)ᵀ − G Wᵀ, since
+        // the unpruned layer's output on the pruned stream is residual + a Wᵀ (no bias, no norm
+        // after the MLP). That saves one down projection per chunk; the layer's input/output
+        // cosine is then measured on the unpruned stream.
+        let lay = &model.layers[l];
+        let split_error = want.mlp_only
+            && want.gram
+            && x_orig.is_some()
+            && lay.down_proj.bias.is_none()
+            && lay.post_feedforward_layernorm.is_none();
         for (c, &(_, wn)) in chunks.iter().enumerate() {
             let xc = match (want.mlp_only, &mut x[c]) {
                 (true, slot) => slot.take(),
@@ -218,7 +229,10 @@ pub fn collect(
                 mlp = Some((t.mlp_residual.clone(), t.mlp_hidden.clone(), t.attn_hidden.clone()));
                 part = Some(stats_of(&t));
             };
-            let yc = model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?;
+            let yc = match split_error {
+                true => model.layer_hidden(&model.layers[l], l, &xc, wn, len, None, Some(&mut tr)).map(|_| None)?,
+                false => Some(model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?),
+            };
             let (Some(p), Some((residual, mid, attn))) = (part, mlp) else {
                 bail!(Input, "layer {l} produced no statistics");
             };
@@ -235,16 +249,24 @@ pub fn collect(
                     bail!(Input, "unpruned stream chunk {c} is missing at layer {l}");
                 };
                 let yo = model.layer_forward(l, &xoc, wn, len, None, None)?;
-                err_cross.add_cross(&mid, &crate::kernels::sub(&yo, &yc)?)?;
+                match &yc {
+                    Some(yc) => err_cross.add_cross(&mid, &crate::kernels::sub(&yo, yc)?)?,
+                    None => {
+                        err_cross.add_cross(&mid, &crate::kernels::sub(&yo, &residual)?)?;
+                        cos_sum += sum_cosine(&xoc, &yo)?;
+                    }
+                }
                 xo[c] = Some(yo);
             }
             st = Some(match st {
                 None => p,
                 Some(a) => a.add(p),
             });
-            cos_sum += sum_cosine(&xc, &yc)?;
-            if keep_outs {
-                outs.push(yc);
+            if let Some(yc) = yc {
+                cos_sum += sum_cosine(&xc, &yc)?;
+                if keep_outs {
+                    outs.push(yc);
+                }
             }
             if want.mlp_only {
                 saved.push((residual, mid));
@@ -258,9 +280,15 @@ pub fn collect(
         let square = |a: Accum, n: usize| if a.is_empty() { Ok(None) } else { a.into_tensor((n, n)).map(Some) };
         st.gram = square(gram, st.act_sq.len())?;
         st.attn_gram = square(attn_gram, st.attn_sq.len())?;
-        st.err_cross = match err_cross.is_empty() {
-            true => None,
-            false => Some(err_cross.into_tensor((st.act_sq.len(), st.input_sq.len()))?),
+        st.err_cross = match (err_cross.is_empty(), split_error, &st.gram) {
+            (true, _, _) => None,
+            (false, false, _) => Some(err_cross.into_tensor((st.act_sq.len(), st.input_sq.len()))?),
+            (false, true, Some(g)) => {
+                let ay = err_cross.into_tensor((st.act_sq.len(), st.input_sq.len()))?;
+                let gw = crate::kernels::linear(g, &model.layers[l].down_proj.weight, None)?;
+                Some(crate::kernels::sub(&ay, &gw)?)
+            }
+            (false, true, None) => bail!(Input, "layer {l}: the error needs the Gram matrix"),
         };
         // Sequential calibration: a pruned layer hands back its new weights, and the next layer
         // sees the pruned layer's output, so later layers adapt to earlier pruning.

@@ -313,6 +313,24 @@ impl Model {
         cache: Option<&mut KvCache>,
         trace: Option<&mut dyn FnMut(LayerTrace)>,
     ) -> Result<Tensor> {
+        let (x, mid) = self.layer_hidden(layer, l, x, b, t, cache, trace)?;
+        add(&x, &self.mlp_output(layer, &mid)?)
+    }
+
+    /// Layer `l` (with `layer`'s weights) up to its MLP's down projection: the residual stream after
+    /// attention and the MLP's hidden activations, from which the output is
+    /// `residual + mlp_output(layer, mid)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_hidden(
+        &self,
+        layer: &Layer,
+        l: usize,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        cache: Option<&mut KvCache>,
+        trace: Option<&mut dyn FnMut(LayerTrace)>,
+    ) -> Result<(Tensor, Tensor)> {
         let c = &self.cfg;
         let kind = c.layer_types[l];
         // Head counts from the layer's own weights, so a layer with pruned heads runs as it is.
@@ -386,7 +404,7 @@ impl Model {
         if let Some(f) = trace {
             f(LayerTrace { layer: l, mlp_input: &h, mlp_hidden: &mid, attn_hidden: &attn, mlp_residual: &x });
         }
-        add(&x, &self.mlp_output(layer, &mid)?)
+        Ok((x, mid))
     }
 
     /// The MLP's contribution to the residual stream from its hidden activations `mid`
