@@ -32,6 +32,8 @@ function startWorker() {
     pending.delete(m.id);
     if (m.error !== undefined) p.reject(new Error(m.error));
     else p.resolve(m.ok);
+    // A trap in the engine (out of memory, or a bug) leaves it unusable: start a fresh one.
+    if (m.fatal) workerDied(`it failed: ${m.error}; perhaps out of memory`);
   };
   worker.onerror = (e) => {
     e.preventDefault();
@@ -48,15 +50,34 @@ function call(cmd, args = {}, hooks = {}) {
   });
 }
 
+let restarts = 0;
 function workerDied(why) {
-  for (const p of pending.values()) p.reject(new Error(`the engine stopped (${why}); it was restarted`));
+  for (const p of pending.values()) p.reject(new Error(why === 'cancelled' ? 'cancelled' : `the engine stopped (${why}); it was restarted`));
   pending.clear();
   worker.terminate();
   state.loaded = false;
   state.pruned = false;
-  startWorker().then(() => {
-    setStatus(`The engine stopped (${why}) and was restarted. Load the model again.`);
+  state.download = null;
+  // An engine that cannot start at all (module workers unsupported, files missing) is not retried forever.
+  // (Counted from the last engine that started.)
+  if (++restarts > 3) {
+    $('engine').textContent = `The engine stopped (${why}) too often and was not restarted; reload the page.`;
     refresh();
+    return;
+  }
+  startWorker().then(async (r) => {
+    showEngine(r);
+    const again = lastModel;
+    if (again) {
+      // The model the engine held is read again, so the page stays as it was.
+      setStatus(`The engine was restarted (${why}); loading the model again…`);
+      await loadModel(again.kind, again.payload, `The engine was restarted (${why}). The model is loaded again.`);
+    } else {
+      setStatus(`The engine was restarted (${why}).`);
+    }
+    refresh();
+  }).catch((e) => {
+    $('engine').textContent = `The engine did not start again: ${e.message}`;
   });
 }
 
@@ -73,17 +94,21 @@ function fmtBytes(n) { return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 
 function refresh() {
   const idle = !state.busy;
   for (const id of ['load-example', 'load-url', 'model-files', 'model-folder']) $(id).disabled = !idle;
-  $('prune').disabled = !idle || !state.loaded;
+  // A plan the core refuses cannot be pruned; the plan line says why.
+  $('prune').disabled = !idle || !state.loaded || state.planError === true;
   $('cancel').disabled = idle;
   $('download').disabled = !idle || !state.download;
   $('generate').disabled = !idle || !state.pruned;
   $('force-cpu').disabled = !idle || !(state.gpu && state.gpu.available);
 }
 
-function progressText(p, t0, what) {
+// `clock` holds the start of the current stage: each stage (download, load, calibrate…) counts
+// its own fraction from 0, so the time estimate starts again with it.
+function progressText(p, clock, what) {
   const frac = p.total > 0 ? p.done / p.total : 0;
   $('bar').value = frac;
-  const secs = (performance.now() - t0) / 1e3;
+  if (clock.stage !== p.stage) { clock.stage = p.stage; clock.t0 = performance.now(); }
+  const secs = (performance.now() - clock.t0) / 1e3;
   const eta = frac > 0.02 && frac < 1 ? `, about ${Math.ceil(secs / frac - secs)} s left` : '';
   const big = p.total > 1e5 || p.stage.startsWith('download') || p.stage === 'write';
   const unit = p.stage === 'load' || p.stage === 'calibrate' || p.stage === 'score' ? 'layer ' : '';
@@ -94,9 +119,9 @@ function progressText(p, t0, what) {
 
 // Runs a worker call with progress, Cancel and error reporting; resolves to null when it failed.
 async function task(what, cmd, args, extra = {}) {
-  const t0 = performance.now();
+  const clock = { stage: null, t0: performance.now() };
   try {
-    return await call(cmd, args, { onProgress: (p) => progressText(p, t0, what), ...extra });
+    return await call(cmd, args, { onProgress: (p) => progressText(p, clock, what), ...extra });
   } catch (e) {
     throw new Error(e.message === 'cancelled' ? `${what}: cancelled` : `${what} failed: ${e.message}`);
   }
@@ -129,7 +154,7 @@ function showSummary(s, names) {
     `vocabulary ${s.vocab_size}, ${fmtParams(s.parameters)} parameters.`;
 }
 
-async function loadModel(kind, payload) {
+async function loadModel(kind, payload, doneMessage) {
   await busy(async () => {
     state.loaded = false; state.pruned = false; state.download = null;
     state.beforeCache.clear(); state.runs = [];
@@ -146,11 +171,14 @@ async function loadModel(kind, payload) {
     showSummary(r.summary, r.names);
     lastModel = { kind, payload };
     state.loaded = true;
-    setStatus(`Model loaded: ${fmtParams(r.summary.parameters)} parameters. Choose a domain text and press Prune.`);
+    setStatus(doneMessage || `Model loaded: ${fmtParams(r.summary.parameters)} parameters. Choose a domain text and press Prune.`);
     $('bar').value = 0;
-    await updateText();
-    await updatePlan();
   });
+  // Outside `busy`, which these wait for: the token count and the plan of the new model.
+  if (state.loaded) {
+    await updateText().catch((e) => setStatus(e.message));
+    await updatePlan();
+  }
 }
 
 $('load-example').onclick = () => loadModel('url', new URL(EXAMPLE, location.href).href);
@@ -159,17 +187,52 @@ $('load-url').onclick = () => {
   if (!u) return setStatus('Type a model URL first.');
   loadModel('url', u);
 };
-$('model-files').onchange = (e) => e.target.files.length && loadModel('files', [...e.target.files]);
-$('model-folder').onchange = (e) => e.target.files.length && loadModel('files', [...e.target.files]);
+// Each input is cleared once read, so that choosing the same files again (after a cancel or an
+// error) starts a new load.
+const takeFiles = (e) => {
+  const files = [...e.target.files];
+  e.target.value = '';
+  if (files.length) loadModel('files', files);
+};
+$('model-files').onchange = takeFiles;
+$('model-folder').onchange = takeFiles;
 const drop = $('drop');
 drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
 drop.ondragleave = () => drop.classList.remove('over');
-drop.ondrop = (e) => {
+// Every file under a dropped folder (a Hugging Face folder is usually dropped whole).
+async function entryFiles(entry, out) {
+  if (entry.isFile) {
+    out.push(await new Promise((ok, fail) => entry.file(ok, fail)));
+  } else if (entry.isDirectory) {
+    const reader = entry.createReader();
+    for (;;) {
+      const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+      if (!batch.length) break;
+      for (const e of batch) await entryFiles(e, out);
+    }
+  }
+  return out;
+}
+drop.ondrop = async (e) => {
   e.preventDefault();
   drop.classList.remove('over');
-  const files = [...e.dataTransfer.files];
+  if (state.busy) return;
+  const entries = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+  let files = [...e.dataTransfer.files];
+  if (entries.some((x) => x.isDirectory)) {
+    try {
+      files = [];
+      for (const x of entries) await entryFiles(x, files);
+    } catch (err) {
+      return setStatus(`Could not read the dropped folder: ${err.message}`);
+    }
+  }
+  // Hidden files (macOS ._ resource forks, .git…) are never model files.
+  files = files.filter((f) => !f.name.startsWith('.'));
   if (files.length) loadModel('files', files);
 };
+// A file dropped beside the drop zone must not make the browser open it (and leave the page).
+for (const ev of ['dragover', 'drop']) document.addEventListener(ev, (e) => e.preventDefault());
 
 // ---- domain text -----------------------------------------------------------------------------
 async function presetText(name) {
@@ -200,6 +263,7 @@ function textChanged() { clearTimeout(textTimer); textTimer = setTimeout(() => u
 $('domain-text').oninput = () => { $('preset').value = ''; textChanged(); };
 $('domain-file').onchange = async (e) => {
   const f = e.target.files[0];
+  e.target.value = '';
   if (!f) return;
   $('domain-text').value = await f.text();
   $('preset').value = '';
@@ -213,8 +277,26 @@ $('preset').onchange = async () => {
 };
 
 // ---- plan ------------------------------------------------------------------------------------
+// A number field's value within [min, max] (its own attributes), or an error naming its label.
+function field(id, { integer = false } = {}) {
+  const e = $(id);
+  const label = document.querySelector(`label[for="${id}"]`)?.textContent || id;
+  const raw = e.value.trim();
+  const v = raw === '' ? 0 : Number(raw);
+  const min = e.min === '' ? -Infinity : Number(e.min), max = e.max === '' ? Infinity : Number(e.max);
+  if (!Number.isFinite(v) || v < min || v > max || (integer && !Number.isInteger(v))) {
+    throw new Error(`${label}: give ${integer ? 'a whole number' : 'a number'} from ${min} to ${max}`);
+  }
+  return v;
+}
+
 function options() {
-  const mlp = Number($('mlp').value) / 100;
+  const mlp = field('mlp') / 100;
+  field('drop-layers', { integer: true });
+  field('heads');
+  field('calib-samples', { integer: true });
+  field('calib-len', { integer: true });
+  field('eval-tokens', { integer: true });
   const drop = Number($('drop-layers').value) || 0;
   const heads = Number($('heads').value) / 100;
   const divisor = $('divisor').value ? Number($('divisor').value) : null;
@@ -248,14 +330,18 @@ async function updatePlan() {
   if (!state.loaded || state.busy) return;
   try {
     const p = await call('plan', { options: options(), format: $('format').value, dtype: $('dtype').value });
+    state.planError = false;
     state.plan = p;
     $('plan').textContent = `Parameters ${fmtParams(p.parameters_before)} → ${fmtParams(p.parameters_after)} ` +
       `(−${(100 * (1 - p.parameters_after / p.parameters_before)).toFixed(1)}%); layers ${p.layers_before} → ${p.layers_after}, ` +
       `MLP ${p.intermediate_before} → ${p.intermediate_after}, KV heads ${p.kv_heads_before} → ${p.kv_heads_after}; ` +
       `download about ${fmtBytes(p.bytes_after)}; calibration needs ${p.calib_tokens} tokens.`;
   } catch (e) {
+    state.plan = null;
+    state.planError = true;
     $('plan').textContent = `This plan does not work: ${e.message}`;
   }
+  refresh();
 }
 $('mlp-range').oninput = () => { $('mlp').value = $('mlp-range').value; updatePlan(); };
 $('mlp').oninput = () => { $('mlp-range').value = $('mlp').value; updatePlan(); };
@@ -341,6 +427,13 @@ function drawRatio() {
   }
 }
 
+// FNV-1a over the text's UTF-16 code units: tells edited texts apart for the cache of scores.
+function textHash(s) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
+  return h.toString(16);
+}
+
 async function perplexityOf(which, t, what) {
   return (await task(what, 'eval', { which, text: t.text, skip: t.skip, maxTokens: t.max, ctx: EVAL_CTX })).perplexity;
 }
@@ -354,7 +447,9 @@ async function prune() {
     state.pruned = false; state.download = null;
     $('gen-source').textContent = ''; $('gen-pruned').textContent = '';
     refresh();
+    // Everything the job uses is read now: changing a control while it runs changes the next job only.
     const opts = options();
+    const format = $('format').value, dtype = $('dtype').value, mlpPercent = field('mlp');
     if (STATIC_SCORES.includes(opts.score) && !opts.recover && !opts.heads && !opts.drop_layers && !opts.drop_block) {
       setStatus('Static weight scores damage small models badly; prefer a data-driven method.');
     }
@@ -362,7 +457,7 @@ async function prune() {
     const texts = await evalTexts(text, skip);
     const rows = [];
     for (const t of texts) {
-      const key = `${t.name}|${t.skip}|${t.max}|${t.text.length}|${t.text.slice(0, 64)}`;
+      const key = `${t.name}|${t.skip}|${t.max}|${t.text.length}|${textHash(t.text)}`;
       if (!state.beforeCache.has(key)) state.beforeCache.set(key, await perplexityOf('source', t, `Scoring the original on ${t.name}`));
       rows.push({ name: t.name, before: state.beforeCache.get(key) });
     }
@@ -375,10 +470,9 @@ async function prune() {
       drawPpl(rows);
     }
     const held = rows.find((x) => x.name.startsWith('your text'));
-    state.runs.push({ mlp: Number($('mlp').value), score: opts.score, recover: opts.recover,
+    state.runs.push({ mlp: mlpPercent, score: opts.score, recover: opts.recover,
       ppl: held && held.after, base: held && held.before });
     drawRatio();
-    const format = $('format').value, dtype = $('dtype').value;
     const out = await task('Writing the download', 'export', {
       format, dtype, evals: rows.map((x) => ({ name: x.name, before: x.before, after: x.after })),
       expectBytes: state.plan ? state.plan.bytes_after : 0,
@@ -444,7 +538,8 @@ function engineText() {
   else if (g.failed) gpu = `WebGPU failed (${g.error || 'unknown error'}); the CPU took over`;
   else if (g.on) gpu = `matrix products on WebGPU: ${g.info}`;
   else gpu = `WebGPU available (${g.info}), CPU forced`;
-  return `Engine ready: ${cpu}; ${gpu}.` + (flag ? '' : ' (Cancel restarts the engine: the page is not cross-origin isolated.)');
+  return `Engine ready: ${cpu}; ${gpu}.` + (state.threadsFailed ? ` (One thread: ${state.threadsFailed}.)` : '') +
+    (flag ? '' : ' (Cancel restarts the engine: the page is not cross-origin isolated.)');
 }
 
 function showGpu(g) {
@@ -459,13 +554,18 @@ $('force-cpu').onchange = () => busy(async () => {
   setStatus($('force-cpu').checked ? 'The CPU runs everything. Done' : 'Matrix products run on WebGPU. Done');
 });
 
+function showEngine(r) {
+  restarts = 0; // this engine started: only engines that fail one after another stop the restarts
+  state.threads = r.threads;
+  state.simd = r.simd;
+  state.threadsFailed = r.threadsFailed;
+  showGpu(r.gpu);
+  refresh();
+}
+
 (async () => {
   try {
-    const r = await startWorker();
-    state.threads = r.threads;
-    state.simd = r.simd;
-    showGpu(r.gpu);
-    refresh();
+    showEngine(await startWorker());
   } catch (e) {
     $('engine').textContent = `The engine did not start: ${e.message}`;
   }

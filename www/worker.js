@@ -16,7 +16,11 @@ let gpuReason = '';
 // A module whose one function uses f32x4.relaxed_madd: valid only where relaxed SIMD is.
 const RELAXED_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 61, 1, 59, 0,
   ...[0, 1, 2].flatMap(() => [253, 12, ...new Array(16).fill(0)]), 253, 133, 2, 11]);
+// A module whose one function returns a v128 constant: valid wherever fixed-width SIMD is.
+const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 22, 1, 20, 0,
+  253, 12, ...new Array(16).fill(0), 11]);
 let simd = 'SIMD';
+let threadsFailed = '';
 const ready = (async () => {
   const params = new URL(self.location.href).searchParams;
   const exists = async (p) => (await fetch(p, { method: 'HEAD' }).catch(() => null))?.ok === true;
@@ -30,10 +34,23 @@ const ready = (async () => {
       build = '../pkg/threads/podar.js';
     }
   }
-  const threaded = build !== '../pkg/podar.js';
-  podar = await import(build);
-  await podar.default();
-  if (threaded) await podar.initThreadPool(navigator.hardwareConcurrency || 2);
+  if (!WebAssembly.validate(SIMD_PROBE)) {
+    throw new Error('this browser does not run WebAssembly SIMD (fixed-width SIMD is needed: Chrome 91+, Firefox 89+, Safari 16.4+)');
+  }
+  try {
+    podar = await import(build);
+    await podar.default();
+    if (build !== '../pkg/podar.js') await podar.initThreadPool(navigator.hardwareConcurrency || 2);
+  } catch (e) {
+    if (build === '../pkg/podar.js') throw e;
+    // The threaded build asks for shared memory that can grow to 4 GiB; some browsers (notably on
+    // phones) refuse it. The single-threaded build still works there.
+    console.warn(`podar: the threaded build did not start (${e.message || e}); using one thread`);
+    threadsFailed = `threads unavailable: ${e.message || e}`;
+    simd = 'SIMD';
+    podar = await import('../pkg/podar.js');
+    await podar.default();
+  }
   if (new URL(self.location.href).searchParams.get('gpu') === '0') {
     gpuReason = 'WebGPU switched off (?gpu=0)';
   } else {
@@ -56,11 +73,27 @@ let fetchAbort = null;
 const cancelled = () => flag !== null && Atomics.load(flag, 0) === 1;
 
 // Reads a response body into a File, reporting bytes as they arrive.
+let lastProgress = 0;
 async function download(url, name, id, required = true) {
-  const res = await fetch(url, { signal: fetchAbort.signal });
+  let res;
+  try {
+    res = await fetch(url, { signal: fetchAbort.signal });
+  } catch (e) {
+    if (e && e.name === 'AbortError') throw e;
+    // fetch rejects with a TypeError (its text differs by browser) on network and CORS failures.
+    throw new Error(`${url}: could not be fetched (${e.message || e}). Check the address and your connection; ` +
+      'a server other than this page\'s must allow cross-origin requests (CORS), as huggingface.co does');
+  }
   if (!res.ok) {
     if (!required) return null;
-    throw new Error(`${url}: HTTP ${res.status} ${res.statusText}`);
+    const hint = res.status === 401 || res.status === 403
+      ? ' (a gated or private model: download its files and choose them with Model files instead)'
+      : res.status === 404 ? ' (no such file at this address)' : '';
+    throw new Error(`${url}: HTTP ${res.status} ${res.statusText}${hint}`);
+  }
+  if ((res.headers.get('content-type') || '').startsWith('text/html')) {
+    if (!required) return null;
+    throw new Error(`${url} returned a web page, not a model file; on Hugging Face use the file's …/resolve/main/… link`);
   }
   const total = Number(res.headers.get('content-length')) || 0;
   const reader = res.body.getReader();
@@ -71,7 +104,12 @@ async function download(url, name, id, required = true) {
     if (done) break;
     parts.push(value);
     got += value.length;
-    postMessage({ id, progress: { stage: `download ${name}`, done: got, total } });
+    // At most ten progress messages a second (a network read can be a few KB).
+    const now = performance.now();
+    if (now - lastProgress > 100) {
+      lastProgress = now;
+      postMessage({ id, progress: { stage: `download ${name}`, done: got, total } });
+    }
     if (cancelled()) throw new Error('cancelled');
   }
   return new File(parts, name);
@@ -80,9 +118,11 @@ async function download(url, name, id, required = true) {
 // A URL names either one .gguf, or a Hugging Face repository (…/resolve/main/ or the repo page).
 async function fetchModel(url, id) {
   const u = new URL(url, self.location.href);
+  // A Hugging Face page of one file (…/blob/REV/file) names the file itself at …/resolve/REV/file.
+  if (u.hostname.endsWith('huggingface.co')) u.pathname = u.pathname.replace(/\/blob\//, '/resolve/');
   const path = u.pathname;
   if (path.toLowerCase().endsWith('.gguf')) {
-    return [await download(u.href, path.split('/').pop(), id)];
+    return [await download(u.href, decodeURIComponent(path.split('/').pop()), id)];
   }
   let base = u.href.replace(/[?#].*$/, '');
   if (/\.(json|safetensors)$/.test(base)) base = base.slice(0, base.lastIndexOf('/') + 1);
@@ -140,6 +180,7 @@ async function run(m) {
         parts.push(chunk);
         bytes += chunk.length;
         postMessage({ id: m.id, progress: { stage: 'write', done: bytes, total: m.expectBytes || 0 } });
+        return !cancelled();
       });
       const type = name.endsWith('.zip') ? 'application/zip' : 'application/octet-stream';
       return { name, blob: new Blob(parts, { type }) };
@@ -157,7 +198,7 @@ self.onmessage = async (e) => {
       flag = m.flag ? new Int32Array(m.flag) : null;
       session = new podar.Session();
       if (bridge && m.gpu !== false) session.set_gpu(bridge);
-      postMessage({ id: m.id, ok: { threads: podar.Session.threads(), simd, gpu: gpuState() }, memory: podar.Session.memory_bytes() });
+      postMessage({ id: m.id, ok: { threads: podar.Session.threads(), simd, threadsFailed, gpu: gpuState() }, memory: podar.Session.memory_bytes() });
       return;
     }
     if (m.cmd === 'cancel') {
@@ -165,9 +206,13 @@ self.onmessage = async (e) => {
       return;
     }
     const ok = await run(m);
+    // A call that stopped early because of Cancel (generation, an export) did not finish its work.
+    if (cancelled()) throw new Error('cancelled');
     postMessage({ id: m.id, ok, memory: podar.Session.memory_bytes(), gpu: gpuState() });
   } catch (err) {
-    const msg = err && err.name === 'AbortError' ? 'cancelled' : String((err && err.message) || err);
-    postMessage({ id: m.id, error: msg, memory: podar ? podar.Session.memory_bytes() : 0 });
+    const msg = cancelled() || (err && err.name === 'AbortError') ? 'cancelled' : String((err && err.message) || err);
+    // A trap (out of memory, or a bug) leaves the engine's state undefined: the page restarts it.
+    const fatal = err instanceof WebAssembly.RuntimeError || (err instanceof RangeError && /memory/i.test(err.message));
+    postMessage({ id: m.id, error: msg, fatal, memory: podar ? podar.Session.memory_bytes() : 0 });
   }
 };

@@ -126,8 +126,12 @@ impl ChunkWriter<'_> {
     fn emit(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             let arr = Uint8Array::from(self.buf.as_slice());
-            self.sink.call1(&JsValue::NULL, &arr).map_err(|e| io_err("handing over a chunk", e))?;
+            let go_on = self.sink.call1(&JsValue::NULL, &arr).map_err(|e| io_err("handing over a chunk", e))?;
             self.buf.clear();
+            // The sink answers `false` to stop (Cancel).
+            if go_on.as_bool() == Some(false) {
+                return Err(std::io::Error::other("cancelled"));
+            }
         }
         Ok(())
     }

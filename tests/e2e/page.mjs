@@ -56,6 +56,8 @@ try {
   await page.getByRole('button', { name: 'Load example model' }).click();
   msg = await waitStatus(/Model loaded/, 300_000);
   log(`loaded in ${((Date.now() - t0) / 1e3).toFixed(1)} s:`, msg);
+  // The plan of the new model shows without touching a control.
+  await page.waitForFunction(() => /^Parameters /.test(document.getElementById('plan').textContent), null, { timeout: 30_000 });
 
   // Too little text: a readable message, and the page still works.
   await page.getByLabel('Domain text', { exact: true }).fill('def f(): pass');
