@@ -304,7 +304,7 @@ mod cli {
         /// model. Never allowed on the folder of the input model.
         #[arg(long)]
         force: bool,
-        /// Text files to evaluate before and after (perplexity, ctx 512).
+        /// Text files to evaluate before and after (perplexity, ctx 512, or the model's context if shorter).
         #[arg(long)]
         eval: Vec<PathBuf>,
         #[arg(long)]
@@ -326,10 +326,12 @@ mod cli {
         Ok(format!("{:x}", h.finalize()))
     }
 
-    /// Perplexity (ctx 512) of `m` on ids read from `file` (for error messages).
+    /// Perplexity (ctx 512 or the model's context) of `m` on ids read from `file` (for error messages).
     fn ppl_of(m: &podar::Model, ids: &[u32], file: &Path) -> Result<f64, Failure> {
         let pb = bar(0, "eval");
-        let r = podar::perplexity(m, ids, 512, &mut |d, n| {
+        // 512 tokens, or the model's context if shorter.
+        let ctx = m.cfg.max_position_embeddings.clamp(2, 512);
+        let r = podar::perplexity(m, ids, ctx, &mut |d, n| {
             pb.set_length(n as u64);
             pb.set_position(d as u64);
             true
@@ -337,6 +339,17 @@ mod cli {
         .at(file)?;
         pb.finish_and_clear();
         Ok(r.perplexity)
+    }
+
+    /// A text file, which must be UTF-8.
+    fn read_text(p: &Path) -> Result<String, Failure> {
+        String::from_utf8(std::fs::read(p).at(p)?).map_err(|e| Failure {
+            file: Some(p.to_path_buf()),
+            err: Error::Input(format!(
+                "not UTF-8 text (byte {} is not valid UTF-8); save the file as UTF-8",
+                e.utf8_error().valid_up_to()
+            )),
+        })
     }
 
     /// A folder on disk as a place to write a model's files.
@@ -425,7 +438,7 @@ mod cli {
         podar::job::plan(&b.model.cfg, &opts, format).at(&a.model)?;
         let calib_ids = match &a.calib {
             Some(p) => {
-                let text = std::fs::read_to_string(p).at(p)?;
+                let text = read_text(p)?;
                 let ids = b.tokenizer().at(&a.model)?.encode(&text, false).at(p)?;
                 Some(podar::calib::windows(&ids, a.calib_samples, a.calib_len).at(p)?)
             }
@@ -461,7 +474,7 @@ mod cli {
             .eval
             .iter()
             .map(|f| {
-                let text = std::fs::read_to_string(f).at(f)?;
+                let text = read_text(f)?;
                 b.tokenizer().at(&a.model)?.encode(&text, false).at(f)
             })
             .collect::<Result<_, _>>()?;
@@ -556,7 +569,7 @@ mod cli {
                 let b = load(&model)?;
                 let mut ids = match (&text, &ids_path) {
                     (Some(t), _) => {
-                        let s = std::fs::read_to_string(t).at(t)?;
+                        let s = read_text(t)?;
                         b.tokenizer().at(&model)?.encode(&s, false).at(t)?
                     }
                     (None, Some(p)) => {
@@ -621,7 +634,7 @@ mod cli {
             Cmd::Importance { model, calib, score, calib_samples, calib_len, json } => {
                 let score = podar::prune::Score::parse(&score).at(&model)?;
                 let b = load(&model)?;
-                let text = std::fs::read_to_string(&calib).at(&calib)?;
+                let text = read_text(&calib)?;
                 let ids = b.tokenizer().at(&model)?.encode(&text, false).at(&calib)?;
                 let ids = podar::calib::windows(&ids, calib_samples, calib_len).at(&calib)?;
                 let pb = bar(0, "calibrate");

@@ -117,7 +117,11 @@ fn respond(mut s: TcpStream, root: &Path) -> std::io::Result<()> {
 
 /// Serves `root` on 127.0.0.1:`port` (0: any free port, printed) until killed.
 pub fn serve(root: &Path, port: u16) -> std::io::Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    if !root.is_dir() {
+        return Err(std::io::Error::other("--root must be a folder (the podar checkout: www/, pkg/, models/)"));
+    }
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
     let port = listener.local_addr()?.port();
     eprintln!("podar: serving {} on http://127.0.0.1:{port}/ (Ctrl-C to stop)", root.display());
     for stream in listener.incoming() {
