@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 const MR: usize = 12;
 /// Columns of a C tile: two 16-lane vectors.
 const NR: usize = 32;
-/// The inner dimension in blocks of this many: a packed B panel (32 KiB) stays in L1.
+/// The inner dimension in blocks of at most this many: a packed B panel (≤ 32 KiB) stays in L1.
 const KC: usize = 256;
 /// Rows of A taken at a time: an `MC × KC` block of A (480 KiB) stays in L2.
 const MC: usize = 40 * MR;
@@ -51,13 +51,16 @@ pub(super) unsafe fn gemm(
     // is packed once per block into `ap`. The last, partial tile of row-major A goes through a
     // zero-padded copy, in `ap` too.
     let packed = a_cs != 1;
-    let mut ap = vec![0f32; if packed { MC.min(m.next_multiple_of(MR)) } else { MR } * KC.min(k)];
-    let mut bp = vec![0f32; KC.min(k) * NR];
+    // The inner dimension in equal blocks of at most KC (576 as 3 × 192, not 256 + 256 + 64: a
+    // short last block costs nearly as much as a full one in C traffic and packing).
+    let kb = k.div_ceil(k.div_ceil(KC)).next_multiple_of(8).min(KC);
+    let mut ap = vec![0f32; if packed { MC.min(m.next_multiple_of(MR)) } else { MR } * kb.min(k)];
+    let mut bp = vec![0f32; kb.min(k) * NR];
     for i0 in (0..m).step_by(MC) {
         let mc = MC.min(m - i0);
         let (tiles, full) = (mc.div_ceil(MR), mc / MR);
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
+        for k0 in (0..k).step_by(kb) {
+            let kc = kb.min(k - k0);
             // SAFETY: rows i0..i0+mc and columns k0..k0+kc lie inside A.
             let a0 = unsafe { a.add(i0 * a_rs + k0 * a_cs) };
             if packed {
