@@ -142,3 +142,37 @@ fn a_false_progress_answer_cancels() {
     // The model is untouched and still works.
     assert!(podar::perplexity(&b.model, &ids, 64, &mut |_, _| true).is_ok());
 }
+
+/// The matrix kernels of this target (AVX-512 or gemm natively, SIMD128 in the browser) against
+/// plain f64 products, on sizes around their tile and panel edges.
+#[wasm_bindgen_test(unsupported = test)]
+fn matrix_kernels_match_plain_products() {
+    use candle_core::{Device, Tensor};
+    let wavy = |r: usize, c: usize, s: usize| -> Tensor {
+        let v: Vec<f32> = (0..r * c).map(|i| (((i * 7 + s * 13) % 23) as f32 - 11.0) / 7.0).collect();
+        Tensor::from_vec(v, (r, c), &Device::Cpu).unwrap()
+    };
+    let rows = |t: &Tensor| t.to_vec2::<f32>().unwrap();
+    let close = |got: &[Vec<f32>], want: &[Vec<f64>], what: &str| {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            for (j, (&g, &w)) in g.iter().zip(w).enumerate() {
+                assert!((g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()), "{what}: ({i}, {j}) {g} vs {w}");
+            }
+        }
+    };
+    for (m, n, k) in [(1, 1, 1), (2, 5, 3), (3, 12, 16), (4, 13, 17), (7, 25, 33), (13, 40, 64), (50, 37, 300)] {
+        let (x, w) = (wavy(m, k, 1), wavy(n, k, 2));
+        let (xv, wv) = (rows(&x), rows(&w));
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>();
+        let want: Vec<Vec<f64>> = xv.iter().map(|r| wv.iter().map(|c| dot(r, c)).collect()).collect();
+        close(&rows(&podar::kernels::linear(&x, &w, None).unwrap()), &want, &format!("linear {m}x{n}x{k}"));
+        // xᵀx and xᵀy over the m rows (tokens).
+        let col = |v: &[Vec<f32>], j: usize| v.iter().map(|r| r[j]).collect::<Vec<f32>>();
+        let y = wavy(m, n, 3);
+        let yv = rows(&y);
+        let gram: Vec<Vec<f64>> = (0..k).map(|i| (0..k).map(|j| dot(&col(&xv, i), &col(&xv, j))).collect()).collect();
+        close(&rows(&podar::kernels::gram(&x).unwrap()), &gram, &format!("gram {m}x{k}"));
+        let cross: Vec<Vec<f64>> = (0..k).map(|i| (0..n).map(|j| dot(&col(&xv, i), &col(&yv, j))).collect()).collect();
+        close(&rows(&podar::kernels::cross(&x, &y).unwrap()), &cross, &format!("cross {m}x{k}x{n}"));
+    }
+}

@@ -139,6 +139,12 @@ unsafe fn strided_gemm(
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
 
+/// Columns of B the matrix kernel packs at a time.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+const PANEL: usize = simd128::NR;
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+const PANEL: usize = 32;
+
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -267,8 +273,9 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
             let optr = SharedMut(optr);
             with_slice(x, |xs| {
                 with_slice(w, |ws| {
-                    // Chunks of output columns, a few per thread so uneven cores still balance.
-                    let chunk = n.div_ceil(threads() * 4).max(32).next_multiple_of(32).min(n.max(1));
+                    // Chunks of output columns, a few per thread so uneven cores still balance,
+                    // in whole panels of the matrix kernel.
+                    let chunk = n.div_ceil(threads() * 4).max(32).next_multiple_of(PANEL).min(n.max(1));
                     let tasks = n.div_ceil(chunk);
                     par_for(tasks, &|i| {
                         let j0 = i * chunk;

@@ -1,13 +1,14 @@
 //! The page's f32 matrix product on WebAssembly SIMD128: B packed into panels of `NR` columns,
-//! `MR × NR` tiles of C kept in 8 vector accumulators (V8 spills beyond that). In this machine's
-//! Chromium a single thread reaches ≈ 37 GFLOP/s (gemm's SIMD128 kernels: ≈ 30), and ≈ 46 with
-//! relaxed SIMD's fused multiply-add.
+//! `MR × NR` = 3 × 12 tiles of C kept in 9 vector accumulators. V8 has 16 SIMD registers on x86-64;
+//! 4 × 12 or 6 × 8 tiles spill. In Chromium 156 with relaxed SIMD's fused multiply-add, on a 2-core
+//! AVX-512 Xeon, one thread reaches 38–42 GFLOP/s on calibration's shapes against 32–38 for the
+//! 4 × 8 tile used before (gemm's SIMD128 kernels: ≈ 30).
 
 use core::arch::wasm32::*;
 
-const MR: usize = 4;
-const NV: usize = 2;
-const NR: usize = 4 * NV;
+const MR: usize = 3;
+const NV: usize = 3;
+pub(super) const NR: usize = 4 * NV;
 
 /// As [`super::strided_gemm`].
 ///
