@@ -199,13 +199,39 @@ pub enum Picked {
 
 /// Picks the model files out of `names` (a file picker's or a drop's, possibly with folder paths):
 /// a single `.gguf`, or `config.json` with `*.safetensors` and the tokenizer files.
+///
+/// A whole dropped repository may hold more than the model: hidden files (`.git`, macOS `._*`
+/// copies) are ignored; the `config.json` nearest the top is the model's, and its folder's weights
+/// and tokenizer files are taken over ones elsewhere; where shards are named `model*.safetensors`,
+/// other safetensors files beside them (e.g. Mistral's `consolidated.safetensors`) are not weights
+/// of that layout and are left out.
 pub fn pick_files(names: &[String]) -> Result<Picked> {
     let base = |n: &String| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string();
-    let find = |want: &str| names.iter().position(|n| base(n) == want);
-    let ggufs: Vec<usize> = (0..names.len()).filter(|&i| base(&names[i]).to_lowercase().ends_with(".gguf")).collect();
-    let mut shards: Vec<usize> = (0..names.len()).filter(|&i| base(&names[i]).ends_with(".safetensors")).collect();
+    let dir = |n: &String| n.rsplit_once(['/', '\\']).map_or(String::new(), |(d, _)| d.to_string());
+    let depth = |n: &String| n.matches(['/', '\\']).count();
+    let hidden = |n: &String| n.split(['/', '\\']).any(|part| part.starts_with('.') && part != "." && part != "..");
+    let visible: Vec<usize> = (0..names.len()).filter(|&i| !hidden(&names[i])).collect();
+    let config =
+        visible.iter().copied().filter(|&i| base(&names[i]) == "config.json").min_by_key(|&i| depth(&names[i]));
+    let home = config.map(|c| dir(&names[c]));
+    // Files named `want`, those in the config's folder first.
+    let find = |want: &str| {
+        let mut hits = visible.iter().copied().filter(|&i| base(&names[i]) == want);
+        let all: Vec<usize> = hits.by_ref().collect();
+        all.iter().copied().find(|&i| Some(dir(&names[i])) == home).or(all.first().copied())
+    };
+    let ggufs: Vec<usize> =
+        visible.iter().copied().filter(|&i| base(&names[i]).to_lowercase().ends_with(".gguf")).collect();
+    let mut shards: Vec<usize> =
+        visible.iter().copied().filter(|&i| base(&names[i]).ends_with(".safetensors")).collect();
+    if shards.iter().any(|&i| Some(dir(&names[i])) == home) {
+        shards.retain(|&i| Some(dir(&names[i])) == home);
+    }
+    if shards.iter().any(|&i| base(&names[i]).starts_with("model")) {
+        shards.retain(|&i| base(&names[i]).starts_with("model"));
+    }
     shards.sort_by_key(|&i| base(&names[i]));
-    match (ggufs.as_slice(), find("config.json")) {
+    match (ggufs.as_slice(), config) {
         ([g], _) if shards.is_empty() => Ok(Picked::Gguf(*g)),
         ([], Some(config)) if !shards.is_empty() => Ok(Picked::Hf {
             config,
@@ -313,5 +339,29 @@ mod tests {
         for bad in [&["config.json"][..], &["x.safetensors"], &["a.gguf", "b.gguf"], &["notes.txt"], &[]] {
             assert!(pick_files(&names(bad)).is_err(), "{bad:?}");
         }
+        // A whole repository dropped: hidden files, a consolidated checkpoint beside the shards, and
+        // another config.json deeper down.
+        let p = pick_files(&names(&[
+            "repo/.git/config.json",
+            "repo/._model.safetensors",
+            "repo/original/config.json",
+            "repo/original/model.safetensors",
+            "repo/consolidated.safetensors",
+            "repo/model.safetensors",
+            "repo/config.json",
+            "repo/original/tokenizer.json",
+            "repo/tokenizer.json",
+        ]))
+        .unwrap();
+        assert_eq!(
+            p,
+            Picked::Hf {
+                config: 6,
+                shards: vec![5],
+                tokenizer_json: Some(8),
+                tokenizer_config: None,
+                generation_config: None
+            }
+        );
     }
 }

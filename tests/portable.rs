@@ -160,7 +160,9 @@ fn matrix_kernels_match_plain_products() {
             }
         }
     };
-    for (m, n, k) in [(1, 1, 1), (2, 5, 3), (3, 12, 16), (4, 13, 17), (7, 25, 33), (13, 40, 64), (50, 37, 300)] {
+    for (m, n, k) in
+        [(1, 1, 1), (2, 5, 3), (3, 12, 16), (4, 13, 17), (7, 25, 33), (13, 40, 64), (50, 37, 300), (520, 13, 40)]
+    {
         let (x, w) = (wavy(m, k, 1), wavy(n, k, 2));
         let (xv, wv) = (rows(&x), rows(&w));
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>();

@@ -186,6 +186,17 @@ fn named(files: &[File]) -> Result<Vec<(String, BlobReader)>> {
         .collect()
 }
 
+/// The page reads text with the model's tokenizer: a Hugging Face folder without `tokenizer.json`
+/// is refused before any weight is read (a GGUF carries its tokenizer).
+fn page_can_use(p: &Picked) -> std::result::Result<(), JsError> {
+    match p {
+        Picked::Hf { tokenizer_json: None, .. } => Err(JsError::new(
+            "the folder has no tokenizer.json, which podar needs to read your text: add it to the files",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The output of the last prune, kept for evaluation, generation and export.
 struct Done {
     pruned: Pruned,
@@ -308,7 +319,9 @@ impl Session {
 
     /// Reads only the headers of the chosen files: architecture, sizes and parameters.
     pub fn inspect(&self, files: js_sys::Array) -> std::result::Result<JsValue, JsError> {
-        let summary = load::inspect_named(named(&files_of(&files)?).map_err(js_err)?).map_err(js_err)?;
+        let files = files_of(&files)?;
+        page_can_use(&load::pick_files(&files.iter().map(name_of).collect::<Vec<_>>()).map_err(js_err)?)?;
+        let summary = load::inspect_named(named(&files).map_err(js_err)?).map_err(js_err)?;
         to_js(&summary)
     }
 
@@ -324,6 +337,7 @@ impl Session {
         let files = files_of(&files)?;
         let names: Vec<String> = files.iter().map(name_of).collect();
         let picked = load::pick_files(&names).map_err(js_err)?;
+        page_can_use(&picked)?;
         let weights: Vec<&File> = match &picked {
             Picked::Gguf(i) => vec![&files[*i]],
             Picked::Hf { shards, .. } => shards.iter().map(|&i| &files[i]).collect(),
