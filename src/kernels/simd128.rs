@@ -25,6 +25,11 @@ pub(super) unsafe fn gemm(
     b: *const f32,
     (b_rs, b_cs): (usize, usize),
 ) {
+    if a_cs != 1 && m > MR {
+        // SAFETY: as this function's.
+        unsafe { gemm_packed((m, n, k), c, ldc, acc, a, (a_rs, a_cs), b, (b_rs, b_cs)) };
+        return;
+    }
     let mut panel = vec![0f32; k * NR];
     for j0 in (0..n).step_by(NR) {
         let nr = NR.min(n - j0);
@@ -41,6 +46,79 @@ pub(super) unsafe fn gemm(
             unsafe {
                 tile(MR.min(m - i0), nr, k, a.add(i0 * a_rs), (a_rs, a_cs), &panel, c.add(i0 * ldc + j0), ldc, acc)
             };
+        }
+    }
+}
+
+/// Rows of A per packed block.
+const MC: usize = 64 * MR;
+/// The inner dimension per packed block, at most.
+const KC: usize = 256;
+
+/// [`gemm`] for A that is not row-major (the transposed activations of Gram matrices and cross
+/// products): read in place, each step of the inner dimension would touch a new cache line (and
+/// often a new page) for three values. Blocks of A are packed as `[tile][k][MR]` first, so the
+/// tiles read them as one contiguous stream.
+///
+/// # Safety
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_packed(
+    (m, n, k): (usize, usize, usize),
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+) {
+    let kb = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
+    let mut ap = vec![0f32; MC.min(m.next_multiple_of(MR)) * kb];
+    let mut panel = vec![0f32; kb * NR];
+    for i0 in (0..m).step_by(MC) {
+        let mc = MC.min(m - i0);
+        for k0 in (0..k.max(1)).step_by(kb) {
+            let kc = kb.min(k - k0);
+            for (t, dst) in ap.chunks_exact_mut(kc.max(1) * MR).take(mc.div_ceil(MR)).enumerate() {
+                let rows = MR.min(mc - t * MR);
+                for (kk, step) in dst.chunks_exact_mut(MR).enumerate().take(kc) {
+                    for (r, x) in step.iter_mut().enumerate() {
+                        // SAFETY: (i0 + t·MR + r, k0 + kk) lies inside A for r < rows.
+                        *x =
+                            if r < rows { unsafe { *a.add((i0 + t * MR + r) * a_rs + (k0 + kk) * a_cs) } } else { 0.0 };
+                    }
+                }
+            }
+            // Later blocks of the inner dimension add to what the first wrote.
+            let add = acc || k0 > 0;
+            for j0 in (0..n).step_by(NR) {
+                let nr = NR.min(n - j0);
+                for kk in 0..kc {
+                    let row = &mut panel[kk * NR..(kk + 1) * NR];
+                    for (j, x) in row.iter_mut().enumerate() {
+                        // SAFETY: (k0 + kk, j0 + j) lies inside B for j < nr.
+                        *x = if j < nr { unsafe { *b.add((k0 + kk) * b_rs + (j0 + j) * b_cs) } } else { 0.0 };
+                    }
+                }
+                for t in 0..mc.div_ceil(MR) {
+                    let i = i0 + t * MR;
+                    // SAFETY: the packed tile holds kc steps of MR rows; the tile (i, j0) lies inside C.
+                    unsafe {
+                        tile(
+                            MR.min(mc - t * MR),
+                            nr,
+                            kc,
+                            ap.as_ptr().add(t * kc * MR),
+                            (1, MR),
+                            &panel,
+                            c.add(i * ldc + j0),
+                            ldc,
+                            add,
+                        )
+                    };
+                }
+            }
         }
     }
 }
