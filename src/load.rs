@@ -216,8 +216,7 @@ pub fn pick_files(names: &[String]) -> Result<Picked> {
     let home = config.map(|c| dir(&names[c]));
     // Files named `want`, those in the config's folder first.
     let find = |want: &str| {
-        let mut hits = visible.iter().copied().filter(|&i| base(&names[i]) == want);
-        let all: Vec<usize> = hits.by_ref().collect();
+        let all: Vec<usize> = visible.iter().copied().filter(|&i| base(&names[i]) == want).collect();
         all.iter().copied().find(|&i| Some(dir(&names[i])) == home).or(all.first().copied())
     };
     let ggufs: Vec<usize> =

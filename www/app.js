@@ -292,13 +292,11 @@ function field(id, { integer = false } = {}) {
 
 function options() {
   const mlp = field('mlp') / 100;
-  field('drop-layers', { integer: true });
-  field('heads');
-  field('calib-samples', { integer: true });
-  field('calib-len', { integer: true });
-  field('eval-tokens', { integer: true });
-  const drop = Number($('drop-layers').value) || 0;
-  const heads = Number($('heads').value) / 100;
+  const drop = field('drop-layers', { integer: true });
+  const heads = field('heads') / 100;
+  const calibSamples = field('calib-samples', { integer: true });
+  const calibLen = field('calib-len', { integer: true });
+  field('eval-tokens', { integer: true }); // read by the job itself; checked here with the rest
   const divisor = $('divisor').value ? Number($('divisor').value) : null;
   const block = $('drop-mode').value === 'block';
   const score = $('score').value;
@@ -307,8 +305,8 @@ function options() {
     divisor,
     score,
     recover: $('recover').checked,
-    calib_samples: Number($('calib-samples').value) || 64,
-    calib_len: Number($('calib-len').value) || 128,
+    calib_samples: calibSamples,
+    calib_len: calibLen,
     drop_layers: drop > 0 && !block ? drop : null,
     drop_block: drop > 0 && block ? drop : null,
     heads: heads > 0 ? heads : null,

@@ -51,9 +51,7 @@ pub(super) unsafe fn gemm(
     // is packed once per block into `ap`. The last, partial tile of row-major A goes through a
     // zero-padded copy, in `ap` too.
     let packed = a_cs != 1;
-    // The inner dimension in equal blocks of at most KC (576 as 3 × 192, not 256 + 256 + 64: a
-    // short last block costs nearly as much as a full one in C traffic and packing).
-    let kb = k.div_ceil(k.div_ceil(KC)).next_multiple_of(8).min(KC);
+    let kb = super::k_block(k, KC, 8);
     let mut ap = vec![0f32; if packed { MC.min(m.next_multiple_of(MR)) } else { MR } * kb.min(k)];
     let mut bp = vec![0f32; kb.min(k) * NR];
     for i0 in (0..m).step_by(MC) {

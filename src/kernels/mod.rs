@@ -139,6 +139,14 @@ unsafe fn strided_gemm(
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
 
+/// The length of each of the equal blocks (a multiple of `align`, at most `max`) that the inner
+/// dimension `k` is cut into: 576 as 3 × 192 rather than 256 + 256 + 64, as a short last block
+/// costs nearly as much as a full one in C traffic and packing.
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
+fn k_block(k: usize, max: usize, align: usize) -> usize {
+    k.div_ceil(k.div_ceil(max).max(1)).next_multiple_of(align).clamp(1, max)
+}
+
 /// Columns of B the matrix kernel packs at a time.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 const PANEL: usize = simd128::NR;

@@ -33,14 +33,8 @@ pub(super) unsafe fn gemm(
     let mut panel = vec![0f32; k * NR];
     for j0 in (0..n).step_by(NR) {
         let nr = NR.min(n - j0);
-        // Panel [k][NR] of B's columns j0..j0+nr, zero beyond them.
-        for kk in 0..k {
-            let row = &mut panel[kk * NR..(kk + 1) * NR];
-            for (j, x) in row.iter_mut().enumerate() {
-                // SAFETY: (kk, j0 + j) lies inside B for j < nr.
-                *x = if j < nr { unsafe { *b.add(kk * b_rs + (j0 + j) * b_cs) } } else { 0.0 };
-            }
-        }
+        // SAFETY: rows 0..k and columns j0..j0+nr lie inside B.
+        unsafe { pack_panel(&mut panel, b.add(j0 * b_cs), (b_rs, b_cs), k, nr) };
         for i0 in (0..m).step_by(MR) {
             // SAFETY: rows i0.. of A and the tile (i0, j0) of C lie inside them.
             unsafe {
@@ -73,7 +67,7 @@ unsafe fn gemm_packed(
     b: *const f32,
     (b_rs, b_cs): (usize, usize),
 ) {
-    let kb = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
+    let kb = super::k_block(k, KC, 1);
     let mut ap = vec![0f32; MC.min(m.next_multiple_of(MR)) * kb];
     let mut panel = vec![0f32; kb * NR];
     for i0 in (0..m).step_by(MC) {
@@ -94,13 +88,8 @@ unsafe fn gemm_packed(
             let add = acc || k0 > 0;
             for j0 in (0..n).step_by(NR) {
                 let nr = NR.min(n - j0);
-                for kk in 0..kc {
-                    let row = &mut panel[kk * NR..(kk + 1) * NR];
-                    for (j, x) in row.iter_mut().enumerate() {
-                        // SAFETY: (k0 + kk, j0 + j) lies inside B for j < nr.
-                        *x = if j < nr { unsafe { *b.add((k0 + kk) * b_rs + (j0 + j) * b_cs) } } else { 0.0 };
-                    }
-                }
+                // SAFETY: rows k0..k0+kc and columns j0..j0+nr lie inside B.
+                unsafe { pack_panel(&mut panel, b.add(k0 * b_rs + j0 * b_cs), (b_rs, b_cs), kc, nr) };
                 for t in 0..mc.div_ceil(MR) {
                     let i = i0 + t * MR;
                     // SAFETY: the packed tile holds kc steps of MR rows; the tile (i, j0) lies inside C.
@@ -119,6 +108,19 @@ unsafe fn gemm_packed(
                     };
                 }
             }
+        }
+    }
+}
+
+/// Packs `kc` rows × `nr` columns of B as `[kc][NR]`, columns past `nr` zero.
+///
+/// # Safety
+/// `b` must cover the block the sizes and strides describe.
+unsafe fn pack_panel(panel: &mut [f32], b: *const f32, (b_rs, b_cs): (usize, usize), kc: usize, nr: usize) {
+    for (kk, row) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
+        for (j, x) in row.iter_mut().enumerate() {
+            // SAFETY: (kk, j) lies inside the block for j < nr.
+            *x = if j < nr { unsafe { *b.add(kk * b_rs + j * b_cs) } } else { 0.0 };
         }
     }
 }
