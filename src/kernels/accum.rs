@@ -52,26 +52,25 @@ impl Accum {
             }
         }
         let optr = SharedMut(self.buffer(n * n)?);
-        const B: usize = 256;
-        let nb = n.div_ceil(B);
-        let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|i| (i..nb).map(move |j| (i, j))).collect();
+        // Strips of S rows, each from its diagonal to the last column: only the strips' own
+        // diagonal squares are multiplied in full, so little beyond the upper triangle is
+        // computed. The widest strips come first, so that the threads finish together.
+        const S: usize = 96;
         with_slice(x, |xs| {
-            par_for(pairs.len(), &|p| {
-                let (bi, bj) = pairs[p];
-                let (i0, j0) = (bi * B, bj * B);
-                let (ni, nj) = (B.min(n - i0), B.min(n - j0));
+            par_for(n.div_ceil(S), &|b| {
+                let i0 = b * S;
                 let o = optr;
-                // SAFETY: block (bi, bj) of the buffer is written by this task alone; xs holds t×n
-                // values. xᵀ block: element (i, τ) at x[τ·n + i]; x block: element (τ, j) at x[τ·n + j].
+                // SAFETY: rows i0..i0+S of the buffer, columns i0.., are written by this task alone;
+                // xs holds t×n values. xᵀ element (i, τ) at x[τ·n + i]; x element (τ, j) at x[τ·n + j].
                 unsafe {
                     strided_gemm(
-                        (ni, nj, t),
-                        o.0.add(i0 * n + j0),
+                        (S.min(n - i0), n - i0, t),
+                        o.0.add(i0 * n + i0),
                         n,
                         true,
                         xs.as_ptr().add(i0),
                         (1, n),
-                        xs.as_ptr().add(j0),
+                        xs.as_ptr().add(i0),
                         (n, 1),
                     )
                 };

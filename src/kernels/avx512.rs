@@ -98,9 +98,24 @@ pub(super) unsafe fn gemm(
 ///
 /// # Safety
 /// `a` must cover the block the sizes and strides describe.
+#[target_feature(enable = "avx512f")]
 unsafe fn pack_a(ap: &mut [f32], a: *const f32, (a_rs, a_cs): (usize, usize), mc: usize, kc: usize) {
     for (t, dst) in ap.chunks_exact_mut(kc * MR).take(mc.div_ceil(MR)).enumerate() {
         let rows = MR.min(mc - t * MR);
+        if a_rs == 1 {
+            // Columns of A contiguous (a transposed activation matrix): each step's rows are one
+            // masked vector load; lanes past `rows` load as zero and are stored so.
+            let (m, all) = (lanes(rows), lanes(MR));
+            for kk in 0..kc {
+                // SAFETY: rows t·MR..t·MR+rows of column kk lie inside the block (masked lanes are
+                // not read); step kk of the tile holds MR values.
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(m, a.add(t * MR + kk * a_cs));
+                    _mm512_mask_storeu_ps(dst.as_mut_ptr().add(kk * MR), all, v);
+                }
+            }
+            continue;
+        }
         for (kk, step) in dst.chunks_exact_mut(MR).enumerate() {
             for (r, x) in step.iter_mut().enumerate() {
                 // SAFETY: (t·MR + r, kk) lies inside the block for r < rows.
@@ -114,6 +129,7 @@ unsafe fn pack_a(ap: &mut [f32], a: *const f32, (a_rs, a_cs): (usize, usize), mc
 ///
 /// # Safety
 /// `b` must cover the block the sizes and strides describe.
+#[target_feature(enable = "avx512f")]
 unsafe fn pack_b(bp: &mut [f32], b: *const f32, (b_rs, b_cs): (usize, usize), kc: usize, nr: usize) {
     if b_rs == 1 {
         // Columns of B contiguous (a transposed weight): 16 × 16 blocks transposed in registers,
@@ -133,6 +149,19 @@ unsafe fn pack_b(bp: &mut [f32], b: *const f32, (b_rs, b_cs): (usize, usize), kc
                     // SAFETY: (kk, j) lies inside the block for j < nr.
                     bp[kk * NR + j] = if j < nr { unsafe { *b.add(j * b_cs + kk) } } else { 0.0 };
                 }
+            }
+        }
+    } else if b_cs == 1 {
+        // Rows of B contiguous: two masked vector loads per step, lanes past `nr` zero.
+        let (m0, m1) = (lanes(nr), lanes(nr.saturating_sub(16)));
+        for kk in 0..kc {
+            // SAFETY: columns 0..nr of row kk lie inside the block (masked lanes are not read);
+            // step kk of the panel holds NR values.
+            unsafe {
+                let src = b.add(kk * b_rs);
+                let dst = bp.as_mut_ptr().add(kk * NR);
+                _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(m0, src));
+                _mm512_storeu_ps(dst.add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
             }
         }
     } else {
@@ -182,7 +211,6 @@ unsafe fn tile<const ROW: bool>(
             t1[r] = _mm512_fmadd_ps(x, b1, t1[r]);
         }
     }
-    let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
     let (m0, m1) = (lanes(nr), lanes(nr.saturating_sub(16)));
     for r in 0..rows {
         // Masked lanes are neither read nor written (nor fault), so the masks confine the
@@ -199,6 +227,11 @@ unsafe fn tile<const ROW: bool>(
             _mm512_mask_storeu_ps(o1, m1, v1);
         }
     }
+}
+
+/// The mask of the first `n` (at most 16) lanes.
+fn lanes(n: usize) -> __mmask16 {
+    ((1u32 << n.min(16)) - 1) as __mmask16
 }
 
 /// Writes the transpose of the 16 × 16 block at `src` (row stride `ls`) to `dst` (row stride `ld`).
