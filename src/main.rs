@@ -342,14 +342,20 @@ mod cli {
     }
 
     /// A text file, which must be UTF-8.
+    /// A UTF-8 text file, without a leading byte-order mark (as browsers read files, so that the
+    /// page and the command line calibrate on the same tokens).
     fn read_text(p: &Path) -> Result<String, Failure> {
-        String::from_utf8(std::fs::read(p).at(p)?).map_err(|e| Failure {
+        let mut text = String::from_utf8(std::fs::read(p).at(p)?).map_err(|e| Failure {
             file: Some(p.to_path_buf()),
             err: Error::Input(format!(
                 "not UTF-8 text (byte {} is not valid UTF-8); save the file as UTF-8",
                 e.utf8_error().valid_up_to()
             )),
-        })
+        })?;
+        if text.starts_with('\u{feff}') {
+            text.drain(..'\u{feff}'.len_utf8());
+        }
+        Ok(text)
     }
 
     /// A folder on disk as a place to write a model's files.

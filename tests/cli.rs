@@ -107,6 +107,26 @@ fn text_too_short_and_ctx_out_of_range() {
 }
 
 #[test]
+fn text_files_are_utf8_without_a_byte_order_mark() {
+    let m = real_model();
+    let text = "def area(r):\n    return 3.14159 * r * r\n\nprint(area(2.0))\n".repeat(8);
+    let (plain, bom, latin1) = (tmp("plain.txt"), tmp("bom.txt"), tmp("latin1.txt"));
+    std::fs::write(&plain, &text).unwrap();
+    std::fs::write(&bom, [&[0xef, 0xbb, 0xbf][..], text.as_bytes()].concat()).unwrap();
+    std::fs::write(&latin1, b"Gr\xfc\xdfe aus M\xfcnchen").unwrap();
+    // As a browser reads a file: the mark is not text, so both files give the same tokens.
+    let eval = |p: &Path| {
+        let (code, out, err) =
+            podar(&["eval", m.to_str().unwrap(), "--text", p.to_str().unwrap(), "--ctx", "32", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (v["tokens"].as_u64().unwrap(), v["perplexity"].as_f64().unwrap())
+    };
+    assert_eq!(eval(&plain), eval(&bom));
+    fails(&["eval", m.to_str().unwrap(), "--text", latin1.to_str().unwrap()], &latin1, "not UTF-8");
+}
+
+#[test]
 fn inspect_json_uses_transformers_names() {
     let (code, out, err) = podar(&["inspect", real_model().to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{err}");

@@ -242,8 +242,15 @@ async function presetText(name) {
 }
 
 let textTimer = null;
+// The domain text as given: a file's or preset's own text while the box still shows it unedited
+// (a textarea turns CR LF into LF, and the command line calibrates on the file as it is), else
+// what the box holds.
+let givenText = null;
+function domainText() { return givenText ?? $('domain-text').value; }
+function showText(text) { givenText = text; $('domain-text').value = text; }
+
 async function updateText() {
-  const text = $('domain-text').value;
+  const text = domainText();
   const len = Number($('calib-len').value) || 128;
   const samples = Number($('calib-samples').value) || 64;
   if (!text) { $('text-info').textContent = 'No text yet.'; state.textTokens = 0; return; }
@@ -260,19 +267,27 @@ async function updateText() {
     : `${info.tokens} tokens: not enough for ${samples} windows of ${len} (needs ${need}). Add text, or use ${info.windows} windows.`;
 }
 function textChanged() { clearTimeout(textTimer); textTimer = setTimeout(() => updateText().catch((e) => setStatus(e.message)), 300); }
-$('domain-text').oninput = () => { $('preset').value = ''; textChanged(); };
+$('domain-text').oninput = () => { givenText = null; $('preset').value = ''; textChanged(); };
 $('domain-file').onchange = async (e) => {
   const f = e.target.files[0];
   e.target.value = '';
   if (!f) return;
-  $('domain-text').value = await f.text();
+  let text;
+  try {
+    // As the command line reads it: UTF-8 (a leading byte-order mark dropped), or a clear refusal
+    // rather than text with replacement characters in it.
+    text = new TextDecoder('utf-8', { fatal: true }).decode(await f.arrayBuffer());
+  } catch (err) {
+    return setStatus(`${f.name}: ${err instanceof TypeError ? 'not UTF-8 text; save the file as UTF-8' : err.message}`);
+  }
+  showText(text);
   $('preset').value = '';
   textChanged();
 };
 $('preset').onchange = async () => {
   const p = $('preset').value;
   if (!p) return;
-  $('domain-text').value = await presetText(p);
+  showText(await presetText(p));
   textChanged();
 };
 
@@ -437,7 +452,7 @@ async function perplexityOf(which, t, what) {
 }
 
 async function prune() {
-  const text = $('domain-text').value;
+  const text = domainText();
   if (!state.loaded) return setStatus('Load a model first.');
   if (!text.trim()) return setStatus('Give a domain text first (a preset, a file, or paste it).');
   await busy(async () => {

@@ -14,9 +14,13 @@ import { root, cli, serve, launch, statusWaiter, openPage } from './harness.mjs'
 
 const out = path.join(root, 'target/e2e');
 const samples = Number(process.env.PODAR_E2E_SAMPLES || 8);
-const domainFile = path.join(root, 'www/presets/code-python.txt');
 fs.rmSync(out, { recursive: true, force: true });
 fs.mkdirSync(out, { recursive: true });
+// The domain text as a Windows editor saves it (a byte-order mark, CR LF line ends): the page
+// must calibrate on the file as the CLI reads it, not on the text box's LF-only copy of it.
+const domainFile = path.join(out, 'domain-crlf.txt');
+const preset = fs.readFileSync(path.join(root, 'www/presets/code-python.txt'), 'utf8');
+fs.writeFileSync(domainFile, '\ufeff' + preset.replace(/\r?\n/g, '\r\n'));
 const log = (...a) => console.log('[e2e]', ...a);
 
 
@@ -67,6 +71,13 @@ try {
   log('too-short text:', msg);
   assert.match(msg, /tokens/);
   assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), true);
+
+  // A text file that is not UTF-8: refused with a reason, not read as replacement characters.
+  const latin1 = path.join(out, 'latin1.txt');
+  fs.writeFileSync(latin1, Buffer.from('Gr\xfc\xdfe aus M\xfcnchen', 'latin1'));
+  await page.getByLabel('Domain text file').setInputFiles(latin1);
+  msg = await waitStatus(/not UTF-8/, 30_000);
+  log('latin-1 text:', msg);
 
   // The job: a domain text file, 20% MLP, calibration windows as in the CLI run below.
   await page.getByLabel('Domain text file').setInputFiles(domainFile);
