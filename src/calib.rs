@@ -178,6 +178,10 @@ pub fn collect(
     on_layer: &mut OnLayer,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<CalibStats> {
+    let max_len = model.cfg.max_position_embeddings.min(crate::eval::MAX_CTX);
+    if len > max_len {
+        bail!(Input, "--calib-len {len} is longer than the model's context of {max_len} tokens");
+    }
     let n_layers = model.layers.len();
     let mut layers = Vec::with_capacity(n_layers);
     // Windows per forward pass (~CHUNK_TOKENS tokens): one pass's temporaries are alive at a time,

@@ -72,8 +72,8 @@ mod cli {
             model: PathBuf,
             #[arg(long)]
             calib: PathBuf,
-            /// Neuron score (wanda, flap, energy, optipfair, obs or a static one).
-            #[arg(long, default_value = "wanda")]
+            /// Neuron score (wanda, flap, energy, optipfair, obs or a static one); energy, as prune's default.
+            #[arg(long, default_value = "energy")]
             score: String,
             #[arg(long, default_value_t = 64)]
             calib_samples: usize,

@@ -245,6 +245,33 @@ fn prune_writes_gguf() {
 }
 
 #[test]
+fn importance_json_scores_every_layer_and_neuron() {
+    let calib = tmp("importance_calib.txt");
+    std::fs::write(&calib, "def f(x):\n    return x * 2\n".repeat(100)).unwrap();
+    let m = tiny("llama");
+    let args = ["importance", m.to_str().unwrap(), "--calib", calib.to_str().unwrap(), "--calib-len", "32"];
+    let (code, out, err) = podar(&[&args[..], &["--calib-samples", "4", "--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The default score is prune's: energy.
+    assert_eq!(v["score"], "energy");
+    assert_eq!(v["tokens"], 128);
+    let influence = v["layer_influence"].as_array().unwrap();
+    assert_eq!(influence.len(), 3);
+    assert!(influence.iter().all(|x| x.as_f64().is_some_and(|x| x.is_finite())));
+    let mlp = v["mlp"].as_array().unwrap();
+    assert_eq!(mlp.len(), 3);
+    for layer in mlp {
+        let scores: Vec<f64> = layer.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(scores.len(), 128);
+        assert!(scores.iter().all(|x| x.is_finite() && *x >= 0.0), "{scores:?}");
+        assert!(scores.iter().any(|&x| x != scores[0]), "all neurons scored alike");
+    }
+    // Too little text for the windows asked: the same message as prune's.
+    fails(&[&args[..], &["--calib-samples", "1000"]].concat(), &calib, "1000 windows of 32 need");
+}
+
+#[test]
 fn prune_refuses_bad_requests() {
     let out = tmp("never");
     let m = real_model();
@@ -265,6 +292,14 @@ fn prune_refuses_bad_requests() {
     fails(&["prune", m, "--drop-layers-at", "30", "--out", out.to_str().unwrap()], Path::new(m), "names layer 30");
     // SmolLM2 has 3 KV groups: 0.2 of them rounds to none.
     fails(&["prune", m, "--heads", "0.2", "--out", out.to_str().unwrap()], Path::new(m), "removes none");
+    // Windows longer than the model's context (256 positions for the tiny model).
+    let long = tmp("long_calib.txt");
+    std::fs::write(&long, "def f(x):\n    return x * 2\n".repeat(200)).unwrap();
+    let tiny_llama = tiny("llama");
+    let (l, o) = (long.to_str().unwrap(), out.to_str().unwrap());
+    let args =
+        ["prune", tiny_llama.to_str().unwrap(), "--calib", l, "--calib-samples", "1", "--mlp", "0.5", "--out", o];
+    fails(&[&args[..], &["--calib-len", "300"]].concat(), &tiny_llama, "longer than the model's context of 256");
 }
 
 #[test]
