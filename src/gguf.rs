@@ -20,7 +20,7 @@ impl GgufHeader {
     /// Parses the header (magic, metadata, tensor infos). Sizes are capped by candle's reader.
     pub fn read<R: Read + Seek>(r: &mut R) -> Result<Self> {
         r.seek(SeekFrom::Start(0))?;
-        let content = Content::read(r).map_err(|e| Error::Gguf(first_line(&e)))?;
+        let content = Content::read(r).map_err(|e| Error::Gguf(explain_dtype(first_line(&e))))?;
         Ok(Self { content })
     }
     /// A metadata value.
@@ -394,9 +394,48 @@ impl<R: Read + Seek> TensorSource for GgufSource<R> {
     }
 }
 
+/// candle's "unknown dtype for tensor N" (N: the ggml type number) said in words: which type, and
+/// which ones podar reads.
+fn explain_dtype(msg: String) -> String {
+    let Some(n) = msg.strip_prefix("unknown dtype for tensor ").and_then(|n| n.trim().parse::<u32>().ok()) else {
+        return msg;
+    };
+    const NAMES: &[(u32, &str)] = &[
+        (16, "IQ2_XXS"),
+        (17, "IQ2_XS"),
+        (18, "IQ3_XXS"),
+        (19, "IQ1_S"),
+        (20, "IQ4_NL"),
+        (21, "IQ3_S"),
+        (22, "IQ2_S"),
+        (23, "IQ4_XS"),
+        (24, "I8"),
+        (25, "I16"),
+        (26, "I32"),
+        (27, "I64"),
+        (28, "F64"),
+        (29, "IQ1_M"),
+        (34, "TQ1_0"),
+        (35, "TQ2_0"),
+        (39, "MXFP4"),
+    ];
+    let name = NAMES.iter().find(|&&(k, _)| k == n).map_or_else(|| format!("type {n}"), |&(_, s)| s.to_string());
+    format!(
+        "a tensor is stored as {name}, which podar cannot read; use a GGUF in F32, F16, BF16, Q4_0, Q4_1, Q5_0, \
+         Q5_1, Q8_0 or a K-quant (Q2_K to Q8_K, e.g. Q4_K_M)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_tensor_types_are_named() {
+        assert!(explain_dtype("unknown dtype for tensor 20".into()).starts_with("a tensor is stored as IQ4_NL,"));
+        assert!(explain_dtype("unknown dtype for tensor 99".into()).contains("stored as type 99,"));
+        assert_eq!(explain_dtype("unexpected end of file".into()), "unexpected end of file");
+    }
 
     #[test]
     fn permute_round_trips() {

@@ -53,6 +53,35 @@ fn corrupt_gguf() {
 }
 
 #[test]
+fn gguf_with_a_tensor_type_podar_cannot_read() {
+    // A GGUF of the tiny model, then one tensor's type field set to 20 (IQ4_NL).
+    let dir = tmp("iq_source");
+    let (code, _, err) = podar(&[
+        "prune",
+        tiny("llama").to_str().unwrap(),
+        "--mlp",
+        "0.5",
+        "--score",
+        "l2",
+        "--format",
+        "gguf",
+        "--out",
+        dir.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut bytes = std::fs::read(dir.join("model.gguf")).unwrap();
+    let name = b"blk.0.ffn_down.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let ty = at + 4 + 8 * dims;
+    bytes[ty..ty + 4].copy_from_slice(&20u32.to_le_bytes());
+    let p = tmp("iq4_nl.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    fails(&["inspect", p.to_str().unwrap()], &p, "stored as IQ4_NL, which podar cannot read");
+}
+
+#[test]
 fn truncated_gguf() {
     let bytes = std::fs::read(real_model()).expect("make test fetches the default model");
     for (i, cut) in [100usize, 1 << 20, bytes.len() - 1000].into_iter().enumerate() {
