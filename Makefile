@@ -66,8 +66,9 @@ models: $(MODEL)
 $(MODEL):
 	@bash scripts/fetch-model.sh
 
-## Numbers, not tests: load time, eval tokens/s and peak RSS; then the pruning table on ../shared/corpora.
+## Numbers, not tests: matrix kernels in GFLOP/s; load time, eval tokens/s and peak RSS; then the pruning table on ../shared/corpora.
 bench: build-native models
+	@$(CARGO) run --quiet --release --example kernels
 	@bash scripts/bench.sh
 	@bash scripts/bench-prune.sh
 

@@ -117,6 +117,19 @@ unsafe fn gemm_packed(
 /// # Safety
 /// `b` must cover the block the sizes and strides describe.
 unsafe fn pack_panel(panel: &mut [f32], b: *const f32, (b_rs, b_cs): (usize, usize), kc: usize, nr: usize) {
+    if b_cs == 1 && nr == NR {
+        // Rows of B contiguous (Gram matrices and cross products): NV vector copies per step.
+        for (kk, row) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
+            for v in 0..NV {
+                // SAFETY: columns 0..NR of row kk lie inside the block; the panel row holds NR values.
+                unsafe {
+                    let x = v128_load(b.add(kk * b_rs + 4 * v) as *const v128);
+                    v128_store(row.as_mut_ptr().add(4 * v) as *mut v128, x);
+                }
+            }
+        }
+        return;
+    }
     for (kk, row) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
         for (j, x) in row.iter_mut().enumerate() {
             // SAFETY: (kk, j) lies inside the block for j < nr.
