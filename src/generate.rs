@@ -16,7 +16,14 @@ pub fn greedy(
     if prompt.is_empty() {
         bail!(Input, "the prompt is empty");
     }
-    let limit = model.cfg.max_position_embeddings.max(prompt.len());
+    let limit = model.cfg.max_position_embeddings;
+    if prompt.len() >= limit {
+        bail!(
+            Input,
+            "the prompt has {} tokens; the model's context is {limit}, so no room is left to generate",
+            prompt.len()
+        );
+    }
     let mut cache = KvCache::default();
     let mut out = Vec::with_capacity(max_new);
     let mut logits = model.forward_last(prompt, 1, prompt.len(), Some(&mut cache))?;

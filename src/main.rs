@@ -258,14 +258,14 @@ mod cli {
         #[arg(long)]
         no_recover: bool,
         /// Ridge strength of recovery, relative to the Gram matrix's mean diagonal; it also shrinks the
-        /// re-fit towards the original weights.
-        #[arg(long, default_value_t = podar::prune::PruneOptions::default().ridge)]
-        ridge: f64,
+        /// re-fit towards the original weights. Default: 0.3.
+        #[arg(long)]
+        ridge: Option<f64>,
         /// Error correction of recovery, 0..1: also steer each re-fitted layer towards the unpruned
-        /// model's output by this fraction of the error the pruned layers before it left (0: off,
-        /// faster: it runs the unpruned model beside the pruned one).
-        #[arg(long, default_value_t = podar::prune::PruneOptions::default().correct)]
-        correct: f64,
+        /// model's output by this fraction of the error the pruned layers before it left (0: off, and
+        /// faster, as the unpruned model no longer runs beside the pruned one). Default: 0.5.
+        #[arg(long)]
+        correct: Option<f64>,
         /// Round the kept MLP width down to a multiple of 32, 64, 128 or 256.
         #[arg(long)]
         divisor: Option<usize>,
@@ -423,13 +423,18 @@ mod cli {
             (None, Some(_)) => Score::Energy,
             (None, None) => Score::Maw,
         };
+        let defaults = PruneOptions::default();
+        if (a.no_recover || a.calib.is_none()) && (a.ridge.is_some() || a.correct.is_some()) {
+            let why = if a.no_recover { "--no-recover" } else { "there is no --calib" };
+            eprintln!("podar: warning: --ridge and --correct tune recovery, which does not run: {why}");
+        }
         let opts = PruneOptions {
             mlp_fraction: a.mlp,
             mlp_size: a.mlp_size,
             divisor: a.divisor,
             score,
             recover: !a.no_recover && a.calib.is_some(),
-            ridge: a.ridge,
+            ridge: a.ridge.unwrap_or(defaults.ridge),
             calib_samples: a.calib_samples,
             calib_len: a.calib_len,
             drop_layers: a.drop_layers,
@@ -437,7 +442,7 @@ mod cli {
             drop_block: a.drop_block,
             sequential: !a.parallel_calib,
             heads: a.heads,
-            correct: a.correct,
+            correct: a.correct.unwrap_or(defaults.correct),
         };
         let mut b = load(&a.model)?;
         // Every size and layer choice is checked before any long computation.
@@ -621,7 +626,7 @@ mod cli {
                 let mut out = Vec::new();
                 let mut shown = String::new();
                 let stop = b.stop_ids();
-                podar::greedy(&b.model, &ids, max_tokens, &stop, &mut |id| {
+                let new = podar::greedy(&b.model, &ids, max_tokens, &stop, &mut |id| {
                     out.push(id);
                     if let Ok(s) = tok.decode(&out) {
                         if s.len() >= shown.len() && s.starts_with(&shown) {
@@ -635,6 +640,10 @@ mod cli {
                 })
                 .at(&model)?;
                 println!();
+                let ctx = b.model.cfg.max_position_embeddings;
+                if new.len() < max_tokens && !new.last().is_some_and(|id| stop.contains(id)) {
+                    eprintln!("podar: stopped at the model's context of {ctx} tokens");
+                }
             }
             Cmd::Prune(a) => prune(*a)?,
             Cmd::Importance { model, calib, score, calib_samples, calib_len, json } => {

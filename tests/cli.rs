@@ -301,6 +301,27 @@ fn importance_json_scores_every_layer_and_neuron() {
 }
 
 #[test]
+fn generate_within_the_models_context() {
+    // The tiny model with a context of 8 positions.
+    let dir = tmp("short_context");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "generation_config.json"] {
+        std::fs::copy(tiny("llama").join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tiny("llama").join("config.json")).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 8.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let d = dir.to_str().unwrap();
+    // Generation that reaches the context says so.
+    let (code, _, err) = podar(&["generate", d, "--prompt", "hello", "--max-tokens", "10"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stopped at the model's context of 8 tokens"), "{err}");
+    // A prompt that fills the context leaves no room: refused, not run past the context.
+    fails(&["generate", d, "--prompt", "hello world", "--max-tokens", "3"], &dir, "the model's context is 8");
+}
+
+#[test]
 fn prune_refuses_bad_requests() {
     let out = tmp("never");
     let m = real_model();
