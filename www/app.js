@@ -37,6 +37,10 @@ function startWorker() {
   };
   worker.onerror = (e) => {
     e.preventDefault();
+    // A module worker whose script cannot load fires a plain Event: restarting cannot help.
+    if (!(e instanceof ErrorEvent)) {
+      return workerDied('its script did not load: this browser may not run module workers, or files are missing', false);
+    }
     workerDied(e.message || 'the engine stopped');
   };
   return call('init', { flag: flagBuf, gpu: !$('force-cpu').checked });
@@ -51,8 +55,11 @@ function call(cmd, args = {}, hooks = {}) {
 }
 
 let restarts = 0;
-function workerDied(why) {
-  for (const p of pending.values()) p.reject(new Error(why === 'cancelled' ? 'cancelled' : `the engine stopped (${why}); it was restarted`));
+// The engine failed or was stopped: pending calls fail with `why`, and a fresh engine starts,
+// unless `retry` is false (a restart cannot help) or engines failed one after another too often.
+function workerDied(why, retry = true) {
+  const said = why === 'cancelled' ? 'cancelled' : retry ? `the engine stopped (${why}); it was restarted` : `the engine could not start (${why})`;
+  for (const p of pending.values()) p.reject(new Error(said));
   pending.clear();
   worker.terminate();
   state.loaded = false;
@@ -60,6 +67,12 @@ function workerDied(why) {
   state.download = null;
   // An engine that cannot start at all (module workers unsupported, files missing) is not retried forever.
   // (Counted from the last engine that started.)
+  if (!retry) {
+    $('engine').textContent = `The engine could not start: ${why}.`;
+    setStatus(`The engine could not start: ${why}.`);
+    refresh();
+    return;
+  }
   if (++restarts > 3) {
     $('engine').textContent = `The engine stopped (${why}) too often and was not restarted; reload the page.`;
     refresh();
@@ -231,6 +244,10 @@ drop.ondrop = async (e) => {
   files = files.filter((f) => !f.name.startsWith('.'));
   if (files.length) loadModel('files', files);
 };
+// Without folder picking (iOS Safari before 18.4) the folder input would pick one file: hidden.
+if (!('webkitdirectory' in HTMLInputElement.prototype)) {
+  for (const e of [$('model-folder'), document.querySelector('label[for="model-folder"]')]) e.hidden = true;
+}
 // A file dropped beside the drop zone must not make the browser open it (and leave the page).
 for (const ev of ['dragover', 'drop']) document.addEventListener(ev, (e) => e.preventDefault());
 

@@ -21,6 +21,12 @@ const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 
   253, 12, ...new Array(16).fill(0), 11]);
 let simd = 'SIMD';
 let threadsFailed = '';
+// `promise`, or a rejection with `why` after `ms` milliseconds if it has not settled by then.
+function withTimeout(promise, ms, why) {
+  let timer;
+  return Promise.race([promise, new Promise((_, no) => { timer = setTimeout(() => no(new Error(why)), ms); })])
+    .finally(() => clearTimeout(timer));
+}
 const ready = (async () => {
   const params = new URL(self.location.href).searchParams;
   const exists = async (p) => (await fetch(p, { method: 'HEAD' }).catch(() => null))?.ok === true;
@@ -40,7 +46,11 @@ const ready = (async () => {
   try {
     podar = await import(build);
     await podar.default();
-    if (build !== '../pkg/podar.js') await podar.initThreadPool(navigator.hardwareConcurrency || 2);
+    // A pool worker that fails to start leaves initThreadPool waiting for ever (it listens for
+    // their "ready" only): a time limit lets the single-threaded fallback below take over.
+    if (build !== '../pkg/podar.js') {
+      await withTimeout(podar.initThreadPool(navigator.hardwareConcurrency || 2), 60_000, 'the thread pool did not start within 60 s');
+    }
   } catch (e) {
     if (build === '../pkg/podar.js') throw e;
     // The threaded build asks for shared memory that can grow to 4 GiB; some browsers (notably on
@@ -54,8 +64,11 @@ const ready = (async () => {
   if (new URL(self.location.href).searchParams.get('gpu') === '0') {
     gpuReason = 'WebGPU switched off (?gpu=0)';
   } else {
-    bridge = await GpuBridge.start().catch((e) => {
+    // A WebGPU adapter or device request that never settles must not keep the CPU engine from starting.
+    const start = GpuBridge.start();
+    bridge = await withTimeout(start, 30_000, 'WebGPU did not start within 30 s').catch((e) => {
       gpuReason = e.message;
+      start.then((late) => late?.worker.terminate(), () => {});
       return null;
     });
   }
