@@ -2,6 +2,8 @@
 // calibrate 64×128 on code, prune 20% MLP, recover, build the zip — with its seconds and the peak
 // wasm memory. Prints numbers; asserts nothing.
 // Calibration text: ../shared/corpora/code_calib.txt when present, else the page's code preset.
+// BENCH_MODEL=DIR loads a Hugging Face folder instead of the example model (e.g. one made by
+// scripts/random-model.py); BENCH_SAMPLES sets the calibration windows (default 64).
 import fs from 'node:fs';
 import path from 'node:path';
 import { root, serve, launch, statusWaiter, openPage } from '../tests/e2e/harness.mjs';
@@ -9,7 +11,7 @@ import { root, serve, launch, statusWaiter, openPage } from '../tests/e2e/harnes
 const shared = path.join(root, '../shared/corpora/code_calib.txt');
 const calib = fs.existsSync(shared) ? shared : path.join(root, 'www/presets/code-python.txt');
 const samples = Number(process.env.BENCH_SAMPLES || 64);
-const f32Bytes = 134_515_008 * 4;
+const modelDir = process.env.BENCH_MODEL;
 
 const app = await serve(root);
 const browser = await launch();
@@ -18,9 +20,15 @@ try {
   const waitStatus = statusWaiter(page);
   const engine = await openPage(page, app.url);
   let t0 = Date.now();
-  await page.getByRole('button', { name: 'Load example model' }).click();
+  if (modelDir) {
+    const files = fs.readdirSync(modelDir).filter((f) => /\.(json|safetensors)$/.test(f)).map((f) => path.join(modelDir, f));
+    await page.getByLabel('Model files').setInputFiles(files);
+  } else {
+    await page.getByRole('button', { name: 'Load example model' }).click();
+  }
   await waitStatus(/Model loaded|failed/, 600_000);
   const load = (Date.now() - t0) / 1e3;
+  const f32Bytes = (await page.evaluate(() => window.podar.state.summary.parameters)) * 4;
   await page.getByLabel('Domain text file').setInputFiles(calib);
   await page.getByLabel('Calibration windows').fill(String(samples));
   await page.getByLabel('Evaluation tokens per text').fill('0');

@@ -1,0 +1,57 @@
+"""A Hugging Face folder with Qwen2.5-0.5B's shapes and random bf16 weights (about 1 GB, in a second,
+no dependencies): for memory and speed checks of models bigger than the example, e.g.
+`python3 scripts/random-model.py /tmp/qwen0.5b && BENCH_MODEL=/tmp/qwen0.5b BENCH_SAMPLES=8 make bench-web`.
+Its tokenizer is the example model's (from podar's export of the example GGUF), so the folder loads anywhere.
+The weights repeat a 1 MiB block of N(0, 0.02) values: the numbers it prints are about memory and time,
+not quality."""
+import json, os, random, struct, subprocess, sys, tempfile
+
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+H, I, L, NH, KV, HD, V = 896, 4864, 24, 14, 2, 64, 151936
+cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": H, "intermediate_size": I,
+       "num_hidden_layers": L, "num_attention_heads": NH, "num_key_value_heads": KV, "vocab_size": V,
+       "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+       "hidden_act": "silu", "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151643,
+       "sliding_window": 32768, "use_sliding_window": False, "max_window_layers": 21}
+json.dump(cfg, open(f"{out}/config.json", "w"))
+random.seed(0)
+def bf16(x):
+    b = struct.pack('<f', x)
+    return b[2:4]
+block = b''.join(bf16(random.gauss(0, 0.02)) for _ in range(1 << 19))  # 1 MiB
+ones = b''.join(bf16(1.0) for _ in range(8192))
+tensors = [("model.embed_tokens.weight", [V, H], 'w'), ("model.norm.weight", [H], '1')]
+for l in range(L):
+    p = f"model.layers.{l}."
+    tensors += [(p+"input_layernorm.weight", [H], '1'), (p+"post_attention_layernorm.weight", [H], '1'),
+                (p+"self_attn.q_proj.weight", [NH*HD, H], 'w'), (p+"self_attn.q_proj.bias", [NH*HD], 'w'),
+                (p+"self_attn.k_proj.weight", [KV*HD, H], 'w'), (p+"self_attn.k_proj.bias", [KV*HD], 'w'),
+                (p+"self_attn.v_proj.weight", [KV*HD, H], 'w'), (p+"self_attn.v_proj.bias", [KV*HD], 'w'),
+                (p+"self_attn.o_proj.weight", [H, NH*HD], 'w'),
+                (p+"mlp.gate_proj.weight", [I, H], 'w'), (p+"mlp.up_proj.weight", [I, H], 'w'), (p+"mlp.down_proj.weight", [H, I], 'w')]
+header = {}; off = 0
+for name, shape, kind in tensors:
+    n = 1
+    for d in shape: n *= d
+    header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [off, off + 2 * n]}; off += 2 * n
+h = json.dumps(header).encode(); h += b' ' * ((8 - len(h) % 8) % 8)
+with open(f"{out}/model.safetensors", "wb") as f:
+    f.write(struct.pack('<Q', len(h))); f.write(h)
+    for name, shape, kind in tensors:
+        n = 1
+        for d in shape: n *= d
+        src = ones if kind == '1' else block
+        need = 2 * n
+        while need > 0:
+            k = min(need, len(src)); f.write(src[:k]); need -= k
+# The tokenizer files: podar's export of the example model writes them.
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+with tempfile.TemporaryDirectory() as tmp:
+    subprocess.run([f"{root}/target/release/podar", "prune", f"{root}/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "--mlp-size", "1536", "--format", "hf", "--dtype", "f16", "--out", f"{tmp}/t"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        with open(f"{tmp}/t/{f}", "rb") as src, open(f"{out}/{f}", "wb") as dst:
+            dst.write(src.read())
+print(f"wrote {out}")
