@@ -341,7 +341,6 @@ mod cli {
         Ok(r.perplexity)
     }
 
-    /// A text file, which must be UTF-8.
     /// A UTF-8 text file, without a leading byte-order mark (as browsers read files, so that the
     /// page and the command line calibrate on the same tokens).
     fn read_text(p: &Path) -> Result<String, Failure> {
@@ -640,9 +639,11 @@ mod cli {
                 })
                 .at(&model)?;
                 println!();
-                let ctx = b.model.cfg.max_position_embeddings;
                 if new.len() < max_tokens && !new.last().is_some_and(|id| stop.contains(id)) {
-                    eprintln!("podar: stopped at the model's context of {ctx} tokens");
+                    eprintln!(
+                        "podar: stopped at the model's context of {} tokens",
+                        b.model.cfg.max_position_embeddings
+                    );
                 }
             }
             Cmd::Prune(a) => prune(*a)?,

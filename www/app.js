@@ -65,14 +65,14 @@ function workerDied(why, retry = true) {
   state.loaded = false;
   state.pruned = false;
   state.download = null;
-  // An engine that cannot start at all (module workers unsupported, files missing) is not retried forever.
-  // (Counted from the last engine that started.)
   if (!retry) {
     $('engine').textContent = `The engine could not start: ${why}.`;
     setStatus(`The engine could not start: ${why}.`);
     refresh();
     return;
   }
+  // An engine that cannot start at all (module workers unsupported, files missing) is not retried forever.
+  // (Counted from the last engine that started.)
   if (++restarts > 3) {
     $('engine').textContent = `The engine stopped (${why}) too often and was not restarted; reload the page.`;
     refresh();
