@@ -132,10 +132,26 @@ fn col_sums(t: &Tensor, sq: bool) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-/// Σ over rows of cos(a_row, b_row).
+/// Σ over rows of cos(a_row, b_row). Blocks of rows run in parallel; their sums are added in block
+/// order, so the result does not depend on the threads.
 fn sum_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let (_, n) = a.dims2()?;
-    with_slice(a, |av| with_slice(b, |bv| av.chunks_exact(n).zip(bv.chunks_exact(n)).map(|(x, y)| cosine(x, y)).sum()))?
+    let (rows, n) = a.dims2()?;
+    if b.dims2()? != (rows, n) {
+        bail!(Input, "cosine of {:?} against {:?}", a.dims(), b.dims());
+    }
+    const PER: usize = 128;
+    let blocks = rows.div_ceil(PER);
+    let parts = std::sync::Mutex::new(vec![0f64; blocks]);
+    with_slice(a, |av| {
+        with_slice(b, |bv| {
+            crate::kernels::par_for(blocks, &|i| {
+                let (r0, r1) = (i * PER * n, ((i + 1) * PER).min(rows) * n);
+                let sum = av[r0..r1].chunks_exact(n).zip(bv[r0..r1].chunks_exact(n)).map(|(x, y)| cosine(x, y)).sum();
+                parts.lock().unwrap_or_else(|e| e.into_inner())[i] = sum;
+            })
+        })
+    })??;
+    Ok(parts.into_inner().unwrap_or_else(|e| e.into_inner()).iter().sum())
 }
 
 /// What `collect` calls after each layer: `(layer index, original layer, its statistics)`.

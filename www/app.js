@@ -1,4 +1,5 @@
 // The page: draws, and talks to the worker (worker.js), where all of podar runs.
+import { noSharedMemory } from './gpu-bridge.js';
 const $ = (id) => document.getElementById(id);
 const EXAMPLE = '../models/SmolLM2-135M-Instruct.Q4_1.gguf';
 const PRESETS = ['code-python.txt', 'english-vimtutor.txt', 'german-vimtutor.txt'];
@@ -569,7 +570,7 @@ function engineText() {
   else if (g.on) gpu = `matrix products on WebGPU: ${g.info}`;
   else gpu = `WebGPU available (${g.info}), CPU forced`;
   return `Engine ready: ${cpu}; ${gpu}.` + (state.threadsFailed ? ` (One thread: ${state.threadsFailed}.)` : '') +
-    (flag ? '' : ' (Cancel restarts the engine: the page is not cross-origin isolated.)');
+    (flag ? '' : ` (Cancel restarts the engine: ${noSharedMemory()}.)`);
 }
 
 function showGpu(g) {

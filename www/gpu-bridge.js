@@ -4,12 +4,16 @@
 // (SharedArrayBuffer) and a worker (Atomics.wait is not allowed on the page's main thread).
 const WAIT_MS = 300000;
 
+/** Why there is no shared memory here: the page is not cross-origin isolated (the server sends no
+ * COOP/COEP headers), or the browser gives it no SharedArrayBuffer even so (WebKitGTK 2.50). */
+export function noSharedMemory() {
+  return self.crossOriginIsolated ? 'this browser gives the page no SharedArrayBuffer' : 'the page is not cross-origin isolated';
+}
+
 export class GpuBridge {
   /** Starts the GPU worker; resolves to a bridge, or rejects with the reason WebGPU is not usable. */
   static async start() {
-    if (typeof SharedArrayBuffer !== 'function' || !self.crossOriginIsolated) {
-      throw new Error('the page is not cross-origin isolated (no SharedArrayBuffer)');
-    }
+    if (typeof SharedArrayBuffer !== 'function' || !self.crossOriginIsolated) throw new Error(noSharedMemory());
     if (!navigator.gpu) throw new Error('this browser has no WebGPU');
     const worker = new Worker(new URL('./gpu-worker.js', import.meta.url), { type: 'module' });
     const info = await new Promise((resolve, reject) => {

@@ -3,28 +3,36 @@
 use super::{par_for, threads, with_slice, SharedMut};
 use crate::error::Result;
 use candle_core::{Device, Tensor};
+use std::mem::MaybeUninit;
 
 /// Work (elements) below which an elementwise kernel stays on the calling thread.
 const PAR_MIN: usize = 1 << 15;
 
-/// Runs `f(first_row, rows)` over blocks of the rows (each `n` long) of `out`, split over threads
-/// when the work is large enough to pay for them.
-fn par_rows(out: &mut [f32], n: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
-    let (len, n) = (out.len(), n.max(1));
+/// A new buffer of `len` values, filled by `f(first_row, block)` over blocks of its rows (each `n`
+/// long; split over threads when the work is large enough to pay for them). The buffer is never
+/// zeroed first: `f` must write every value of its block. Allocated here, but first touched by the
+/// tasks, so its page faults are taken on every thread, not all on the caller's.
+fn par_fill(len: usize, n: usize, f: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync)) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let n = n.max(1);
+    let spare = &mut out.spare_capacity_mut()[..len];
     if len < PAR_MIN || threads() <= 1 {
-        f(0, out);
-        return;
+        f(0, spare);
+    } else {
+        // The last row may be short (elementwise kernels use rows as plain blocks).
+        let rows = len.div_ceil(n);
+        let per = rows.div_ceil(threads() * 4).max(1);
+        let optr = SharedMut(spare.as_mut_ptr().cast());
+        par_for(rows.div_ceil(per), &|i| {
+            let p = optr;
+            let (e0, e1) = (i * per * n, ((i + 1) * per * n).min(len));
+            // SAFETY: task i alone writes elements e0..e1, which lie inside the buffer's capacity.
+            f(i * per, unsafe { std::slice::from_raw_parts_mut(p.0.add(e0).cast(), e1 - e0) });
+        });
     }
-    // The last row may be short (elementwise kernels use rows as plain blocks).
-    let rows = len.div_ceil(n);
-    let per = rows.div_ceil(threads() * 4).max(1);
-    let optr = SharedMut(out.as_mut_ptr());
-    par_for(rows.div_ceil(per), &|i| {
-        let p = optr;
-        let (e0, e1) = (i * per * n, ((i + 1) * per * n).min(len));
-        // SAFETY: task i alone writes elements e0..e1, which lie inside `out`.
-        f(i * per, unsafe { std::slice::from_raw_parts_mut(p.0.add(e0), e1 - e0) });
-    });
+    // SAFETY: the blocks cover all `len` values, and `f` wrote every value of each (its contract).
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Each row of `x` (last dimension `n`) scaled to unit root-mean-square and by `w` (`[n]`), as
@@ -35,14 +43,13 @@ pub fn rms_norm(x: &Tensor, w: &[f32], eps: f32) -> Result<Tensor> {
         let msg = format!("rms_norm: input of shape {:?} against a weight of {n}", x.dims());
         return Err(candle_core::Error::Msg(msg).into());
     }
-    let mut out = vec![0f32; x.elem_count()];
-    with_slice(x, |xs| {
-        par_rows(&mut out, n, &|r0, o| {
+    let out = with_slice(x, |xs| {
+        par_fill(xs.len(), n, &|r0, o| {
             for (i, row) in o.chunks_exact_mut(n).enumerate() {
                 let xr = &xs[(r0 + i) * n..(r0 + i + 1) * n];
                 let var = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
                 let d = (var + eps).sqrt();
-                row.iter_mut().zip(xr).zip(w).for_each(|((o, &v), &g)| *o = v / d * g);
+                row.iter_mut().zip(xr).zip(w).for_each(|((o, &v), &g)| _ = o.write(v / d * g));
             }
         })
     })?;
@@ -74,11 +81,10 @@ pub fn to_heads(
     if let Some(r) = rope.filter(|r| hd % 2 != 0 || r.cos.len() < t * hd || r.sin.len() < t * hd) {
         return bad(format!("rotary tables of {}/{} values for {t} positions of {hd}", r.cos.len(), r.sin.len()));
     }
-    let mut out = vec![0f32; b * t * n * hd];
     let half = hd / 2;
-    with_slice(y, |ys| {
+    let out = with_slice(y, |ys| {
         // One task per block of `[t, hd]` rows of a head: output row r = ((bi·n + h)·t + p).
-        par_rows(&mut out, hd, &|r0, o| {
+        par_fill(b * t * n * hd, hd, &|r0, o| {
             let mut tmp = vec![0f32; hd];
             for (i, row) in o.chunks_exact_mut(hd).enumerate() {
                 let r = r0 + i;
@@ -95,11 +101,11 @@ pub fn to_heads(
                     Some(Rope { cos, sin }) => {
                         let (c, s) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
                         for j in 0..half {
-                            row[j] = tmp[j] * c[j] + -tmp[j + half] * s[j];
-                            row[j + half] = tmp[j + half] * c[j + half] + tmp[j] * s[j + half];
+                            row[j].write(tmp[j] * c[j] + -tmp[j + half] * s[j]);
+                            row[j + half].write(tmp[j + half] * c[j + half] + tmp[j] * s[j + half]);
                         }
                     }
-                    None => row.copy_from_slice(&tmp),
+                    None => row.iter_mut().zip(&tmp).for_each(|(o, &v)| _ = o.write(v)),
                 }
             }
         })
@@ -144,13 +150,12 @@ fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result
     if a.shape() != b.shape() {
         return Err(candle_core::Error::Msg(format!("elementwise: shapes {:?} and {:?}", a.shape(), b.shape())).into());
     }
-    let mut out = vec![0f32; a.elem_count()];
     const N: usize = 4096;
-    with_slice(a, |xs| {
+    let out = with_slice(a, |xs| {
         with_slice(b, |ys| {
-            par_rows(&mut out, N.min(xs.len()).max(1), &|r0, o| {
+            par_fill(xs.len(), N, &|r0, o| {
                 let (x, y) = (&xs[r0 * N..], &ys[r0 * N..]);
-                o.iter_mut().zip(x).zip(y).for_each(|((o, &p), &q)| *o = f(p, q));
+                o.iter_mut().zip(x).zip(y).for_each(|((o, &p), &q)| _ = o.write(f(p, q)));
             })
         })
     })??;
@@ -164,16 +169,13 @@ pub fn select_cols(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
         return Err(candle_core::Error::Msg(format!("select_cols: column {bad} of {n}")).into());
     }
     let k = idx.len();
-    let mut out = vec![0f32; rows * k];
-    if k > 0 {
-        with_slice(t, |xs| {
-            par_rows(&mut out, k, &|r0, o| {
-                for (i, row) in o.chunks_exact_mut(k).enumerate() {
-                    let src = &xs[(r0 + i) * n..(r0 + i + 1) * n];
-                    row.iter_mut().zip(idx).for_each(|(o, &j)| *o = src[j]);
-                }
-            })
-        })?;
-    }
+    let out = with_slice(t, |xs| {
+        par_fill(rows * k, k, &|r0, o| {
+            for (i, row) in o.chunks_exact_mut(k.max(1)).enumerate() {
+                let src = &xs[(r0 + i) * n..(r0 + i + 1) * n];
+                row.iter_mut().zip(idx).for_each(|(o, &j)| _ = o.write(src[j]));
+            }
+        })
+    })?;
     Ok(Tensor::from_vec(out, (rows, k), &Device::Cpu)?)
 }

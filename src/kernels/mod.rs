@@ -350,7 +350,9 @@ pub struct AttnShape {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<Tensor> {
     let AttnShape { batch, kv_heads, group, t, s, head_dim: hd, start, scale, softcap, window } = *sh;
     let rows = group * t;
-    let mut out = vec![0f32; batch * kv_heads * rows * hd];
+    // Not zeroed: the tasks write all of it (below).
+    let len = batch * kv_heads * rows * hd;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
     let optr = SharedMut(out.as_mut_ptr());
     const R: usize = 64;
     let row_chunks = t.div_ceil(R);
@@ -411,6 +413,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<T
             })
         })
     })???;
+    // SAFETY: the tasks wrote every query head's columns of every position (each a product with
+    // acc = false over at least the query's own key).
+    unsafe { out.set_len(len) };
     Ok(Tensor::from_vec(out, (batch * t, kv_heads * group * hd), &Device::Cpu)?)
 }
 
