@@ -26,11 +26,13 @@ test: setup models
 	$(CARGO) test --release
 	$(MAKE) --no-print-directory test-browser
 
-## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end.
+## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end:
+## in Chromium, on WebGPU, and in Firefox ESR and WebKitGTK (WebKit needs a display: Xvfb).
 test-browser: build-native build-wasm
 	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web
 	node tests/e2e/page.mjs
 	node tests/e2e/webgpu.mjs
+	xvfb-run -a node tests/e2e/browsers.mjs
 
 ## Toolchain pieces: the wasm32 target and the wasm-bindgen CLI pinned to the crate's version.
 setup:
