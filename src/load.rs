@@ -306,9 +306,47 @@ pub fn load_named<R: Read + Seek>(
     }
 }
 
+/// The memory a browser gives WebAssembly (wasm32's whole address space).
+pub const PAGE_MEMORY: u64 = 4 << 30;
+/// The page's peak memory during a prune, in f32 bytes of the model: 1.38–1.46× measured
+/// (`make bench-web`, SmolLM2-135M and a model with Qwen2.5-0.5B's shapes).
+const PAGE_PEAK_PER_F32_BYTE: f64 = 1.46;
+
+/// Refuses, before any weight is read, a model the page cannot prune within [`PAGE_MEMORY`]: it
+/// holds the weights in f32, and a prune peaks near 1.46× their bytes. Beyond that the browser
+/// would stop the engine with an out-of-memory trap partway through; this says why first.
+pub fn fits_in_page(parameters: u64) -> Result<()> {
+    let f32_bytes = parameters as f64 * 4.0;
+    let need = f32_bytes * PAGE_PEAK_PER_F32_BYTE;
+    if need > PAGE_MEMORY as f64 {
+        bail!(
+            Input,
+            "this model has {:.2}B parameters: pruning it in the page needs about {:.1} GB of memory ({PAGE_PEAK_PER_F32_BYTE}× \
+             its {:.1} GB of f32 weights), more than the {} GiB a browser gives WebAssembly. The command-line tool \
+             (podar prune) has no such limit; in the page, models up to about {:.0}M parameters fit",
+            parameters as f64 / 1e9,
+            need / 1e9,
+            f32_bytes / 1e9,
+            PAGE_MEMORY >> 30,
+            PAGE_MEMORY as f64 / (4.0 * PAGE_PEAK_PER_F32_BYTE) / 1e6
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn models_too_big_for_the_page_are_refused_with_the_numbers() {
+        // SmolLM2-135M and Qwen2.5-0.5B fit (measured); Llama-3.2-1B's 1.24B parameters do not.
+        assert!(fits_in_page(134_515_008).is_ok());
+        assert!(fits_in_page(494_032_768).is_ok());
+        let e = fits_in_page(1_235_814_400).unwrap_err().to_string();
+        assert!(e.contains("1.24B parameters") && e.contains("7.2 GB") && e.contains("4 GiB"), "{e}");
+        assert!(e.contains("735M"), "{e}");
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -102,7 +102,7 @@ const state = {
 };
 
 function setStatus(msg) { $('status').textContent = msg; }
-function fmtParams(n) { return `${(n / 1e6).toFixed(2)}M`; }
+function fmtParams(n) { return n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : `${(n / 1e6).toFixed(2)}M`; }
 function fmtBytes(n) { return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`; }
 
 function refresh() {

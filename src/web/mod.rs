@@ -342,6 +342,10 @@ impl Session {
             Picked::Gguf(i) => vec![&files[*i]],
             Picked::Hf { shards, .. } => shards.iter().map(|&i| &files[i]).collect(),
         };
+        // Headers only, before the weights are hashed or read: a model too big for the page is
+        // refused with its numbers instead of running out of memory partway through.
+        let summary = load::inspect_named(named(&files).map_err(js_err)?).map_err(js_err)?;
+        load::fits_in_page(summary.parameters).map_err(js_err)?;
         let total: f64 = weights.iter().map(|f| f.size()).sum();
         let mut hashed = 0f64;
         let mut h = <sha2::Sha256 as sha2::Digest>::new();

@@ -1,9 +1,10 @@
 // End to end, as a person uses the page: Debian's Chromium driven through playwright-core, controls
 // found by their labels. Loads the example model, prunes it for a domain text file, downloads the
 // zip, and checks the download with podar's own CLI against the CLI's own run of the same job.
-// Also: a corrupted model file and a too-short text give readable messages and the page keeps
-// working; Cancel stops a prune; URL loading works against a second local server; and no request
-// leaves the page's origin. A screenshot of the results is saved in target/e2e/.
+// Also: a corrupted model file, a model too big for the page's memory and a too-short text give
+// readable messages and the page keeps working; Cancel stops a prune; URL loading works against a
+// second local server; and no request leaves the page's origin. A screenshot of the results is
+// saved in target/e2e/.
 //
 // Usage: node tests/e2e/page.mjs   (after `make build`; env PODAR_E2E_SAMPLES, default 8 windows)
 import { execFileSync } from 'node:child_process';
@@ -23,6 +24,42 @@ const preset = fs.readFileSync(path.join(root, 'www/presets/code-python.txt'), '
 fs.writeFileSync(domainFile, '\ufeff' + preset.replace(/\r?\n/g, '\r\n'));
 const log = (...a) => console.log('[e2e]', ...a);
 
+
+/** A Hugging Face folder of 1.07B bf16 parameters whose weights are a hole (a sparse file). */
+function bigModel(dir) {
+  fs.mkdirSync(dir, { recursive: true });
+  const [H, I, L, V, nkv, hd] = [2048, 8192, 16, 49152, 8, 64];
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({
+    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: H, intermediate_size: I, num_hidden_layers: L,
+    num_attention_heads: H / hd, num_key_value_heads: nkv, head_dim: hd, vocab_size: V, rms_norm_eps: 1e-5,
+    max_position_embeddings: 8192, rope_theta: 500000, tie_word_embeddings: true, torch_dtype: 'bfloat16',
+  }));
+  const shapes = { 'model.embed_tokens.weight': [V, H], 'model.norm.weight': [H] };
+  for (let l = 0; l < L; l++) {
+    const p = `model.layers.${l}.`;
+    Object.assign(shapes, {
+      [`${p}self_attn.q_proj.weight`]: [H, H], [`${p}self_attn.k_proj.weight`]: [nkv * hd, H],
+      [`${p}self_attn.v_proj.weight`]: [nkv * hd, H], [`${p}self_attn.o_proj.weight`]: [H, H],
+      [`${p}mlp.gate_proj.weight`]: [I, H], [`${p}mlp.up_proj.weight`]: [I, H], [`${p}mlp.down_proj.weight`]: [H, I],
+      [`${p}input_layernorm.weight`]: [H], [`${p}post_attention_layernorm.weight`]: [H],
+    });
+  }
+  const header = {};
+  let off = 0;
+  for (const [k, shape] of Object.entries(shapes)) {
+    const n = 2 * shape.reduce((a, b) => a * b, 1);
+    header[k] = { dtype: 'BF16', shape, data_offsets: [off, off + n] };
+    off += n;
+  }
+  const json = Buffer.from(JSON.stringify(header).padEnd(Math.ceil(JSON.stringify(header).length / 8) * 8));
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  const st = path.join(dir, 'model.safetensors');
+  fs.writeFileSync(st, Buffer.concat([len, json]));
+  fs.truncateSync(st, 8 + json.length + off);
+  fs.copyFileSync(path.join(root, 'tests/fixtures/tiny/llama/tokenizer.json'), path.join(dir, 'tokenizer.json'));
+  return ['config.json', 'model.safetensors', 'tokenizer.json'].map((f) => path.join(dir, f));
+}
 
 const app = await serve(root);
 // A second origin holding a tiny Hugging Face folder, for URL loading.
@@ -54,6 +91,14 @@ try {
   log('corrupted model:', msg);
   assert.match(msg, /GGUF|broken/);
   assert.equal(await page.getByRole('button', { name: 'Load example model' }).isEnabled(), true);
+
+  // A model too big for the page's memory (a sparse file with Llama-3.2-1B-like shapes): refused
+  // from its headers, with its numbers, before any weight is read.
+  const big = bigModel(path.join(out, 'big'));
+  await page.getByLabel('Model files').setInputFiles(big);
+  msg = await waitStatus(/failed/, 60_000);
+  log('model too big:', msg);
+  assert.match(msg, /1\.07B parameters: pruning it in the page needs about 6\.3 GB/);
 
   // The example model.
   let t0 = Date.now();
