@@ -24,11 +24,60 @@ pub struct LayerStats {
     /// `Σ a eᵀ`, `[intermediate, hidden]`, when the error is tracked: the activations against the
     /// error `e` the pruned stream carries into this layer's output (the unpruned model's output on
     /// the unpruned stream minus this layer's output on the pruned one). `None` while the streams agree.
-    pub err_cross: Option<Tensor>,
+    pub err_cross: Option<ErrorCross>,
     /// Mean cosine similarity between the layer's input and output residual streams.
     pub io_cosine: f64,
     /// Calibration tokens the sums run over.
     pub tokens: usize,
+}
+
+/// The error's cross-product `C = Σ a eᵀ` of [`LayerStats::err_cross`].
+#[derive(Debug, Clone)]
+pub enum ErrorCross {
+    /// `C` over every neuron, `[intermediate, hidden]`.
+    Full(Tensor),
+    /// `C` not yet multiplied: per chunk the activations `a` of the pruned stream, the unpruned
+    /// model's output `y` and the pruned stream's residual after attention `r`. With no bias and no
+    /// norm after the MLP, the layer's output on the pruned stream is `r + a Wᵀ`, so
+    /// `C = Σ a (y − r)ᵀ − G Wᵀ`. A prune needs only the rows of the neurons it keeps, and
+    /// [`ErrorCross::steer`] multiplies only those (and reuses the re-fit's own `G[S,:] Wᵀ`).
+    Split(Vec<(Tensor, Tensor, Tensor)>),
+}
+
+impl ErrorCross {
+    /// `b + α·C[S,:]` for the kept neurons `S`, given `b = G[S,:] Wᵀ` (`[|S|, hidden]`), the
+    /// re-fit's right-hand side before steering.
+    pub fn steer(&self, kept: &[usize], b: Tensor, alpha: f64) -> Result<Tensor> {
+        match self {
+            ErrorCross::Full(c) => Ok((b + (crate::prune::select_rows(c, kept)? * alpha)?)?),
+            ErrorCross::Split(parts) => {
+                // C[S,:] = Σ a_S (y − r)ᵀ − b, so b + α·C[S,:] = (1 − α)·b + α·Σ a_S (y − r)ᵀ.
+                let (k, h) = b.dims2()?;
+                let mut at = Accum::default();
+                for (a, y, r) in parts {
+                    at.add_cross(&crate::kernels::select_cols(a, kept)?, &crate::kernels::sub(y, r)?)?;
+                }
+                if at.is_empty() {
+                    bail!(Input, "the error of a layer was tracked over no calibration chunk");
+                }
+                Ok(((b * (1.0 - alpha))? + (at.into_tensor((k, h))? * alpha)?)?)
+            }
+        }
+    }
+
+    /// `C` over every neuron, `[intermediate, hidden]`, from the layer's Gram matrix `G` and down
+    /// projection `W` (`[hidden, intermediate]`), which the split form needs.
+    pub fn full(&self, gram: &Tensor, down: &Tensor) -> Result<Tensor> {
+        match self {
+            ErrorCross::Full(c) => Ok(c.clone()),
+            ErrorCross::Split(_) => {
+                let all: Vec<usize> = (0..gram.dim(0)?).collect();
+                let gw = crate::kernels::linear(gram, down, None)?;
+                // steer with α = 1 gives G Wᵀ + C.
+                Ok((self.steer(&all, gw.clone(), 1.0)? - gw)?)
+            }
+        }
+    }
 }
 
 /// A pruned layer handed back during sequential calibration: its weights and the MLP neurons kept.
@@ -224,11 +273,13 @@ pub fn collect(
         let mut saved = Vec::with_capacity(chunks.len());
         // Sums over the chunks, accumulated in place.
         let (mut gram, mut attn_gram, mut err_cross) = (Accum::default(), Accum::default(), Accum::default());
+        let mut err_parts = Vec::new();
         // Once the streams have parted and only MLPs change, the pruned stream's full output is
-        // never used: the error's cross-product is taken as Σ a (y_orig − residual)ᵀ − G Wᵀ, since
+        // never used: the error's cross-product is kept as its parts (`ErrorCross::Split`), since
         // the unpruned layer's output on the pruned stream is residual + a Wᵀ (no bias, no norm
-        // after the MLP). That saves one down projection per chunk; the layer's input/output
-        // cosine is then measured on the unpruned stream.
+        // after the MLP). That saves one down projection per chunk, and the cross-product is then
+        // multiplied for the kept neurons only; the layer's input/output cosine is measured on the
+        // unpruned stream.
         let lay = &model.layers[l];
         let split_error = want.mlp_only
             && want.gram
@@ -272,7 +323,7 @@ pub fn collect(
                 match &yc {
                     Some(yc) => err_cross.add_cross(&mid, &crate::kernels::sub(&yo, yc)?)?,
                     None => {
-                        err_cross.add_cross(&mid, &crate::kernels::sub(&yo, &residual)?)?;
+                        err_parts.push((mid.clone(), yo.clone(), residual.clone()));
                         cos_sum += sum_cosine(&xoc, &yo)?;
                     }
                 }
@@ -300,15 +351,10 @@ pub fn collect(
         let square = |a: Accum, n: usize| if a.is_empty() { Ok(None) } else { a.into_tensor((n, n)).map(Some) };
         st.gram = square(gram, st.act_sq.len())?;
         st.attn_gram = square(attn_gram, st.attn_sq.len())?;
-        st.err_cross = match (err_cross.is_empty(), split_error, &st.gram) {
-            (true, _, _) => None,
-            (false, false, _) => Some(err_cross.into_tensor((st.act_sq.len(), st.input_sq.len()))?),
-            (false, true, Some(g)) => {
-                let ay = err_cross.into_tensor((st.act_sq.len(), st.input_sq.len()))?;
-                let gw = crate::kernels::linear(g, &model.layers[l].down_proj.weight, None)?;
-                Some(crate::kernels::sub(&ay, &gw)?)
-            }
-            (false, true, None) => bail!(Input, "layer {l}: the error needs the Gram matrix"),
+        st.err_cross = match (err_cross.is_empty(), err_parts.is_empty()) {
+            (false, _) => Some(ErrorCross::Full(err_cross.into_tensor((st.act_sq.len(), st.input_sq.len()))?)),
+            (true, false) => Some(ErrorCross::Split(err_parts)),
+            (true, true) => None,
         };
         // Sequential calibration: a pruned layer hands back its new weights, and the next layer
         // sees the pruned layer's output, so later layers adapt to earlier pruning.

@@ -234,10 +234,21 @@ fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
         let mut model = m.clone();
         let mut errs = Vec::new();
         let mut on_layer = |_l: usize, layer: &Layer, st: &LayerStats| -> podar::Result<Option<Replacement>> {
-            errs.push(st.err_cross.as_ref().map(|c| c.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()));
             let n = layer.gate_proj.weight.dim(0)?;
             let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 1).collect();
             let idx = Tensor::from_vec(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), kept.len(), &Device::Cpu)?;
+            let (g, w) = (st.gram.as_ref().unwrap(), &layer.down_proj.weight);
+            let full = st.err_cross.as_ref().map(|c| c.full(g, w).unwrap());
+            if let (Some(c), Some(f)) = (&st.err_cross, &full) {
+                // Steering on the kept rows: b + α·C[S,:], with b = G[S,:] Wᵀ.
+                let b = g.index_select(&idx, 0)?.matmul(&w.t()?)?;
+                let got = c.steer(&kept, b.clone(), 0.5)?;
+                let want = (&b + (f.index_select(&idx, 0)? * 0.5)?)?;
+                let d = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(d <= 1e-4 * scale, "steered rows differ by {d} (scale {scale})");
+            }
+            errs.push(full.map(|c| c.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()));
             let mut out = layer.clone();
             out.gate_proj = Linear { weight: layer.gate_proj.weight.index_select(&idx, 0)?, bias: None };
             out.up_proj = Linear { weight: layer.up_proj.weight.index_select(&idx, 0)?, bias: None };

@@ -206,14 +206,14 @@ pub fn refit_down(
     gram: &Tensor,
     kept: &[usize],
     ratio: f64,
-    correct: Option<(&Tensor, f64)>,
+    correct: Option<(&crate::calib::ErrorCross, f64)>,
 ) -> Result<Tensor> {
     let k = kept.len();
     let lambda = ridge_lambda(gram, ratio)?;
     let gs = select_rows(gram, kept)?; // [k, I]
     let mut b = linear(&gs, down, None)?; // [k, H] = G[S,:] Wᵀ
     if let Some((c, alpha)) = correct.filter(|&(_, a)| a != 0.0) {
-        b = (b + (select_rows(c, kept)? * alpha)?)?;
+        b = c.steer(kept, b, alpha)?;
     }
     let b = b.to_vec2::<f32>()?;
     let ws = select_cols(down, kept)?.t()?.contiguous()?.to_vec2::<f32>()?; // [k, H] = W[:,S]ᵀ
