@@ -271,3 +271,171 @@ unsafe fn transpose16(src: *const f32, ls: usize, dst: *mut f32, ld: usize) {
         }
     }
 }
+
+/// Rows of an f64 C tile.
+const MR64: usize = 12;
+/// Columns of an f64 C tile: two 8-lane vectors.
+const NR64: usize = 16;
+/// Rows of A taken at a time in f64: an `MC64 × KC` block (960 KiB) stays in L2.
+const MC64: usize = 40 * MR64;
+
+/// `c[m×n] = (c if acc) + scale · a[m×k] · b[k×n]` in f64, strides in elements as
+/// [`super::strided_gemm`]'s: the recovery's Cholesky updates and triangular solves. A is packed
+/// in `MR64`-row tiles, B in `NR64`-column panels; `MR64 × NR64` tiles of C in 24 zmm registers.
+///
+/// # Safety
+/// As [`super::strided_gemm`], and [`available`] must hold.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_f64(
+    (m, n, k): (usize, usize, usize),
+    c: *mut f64,
+    ldc: usize,
+    acc: bool,
+    a: *const f64,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f64,
+    (b_rs, b_cs): (usize, usize),
+    scale: f64,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                // SAFETY: row i of C holds n values.
+                unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+            }
+        }
+        return;
+    }
+    let kb = super::k_block(k, KC, 8);
+    let mut ap = vec![0f64; MC64.min(m.next_multiple_of(MR64)) * kb.min(k)];
+    let mut bp = vec![0f64; kb.min(k) * NR64];
+    for i0 in (0..m).step_by(MC64) {
+        let mc = MC64.min(m - i0);
+        for k0 in (0..k).step_by(kb) {
+            let kc = kb.min(k - k0);
+            // SAFETY: rows i0..i0+mc and columns k0..k0+kc lie inside A.
+            unsafe { pack_a64(&mut ap, a.add(i0 * a_rs + k0 * a_cs), (a_rs, a_cs), mc, kc) };
+            // Later blocks of the inner dimension add to what the first wrote.
+            let add = acc || k0 > 0;
+            for j0 in (0..n).step_by(NR64) {
+                let nr = NR64.min(n - j0);
+                // SAFETY: rows k0..k0+kc and columns j0..j0+nr lie inside B.
+                unsafe { pack_b64(&mut bp, b.add(k0 * b_rs + j0 * b_cs), (b_rs, b_cs), kc, nr) };
+                for t in 0..mc.div_ceil(MR64) {
+                    let rows = MR64.min(mc - t * MR64);
+                    let ct = c.wrapping_add((i0 + t * MR64) * ldc + j0);
+                    // SAFETY: the tile's rows × nr columns lie inside C; the packed blocks hold kc steps.
+                    unsafe { tile64(kc, ap.as_ptr().add(t * kc * MR64), bp.as_ptr(), ct, ldc, rows, nr, add, scale) };
+                }
+            }
+        }
+    }
+}
+
+/// Packs `mc` rows × `kc` columns of f64 A as tiles of `[kc][MR64]`, rows past `mc` zero.
+///
+/// # Safety
+/// `a` must cover the block the sizes and strides describe.
+unsafe fn pack_a64(ap: &mut [f64], a: *const f64, (a_rs, a_cs): (usize, usize), mc: usize, kc: usize) {
+    for (t, dst) in ap.chunks_exact_mut(kc * MR64).take(mc.div_ceil(MR64)).enumerate() {
+        let rows = MR64.min(mc - t * MR64);
+        for r in 0..MR64 {
+            if r >= rows {
+                (0..kc).for_each(|kk| dst[kk * MR64 + r] = 0.0);
+                continue;
+            }
+            // SAFETY: row t·MR64 + r < mc of the block; columns 0..kc.
+            let row = unsafe { a.add((t * MR64 + r) * a_rs) };
+            for kk in 0..kc {
+                dst[kk * MR64 + r] = unsafe { *row.add(kk * a_cs) };
+            }
+        }
+    }
+}
+
+/// Packs `kc` rows × `nr` columns of f64 B as `[kc][NR64]`, columns past `nr` zero.
+///
+/// # Safety
+/// `b` must cover the block the sizes and strides describe.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b64(bp: &mut [f64], b: *const f64, (b_rs, b_cs): (usize, usize), kc: usize, nr: usize) {
+    if b_cs == 1 {
+        // Rows of B contiguous: two masked vector loads per step, lanes past `nr` zero.
+        let (m0, m1) = (lanes8(nr), lanes8(nr.saturating_sub(8)));
+        for kk in 0..kc {
+            // SAFETY: columns 0..nr of row kk lie inside the block (masked lanes are not read);
+            // step kk of the panel holds NR64 values.
+            unsafe {
+                let src = b.add(kk * b_rs);
+                let dst = bp.as_mut_ptr().add(kk * NR64);
+                _mm512_storeu_pd(dst, _mm512_maskz_loadu_pd(m0, src));
+                _mm512_storeu_pd(dst.add(8), _mm512_maskz_loadu_pd(m1, src.add(8)));
+            }
+        }
+        return;
+    }
+    for j in 0..NR64 {
+        for kk in 0..kc {
+            // SAFETY: (kk, j) lies inside the block for j < nr.
+            bp[kk * NR64 + j] = if j < nr { unsafe { *b.add(kk * b_rs + j * b_cs) } } else { 0.0 };
+        }
+    }
+}
+
+/// One `rows × nr` tile of f64 C (`rows ≤ MR64`, `nr ≤ NR64`) over a block of the inner
+/// dimension from packed A and B: `C = scale·A·B (+ C when add)`.
+///
+/// # Safety
+/// The packed blocks must hold `kc` steps; C's `rows × nr` tile (row stride `ldc`) must be valid to
+/// read and write.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile64(
+    kc: usize,
+    a: *const f64,
+    b: *const f64,
+    c: *mut f64,
+    ldc: usize,
+    rows: usize,
+    nr: usize,
+    add: bool,
+    scale: f64,
+) {
+    let mut t0 = [_mm512_setzero_pd(); MR64];
+    let mut t1 = [_mm512_setzero_pd(); MR64];
+    for kk in 0..kc {
+        // SAFETY: step kk of the packed blocks lies inside them.
+        let (b0, b1) = unsafe { (_mm512_loadu_pd(b.add(kk * NR64)), _mm512_loadu_pd(b.add(kk * NR64 + 8))) };
+        for r in 0..MR64 {
+            let x = _mm512_set1_pd(unsafe { *a.add(kk * MR64 + r) });
+            t0[r] = _mm512_fmadd_pd(x, b0, t0[r]);
+            t1[r] = _mm512_fmadd_pd(x, b1, t1[r]);
+        }
+    }
+    let (m0, m1) = (lanes8(nr), lanes8(nr.saturating_sub(8)));
+    let s = _mm512_set1_pd(scale);
+    for r in 0..rows {
+        // Masked lanes are neither read nor written, so the masks confine the accesses to the
+        // tile's nr columns of row r.
+        let (o0, o1) = (c.wrapping_add(r * ldc), c.wrapping_add(r * ldc + 8));
+        // SAFETY: as above; the tile lies inside C.
+        unsafe {
+            let (mut v0, mut v1) = (_mm512_mul_pd(t0[r], s), _mm512_mul_pd(t1[r], s));
+            if add {
+                v0 = _mm512_add_pd(v0, _mm512_maskz_loadu_pd(m0, o0));
+                v1 = _mm512_add_pd(v1, _mm512_maskz_loadu_pd(m1, o1));
+            }
+            _mm512_mask_storeu_pd(o0, m0, v0);
+            _mm512_mask_storeu_pd(o1, m1, v1);
+        }
+    }
+}
+
+/// The mask of the first `n` (at most 8) f64 lanes.
+fn lanes8(n: usize) -> __mmask8 {
+    ((1u32 << n.min(8)) - 1) as __mmask8
+}

@@ -174,6 +174,31 @@ pub(crate) unsafe fn scaled_gemm<T: 'static + Copy + From<f32>>(
     (b_rs, b_cs): (isize, isize),
     scale: T,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>()
+        && m >= 4
+        && n >= 8
+        && [ldc, a_rs, a_cs, b_rs, b_cs].iter().all(|&s| s >= 0)
+        && avx512::available()
+    {
+        let u = |s: isize| s as usize;
+        // SAFETY: T is f64 (so the casts are identities); the CPU has AVX-512F; the strides are
+        // non-negative; the rest is the caller's promise.
+        unsafe {
+            avx512::gemm_f64(
+                (m, n, k),
+                c.cast(),
+                u(ldc),
+                acc,
+                a.cast(),
+                (u(a_rs), u(a_cs)),
+                b.cast(),
+                (u(b_rs), u(b_cs)),
+                *(&scale as *const T).cast::<f64>(),
+            )
+        };
+        return;
+    }
     gemm(
         m,
         n,
@@ -477,6 +502,47 @@ mod tests {
                                 "{name} ({m},{n},{k}) {got} vs {want}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f64_gemm_matches_a_plain_product() {
+        // The recovery's f64 products (AVX-512 where the CPU has it, else gemm's), every layout of
+        // A and B, with and without accumulation, a negative scale, sizes around the tiles' edges.
+        for &(m, n, k) in &[(4, 8, 1), (12, 16, 64), (13, 17, 257), (25, 33, 100), (64, 1229, 64), (500, 9, 300)] {
+            let a: Vec<f64> = (0..m * k).map(|i| ((i * 7919) % 1000) as f64 / 1000.0 - 0.5).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| ((i * 104729) % 997) as f64 / 997.0 - 0.5).collect();
+            for (a_t, b_t, acc) in
+                [(false, false, false), (false, true, true), (true, false, true), (true, true, false)]
+            {
+                let a_st: (isize, isize) = if a_t { (1, m as isize) } else { (k as isize, 1) };
+                let b_st: (isize, isize) = if b_t { (1, k as isize) } else { (n as isize, 1) };
+                let ldc = n + 3;
+                let before: Vec<f64> = (0..m * ldc).map(|i| (i % 7) as f64).collect();
+                let mut c = before.clone();
+                unsafe {
+                    scaled_gemm((m, n, k), c.as_mut_ptr(), ldc as isize, acc, a.as_ptr(), a_st, b.as_ptr(), b_st, -0.5)
+                };
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let got = c[i * ldc + j];
+                        if j >= n {
+                            assert_eq!(got, before[i * ldc + j], "({m},{n},{k}) wrote past the tile at ({i},{j})");
+                            continue;
+                        }
+                        let mut dot = 0f64;
+                        for kk in 0..k {
+                            let (ia, ib) = (
+                                i as isize * a_st.0 + kk as isize * a_st.1,
+                                kk as isize * b_st.0 + j as isize * b_st.1,
+                            );
+                            dot += a[ia as usize] * b[ib as usize];
+                        }
+                        let want = if acc { before[i * ldc + j] } else { 0.0 } - 0.5 * dot;
+                        assert!((got - want).abs() < 1e-12 * (1.0 + k as f64), "({m},{n},{k}) {got} vs {want}");
                     }
                 }
             }
