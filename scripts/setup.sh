@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, only when missing: the wasm32 target, the wasm-bindgen CLI
 # at exactly the version Cargo.toml pins, Debian's Chromium and chromedriver (browser tests), Firefox
-# ESR, WebKitGTK's WebDriver and Xvfb (the page in Gecko and WebKit), Node.js, playwright-core and
+# ESR, WebKitGTK's WebDriver, Xvfb and xauth (the page in Gecko and WebKit), Node.js, playwright-core and
 # puppeteer-core (end-to-end tests; neither downloads a browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +30,7 @@ command -v npm >/dev/null || apt_pkgs+=(npm)
 command -v firefox-esr >/dev/null || command -v firefox >/dev/null || apt_pkgs+=(firefox-esr)
 command -v WebKitWebDriver >/dev/null || apt_pkgs+=(webkit2gtk-driver)
 command -v xvfb-run >/dev/null || apt_pkgs+=(xvfb)
+command -v xauth >/dev/null || apt_pkgs+=(xauth)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "installing ${apt_pkgs[*]} with apt (once)"
   sudo=""
