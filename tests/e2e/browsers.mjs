@@ -3,8 +3,8 @@
 // through WebKitWebDriver). In each: the engine starts (the line says which build and how many
 // threads), the example model loads, a domain text file is pruned 20% on 2 calibration windows,
 // the perplexity table's "before" and "after" on the English preset equal the CLI's for the same
-// job, and Cancel stops a second prune and leaves the page usable. A screenshot of each is saved
-// in target/e2e/. Chromium is covered by page.mjs.
+// job, and Cancel stops a second prune and leaves the page usable. A screenshot of each one's
+// results is saved in target/e2e/. Chromium is covered by page.mjs.
 //
 // Usage: xvfb-run -a node tests/e2e/browsers.mjs   (WebKitGTK needs a display; after `make build`)
 import { spawn } from 'node:child_process';
@@ -44,7 +44,7 @@ async function firefox() {
     eval: (src) => page.evaluate(`(${src})()`),
     click: (id) => page.click(`#${id}`),
     setFile: async (id, file) => (await page.$(`#${id}`)).uploadFile(file),
-    screenshot: (file) => page.screenshot({ path: file, fullPage: true }),
+    screenshot: async (id, file) => (await page.$(`#${id}`)).screenshot({ path: file }),
     close: () => browser.close(),
   };
 }
@@ -77,7 +77,8 @@ async function webkit() {
     eval: (src) => wd('POST', `${s}/execute/sync`, { script: `return (${src})()`, args: [] }),
     click: async (id) => wd('POST', `${s}/element/${await element(id)}/click`, {}),
     setFile: async (id, file) => wd('POST', `${s}/element/${await element(id)}/value`, { text: file }),
-    screenshot: async (file) => fs.writeFileSync(file, Buffer.from(await wd('GET', `${s}/screenshot`), 'base64')),
+    screenshot: async (id, file) =>
+      fs.writeFileSync(file, Buffer.from(await wd('GET', `${s}/element/${await element(id)}/screenshot`), 'base64')),
     close: async () => {
       await wd('DELETE', s).catch(() => {});
       driver.kill();
@@ -126,7 +127,7 @@ async function scenario(b, url) {
   for (const [k, v] of [['before', before], ['after', after]]) {
     assert.ok(Math.abs(v - want[k]) <= 1e-3 * want[k], `${b.name}: perplexity ${k} ${v}, the CLI's ${want[k]}`);
   }
-  await b.screenshot(path.join(out, `${b.name}.png`));
+  await b.screenshot('results', path.join(out, `${b.name}.png`));
   // Cancel in the middle of a second prune; the page stays usable.
   await b.click('prune');
   await waitText(b, 'status', /Pruning: calibrate/, 300_000);
