@@ -156,51 +156,55 @@ pub fn windows(ids: &[u32], samples: usize, len: usize) -> Result<Vec<u32>> {
     Ok(ids[..need].to_vec())
 }
 
-/// Σ over rows of each column (of its square with `sq`), in f64. Blocks of rows run in parallel;
-/// their partial sums are added in block order, so the result does not depend on the threads.
-fn col_sums(t: &Tensor, sq: bool) -> Result<Vec<f64>> {
-    let (rows, n) = t.dims2()?;
+/// `f(rows)` on blocks of 128 rows of `0..rows`, in parallel; the results in block order, so that
+/// sums of them do not depend on the threads.
+fn row_blocks<T: Send>(rows: usize, f: &(dyn Fn(std::ops::Range<usize>) -> T + Sync)) -> Vec<T> {
     const PER: usize = 128;
     let blocks = rows.div_ceil(PER);
-    let parts = std::sync::Mutex::new(vec![None; blocks]);
-    with_slice(t, |s| {
-        crate::kernels::par_for(blocks, &|i| {
+    let parts = std::sync::Mutex::new((0..blocks).map(|_| None).collect::<Vec<Option<T>>>());
+    crate::kernels::par_for(blocks, &|i| {
+        let part = f(i * PER..((i + 1) * PER).min(rows));
+        parts.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(part);
+    });
+    parts.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten().collect()
+}
+
+/// Σ over rows of each column (of its square with `sq`), in f64, over blocks of rows in parallel.
+fn col_sums(t: &Tensor, sq: bool) -> Result<Vec<f64>> {
+    let (rows, n) = t.dims2()?;
+    let parts = with_slice(t, |s| {
+        row_blocks(rows, &|r| {
             let mut part = vec![0f64; n];
-            for row in s[i * PER * n..((i + 1) * PER).min(rows) * n].chunks_exact(n) {
+            for row in s[r.start * n..r.end * n].chunks_exact(n) {
                 for (o, &x) in part.iter_mut().zip(row) {
                     *o += if sq { (x * x) as f64 } else { x as f64 };
                 }
             }
-            parts.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(part);
+            part
         })
     })?;
     let mut out = vec![0f64; n];
-    for part in parts.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten() {
+    for part in parts {
         out.iter_mut().zip(&part).for_each(|(o, p)| *o += p);
     }
     Ok(out)
 }
 
-/// Σ over rows of cos(a_row, b_row). Blocks of rows run in parallel; their sums are added in block
-/// order, so the result does not depend on the threads.
+/// Σ over rows of cos(a_row, b_row), over blocks of rows in parallel.
 fn sum_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
     let (rows, n) = a.dims2()?;
     if b.dims2()? != (rows, n) {
         bail!(Input, "cosine of {:?} against {:?}", a.dims(), b.dims());
     }
-    const PER: usize = 128;
-    let blocks = rows.div_ceil(PER);
-    let parts = std::sync::Mutex::new(vec![0f64; blocks]);
-    with_slice(a, |av| {
+    let parts = with_slice(a, |av| {
         with_slice(b, |bv| {
-            crate::kernels::par_for(blocks, &|i| {
-                let (r0, r1) = (i * PER * n, ((i + 1) * PER).min(rows) * n);
-                let sum = av[r0..r1].chunks_exact(n).zip(bv[r0..r1].chunks_exact(n)).map(|(x, y)| cosine(x, y)).sum();
-                parts.lock().unwrap_or_else(|e| e.into_inner())[i] = sum;
+            row_blocks(rows, &|r| {
+                let (x, y) = (&av[r.start * n..r.end * n], &bv[r.start * n..r.end * n]);
+                x.chunks_exact(n).zip(y.chunks_exact(n)).map(|(x, y)| cosine(x, y)).sum::<f64>()
             })
         })
     })??;
-    Ok(parts.into_inner().unwrap_or_else(|e| e.into_inner()).iter().sum())
+    Ok(parts.iter().sum())
 }
 
 /// What `collect` calls after each layer: `(layer index, original layer, its statistics)`.
