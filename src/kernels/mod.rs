@@ -121,7 +121,7 @@ unsafe fn strided_gemm(
     b_strides: (usize, usize),
 ) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    simd128::gemm((m, n, k), c, ldc, acc, a, a_strides, b, b_strides);
+    simd128::gemm((m, n, k), c, ldc, acc, a, a_strides, b, b_strides, 1.0);
     #[cfg(target_arch = "x86_64")]
     if m >= 8 && n >= 16 && avx512::available() {
         // SAFETY: the CPU has AVX-512F; the rest is the caller's promise.
@@ -198,6 +198,24 @@ pub(crate) unsafe fn scaled_gemm<T: 'static + Copy + From<f32>>(
             )
         };
         return;
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if [ldc, a_rs, a_cs, b_rs, b_cs].iter().all(|&s| s >= 0) {
+        use std::any::TypeId;
+        let u = |s: isize| s as usize;
+        let (ldc, a_st, b_st) = (u(ldc), (u(a_rs), u(a_cs)), (u(b_rs), u(b_cs)));
+        // SAFETY: T is the type each branch casts to (so the casts are identities); the strides
+        // are non-negative; the rest is the caller's promise.
+        unsafe {
+            if TypeId::of::<T>() == TypeId::of::<f64>() {
+                let s = *(&scale as *const T).cast::<f64>();
+                return simd128::gemm((m, n, k), c.cast::<f64>(), ldc, acc, a.cast(), a_st, b.cast(), b_st, s);
+            }
+            if TypeId::of::<T>() == TypeId::of::<f32>() {
+                let s = *(&scale as *const T).cast::<f32>();
+                return simd128::gemm((m, n, k), c.cast::<f32>(), ldc, acc, a.cast(), a_st, b.cast(), b_st, s);
+            }
+        }
     }
     gemm(
         m,
