@@ -364,8 +364,15 @@ impl ModelConfig {
         if self.layer_types.contains(&LayerType::Sliding) && self.sliding_window.is_none() {
             bail!(Config, "sliding-attention layers need `sliding_window`");
         }
-        if self.vocab_size == 0 || self.intermediate_size == 0 {
-            bail!(Config, "vocab_size and intermediate_size must be positive");
+        if self.vocab_size == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
+            bail!(Config, "vocab_size, intermediate_size and num_hidden_layers must be positive");
+        }
+        if self.max_position_embeddings < 2 {
+            bail!(
+                Config,
+                "the model's context (max_position_embeddings) is {} tokens; it must be at least 2",
+                self.max_position_embeddings
+            );
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
             bail!(Config, "rms_norm_eps must be a number of at least 0, got {}", self.rms_norm_eps);

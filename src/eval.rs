@@ -25,7 +25,7 @@ pub fn windows(ids: &[u32], ctx: usize, max_ctx: usize) -> Result<Vec<&[u32]>> {
         bail!(Input, "--ctx must be between 2 and {}, got {ctx}", max_ctx.min(MAX_CTX));
     }
     if ids.len() < ctx {
-        bail!(Input, "the text has {} tokens; one window of --ctx {ctx} needs at least {ctx}", ids.len());
+        bail!(Input, "the text has {} tokens; one evaluation window of {ctx} tokens needs at least {ctx}", ids.len());
     }
     Ok(ids.chunks_exact(ctx).collect())
 }
@@ -51,5 +51,8 @@ pub fn perplexity(
         crate::error::go_on(progress(k + 1, wins.len()))?;
     }
     let mean = total / n as f64;
+    if !mean.is_finite() {
+        bail!(Input, "the model's log-likelihoods are not finite (NaN or infinite): its weights or config are broken");
+    }
     Ok(Perplexity { perplexity: mean.exp(), tokens: ids.len(), predictions: n, nll: mean })
 }

@@ -75,6 +75,10 @@ pub fn hf_side_files(
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let mut cfg = model.cfg.to_hf_json();
     cfg["torch_dtype"] = json!(dtype.torch_name());
+    // transformers ≥ 4.56 names it `dtype` (and reads that first): a source's own must not survive.
+    if cfg.get("dtype").is_some() {
+        cfg["dtype"] = json!(dtype.torch_name());
+    }
     let mut files = vec![("config.json".to_string(), serde_json::to_vec_pretty(&cfg)?)];
     if let Some(t) = tokenizer {
         files.push(("tokenizer.json".into(), t.json.clone()));

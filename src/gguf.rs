@@ -98,10 +98,22 @@ impl GgufHeader {
             .map(|_| req("attention.head_count_kv"))
             .transpose()?
             .unwrap_or(heads);
-        if heads == 0 || layers > 1024 {
-            bail!(Gguf, "attention.head_count must be positive and block_count at most 1024");
+        if hidden == 0 || heads == 0 || layers == 0 || layers > 1024 {
+            bail!(
+                Gguf,
+                "embedding_length and attention.head_count must be positive and block_count between 1 and 1024"
+            );
         }
-        let head_dim = self.get_u64(&k("attention.key_length")).map(|x| x as usize).unwrap_or(hidden / heads);
+        let head_dim = match self.get_u64(&k("attention.key_length")) {
+            Some(d) => d as usize,
+            None if hidden % heads == 0 => hidden / heads,
+            None => bail!(Gguf, "embedding_length {hidden} is not a multiple of attention.head_count {heads}"),
+        };
+        if let Some(r) = self.get_u64(&k("rope.dimension_count")) {
+            if r as usize != head_dim {
+                bail!(Gguf, "rope.dimension_count is {r}, but heads are {head_dim} wide: partial rotary embeddings are not supported");
+            }
+        }
         let vocab = match self.get_u64(&k("vocab_size")) {
             Some(v) => v as usize,
             None => match self.get("tokenizer.ggml.tokens") {
@@ -300,11 +312,55 @@ pub struct GgufSource<R> {
     names: BTreeMap<String, String>,
 }
 
+/// Refuses a file whose tensor data does not fit its header: a tensor that runs past the end of
+/// the file (a truncated download), overlaps the next one, or starts off the file's alignment.
+fn check_layout(header: &GgufHeader, file_len: u64) -> Result<()> {
+    let c = &header.content;
+    let align = match c.metadata.get("general.alignment") {
+        Some(v) => v.to_u32().map_err(|e| Error::Gguf(format!("general.alignment: {e}")))? as u64,
+        None => 32,
+    };
+    let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(c.tensor_infos.len());
+    for (name, t) in &c.tensor_infos {
+        let (n, bs) = (t.shape.elem_count() as u64, t.ggml_dtype.block_size() as u64);
+        if n % bs != 0 {
+            bail!(Gguf, "tensor `{name}` has {n} values, not a whole number of {:?} blocks", t.ggml_dtype);
+        }
+        let bytes = n / bs * t.ggml_dtype.type_size() as u64;
+        if align > 0 && t.offset % align != 0 {
+            bail!(
+                Gguf,
+                "tensor `{name}` starts at offset {}, off the file's alignment of {align}: the file is corrupt",
+                t.offset
+            );
+        }
+        spans.push((t.offset, bytes, name));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if w[0].0.saturating_add(w[0].1) > w[1].0 {
+            bail!(Gguf, "the data of tensors `{}` and `{}` overlap: the file is corrupt", w[0].2, w[1].2);
+        }
+    }
+    if let Some(&(off, bytes, name)) = spans.last() {
+        let end = c.tensor_data_offset.saturating_add(off).saturating_add(bytes);
+        if end > file_len {
+            bail!(
+                Gguf,
+                "the file has {file_len} bytes, but tensor `{name}` ends at byte {end}: the file is truncated (an \
+                 interrupted download?)"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl<R: Read + Seek> GgufSource<R> {
     /// Reads the header and config; tensors are read on demand.
     pub fn new(mut reader: R) -> Result<(Self, ModelConfig)> {
         let header = GgufHeader::read(&mut reader)?;
         let mut cfg = header.config()?;
+        check_layout(&header, reader.seek(std::io::SeekFrom::End(0))?)?;
         // Llama 3.1-style files carry their rope scaling as per-frequency factors.
         if header.content.tensor_infos.contains_key("rope_freqs.weight") {
             let t = header.content.tensor(&mut reader, "rope_freqs.weight", &candle_core::Device::Cpu)?;

@@ -179,8 +179,13 @@ pub fn write_gguf<W: Write + ?Sized>(
         };
         let dims = t.dims().to_vec();
         let row = *dims.last().unwrap_or(&1);
-        // Quantize matrices only; norms and biases stay F32 as llama.cpp expects.
-        let dt = if dims.len() < 2 || (dtype == GgufDtype::Q8_0 && row % 32 != 0) { GgufDtype::F32 } else { dtype };
+        // Quantize matrices only; norms and biases stay F32 as llama.cpp expects. Q8_0 blocks are
+        // 32 values of a row: rows of other lengths go out as F16 (the plan warns of it).
+        let dt = match (dims.len(), dtype) {
+            (0 | 1, _) => GgufDtype::F32,
+            (_, GgufDtype::Q8_0) if row % 32 != 0 => GgufDtype::F16,
+            _ => dtype,
+        };
         let n = t.elem_count() as u64;
         let size = match dt {
             GgufDtype::F32 => n * 4,

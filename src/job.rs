@@ -52,7 +52,7 @@ impl OutputFormat {
                     OutputFormat::Gguf(GgufDtype::F32) => 4 * n,
                     OutputFormat::Gguf(GgufDtype::F16) => 2 * n,
                     OutputFormat::Gguf(GgufDtype::Q8_0) if row % 32 == 0 => n / 32 * 34,
-                    OutputFormat::Gguf(GgufDtype::Q8_0) => 4 * n,
+                    OutputFormat::Gguf(GgufDtype::Q8_0) => 2 * n,
                 }
             })
             .sum()
@@ -74,10 +74,16 @@ pub struct Plan {
     pub bytes_after: u64,
     /// Calibration tokens the job needs (`calib_samples × calib_len`).
     pub calib_tokens: usize,
+    /// What the output will not keep as asked (shown before the job runs).
+    pub warnings: Vec<String>,
 }
 
 /// The configuration the pruned model will have, and its sizes.
 pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Plan> {
+    let max_len = cfg.max_position_embeddings.min(crate::eval::MAX_CTX);
+    if o.calib_len > max_len {
+        bail!(Input, "--calib-len {} is longer than the model's context of {max_len} tokens", o.calib_len);
+    }
     let mut after = cfg.clone();
     after.intermediate_size = mlp_target(cfg.intermediate_size, o)?;
     crate::prune::check_recovery(o)?;
@@ -85,10 +91,11 @@ pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Pl
     after.num_attention_heads = kv * (cfg.num_attention_heads / cfg.num_key_value_heads.max(1));
     after.num_key_value_heads = kv;
     let n = cfg.num_hidden_layers;
+    let mut at: Option<Vec<usize>> = None;
     let dropped = match (&o.drop_layers, &o.drop_layers_at, o.drop_block) {
         (Some(k), None, None) => *k,
         (None, None, Some(k)) => k,
-        (None, Some(_), None) => crate::prune::layers_to_drop(n, o, &[], &[])?.len(),
+        (None, Some(_), None) => at.insert(crate::prune::layers_to_drop(n, o, &[], &[])?).len(),
         (None, None, None) => 0,
         _ => bail!(Input, "give only one of --drop-layers, --drop-layers-at and --drop-block"),
     };
@@ -96,7 +103,17 @@ pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Pl
         bail!(Input, "cannot drop {dropped} of {n} layers: at least one must stay");
     }
     after.num_hidden_layers = n - dropped;
-    after.layer_types.truncate(after.num_hidden_layers);
+    match &at {
+        // Given layers: the layout after is known, and a GGUF must be able to describe it.
+        Some(at) => {
+            after.layer_types =
+                after.layer_types.iter().enumerate().filter(|(i, _)| !at.contains(i)).map(|(_, t)| *t).collect();
+            if let OutputFormat::Gguf(_) = fmt {
+                crate::gguf_write::swa_period(&after)?;
+            }
+        }
+        None => after.layer_types.truncate(after.num_hidden_layers),
+    }
     Ok(Plan {
         parameters_before: cfg.parameter_count(),
         parameters_after: after.parameter_count(),
@@ -108,7 +125,37 @@ pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Pl
         kv_heads_after: kv,
         bytes_after: fmt.weight_bytes(&after),
         calib_tokens: o.calib_samples.saturating_mul(o.calib_len),
+        warnings: format_warnings(&after, fmt),
     })
+}
+
+/// What `fmt` cannot store of a model with config `c` as asked.
+fn format_warnings(c: &ModelConfig, fmt: OutputFormat) -> Vec<String> {
+    let mut w = Vec::new();
+    if let OutputFormat::Gguf(d) = fmt {
+        if d == GgufDtype::Q8_0 {
+            let mut odd: Vec<usize> =
+                expected_tensors(c).iter().filter(|(_, s)| s.len() == 2 && s[1] % 32 != 0).map(|(_, s)| s[1]).collect();
+            odd.sort_unstable();
+            odd.dedup();
+            if !odd.is_empty() {
+                let rows: Vec<String> = odd.iter().map(|r| r.to_string()).collect();
+                w.push(format!(
+                    "Q8_0 needs rows that are a multiple of 32: the matrices with rows of {} values are stored \
+                     as F16 (a divisor of 32 keeps the MLP in Q8_0)",
+                    rows.join(", ")
+                ));
+            }
+        }
+        if !c.arch.is_gemma() && c.layer_types.contains(&crate::config::LayerType::Sliding) {
+            w.push(format!(
+                "podar reads this family back from a GGUF with attention over the whole context (llama.cpp may \
+                 too), not over the model's sliding window of {} tokens: outputs differ on inputs longer than it",
+                c.sliding_window.unwrap_or(0)
+            ));
+        }
+    }
+    w
 }
 
 /// Perplexity of one evaluation text before and after pruning.

@@ -46,8 +46,9 @@ mod cli {
             /// A JSON list of token ids to score instead of text.
             #[arg(long)]
             ids: Option<PathBuf>,
-            #[arg(long, default_value_t = 512)]
-            ctx: usize,
+            /// Window length in tokens [default: 512, or the model's context if shorter].
+            #[arg(long)]
+            ctx: Option<usize>,
             /// Keep only the first N ids.
             #[arg(long)]
             max_tokens: Option<usize>,
@@ -366,10 +367,15 @@ mod cli {
             name: &str,
             body: &mut dyn FnMut(&mut dyn std::io::Write) -> podar::Result<()>,
         ) -> podar::Result<()> {
-            let mut w = std::io::BufWriter::new(File::create(self.0.join(name))?);
-            body(&mut w)?;
-            std::io::Write::flush(&mut w)?;
-            Ok(())
+            let path = self.0.join(name);
+            let mut w = std::io::BufWriter::new(File::create(&path)?);
+            let r = body(&mut w).and_then(|()| Ok(std::io::Write::flush(&mut w)?));
+            if r.is_err() {
+                // No half-written file is left behind to be taken for a model.
+                drop(w);
+                let _ = std::fs::remove_file(&path);
+            }
+            r
         }
     }
 
@@ -411,11 +417,23 @@ mod cli {
     }
 
     fn prune(a: PruneArgs) -> Result<(), Failure> {
+        check_out(&a.out, &a.model, a.force)?;
+        // The output folder is made first, so that a path that cannot be written fails at once, not
+        // after the prune; it is removed again if the job fails and it is still empty.
+        let made = !a.out.exists();
+        std::fs::create_dir_all(&a.out).at(&a.out)?;
+        let r = prune_into(&a);
+        if r.is_err() && made {
+            let _ = std::fs::remove_dir(&a.out);
+        }
+        r
+    }
+
+    fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         use podar::job::{EvalPair, OutputFormat, Record};
         use podar::prune::{PruneOptions, Score};
         let t0 = Instant::now();
         let bad = |p: &Path, m: String| Failure { file: Some(p.to_path_buf()), err: Error::Input(m) };
-        check_out(&a.out, &a.model, a.force)?;
         let format = OutputFormat::parse(&a.format, &a.dtype).map_err(|e| bad(&a.out, format!("--{e}")))?;
         let score = match (&a.score, &a.calib) {
             (Some(s), _) => Score::parse(s).at(&a.model)?,
@@ -444,8 +462,14 @@ mod cli {
             correct: a.correct.unwrap_or(defaults.correct),
         };
         let mut b = load(&a.model)?;
-        // Every size and layer choice is checked before any long computation.
-        podar::job::plan(&b.model.cfg, &opts, format).at(&a.model)?;
+        // Every size and layer choice is checked before any long computation, and so is what a
+        // GGUF needs from the source (its tokenizer).
+        for w in podar::job::plan(&b.model.cfg, &opts, format).at(&a.model)?.warnings {
+            eprintln!("podar: warning: {w}");
+        }
+        if let OutputFormat::Gguf(_) = format {
+            b.gguf_tokenizer_metadata().at(&a.model)?;
+        }
         let calib_ids = match &a.calib {
             Some(p) => {
                 let text = read_text(p)?;
@@ -476,7 +500,7 @@ mod cli {
                 }),
             ));
         }
-        if a.calib.is_none() {
+        if a.calib.is_none() && (a.mlp.is_some_and(|f| f > 0.0) || a.mlp_size.is_some()) {
             eprintln!("podar: warning: without --calib only static weight scores are possible; they damage small models badly (see README)");
         }
         // Evaluation texts are tokenized once and scored before and after.
@@ -506,7 +530,6 @@ mod cli {
         b.model = pruned.model.clone();
         pb.finish_and_clear();
         let prune_secs = t_prune.elapsed().as_secs_f64();
-        std::fs::create_dir_all(&a.out).at(&a.out)?;
         for f in stale_model_files(&a.out)? {
             std::fs::remove_file(&f).at(&f)?;
         }
@@ -589,8 +612,26 @@ mod cli {
                     (None, None) => unreachable!("clap requires --text or --ids"),
                 };
                 let src = text.clone().or(ids_path.clone()).unwrap_or(model.clone());
+                let max_ctx = b.model.cfg.max_position_embeddings;
+                let ctx = match ctx {
+                    Some(c) if c > max_ctx => {
+                        return Err(podar::Error::Input(format!(
+                            "--ctx {c} is longer than the model's context of {max_ctx} tokens"
+                        )))
+                        .at(&model)
+                    }
+                    Some(c) => c,
+                    None => max_ctx.clamp(2, 512),
+                };
                 if let Some(n) = max_tokens {
                     ids.truncate(n);
+                    if ids.len() < ctx {
+                        return Err(podar::Error::Input(format!(
+                            "--max-tokens {n} keeps {} tokens; one window of --ctx {ctx} needs at least {ctx}",
+                            ids.len()
+                        )))
+                        .at(&src);
+                    }
                 }
                 let t1 = Instant::now();
                 let pb = bar(0, "eval");

@@ -67,6 +67,21 @@ fn expect_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a tensor with NaN or infinite values (a corrupt file, or data laid out other than its
+/// header says): scores, recovery and perplexity would all be meaningless.
+fn expect_finite(name: &str, t: &Tensor) -> Result<()> {
+    let bad = crate::kernels::with_slice(t, |v| v.iter().position(|x| !x.is_finite()))?;
+    if let Some(i) = bad {
+        let n = crate::kernels::with_slice(t, |v| v.iter().filter(|x| !x.is_finite()).count())?;
+        bail!(
+            Input,
+            "tensor `{name}` holds {n} NaN or infinite value{} (the first at element {i}): the model file is corrupt",
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
 /// Every tensor the config implies, with its shape, in transformers' names and order.
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
@@ -148,6 +163,7 @@ impl Model {
         let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = src.load(name)?;
             expect_shape(name, &t, shape)?;
+            expect_finite(name, &t)?;
             Ok(t)
         };
         let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;

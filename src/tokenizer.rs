@@ -267,7 +267,7 @@ fn spm_merges(tokens: &[&str], types: &[u64], scores: &[f64]) -> Vec<Value> {
             }
         }
     }
-    merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then((a.1, a.2).cmp(&(b.1, b.2))));
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
     merges.into_iter().map(|(_, _, _, l, r)| json!([l, r])).collect()
 }
 

@@ -132,7 +132,34 @@ fn text_too_short_and_ctx_out_of_range() {
     let (m, t_s) = (m.to_str().unwrap(), t.to_str().unwrap());
     fails(&["eval", m, "--text", t_s], &t, "needs at least 512");
     fails(&["eval", m, "--text", t_s, "--ctx", "1"], &t, "--ctx must be between 2");
-    fails(&["eval", m, "--text", t_s, "--ctx", "10000000"], &t, "--ctx must be between 2");
+    fails(&["eval", m, "--text", t_s, "--ctx", "10000"], Path::new(m), "longer than the model's context of 8192");
+}
+
+/// Weights that are not numbers, and tensor data that does not fit the header, are refused when
+/// the model is read, with what is wrong.
+#[test]
+fn broken_weights_and_layouts_are_refused() {
+    // The tiny llama with one weight of its first MLP set to NaN.
+    let dir = tmp("nan_model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(tiny("llama").join(f), dir.join(f)).unwrap();
+    }
+    let mut st = std::fs::read(tiny("llama").join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+    let start = header["model.layers.0.mlp.up_proj.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    st[8 + n + start..8 + n + start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(dir.join("model.safetensors"), &st).unwrap();
+    let ids = tmp("nan_ids.json");
+    std::fs::write(&ids, "[1,2,3,4,5,6,7,8]").unwrap();
+    let d = dir.to_str().unwrap();
+    fails(&["eval", d, "--ids", ids.to_str().unwrap(), "--ctx", "4"], &dir, "up_proj.weight` holds 1 NaN");
+    // A GGUF cut short: its header is whole, its last tensors are not.
+    let bytes = std::fs::read(real_model()).unwrap();
+    let p = tmp("cut.gguf");
+    std::fs::write(&p, &bytes[..60 << 20]).unwrap();
+    fails(&["inspect", p.to_str().unwrap()], &p, "the file is truncated");
 }
 
 #[test]
@@ -380,8 +407,17 @@ fn prune_guards_its_output_folder() {
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(v["intermediate_size"], cfg["intermediate_size"]);
-    // --out naming a file is refused.
+    // --out naming a file is refused, and so, before any work, is a folder that cannot be made.
     let file = tmp("a-file");
     std::fs::write(&file, b"x").unwrap();
     fails(&["prune", s, "--mlp", "0.5", "--score", "l2", "--out", file.to_str().unwrap()], &file, "names a file");
+    let under = file.join("sub");
+    fails(&["prune", s, "--mlp", "0.5", "--score", "l2", "--out", under.to_str().unwrap()], &under, "not a directory");
+    // A job refused before it writes leaves no folder behind (here: Gemma 2's alternating layers,
+    // which a GGUF cannot describe once one layer is gone).
+    let (g, gone) = (tiny("gemma2"), tmp("gemma2_gguf"));
+    let args =
+        ["prune", g.to_str().unwrap(), "--drop-layers-at", "1", "--format", "gguf", "--out", gone.to_str().unwrap()];
+    fails(&args, &g, "no longer alternate");
+    assert!(!gone.exists(), "the refused job left {}", gone.display());
 }

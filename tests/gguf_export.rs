@@ -90,6 +90,27 @@ fn q8_0_weights_stay_within_one_quantization_step() {
     }
 }
 
+/// Q8_0 quantizes blocks of 32 values of a row: a pruned MLP width that is not a multiple of 32
+/// leaves the down projection in F16 (not F32), and the plan says so before the job runs.
+#[test]
+fn q8_0_rows_of_other_lengths_are_stored_as_f16_with_a_warning() {
+    use podar::job::{plan, OutputFormat};
+    use podar::prune::{prune_mlp, PruneOptions, Score};
+    let m = load("llama");
+    let o = PruneOptions { mlp_size: Some(100), score: Score::Maw, ..Default::default() };
+    let fmt = OutputFormat::Gguf(GgufDtype::Q8_0);
+    let warnings = plan(&m.cfg, &o, fmt).unwrap().warnings;
+    assert!(warnings.iter().any(|w| w.contains("rows of 100 values are stored as F16")), "{warnings:?}");
+    assert!(plan(&m.cfg, &PruneOptions { mlp_size: Some(96), ..o.clone() }, fmt).unwrap().warnings.is_empty());
+    let p = prune_mlp(&m, None, &o, &mut |_, _, _| true).unwrap();
+    let mut buf = Vec::new();
+    write_gguf(&p.model, &[], GgufDtype::Q8_0, &mut buf).unwrap();
+    let (src, _) = podar::gguf::GgufSource::new(Cursor::new(buf)).unwrap();
+    use candle_core::quantized::GgmlDType;
+    assert_eq!(src.ggml_dtype("model.layers.0.mlp.down_proj.weight"), Some(GgmlDType::F16));
+    assert_eq!(src.ggml_dtype("model.layers.0.mlp.up_proj.weight"), Some(GgmlDType::Q8_0));
+}
+
 #[test]
 fn default_model_gguf_export_keeps_tokenizer_and_perplexity() {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");

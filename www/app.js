@@ -102,6 +102,17 @@ const state = {
 };
 
 function setStatus(msg) { $('status').textContent = msg; }
+// The core's messages name the command line's flags; the page shows its own controls' labels.
+const FLAG_LABELS = {
+  '--calib-samples': 'Calibration windows', '--calib-len': 'Window length', '--mlp-size': 'MLP pruning (%)',
+  '--mlp': 'MLP pruning (%)', '--heads': 'Heads to remove (%)', '--drop-layers-at': 'Layers to drop',
+  '--drop-layers': 'Layers to drop', '--drop-block': 'Layers to drop', '--divisor': 'Divisor',
+  '--correct': 'Error correction', '--no-recover': 'Recovery off', '--ctx': 'the evaluation window',
+};
+function pageWords(msg) {
+  return msg.replace(/--[a-z][a-z-]*/g, (f) => (FLAG_LABELS[f] ? `“${FLAG_LABELS[f]}”` : f))
+    .replace(/; raise “?--ridge”?/, '; the text may be too short or too repetitive for recovery: add text, or turn Recovery off');
+}
 function fmtParams(n) { return n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : `${(n / 1e6).toFixed(2)}M`; }
 function fmtBytes(n) { return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`; }
 
@@ -123,7 +134,7 @@ function progressText(p, clock, what) {
   $('bar').value = frac;
   if (clock.stage !== p.stage) { clock.stage = p.stage; clock.t0 = performance.now(); }
   const secs = (performance.now() - clock.t0) / 1e3;
-  const eta = frac > 0.02 && frac < 1 ? `, about ${Math.ceil(secs / frac - secs)} s left` : '';
+  const eta = frac > 0.02 && frac < 1 && secs >= 2 ? `, about ${Math.ceil(secs / frac - secs)} s left` : '';
   const big = p.total > 1e5 || p.stage.startsWith('download') || p.stage === 'write';
   const unit = p.stage === 'load' || p.stage === 'calibrate' || p.stage === 'score' ? 'layer ' : '';
   const count = big ? `${fmtBytes(p.done)}${p.total ? ' of ' + fmtBytes(p.total) : ''}`
@@ -137,7 +148,7 @@ async function task(what, cmd, args, extra = {}) {
   try {
     return await call(cmd, args, { onProgress: (p) => progressText(p, clock, what), ...extra });
   } catch (e) {
-    throw new Error(e.message === 'cancelled' ? `${what}: cancelled` : `${what} failed: ${e.message}`);
+    throw new Error(e.message === 'cancelled' ? `${what}: cancelled` : `${what} failed: ${pageWords(e.message)}`);
   }
 }
 
@@ -146,16 +157,38 @@ async function busy(fn) {
   state.busy = true;
   if (flag) Atomics.store(flag, 0, 0);
   setStatus('Working…');
+  // The control that started the job is disabled while it runs: keyboard focus goes to Cancel,
+  // and comes back afterwards.
+  const from = document.activeElement;
   refresh();
+  if (from && from.disabled) $('cancel').focus();
   try {
     await fn();
   } catch (e) {
     setStatus(e.message);
     $('bar').value = 0;
   } finally {
+    // A Cancel ends with the job: the calls below must not read its flag.
+    if (flag) Atomics.store(flag, 0, 0);
     state.busy = false;
     refresh();
+    if (document.activeElement === $('cancel') || document.activeElement === document.body) {
+      if (from && !from.disabled && from !== document.body) from.focus();
+    }
   }
+  // Controls changed while the job ran: the plan and the token count catch up.
+  if (state.loaded) {
+    await updateText().catch((e) => setStatus(e.message));
+    await updatePlan();
+  }
+}
+
+// The results of an earlier model or run, cleared when they no longer describe the loaded model.
+function clearResults() {
+  $('sizes').textContent = 'No results yet.';
+  drawPpl([]);
+  $('chart-layers').innerHTML = '';
+  $('gen-source').textContent = ''; $('gen-pruned').textContent = '';
 }
 
 // ---- model -----------------------------------------------------------------------------------
@@ -170,8 +203,15 @@ function showSummary(s, names) {
 
 async function loadModel(kind, payload, doneMessage) {
   await busy(async () => {
+    // The engine drops the model it holds when another load starts, so whatever happens to this
+    // one, the earlier model's summary, plan and results are gone.
     state.loaded = false; state.pruned = false; state.download = null;
     state.beforeCache.clear(); state.runs = [];
+    $('summary').hidden = true; $('summary').textContent = '';
+    state.plan = null;
+    $('plan').textContent = 'Load a model to see the plan.';
+    clearResults();
+    drawRatio();
     refresh();
     let r;
     if (kind === 'files') {
@@ -188,18 +228,18 @@ async function loadModel(kind, payload, doneMessage) {
     setStatus(doneMessage || `Model loaded: ${fmtParams(r.summary.parameters)} parameters. Choose a domain text and press Prune.`);
     $('bar').value = 0;
   });
-  // Outside `busy`, which these wait for: the token count and the plan of the new model.
-  if (state.loaded) {
-    await updateText().catch((e) => setStatus(e.message));
-    await updatePlan();
-  }
 }
 
 $('load-example').onclick = () => loadModel('url', new URL(EXAMPLE, location.href).href);
 $('load-url').onclick = () => {
   const u = $('model-url').value.trim();
   if (!u) return setStatus('Type a model URL first.');
-  loadModel('url', u);
+  let url;
+  try { url = new URL(u); } catch { url = null; }
+  if (!url || !['http:', 'https:'].includes(url.protocol)) {
+    return setStatus(`“${u}” is not a web address: give an http:// or https:// link to a .gguf file or a Hugging Face model.`);
+  }
+  loadModel('url', url.href);
 };
 // Each input is cleared once read, so that choosing the same files again (after a cancel or an
 // error) starts a new load.
@@ -269,9 +309,15 @@ function showText(text) { givenText = text; $('domain-text').value = text; }
 
 async function updateText() {
   const text = domainText();
-  const len = Number($('calib-len').value) || 128;
-  const samples = Number($('calib-samples').value) || 64;
   if (!text) { $('text-info').textContent = 'No text yet.'; state.textTokens = 0; return; }
+  let len, samples;
+  try {
+    samples = field('calib-samples', { integer: true });
+    len = field('calib-len', { integer: true });
+  } catch (e) {
+    $('text-info').textContent = `${text.length} characters; ${e.message}.`;
+    return;
+  }
   if (!state.loaded || state.busy) {
     $('text-info').textContent = `${text.length} characters (load a model to count tokens).`;
     return;
@@ -282,7 +328,9 @@ async function updateText() {
   const held = Math.max(0, info.tokens - need);
   $('text-info').textContent = info.tokens >= need
     ? `${info.tokens} tokens: enough for ${samples} calibration windows of ${len} (${need} tokens); ${held} tokens left for a held-out score.`
-    : `${info.tokens} tokens: not enough for ${samples} windows of ${len} (needs ${need}). Add text, or use ${info.windows} windows.`;
+    : info.windows >= 1
+      ? `${info.tokens} tokens: not enough for ${samples} windows of ${len} (needs ${need}). Add text, or use ${info.windows} windows.`
+      : `${info.tokens} tokens: not enough for one window of ${len}. Add text (${samples} windows need ${need} tokens), or shorten the windows.`;
 }
 function textChanged() { clearTimeout(textTimer); textTimer = setTimeout(() => updateText().catch((e) => setStatus(e.message)), 300); }
 $('domain-text').oninput = () => { givenText = null; $('preset').value = ''; textChanged(); };
@@ -298,6 +346,8 @@ $('domain-file').onchange = async (e) => {
   } catch (err) {
     return setStatus(`${f.name}: ${err instanceof TypeError ? 'not UTF-8 text; save the file as UTF-8' : err.message}`);
   }
+  if (!text.trim()) return setStatus(`${f.name} holds no text.`);
+  setStatus(`${f.name}: ${text.length} characters read.`);
   showText(text);
   $('preset').value = '';
   textChanged();
@@ -366,16 +416,17 @@ async function updatePlan() {
     $('plan').textContent = `Parameters ${fmtParams(p.parameters_before)} → ${fmtParams(p.parameters_after)} ` +
       `(−${(100 * (1 - p.parameters_after / p.parameters_before)).toFixed(1)}%); layers ${p.layers_before} → ${p.layers_after}, ` +
       `MLP ${p.intermediate_before} → ${p.intermediate_after}, KV heads ${p.kv_heads_before} → ${p.kv_heads_after}; ` +
-      `download about ${fmtBytes(p.bytes_after)}; calibration needs ${p.calib_tokens} tokens.`;
+      `download about ${fmtBytes(p.bytes_after)}; calibration needs ${p.calib_tokens} tokens.` +
+      p.warnings.map((w) => ` Note: ${w}.`).join('');
   } catch (e) {
     state.plan = null;
     state.planError = true;
-    $('plan').textContent = `This plan does not work: ${e.message}`;
+    $('plan').textContent = `This plan does not work: ${pageWords(e.message)}`;
   }
   refresh();
 }
 $('mlp-range').oninput = () => { $('mlp').value = $('mlp-range').value; updatePlan(); };
-$('mlp').oninput = () => { $('mlp-range').value = $('mlp').value; updatePlan(); };
+$('mlp').oninput = () => { $('mlp-range').value = $('mlp').value || 0; updatePlan(); };
 for (const id of ['score', 'recover', 'correct', 'drop-layers', 'drop-mode', 'heads', 'divisor', 'dtype']) $(id).addEventListener('input', updatePlan);
 for (const id of ['calib-samples', 'calib-len']) $(id).addEventListener('input', () => { updatePlan(); textChanged(); });
 $('format').oninput = () => { fillDtypes(); updatePlan(); };
@@ -476,7 +527,7 @@ async function prune() {
   await busy(async () => {
     const t0 = performance.now();
     state.pruned = false; state.download = null;
-    $('gen-source').textContent = ''; $('gen-pruned').textContent = '';
+    clearResults();
     refresh();
     // Everything the job uses is read now: changing a control while it runs changes the next job only.
     const opts = options();

@@ -137,13 +137,24 @@ async function fetchModel(url, id) {
   if (path.toLowerCase().endsWith('.gguf')) {
     return [await download(u.href, decodeURIComponent(path.split('/').pop()), id)];
   }
+  const last = decodeURIComponent(path.split('/').pop());
+  if (/\.[A-Za-z0-9]{1,8}$/.test(last) && !/\.(json|safetensors)$/i.test(last)) {
+    throw new Error(`${u.href} names the file ${last}, not a model: give the address of a .gguf file, or of a ` +
+      'Hugging Face model folder (…/resolve/main/) that holds config.json and *.safetensors');
+  }
   let base = u.href.replace(/[?#].*$/, '');
   if (/\.(json|safetensors)$/.test(base)) base = base.slice(0, base.lastIndexOf('/') + 1);
   if (u.hostname.endsWith('huggingface.co') && !base.includes('/resolve/')) {
     base = base.replace(/\/(tree|blob)\/[^/]+.*$/, '').replace(/\/$/, '') + '/resolve/main/';
   }
   if (!base.endsWith('/')) base += '/';
-  const files = [await download(base + 'config.json', 'config.json', id)];
+  const config = await download(base + 'config.json', 'config.json', id).catch((e) => {
+    // No config.json there (or a web page instead): the address is not a model's.
+    if (!/HTTP 404|web page/.test(e.message)) throw e;
+    throw new Error(`${base} holds no config.json: give the address of a .gguf file, or of a Hugging Face model ` +
+      'folder (…/resolve/main/) that holds config.json and *.safetensors');
+  });
+  const files = [config];
   for (const n of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) {
     const f = await download(base + n, n, id, false);
     if (f) files.push(f);

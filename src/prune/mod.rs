@@ -243,7 +243,7 @@ fn score_of(layer: &Layer, score: Score, stats: Option<&LayerStats>) -> Result<V
 /// Indices of the `keep` highest scores, in ascending index order (ties broken by lower index).
 pub fn top_k(scores: &[f64], keep: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     idx.truncate(keep);
     idx.sort_unstable();
     idx
@@ -373,22 +373,21 @@ pub fn layers_to_drop(n_layers: usize, o: &PruneOptions, influence: &[f64], bloc
                 bail!(Input, "--drop-layers chooses layers by their influence on calibration text: give --calib");
             }
             let mut idx: Vec<usize> = (0..n_layers).collect();
-            idx.sort_by(|&a, &b| {
-                influence[a].partial_cmp(&influence[b]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
-            });
+            idx.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]).then(a.cmp(&b)));
             idx.truncate(*k);
             idx
         }
         (None, None, Some(k)) => {
-            if k == 0 || k >= n_layers {
+            if k == 0 {
+                bail!(Input, "--drop-block 0 is a block of no layers: give at least 1");
+            }
+            if k >= n_layers {
                 bail!(Input, "--drop-block {k}: the model has {n_layers} layers and at least one must stay");
             }
             if block.len() != n_layers - k + 1 {
                 bail!(Input, "--drop-block measures layers on calibration text: give --calib");
             }
-            let start = (0..block.len())
-                .min_by(|&a, &b| block[a].partial_cmp(&block[b]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)))
-                .unwrap_or(0);
+            let start = (0..block.len()).min_by(|&a, &b| block[a].total_cmp(&block[b]).then(a.cmp(&b))).unwrap_or(0);
             (start..start + k).collect()
         }
         _ => bail!(Input, "give only one of --drop-layers, --drop-layers-at and --drop-block"),
@@ -581,6 +580,13 @@ pub fn importance(
     score: Score,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Importance> {
+    if score == Score::Obs {
+        bail!(
+            Input,
+            "score `obs` chooses neurons in blocks by what their joint removal costs after a re-fit, so it has no \
+             score per neuron to show; `energy` is the closest that has one"
+        );
+    }
     let mut mlp = vec![Vec::new(); model.layers.len()];
     let mut on_layer = |l: usize, layer: &Layer, st: &LayerStats| -> Result<Option<calib::Replacement>> {
         mlp[l] = score_of(layer, score, Some(st))?;

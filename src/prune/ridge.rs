@@ -268,7 +268,7 @@ pub fn obs_select(
         }
         let mut cand: Vec<usize> = (0..n).filter(|&i| alive[i]).collect();
         let cost = |i: usize| col_sq[i] / hinv[i * n + i];
-        cand.sort_by(|&a, &b| cost(a).partial_cmp(&cost(b)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+        cand.sort_by(|&a, &b| cost(a).total_cmp(&cost(b)).then(a.cmp(&b)));
         let q: Vec<usize> = cand.into_iter().take(OBS_BLOCK.min(remaining)).collect();
         let bq = q.len();
         let hqq: Vec<f64> =

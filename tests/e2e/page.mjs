@@ -179,10 +179,17 @@ try {
   await page.getByLabel('MLP pruning (%)').fill('30');
   await page.getByRole('button', { name: 'Prune' }).click();
   await waitStatus(/Pruning: calibrate/, 600_000);
+  // A control changed while a job runs shows in the plan once the job has ended.
+  await page.getByLabel('MLP pruning (%)').fill('40');
   await page.getByRole('button', { name: 'Cancel' }).click();
   msg = await waitStatus(/cancelled/, 300_000);
   log('cancel:', msg);
   assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), true);
+  // After the job the page refreshes its plan and token count: neither may read the Cancel.
+  await page.waitForTimeout(1500);
+  assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), true);
+  assert.match(await page.locator('#plan').textContent(), /^Parameters .* MLP 1536 → 92\d,/);
+  assert.match(await page.locator('#status').textContent(), /cancelled/);
 
   assert.deepEqual(foreign, [], 'requests left the origin');
   log('requests that left the origin: 0');
