@@ -361,6 +361,8 @@ impl<R: Read + Seek> GgufSource<R> {
         let header = GgufHeader::read(&mut reader)?;
         let mut cfg = header.config()?;
         check_layout(&header, reader.seek(std::io::SeekFrom::End(0))?)?;
+        let raw = header.content.tensor_infos.keys().map(String::as_str);
+        crate::model::extra_layers(cfg.num_hidden_layers, raw, "blk.")?;
         // Llama 3.1-style files carry their rope scaling as per-frequency factors.
         if header.content.tensor_infos.contains_key("rope_freqs.weight") {
             let t = header.content.tensor(&mut reader, "rope_freqs.weight", &candle_core::Device::Cpu)?;

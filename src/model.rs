@@ -132,6 +132,19 @@ pub fn check_source(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<()> {
             _ => {}
         }
     }
+    extra_layers(cfg.num_hidden_layers, src.names().iter().map(String::as_str), "model.layers.")
+}
+
+/// Refuses tensors of layers past the config's count (a config that describes fewer layers than
+/// the file holds would be run on part of the model without a word). `prefix` is the layer names'.
+pub(crate) fn extra_layers<'a>(n: usize, names: impl Iterator<Item = &'a str>, prefix: &str) -> Result<()> {
+    let past = names
+        .filter_map(|name| name.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .filter(|&i| i >= n)
+        .max();
+    if let Some(i) = past {
+        bail!(Config, "the weights hold layer {i}, but the model's config describes {n} layers");
+    }
     Ok(())
 }
 

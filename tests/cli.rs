@@ -112,6 +112,18 @@ fn config_disagrees_with_shapes() {
     std::fs::write(d.join("config.json"), cfg).unwrap();
     std::fs::copy(tiny("llama").join("model.safetensors"), d.join("model.safetensors")).unwrap();
     fails(&["inspect", d.to_str().unwrap()], &d, "gate_proj.weight` has shape [128, 64], the config implies [96, 64]");
+    // A config that describes fewer layers than the weights hold.
+    let fewer = tmp("fewer_layers");
+    std::fs::create_dir_all(&fewer).unwrap();
+    let cfg = std::fs::read_to_string(tiny("llama").join("config.json")).unwrap();
+    std::fs::write(fewer.join("config.json"), cfg.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 2"))
+        .unwrap();
+    std::fs::copy(tiny("llama").join("model.safetensors"), fewer.join("model.safetensors")).unwrap();
+    fails(
+        &["inspect", fewer.to_str().unwrap()],
+        &fewer,
+        "the weights hold layer 2, but the model's config describes 2",
+    );
 }
 
 #[test]
