@@ -46,7 +46,9 @@ build-native:
 ## pkg/: single-threaded (stable); pkg/threads/: wasm threads (nightly), used when the page is
 ## cross-origin isolated; pkg/threads-relaxed/: the same with relaxed SIMD (fused multiply-add),
 ## used where the browser validates it. Without the pinned nightly only pkg/ is built and the page
-## runs on one thread.
+## runs on one thread. wasm-bindgen-rayon's worker helper calls the init function the old way
+## (positional arguments, which wasm-bindgen reports as deprecated on the console): sed gives it
+## the object form.
 build-wasm:
 	$(CARGO) build --release --lib --target wasm32-unknown-unknown
 	wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/podar.wasm
@@ -56,6 +58,8 @@ build-wasm:
 	    RUSTFLAGS="$$flags" $(CARGO) +$(NIGHTLY) build --release --lib --target wasm32-unknown-unknown \
 	      --no-default-features --features threads -Z build-std=panic_abort,std --target-dir target/$$v && \
 	    wasm-bindgen --target web --out-dir pkg/$$v target/$$v/wasm32-unknown-unknown/release/podar.wasm || exit 1; \
+	    sed -i 's/await pkg.default(data.module, data.memory);/await pkg.default({ module_or_path: data.module, memory: data.memory });/' \
+	      pkg/$$v/snippets/wasm-bindgen-rayon-*/src/workerHelpers*.js || exit 1; \
 	  done; \
 	else \
 	  echo "podar: $(NIGHTLY) with rust-src is missing, so the page will run single-threaded (make setup installs it)"; \
