@@ -473,7 +473,9 @@ mod cli {
         let calib_ids = match &a.calib {
             Some(p) => {
                 let text = read_text(p)?;
-                let ids = b.tokenizer().at(&a.model)?.encode(&text, false).at(p)?;
+                // Calibration reads the text's first windows only.
+                let want = a.calib_samples.saturating_mul(a.calib_len);
+                let ids = b.tokenizer().at(&a.model)?.encode_prefix(&text, want).at(p)?.0;
                 Some(podar::calib::windows(&ids, a.calib_samples, a.calib_len).at(p)?)
             }
             None => None,
@@ -603,7 +605,7 @@ mod cli {
                 let mut ids = match (&text, &ids_path) {
                     (Some(t), _) => {
                         let s = read_text(t)?;
-                        b.tokenizer().at(&model)?.encode(&s, false).at(t)?
+                        b.tokenizer().at(&model)?.encode_prefix(&s, max_tokens.unwrap_or(usize::MAX)).at(t)?.0
                     }
                     (None, Some(p)) => {
                         let bytes = std::fs::read(p).at(p)?;

@@ -17,6 +17,34 @@ pub struct Tokenizer {
 
 const MAX_VOCAB: usize = 4_000_000;
 
+/// Bytes of text tokenized at a time ([`Tokenizer::encode_prefix`]).
+const PIECE: usize = 1 << 16;
+
+/// Where the first piece of `s` (at most `max` bytes) ends: after the last line break in its second
+/// half that has a visible character on each side, else before the last word there, else at a
+/// character boundary.
+fn piece_end(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let visible = |c: Option<char>| c.is_some_and(|c| !c.is_whitespace());
+    let b = s.as_bytes();
+    let line = (max / 2..end)
+        .rev()
+        .find(|&i| b[i] == b'\n' && visible(s[i + 1..].chars().next()) && visible(s[..i].chars().next_back()));
+    if let Some(i) = line {
+        return i + 1;
+    }
+    let word = (max / 2..end)
+        .rev()
+        .find(|&i| s.is_char_boundary(i) && visible(s[i..].chars().next()) && !visible(s[..i].chars().next_back()));
+    word.unwrap_or(end)
+}
+
 impl Tokenizer {
     /// From `tokenizer.json` and optionally `tokenizer_config.json`.
     pub fn from_hf(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Self> {
@@ -39,7 +67,34 @@ impl Tokenizer {
     }
 
     /// Token ids of `text`; `special` adds the model's special tokens (e.g. BOS) as transformers would.
+    /// Long texts are tokenized in pieces (see [`Tokenizer::encode_prefix`]).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        if special {
+            return self.encode_piece(text, true);
+        }
+        Ok(self.encode_prefix(text, usize::MAX)?.0)
+    }
+
+    /// Token ids of the start of `text`, at least `want` of them unless the text holds fewer, and
+    /// whether the whole text was read. Texts longer than 64 KiB are tokenized in pieces of up to
+    /// that size, cut where a single line break stands between two visible characters: a whole
+    /// encoding keeps strings and offsets for every token (≈ 150 bytes each; 3 GB for a 20 MB
+    /// text), of which only the ids are needed, and a calibration needs only the first few
+    /// thousand. At such cuts byte-level BPE tokenizers (Llama 3, Qwen, SmolLM, …) give the ids of
+    /// the whole text; SentencePiece ones that add a leading space may differ by a token there (as
+    /// may any tokenizer where a text has no such line break and is cut before a word).
+    pub fn encode_prefix(&self, text: &str, want: usize) -> Result<(Vec<u32>, bool)> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() && ids.len() < want {
+            let cut = piece_end(rest, PIECE);
+            ids.extend(self.encode_piece(&rest[..cut], false)?);
+            rest = &rest[cut..];
+        }
+        Ok((ids, rest.is_empty()))
+    }
+
+    fn encode_piece(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, special).map_err(|e| Error::Tokenizer(format!("cannot encode text: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }

@@ -43,6 +43,26 @@ fn tokenizer_matches_smollm2() {
     }
 }
 
+/// A long text is tokenized in pieces cut at single line breaks: the ids are the whole text's, and
+/// a prefix stops once it has what was asked for.
+#[test]
+fn long_texts_tokenize_in_pieces_as_a_whole() {
+    let tok = bundle().tokenizer().unwrap();
+    let presets = root().join("www/presets");
+    let mut text = String::new();
+    while text.len() < 300_000 {
+        for f in ["code-python.txt", "english-vimtutor.txt", "german-vimtutor.txt"] {
+            text += &std::fs::read_to_string(presets.join(f)).unwrap();
+        }
+    }
+    let whole = tokenizers::Tokenizer::from_bytes(&tok.json).unwrap();
+    let want = whole.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+    assert_eq!(tok.encode(&text, false).unwrap(), want);
+    let (head, complete) = tok.encode_prefix(&text, 8192).unwrap();
+    assert!(!complete && head.len() >= 8192 && head.len() < want.len() / 2, "{} of {}", head.len(), want.len());
+    assert_eq!(head[..], want[..head.len()]);
+}
+
 #[test]
 fn tokenizer_matches_on_corpora() {
     let dir = root().join("../shared/corpora");

@@ -51,8 +51,9 @@ fn load_plan_prune_eval_export() {
     assert_eq!(summary["num_hidden_layers"], 3);
     let summary = json(s.load(files(), &yes()).unwrap());
     assert_eq!(summary["intermediate_size"], 128);
-    let info = json(s.text_info(&text(), 32).unwrap());
+    let info = json(s.text_info(&text(), 32, usize::MAX).unwrap());
     assert_eq!(info["tokens"].as_u64().unwrap() as usize, text().len());
+    assert_eq!(info["complete"], true);
     let plan = json(s.plan(options(0.5), "hf", "f32").unwrap());
     assert_eq!(plan["intermediate_after"], 64);
     let r = json(s.prune(&text(), options(0.5), &yes()).unwrap());

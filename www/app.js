@@ -322,12 +322,15 @@ async function updateText() {
     $('text-info').textContent = `${text.length} characters (load a model to count tokens).`;
     return;
   }
-  const info = await call('textInfo', { text, calibLen: len });
-  state.textTokens = info.tokens;
   const need = samples * len;
+  // A long text is counted only as far as a job reads it: calibration, then the held-out score.
+  const evalMax = Math.max(0, Number($('eval-tokens').value) || 0);
+  const info = await call('textInfo', { text, calibLen: len, limit: need + evalMax });
+  state.textTokens = info.tokens;
   const held = Math.max(0, info.tokens - need);
+  const count = info.complete ? `${info.tokens} tokens` : `More than ${info.tokens} tokens (counted as far as a job reads)`;
   $('text-info').textContent = info.tokens >= need
-    ? `${info.tokens} tokens: enough for ${samples} calibration windows of ${len} (${need} tokens); ${held} tokens left for a held-out score.`
+    ? `${count}: enough for ${samples} calibration windows of ${len} (${need} tokens); ${info.complete ? '' : 'at least '}${held} tokens left for a held-out score.`
     : info.windows >= 1
       ? `${info.tokens} tokens: not enough for ${samples} windows of ${len} (needs ${need}). Add text, or use ${info.windows} windows.`
       : `${info.tokens} tokens: not enough for one window of ${len}. Add text (${samples} windows need ${need} tokens), or shorten the windows.`;
@@ -429,6 +432,7 @@ $('mlp-range').oninput = () => { $('mlp').value = $('mlp-range').value; updatePl
 $('mlp').oninput = () => { $('mlp-range').value = $('mlp').value || 0; updatePlan(); };
 for (const id of ['score', 'recover', 'correct', 'drop-layers', 'drop-mode', 'heads', 'divisor', 'dtype']) $(id).addEventListener('input', updatePlan);
 for (const id of ['calib-samples', 'calib-len']) $(id).addEventListener('input', () => { updatePlan(); textChanged(); });
+$('eval-tokens').addEventListener('input', textChanged);
 $('format').oninput = () => { fillDtypes(); updatePlan(); };
 
 // ---- prune, evaluate, export -----------------------------------------------------------------

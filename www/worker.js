@@ -185,7 +185,7 @@ async function run(m) {
       session.set_gpu(m.on ? bridge : undefined);
       return gpuState();
     case 'textInfo':
-      return session.text_info(m.text, m.calibLen);
+      return session.text_info(m.text, m.calibLen, m.limit);
     case 'plan':
       return session.plan(m.options, m.format, m.dtype);
     case 'prune':

@@ -225,9 +225,12 @@ struct PruneSummary<'a> {
 
 #[derive(Serialize)]
 struct TextInfo {
+    /// Tokens counted: all of the text's, or at least the limit asked for.
     tokens: usize,
     /// Calibration windows of `calib_len` the text holds.
     windows: usize,
+    /// Whether the whole text was counted (else it holds more than `tokens`).
+    complete: bool,
 }
 
 /// Reads the model out of `files`; `progress("load", layer, layers)`.
@@ -411,10 +414,13 @@ impl Session {
         Ok(())
     }
 
-    /// Tokens in `text`, and how many calibration windows of `calib_len` they fill.
-    pub fn text_info(&self, text: &str, calib_len: usize) -> std::result::Result<JsValue, JsError> {
-        let n = self.bundle()?.tokenizer().and_then(|t| t.encode(text, false)).map_err(js_err)?.len();
-        to_js(&TextInfo { tokens: n, windows: n / calib_len.max(1) })
+    /// Tokens in `text` (counted up to `limit` at least: a long text is not tokenized beyond what
+    /// a job can use), and how many calibration windows of `calib_len` they fill.
+    pub fn text_info(&self, text: &str, calib_len: usize, limit: usize) -> std::result::Result<JsValue, JsError> {
+        let tok = self.bundle()?.tokenizer().map_err(js_err)?;
+        let (ids, complete) = tok.encode_prefix(text, limit).map_err(js_err)?;
+        let n = ids.len();
+        to_js(&TextInfo { tokens: n, windows: n / calib_len.max(1), complete })
     }
 
     /// Sizes after pruning with `options` (PruneOptions as JSON) in `format`/`dtype`, before any work.
@@ -437,7 +443,8 @@ impl Session {
         let cfg = self.source_cfg()?.clone();
         let b = self.bundle()?;
         job::plan(&cfg, &o, OutputFormat::Hf(crate::StorageDtype::F32)).map_err(js_err)?;
-        let ids = b.tokenizer().and_then(|t| t.encode(text, false)).map_err(js_err)?;
+        let want = o.calib_samples.saturating_mul(o.calib_len);
+        let ids = b.tokenizer().and_then(|t| t.encode_prefix(text, want)).map_err(js_err)?.0;
         let calib = crate::calib::windows(&ids, o.calib_samples, o.calib_len).map_err(js_err)?;
         let needs_calib = o.score.needs_data() || o.recover || o.heads.is_some() || o.drop_layers.is_some();
         let calib_ids = if needs_calib || o.drop_block.is_some() { Some(calib.as_slice()) } else { None };
@@ -499,7 +506,8 @@ impl Session {
             "source" => &b.model,
             _ => &self.done()?.pruned.model,
         };
-        let ids = b.tokenizer().and_then(|t| t.encode(text, false)).map_err(js_err)?;
+        let want = skip.saturating_add(max_tokens);
+        let ids = b.tokenizer().and_then(|t| t.encode_prefix(text, want)).map_err(js_err)?.0;
         let rest = ids.get(skip..).unwrap_or_default();
         let rest = &rest[..rest.len().min(max_tokens)];
         let r = perplexity(model, rest, ctx, &mut |d, t| ask(progress, "eval", d, t)).map_err(js_err)?;

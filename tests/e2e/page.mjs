@@ -124,6 +124,14 @@ try {
   msg = await waitStatus(/not UTF-8/, 30_000);
   log('latin-1 text:', msg);
 
+  // A long text (12 MB): counted only as far as a job would read it, in a moment.
+  const long = path.join(out, 'long.txt');
+  fs.writeFileSync(long, fs.readFileSync(domainFile, 'utf8').repeat(Math.ceil(12e6 / fs.statSync(domainFile).size)));
+  let t = Date.now();
+  await page.getByLabel('Domain text file').setInputFiles(long);
+  await page.waitForFunction(() => /^More than \d+ tokens/.test(document.getElementById('text-info').textContent), null, { timeout: 60_000 });
+  log(`long text, ${(Date.now() - t) / 1e3} s:`, await page.locator('#text-info').textContent());
+
   // The job: a domain text file, 20% MLP, calibration windows as in the CLI run below.
   await page.getByLabel('Domain text file').setInputFiles(domainFile);
   await page.getByLabel('Calibration windows').fill(String(samples));
