@@ -322,11 +322,13 @@ fn check_layout(header: &GgufHeader, file_len: u64) -> Result<()> {
     };
     let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(c.tensor_infos.len());
     for (name, t) in &c.tensor_infos {
-        let (n, bs) = (t.shape.elem_count() as u64, t.ggml_dtype.block_size() as u64);
+        let corrupt = || Error::Gguf(format!("tensor `{name}` is larger than any file: the file is corrupt"));
+        let n = t.shape.dims().iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(corrupt)?;
+        let bs = t.ggml_dtype.block_size() as u64;
         if n % bs != 0 {
             bail!(Gguf, "tensor `{name}` has {n} values, not a whole number of {:?} blocks", t.ggml_dtype);
         }
-        let bytes = n / bs * t.ggml_dtype.type_size() as u64;
+        let bytes = (n / bs).checked_mul(t.ggml_dtype.type_size() as u64).ok_or_else(corrupt)?;
         if align > 0 && t.offset % align != 0 {
             bail!(
                 Gguf,

@@ -419,12 +419,13 @@ mod cli {
     fn prune(a: PruneArgs) -> Result<(), Failure> {
         check_out(&a.out, &a.model, a.force)?;
         // The output folder is made first, so that a path that cannot be written fails at once, not
-        // after the prune; it is removed again if the job fails and it is still empty.
+        // after the prune; if it is new and the job fails, it is removed with what the job wrote.
         let made = !a.out.exists();
         std::fs::create_dir_all(&a.out).at(&a.out)?;
         let r = prune_into(&a);
         if r.is_err() && made {
-            let _ = std::fs::remove_dir(&a.out);
+            // The folder is this job's own: nothing of a failed job stays in it.
+            let _ = std::fs::remove_dir_all(&a.out);
         }
         r
     }
@@ -627,7 +628,8 @@ mod cli {
                 };
                 if let Some(n) = max_tokens {
                     ids.truncate(n);
-                    if ids.len() < ctx {
+                    // --max-tokens is to blame only when it cut the text short.
+                    if ids.len() < ctx && ids.len() == n {
                         return Err(podar::Error::Input(format!(
                             "--max-tokens {n} keeps {} tokens; one window of --ctx {ctx} needs at least {ctx}",
                             ids.len()
@@ -644,6 +646,13 @@ mod cli {
                 })
                 .at(&src)?;
                 pb.finish_and_clear();
+                if !r.perplexity.is_finite() {
+                    return Err(podar::Error::Input(
+                        "the model's log-likelihoods are not finite (NaN or infinite): its weights or config are broken"
+                            .into(),
+                    ))
+                    .at(&model);
+                }
                 let secs = t1.elapsed().as_secs_f64();
                 if json {
                     let v = serde_json::json!({"perplexity": r.perplexity, "tokens": r.tokens,

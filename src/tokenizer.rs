@@ -20,9 +20,11 @@ const MAX_VOCAB: usize = 4_000_000;
 /// Bytes of text tokenized at a time ([`Tokenizer::encode_prefix`]).
 const PIECE: usize = 1 << 16;
 
-/// Where the first piece of `s` (at most `max` bytes) ends: after the last line break in its second
-/// half that has a visible character on each side, else before the last word there, else at a
-/// character boundary.
+/// Where the first piece of `s` (at most `max` bytes) ends, searched in its second half from the
+/// end: before a single line break (`\n` or `\r\n`) between two visible characters, else before a
+/// single space between two visible characters, else at a character boundary. Byte-level BPE
+/// splits text at both places anyway (the break, or the space with the word after it, starts a new
+/// pre-token), so the pieces' ids are the whole text's.
 fn piece_end(s: &str, max: usize) -> usize {
     if s.len() <= max {
         return s.len();
@@ -32,17 +34,16 @@ fn piece_end(s: &str, max: usize) -> usize {
         end -= 1;
     }
     let visible = |c: Option<char>| c.is_some_and(|c| !c.is_whitespace());
+    // A cut before byte i, where the ASCII separator `sep` starts (so i is a character boundary).
+    let cut_before = |i: usize, sep: &str| {
+        s[i..].starts_with(sep) && visible(s[..i].chars().next_back()) && visible(s[i + sep.len()..].chars().next())
+    };
     let b = s.as_bytes();
     let line = (max / 2..end)
         .rev()
-        .find(|&i| b[i] == b'\n' && visible(s[i + 1..].chars().next()) && visible(s[..i].chars().next_back()));
-    if let Some(i) = line {
-        return i + 1;
-    }
-    let word = (max / 2..end)
-        .rev()
-        .find(|&i| s.is_char_boundary(i) && visible(s[i..].chars().next()) && !visible(s[..i].chars().next_back()));
-    word.unwrap_or(end)
+        .find(|&i| (b[i] == b'\n' && cut_before(i, "\n")) || (b[i] == b'\r' && cut_before(i, "\r\n")));
+    let word = || (max / 2..end).rev().find(|&i| b[i] == b' ' && cut_before(i, " "));
+    line.or_else(word).unwrap_or(end)
 }
 
 impl Tokenizer {
@@ -77,12 +78,12 @@ impl Tokenizer {
 
     /// Token ids of the start of `text`, at least `want` of them unless the text holds fewer, and
     /// whether the whole text was read. Texts longer than 64 KiB are tokenized in pieces of up to
-    /// that size, cut where a single line break stands between two visible characters: a whole
-    /// encoding keeps strings and offsets for every token (≈ 150 bytes each; 3 GB for a 20 MB
-    /// text), of which only the ids are needed, and a calibration needs only the first few
-    /// thousand. At such cuts byte-level BPE tokenizers (Llama 3, Qwen, SmolLM, …) give the ids of
-    /// the whole text; SentencePiece ones that add a leading space may differ by a token there (as
-    /// may any tokenizer where a text has no such line break and is cut before a word).
+    /// that size, cut before a single line break or space between two visible characters (see
+    /// `piece_end`): a whole encoding keeps strings and offsets for every token (≈ 150 bytes each;
+    /// 3 GB for a 20 MB text), of which only the ids are needed, and a calibration needs only the
+    /// first few thousand. Byte-level BPE tokenizers (Llama 3, Qwen, SmolLM, …) give the whole
+    /// text's ids; SentencePiece ones that add a leading space may differ by a token at each cut,
+    /// as may any tokenizer where a text has no such place to cut (it is then cut anywhere).
     pub fn encode_prefix(&self, text: &str, want: usize) -> Result<(Vec<u32>, bool)> {
         let mut ids = Vec::new();
         let mut rest = text;

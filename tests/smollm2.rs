@@ -58,6 +58,11 @@ fn long_texts_tokenize_in_pieces_as_a_whole() {
     let whole = tokenizers::Tokenizer::from_bytes(&tok.json).unwrap();
     let want = whole.encode(text.as_str(), false).unwrap().get_ids().to_vec();
     assert_eq!(tok.encode(&text, false).unwrap(), want);
+    // Windows line ends, and one long line (cut before a word), are cut where the ids stay the same.
+    for other in [text.replace('\n', "\r\n"), text.replace('\n', " ")] {
+        let want = whole.encode(other.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(tok.encode(&other, false).unwrap(), want);
+    }
     let (head, complete) = tok.encode_prefix(&text, 8192).unwrap();
     assert!(!complete && head.len() >= 8192 && head.len() < want.len() / 2, "{} of {}", head.len(), want.len());
     assert_eq!(head[..], want[..head.len()]);

@@ -85,7 +85,7 @@ function workerDied(why, retry = true) {
     if (again) {
       // The model the engine held is read again, so the page stays as it was.
       setStatus(`The engine was restarted (${why}); loading the model again…`);
-      await loadModel(again.kind, again.payload, `The engine was restarted (${why}). The model is loaded again.`);
+      await loadModel(again.kind, again.payload, `The engine was restarted (${why}). The model is loaded again.`, true);
     } else {
       setStatus(`The engine was restarted (${why}).`);
     }
@@ -201,17 +201,20 @@ function showSummary(s, names) {
     `vocabulary ${s.vocab_size}, ${fmtParams(s.parameters)} parameters.`;
 }
 
-async function loadModel(kind, payload, doneMessage) {
+async function loadModel(kind, payload, doneMessage, reload = false) {
   await busy(async () => {
-    // The engine drops the model it holds when another load starts, so whatever happens to this
-    // one, the earlier model's summary, plan and results are gone.
     state.loaded = false; state.pruned = false; state.download = null;
-    state.beforeCache.clear(); state.runs = [];
-    $('summary').hidden = true; $('summary').textContent = '';
-    state.plan = null;
-    $('plan').textContent = 'Load a model to see the plan.';
-    clearResults();
-    drawRatio();
+    if (!reload) {
+      // The engine drops the model it holds when another load starts, so whatever happens to this
+      // one, the earlier model's summary, plan and results are gone. (A reload after an engine
+      // restart reads the same model again, and the page stays as it was.)
+      state.beforeCache.clear(); state.runs = [];
+      $('summary').hidden = true; $('summary').textContent = '';
+      state.plan = null;
+      $('plan').textContent = 'Load a model to see the plan.';
+      clearResults();
+      drawRatio();
+    }
     refresh();
     let r;
     if (kind === 'files') {
@@ -235,7 +238,7 @@ $('load-url').onclick = () => {
   const u = $('model-url').value.trim();
   if (!u) return setStatus('Type a model URL first.');
   let url;
-  try { url = new URL(u); } catch { url = null; }
+  try { url = new URL(u, location.href); } catch { url = null; }
   if (!url || !['http:', 'https:'].includes(url.protocol)) {
     return setStatus(`“${u}” is not a web address: give an http:// or https:// link to a .gguf file or a Hugging Face model.`);
   }
@@ -454,8 +457,11 @@ function drawPpl(rows) {
   body.innerHTML = '';
   for (const r of rows) {
     const tr = document.createElement('tr');
-    const ch = r.after !== undefined ? `${r.after >= r.before ? '+' : ''}${(100 * (r.after / r.before - 1)).toFixed(1)}%` : '';
-    for (const c of [r.name, r.before.toFixed(3), r.after !== undefined ? r.after.toFixed(3) : '…', ch]) {
+    // A broken model can give NaN or infinite perplexity: said in words, never drawn.
+    const fmt = (x) => (Number.isFinite(x) ? x.toFixed(3) : 'not finite');
+    const ch = r.after !== undefined && Number.isFinite(r.after / r.before)
+      ? `${r.after >= r.before ? '+' : ''}${(100 * (r.after / r.before - 1)).toFixed(1)}%` : '';
+    for (const c of [r.name, fmt(r.before), r.after !== undefined ? fmt(r.after) : '…', ch]) {
       const td = document.createElement('td');
       td.textContent = c;
       tr.appendChild(td);
@@ -495,7 +501,7 @@ function drawLayers(r) {
 function drawRatio() {
   const svg = $('chart-ratio');
   svg.innerHTML = '';
-  const pts = state.runs.filter((r) => r.ppl !== undefined);
+  const pts = state.runs.filter((r) => Number.isFinite(r.ppl) && Number.isFinite(r.base));
   if (!pts.length) { svg.appendChild(el('text', { x: 10, y: 20 }, 'Prune with a held-out part of your text to add points.')); return; }
   const W = 640, H = 200, L = 50, B = 30;
   const xs = (x) => L + (W - L - 10) * x / 100;

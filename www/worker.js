@@ -138,7 +138,8 @@ async function fetchModel(url, id) {
     return [await download(u.href, decodeURIComponent(path.split('/').pop()), id)];
   }
   const last = decodeURIComponent(path.split('/').pop());
-  if (/\.[A-Za-z0-9]{1,8}$/.test(last) && !/\.(json|safetensors)$/i.test(last)) {
+  // (A repository's name may end in a version, as Qwen3-0.6B does: only known non-model files are refused.)
+  if (/\.(html?|txt|md|py|js|css|xml|csv|pdf|png|jpe?g|gif|svg|zip|tar|gz|bin|pt|pth|ckpt|onnx|h5|msgpack)$/i.test(last)) {
     throw new Error(`${u.href} names the file ${last}, not a model: give the address of a .gguf file, or of a ` +
       'Hugging Face model folder (…/resolve/main/) that holds config.json and *.safetensors');
   }
