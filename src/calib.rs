@@ -207,6 +207,15 @@ fn sum_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok(parts.iter().sum())
 }
 
+/// Refuses calibration windows of `len` tokens longer than the model's context.
+pub fn check_len(cfg: &crate::config::ModelConfig, len: usize) -> Result<()> {
+    let max_len = cfg.max_position_embeddings.min(crate::eval::MAX_CTX);
+    if len > max_len {
+        bail!(Input, "--calib-len {len} is longer than the model's context of {max_len} tokens");
+    }
+    Ok(())
+}
+
 /// What `collect` calls after each layer: `(layer index, original layer, its statistics)`.
 pub type OnLayer<'a> = dyn FnMut(usize, &Layer, &LayerStats) -> Result<Option<Replacement>> + 'a;
 
@@ -247,10 +256,7 @@ pub fn collect(
     on_layer: &mut OnLayer,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<CalibStats> {
-    let max_len = model.cfg.max_position_embeddings.min(crate::eval::MAX_CTX);
-    if len > max_len {
-        bail!(Input, "--calib-len {len} is longer than the model's context of {max_len} tokens");
-    }
+    check_len(&model.cfg, len)?;
     let n_layers = model.layers.len();
     let mut layers = Vec::with_capacity(n_layers);
     // Windows per forward pass (~CHUNK_TOKENS tokens): one pass's temporaries are alive at a time,

@@ -336,16 +336,13 @@ fn check_layout(header: &GgufHeader, file_len: u64) -> Result<()> {
                 t.offset
             );
         }
-        spans.push((t.offset, bytes, name));
+        spans.push((t.offset, t.offset.saturating_add(bytes), name));
     }
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        if w[0].0.saturating_add(w[0].1) > w[1].0 {
-            bail!(Gguf, "the data of tensors `{}` and `{}` overlap: the file is corrupt", w[0].2, w[1].2);
-        }
+    if let Some((a, b)) = crate::source::first_overlap(&mut spans) {
+        bail!(Gguf, "the data of tensors `{a}` and `{b}` overlap: the file is corrupt");
     }
-    if let Some(&(off, bytes, name)) = spans.last() {
-        let end = c.tensor_data_offset.saturating_add(off).saturating_add(bytes);
+    if let Some(&(_, span_end, name)) = spans.last() {
+        let end = c.tensor_data_offset.saturating_add(span_end);
         if end > file_len {
             bail!(
                 Gguf,

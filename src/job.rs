@@ -80,11 +80,8 @@ pub struct Plan {
 
 /// The configuration the pruned model will have, and its sizes.
 pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Plan> {
-    let max_len = cfg.max_position_embeddings.min(crate::eval::MAX_CTX);
-    let calibrates =
-        o.score.needs_data() || o.recover || o.heads.is_some() || o.drop_layers.is_some() || o.drop_block.is_some();
-    if calibrates && o.calib_len > max_len {
-        bail!(Input, "--calib-len {} is longer than the model's context of {max_len} tokens", o.calib_len);
+    if o.calibrates() {
+        crate::calib::check_len(cfg, o.calib_len)?;
     }
     let mut after = cfg.clone();
     after.intermediate_size = mlp_target(cfg.intermediate_size, o)?;

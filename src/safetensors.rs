@@ -102,11 +102,8 @@ pub fn read_header<R: Read + Seek>(r: &mut R) -> Result<Header> {
     }
     // Tensors share no bytes (the format lays them out back to back).
     let mut spans: Vec<(u64, u64, &str)> = out.tensors.iter().map(|(n, t)| (t.start, t.end, n.as_str())).collect();
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        if w[0].1 > w[1].0 {
-            bail!(Safetensors, "the data of tensors `{}` and `{}` overlap: the file is corrupt", w[0].2, w[1].2);
-        }
+    if let Some((a, b)) = crate::source::first_overlap(&mut spans) {
+        bail!(Safetensors, "the data of tensors `{a}` and `{b}` overlap: the file is corrupt");
     }
     Ok(out)
 }

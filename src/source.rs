@@ -54,6 +54,13 @@ pub trait TensorSource {
 }
 
 /// Converts little-endian stored bytes to an f32 tensor.
+/// Sorts the tensors' byte ranges `(start, end, name)` and gives the first two that overlap, if any
+/// (a corrupt file: tensors share no bytes in GGUF or safetensors).
+pub(crate) fn first_overlap<'a>(spans: &mut [(u64, u64, &'a str)]) -> Option<(&'a str, &'a str)> {
+    spans.sort_unstable();
+    spans.windows(2).find(|w| w[0].1 > w[1].0).map(|w| (w[0].2, w[1].2))
+}
+
 pub fn to_f32_tensor(buf: &[u8], dtype: StorageDtype, shape: &[usize]) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     if buf.len() != n * dtype.size() {

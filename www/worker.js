@@ -137,11 +137,12 @@ async function fetchModel(url, id) {
   if (path.toLowerCase().endsWith('.gguf')) {
     return [await download(u.href, decodeURIComponent(path.split('/').pop()), id)];
   }
+  const what = 'give the address of a .gguf file, or of a Hugging Face model folder (…/resolve/main/) that ' +
+    'holds config.json and *.safetensors';
   const last = decodeURIComponent(path.split('/').pop());
   // (A repository's name may end in a version, as Qwen3-0.6B does: only known non-model files are refused.)
   if (/\.(html?|txt|md|py|js|css|xml|csv|pdf|png|jpe?g|gif|svg|zip|tar|gz|bin|pt|pth|ckpt|onnx|h5|msgpack)$/i.test(last)) {
-    throw new Error(`${u.href} names the file ${last}, not a model: give the address of a .gguf file, or of a ` +
-      'Hugging Face model folder (…/resolve/main/) that holds config.json and *.safetensors');
+    throw new Error(`${u.href} names the file ${last}, not a model: ${what}`);
   }
   let base = u.href.replace(/[?#].*$/, '');
   if (/\.(json|safetensors)$/.test(base)) base = base.slice(0, base.lastIndexOf('/') + 1);
@@ -152,8 +153,7 @@ async function fetchModel(url, id) {
   const config = await download(base + 'config.json', 'config.json', id).catch((e) => {
     // No config.json there (or a web page instead): the address is not a model's.
     if (!/HTTP 404|web page/.test(e.message)) throw e;
-    throw new Error(`${base} holds no config.json: give the address of a .gguf file, or of a Hugging Face model ` +
-      'folder (…/resolve/main/) that holds config.json and *.safetensors');
+    throw new Error(`${base} holds no config.json: ${what}`);
   });
   const files = [config];
   for (const n of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) {

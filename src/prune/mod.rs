@@ -107,6 +107,18 @@ pub struct PruneOptions {
     pub correct: f64,
 }
 
+impl PruneOptions {
+    /// Whether the job runs on calibration text: a data-driven score, recovery, head pruning or a
+    /// choice of layers to drop by their influence.
+    pub fn calibrates(&self) -> bool {
+        self.score.needs_data()
+            || self.recover
+            || self.heads.is_some()
+            || self.drop_layers.is_some()
+            || self.drop_block.is_some()
+    }
+}
+
 impl Default for PruneOptions {
     fn default() -> Self {
         PruneOptions {

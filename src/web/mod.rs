@@ -446,8 +446,7 @@ impl Session {
         let want = o.calib_samples.saturating_mul(o.calib_len);
         let ids = b.tokenizer().and_then(|t| t.encode_prefix(text, want)).map_err(js_err)?.0;
         let calib = crate::calib::windows(&ids, o.calib_samples, o.calib_len).map_err(js_err)?;
-        let needs_calib = o.score.needs_data() || o.recover || o.heads.is_some() || o.drop_layers.is_some();
-        let calib_ids = if needs_calib || o.drop_block.is_some() { Some(calib.as_slice()) } else { None };
+        let calib_ids = if o.calibrates() { Some(calib.as_slice()) } else { None };
         // The last prune's model goes first, then the original is consumed layer by layer.
         self.done = None;
         self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
