@@ -2,7 +2,7 @@
 //! SmolLM2-135M (chunks of 1024 tokens, hidden 576, MLP 1536), in GFLOP/s on all threads.
 //! Prints numbers; asserts nothing. `cargo run --release --example kernels`.
 use candle_core::{Device, Tensor};
-use podar::kernels::{cross, gram, linear, threads, Accum};
+use podar::kernels::{bf16_available, bf16_products, cross, gram, linear, threads, Accum};
 
 fn random(rows: usize, cols: usize) -> Tensor {
     Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).expect("a random matrix")
@@ -28,6 +28,16 @@ fn main() {
     time("linear 1024x1536 . (576x1536)^T  down", f(t, h, i), || drop(linear(&mid, &w_down, None)));
     time("linear 1024x576 . (576x576)^T  q, o", f(t, h, h), || drop(linear(&x, &w_q, None)));
     time("linear 1024x576 . (192x576)^T  k, v", f(t, h / 3, h), || drop(linear(&x, &w_k, None)));
+    if bf16_available() {
+        // Calibration's products in bf16 (`--calib-precision bf16`; the default where it is faster).
+        let _bf16 = bf16_products(true);
+        time("bf16 linear 1024x576 . (1536x576)^T", f(t, i, h), || drop(linear(&x, &w_up, None)));
+        time("bf16 linear 1024x1536 . (576x1536)^T", f(t, h, i), || drop(linear(&mid, &w_down, None)));
+        time("bf16 linear 1024x576 . (576x576)^T", f(t, h, h), || drop(linear(&x, &w_q, None)));
+        time("bf16 linear 1024x576 . (192x576)^T", f(t, h / 3, h), || drop(linear(&x, &w_k, None)));
+        time("bf16 gram 1536x1536 over 1024 tokens", f(i, i, t) / 2.0, || drop(gram(&mid)));
+        time("bf16 cross 1536x576 over 1024 tokens", f(i, h, t), || drop(cross(&mid, &x)));
+    }
     // The Gram matrix is symmetric: half of a plain product's work is counted.
     time("gram 1536x1536 over 1024 tokens", f(i, i, t) / 2.0, || drop(gram(&mid)));
     time("cross 1536x576 over 1024 tokens", f(i, h, t), || drop(cross(&mid, &x)));

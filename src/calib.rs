@@ -232,6 +232,8 @@ pub struct Want {
     /// calibration): a replaced layer's output is then rebuilt from its saved post-attention
     /// residual and MLP activations, and each layer's input is freed as soon as it has been run.
     pub mlp_only: bool,
+    /// The forward passes' matrix products in bf16 ([`crate::kernels::bf16_products`]).
+    pub bf16: bool,
 }
 
 /// Runs `ids` (`samples` windows of `len`) through the model layer by layer, gathering statistics.
@@ -257,6 +259,7 @@ pub fn collect(
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<CalibStats> {
     check_len(&model.cfg, len)?;
+    let _products = crate::kernels::bf16_products(want.bf16);
     let n_layers = model.layers.len();
     let mut layers = Vec::with_capacity(n_layers);
     // Windows per forward pass (~CHUNK_TOKENS tokens): one pass's temporaries are alive at a time,

@@ -190,6 +190,7 @@ impl Record<'_> {
             "source_sha256": self.source_sha256,
             "method": {"mlp": o.mlp_fraction, "mlp_size": self.pruned.model.cfg.intermediate_size, "score": o.score,
                 "recover": o.recover, "ridge": o.ridge, "correct": o.correct, "divisor": o.divisor, "sequential": o.sequential,
+                "calib_precision": o.calib_precision,
                 "heads": o.heads, "drop_layers": o.drop_layers, "drop_layers_at": o.drop_layers_at,
                 "drop_block": o.drop_block},
             "calibration": {"tokens": self.pruned.calib_tokens, "samples": o.calib_samples, "len": o.calib_len,

@@ -267,6 +267,12 @@ mod cli {
         /// faster, as the unpruned model no longer runs beside the pruned one). Default: 0.5.
         #[arg(long)]
         correct: Option<f64>,
+        /// The number format of calibration's matrix products: f32, or bf16 (both operands rounded
+        /// to bf16, sums in f32; with AVX-512 BF16 where the CPU has it, elsewhere rounded the same way
+        /// before f32 products). Default: auto, bf16 where that is faster (AMD's AVX-512 BF16), else
+        /// f32 (the page's).
+        #[arg(long, value_name = "auto|f32|bf16")]
+        calib_precision: Option<String>,
         /// Round the kept MLP width down to a multiple of 32, 64, 128 or 256.
         #[arg(long)]
         divisor: Option<usize>,
@@ -461,6 +467,11 @@ mod cli {
             sequential: !a.parallel_calib,
             heads: a.heads,
             correct: a.correct.unwrap_or(defaults.correct),
+            calib_precision: match a.calib_precision.as_deref() {
+                None | Some("auto") if podar::kernels::bf16_faster() => podar::prune::Precision::Bf16,
+                None | Some("auto") => podar::prune::Precision::F32,
+                Some(p) => podar::prune::Precision::parse(p).at(&a.model)?,
+            },
         };
         let mut b = load(&a.model)?;
         // Every size and layer choice is checked before any long computation, and so is what a

@@ -373,6 +373,8 @@ fn prune_refuses_bad_requests() {
         "need 8192",
     );
     fails(&["prune", m, "--mlp", "1.5", "--out", out.to_str().unwrap()], Path::new(m), "--mlp must be a fraction");
+    let bad_precision = ["prune", m, "--mlp", "0.2", "--calib-precision", "f16", "--out", out.to_str().unwrap()];
+    fails(&bad_precision, Path::new(m), "unknown calibration precision `f16` (auto, f32, bf16)");
     fails(
         &["prune", m, "--mlp", "0.2", "--score", "wanda", "--out", out.to_str().unwrap()],
         Path::new(m),

@@ -148,6 +148,34 @@ fn error_correction_steers_the_pruned_model_towards_the_unpruned_one() {
     assert!(e_corr < e_plain, "correction did not help: {e_corr} vs {e_plain}");
 }
 
+/// Calibration in bf16 (both operands of every product rounded, sums in f32) changes the arithmetic
+/// but keeps nearly the same neurons and a pruned model about as close to the unpruned one.
+#[test]
+fn bf16_calibration_stays_close_to_f32() {
+    use podar::prune::Precision;
+    let (m, _) = load("llama");
+    let ids = calib(16 * 32);
+    let base = PruneOptions { mlp_fraction: Some(0.4), calib_samples: 16, calib_len: 32, ..Default::default() };
+    let run = |calib_precision, recover| {
+        let o = PruneOptions { calib_precision, recover, ..base.clone() };
+        prune_mlp(&m, Some(&ids), &o, &mut |_, _, _| true).unwrap()
+    };
+    let (f32_, bf16, none) = (run(Precision::F32, true), run(Precision::Bf16, true), run(Precision::Bf16, false));
+    let w = |x: &podar::Model| x.layers[1].down_proj.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_ne!(w(&f32_.model), w(&bf16.model), "bf16 calibration computed the same as f32");
+    let (kept, same) = f32_
+        .kept
+        .iter()
+        .zip(&bf16.kept)
+        .fold((0, 0), |(k, s), (a, b)| (k + a.len(), s + a.iter().filter(|i| b.contains(i)).count()));
+    assert!(same * 10 >= kept * 9, "bf16 kept {same} of f32's {kept} neurons");
+    // On the calibration windows, where recovery fits.
+    let e = |p: &podar::prune::Pruned| window_error(&m, &p.model, &ids, 16);
+    let (e32, e16, e_none) = (e(&f32_), e(&bf16), e(&none));
+    eprintln!("squared logit error: f32 {e32}, bf16 {e16}, bf16 without recovery {e_none}");
+    assert!(e16 < e_none && e16 < 1.5 * e32, "bf16: {e16} against f32 {e32} (no recovery {e_none})");
+}
+
 #[test]
 fn bad_requests_are_refused() {
     let (m, _) = load("llama");
@@ -256,7 +284,7 @@ fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
             out.down_proj = Linear { weight: down, bias: None };
             Ok(Some(Replacement { layer: out, kept, attention_changed: false, continue_pruned: true }))
         };
-        let want = Want { gram: true, attn_gram: true, track_error: true, mlp_only };
+        let want = Want { gram: true, attn_gram: true, track_error: true, mlp_only, bf16: false };
         let st = collect(&mut model, &ids, samples, len, want, &mut on_layer, &mut |_, _| true).unwrap();
         (st, errs)
     };

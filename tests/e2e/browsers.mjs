@@ -27,7 +27,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // The CLI's numbers for the same job: the English preset's first 256 tokens in one window of 256.
 const ppl = (m) => JSON.parse(cli('eval', m, '--text', heldOut, '--ctx', '256', '--max-tokens', '256', '--json')).perplexity;
 const cliDir = path.join(out, 'browsers-cli');
-cli('prune', MODEL, '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--out', cliDir, '--force');
+cli('prune', MODEL, '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--calib-precision', 'f32', '--out', cliDir, '--force');
 const want = { before: ppl(MODEL), after: ppl(cliDir) };
 log(`CLI: ${heldOut} ${want.before.toFixed(4)} before, ${want.after.toFixed(4)} after`);
 

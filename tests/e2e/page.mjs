@@ -159,7 +159,7 @@ try {
   execFileSync('python3', ['-m', 'zipfile', '-e', zip, dir]);
   const inspected = JSON.parse(cli('inspect', dir, '--json'));
   const cliDir = path.join(out, 'cli');
-  cli('prune', 'models/SmolLM2-135M-Instruct.Q4_1.gguf', '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--out', cliDir);
+  cli('prune', 'models/SmolLM2-135M-Instruct.Q4_1.gguf', '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--calib-precision', 'f32', '--out', cliDir);
   const cliCfg = JSON.parse(fs.readFileSync(path.join(cliDir, 'config.json')));
   assert.equal(inspected.intermediate_size, cliCfg.intermediate_size);
   assert.equal(inspected.num_hidden_layers, cliCfg.num_hidden_layers);

@@ -63,7 +63,7 @@ try {
   const dir = path.join(out, 'page');
   execFileSync('python3', ['-m', 'zipfile', '-e', zip, dir]);
   const cliDir = path.join(out, 'cli');
-  cli('prune', 'models/SmolLM2-135M-Instruct.Q4_1.gguf', '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--out', cliDir);
+  cli('prune', 'models/SmolLM2-135M-Instruct.Q4_1.gguf', '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--calib-precision', 'f32', '--out', cliDir);
   const kept = (d) => JSON.parse(fs.readFileSync(path.join(d, 'podar-report.json'))).kept_mlp_neurons;
   const [kg, kc] = [kept(dir), kept(cliDir)];
   const differ = kc.map((l, i) => (JSON.stringify(l) === JSON.stringify(kg[i]) ? -1 : i)).filter((i) => i >= 0);
