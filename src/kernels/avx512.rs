@@ -467,8 +467,8 @@ pub(super) fn bf16_faster() -> bool {
     bf16_available() && vendor == b"AuthenticAMD"
 }
 
-/// Inner-dimension pairs of a bf16 block: a packed B panel (`KCP × NR` pairs, 16 KiB) stays in L1.
-const KCP: usize = 128;
+/// Inner-dimension pairs of a bf16 block: a packed B panel (`KCP × NR` pairs, ≤ 32 KiB) stays in L1.
+const KCP: usize = 256;
 
 /// Row `x` (`k` f32) rounded to bf16 (to nearest even) as `k.div_ceil(2)` pairs, the lower half of
 /// each pair the even element; a missing last odd element is zero.
