@@ -24,7 +24,7 @@ import json, sys
 r = json.loads(sys.argv[1])
 f32_bytes = 134_515_008 * 4
 if sys.argv[2:] == ["job"]:
-    print(f"whole job       {r['seconds']:.1f} s (OptiPFair 0.4.2 load+prune+save on a 2-core AMD EPYC: 19.7-21.9 s, scripts/optipfair-time.py)")
+    print(f"whole job       {r['seconds']:.1f} s (OptiPFair 0.4.2 load+prune+save on a 2-core AMD EPYC: 19.7-22.0 s warm, scripts/optipfair-time.py)")
 else:
     print(f"load            {r['load_seconds']:.2f} s")
     print(f"eval            {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tokens'] / r['seconds']:.0f} tokens/s (PyTorch f32 on 2 cores: ~465)")

@@ -690,15 +690,24 @@ pub(super) unsafe fn gemm_bf16_pairs(
     }
     let kb = super::k_block(kp, KCP, 16);
     let mut bp = vec![0u32; kb.min(kp) * NR];
-    let mut ap = vec![0u32; MR * kb.min(kp)];
+    let mut ap = vec![0u32; MC.min(m.next_multiple_of(MR)) * kb.min(kp)];
     for i0 in (0..m).step_by(MC) {
         let mc = MC.min(m - i0);
-        let (tiles, full) = (mc.div_ceil(MR), mc / MR);
+        let tiles = mc.div_ceil(MR);
         for p0 in (0..kp).step_by(kb) {
             let kc = kb.min(kp - p0);
             let add = acc || p0 > 0;
-            // SAFETY: pairs p0..p0+kc, columns i0..i0+mc lie inside A.
-            let a0 = unsafe { a.add(p0 * lda + i0) };
+            // A's block packed as tiles of `[kc][MR]` (rows past mc zero): each step of a tile is
+            // then one cache line, where A's own rows lie a whole row of pairs apart.
+            for (t, dst) in ap.chunks_exact_mut(kc * MR).take(tiles).enumerate() {
+                let rows = MR.min(mc - t * MR);
+                for (p, step) in dst.chunks_exact_mut(MR).enumerate() {
+                    // SAFETY: pair row p0 + p, columns i0 + t·MR.. (rows of them) lie inside A.
+                    let src = unsafe { std::slice::from_raw_parts(a.add((p0 + p) * lda + i0 + t * MR), rows) };
+                    step[..rows].copy_from_slice(src);
+                    step[rows..].fill(0);
+                }
+            }
             for j0 in (0..n).step_by(NR) {
                 let nr = NR.min(n - j0);
                 let (m0, m1) = (lanes(nr), lanes(nr.saturating_sub(16)));
@@ -715,21 +724,10 @@ pub(super) unsafe fn gemm_bf16_pairs(
                 for t in 0..tiles {
                     let rows = MR.min(mc - t * MR);
                     let ct = c.wrapping_add((i0 + t * MR) * ldc + j0);
-                    // SAFETY: the tile lies inside C; A holds the full tiles' MR columns, the padded
-                    // copy the last one's; the panel holds kc steps.
+                    // SAFETY: the tile lies inside C; the packed blocks hold kc steps.
                     unsafe {
-                        if t < full {
-                            tile_bf16::<false>(kc, a0.add(t * MR), lda, bp.as_ptr(), ct, ldc, rows, nr, add);
-                        } else {
-                            if j0 == 0 {
-                                for p in 0..kc {
-                                    for r in 0..MR {
-                                        ap[p * MR + r] = if r < rows { *a0.add(p * lda + t * MR + r) } else { 0 };
-                                    }
-                                }
-                            }
-                            tile_bf16::<false>(kc, ap.as_ptr(), MR, bp.as_ptr(), ct, ldc, rows, nr, add);
-                        }
+                        let at = ap.as_ptr().add(t * kc * MR);
+                        tile_bf16::<false>(kc, at, MR, bp.as_ptr(), ct, ldc, rows, nr, add);
                     }
                 }
             }
