@@ -82,6 +82,9 @@ mod cli {
             calib_samples: usize,
             #[arg(long, default_value_t = 128)]
             calib_len: usize,
+            /// The number format of calibration's matrix products, as prune's.
+            #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
+            calib_precision: String,
             #[arg(long)]
             json: bool,
         },
@@ -373,18 +376,27 @@ mod cli {
                 }
             }
             Cmd::Prune(a) => prune(*a)?,
-            Cmd::Importance { model, calib, score, calib_samples, calib_len, json } => {
+            Cmd::Importance { model, calib, score, calib_samples, calib_len, calib_precision, json } => {
                 let score = podar::prune::Score::parse(&score).at(&model)?;
+                let precision = podar::prune::Precision::parse(&calib_precision).at(&model)?;
                 let b = load(&model)?;
                 let text = read_text(&calib)?;
                 let ids = b.tokenizer().at(&model)?.encode(&text, false).at(&calib)?;
                 let ids = podar::calib::windows(&ids, calib_samples, calib_len).at(&calib)?;
                 let pb = bar(0, "calibrate");
-                let imp = podar::prune::importance(&b.model, &ids, calib_samples, calib_len, score, &mut |d, n| {
-                    pb.set_length(n as u64);
-                    pb.set_position(d as u64);
-                    true
-                })
+                let imp = podar::prune::importance(
+                    &b.model,
+                    &ids,
+                    calib_samples,
+                    calib_len,
+                    score,
+                    precision,
+                    &mut |d, n| {
+                        pb.set_length(n as u64);
+                        pb.set_position(d as u64);
+                        true
+                    },
+                )
                 .at(&model)?;
                 pb.finish_and_clear();
                 if json {

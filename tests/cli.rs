@@ -272,6 +272,9 @@ fn prune_writes_a_consistent_hf_folder_and_report() {
     assert_eq!(report["calibration"]["tokens"], 256);
     assert_eq!(report["source_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(report["calibration"]["ids_sha256"].as_str().unwrap().len(), 64);
+    // The calibration's number format by default: bf16 where the CPU's bf16 products are faster.
+    let auto = if podar::kernels::bf16_faster() { "bf16" } else { "f32" };
+    assert_eq!(report["method"]["calib_precision"], auto);
     let ppl = &report["perplexity"][0];
     assert!(ppl["before"].as_f64().unwrap() > 1.0 && ppl["after"].as_f64().unwrap() > 1.0);
     for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"] {
@@ -335,6 +338,13 @@ fn importance_json_scores_every_layer_and_neuron() {
         assert!(scores.iter().all(|x| x.is_finite() && *x >= 0.0), "{scores:?}");
         assert!(scores.iter().any(|&x| x != scores[0]), "all neurons scored alike");
     }
+    // The products' number format, as prune's (auto: bf16 where it is faster), stated; f32 on request.
+    let auto = if podar::kernels::bf16_faster() { "bf16" } else { "f32" };
+    assert_eq!(v["calib_precision"], auto);
+    let (code, out, err) =
+        podar(&[&args[..], &["--calib-samples", "4", "--calib-precision", "f32", "--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["calib_precision"], "f32");
     // Too little text for the windows asked: the same message as prune's.
     fails(&[&args[..], &["--calib-samples", "1000"]].concat(), &calib, "1000 windows of 32 need");
 }

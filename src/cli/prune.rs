@@ -33,10 +33,10 @@ pub(super) struct PruneArgs {
     correct: Option<f64>,
     /// The number format of calibration's matrix products: f32, or bf16 (both operands rounded
     /// to bf16, sums in f32; with AVX-512 BF16 where the CPU has it, elsewhere rounded the same way
-    /// before f32 products). Default: auto, bf16 where that is faster (AMD's AVX-512 BF16), else
-    /// f32 (the page's).
-    #[arg(long, value_name = "auto|f32|bf16")]
-    calib_precision: Option<String>,
+    /// before f32 products). auto: bf16 where that is faster (AMD's AVX-512 BF16), else f32 (the
+    /// page's).
+    #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
+    calib_precision: String,
     /// Round the kept MLP width down to a multiple of 32, 64, 128 or 256.
     #[arg(long)]
     divisor: Option<usize>,
@@ -213,11 +213,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         sequential: !a.parallel_calib,
         heads: a.heads,
         correct: a.correct.unwrap_or(defaults.correct),
-        calib_precision: match a.calib_precision.as_deref() {
-            None | Some("auto") if podar::kernels::bf16_faster() => podar::prune::Precision::Bf16,
-            None | Some("auto") => podar::prune::Precision::F32,
-            Some(p) => podar::prune::Precision::parse(p).at(&a.model)?,
-        },
+        calib_precision: podar::prune::Precision::parse(&a.calib_precision).at(&a.model)?,
     };
     let mut b = load(&a.model)?;
     // Every size and layer choice is checked before any long computation, and so is what a

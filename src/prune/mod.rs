@@ -122,9 +122,12 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// `f32`, `bf16`, or `auto`: bf16 where the CPU's bf16 products are the faster ones
+    /// ([`crate::kernels::bf16_faster`]), else f32.
     pub fn parse(s: &str) -> Result<Precision> {
         match s {
-            "f32" => Ok(Precision::F32),
+            "auto" if crate::kernels::bf16_faster() => Ok(Precision::Bf16),
+            "auto" | "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             other => bail!(Input, "unknown calibration precision `{other}` (auto, f32, bf16)"),
         }
@@ -603,6 +606,8 @@ pub fn ids_sha256(ids: &[u32]) -> String {
 pub struct Importance {
     pub score: Score,
     pub tokens: usize,
+    /// The number format of the products the statistics were gathered with.
+    pub calib_precision: Precision,
     /// Block influence of each layer: 1 − mean cos(input, output) of its residual stream.
     pub layer_influence: Vec<f64>,
     /// MLP neuron scores per layer (for `obs`, its first greedy step's diagonal cost).
@@ -616,6 +621,7 @@ pub fn importance(
     samples: usize,
     len: usize,
     score: Score,
+    precision: Precision,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Importance> {
     if score == Score::Obs {
@@ -630,10 +636,12 @@ pub fn importance(
         mlp[l] = score_of(layer, score, Some(st))?;
         Ok(None)
     };
-    let stats = calib::collect(&mut model.clone(), ids, samples, len, calib::Want::default(), &mut on_layer, progress)?;
+    let want = calib::Want { bf16: precision == Precision::Bf16, ..Default::default() };
+    let stats = calib::collect(&mut model.clone(), ids, samples, len, want, &mut on_layer, progress)?;
     Ok(Importance {
         score,
         tokens: stats.tokens,
+        calib_precision: precision,
         layer_influence: stats.layers.iter().map(|l| 1.0 - l.io_cosine).collect(),
         mlp,
     })
