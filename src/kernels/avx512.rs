@@ -470,13 +470,13 @@ pub(super) fn bf16_faster() -> bool {
 /// Inner-dimension pairs of a bf16 block: a packed B panel (`KCP × NR` pairs, ≤ 32 KiB) stays in L1.
 const KCP: usize = 256;
 
-/// Row `x` (`k` f32) rounded to bf16 (to nearest even) as `k.div_ceil(2)` pairs, the lower half of
-/// each pair the even element; a missing last odd element is zero.
+/// Row `x` (`k` f32) rounded to bf16 (to nearest even) as `k.div_ceil(2)` pairs at `out`, the
+/// lower half of each pair the even element; a missing last odd element is zero.
 ///
 /// # Safety
-/// [`bf16_available`] must hold; `out` must hold `k.div_ceil(2)` values.
+/// [`bf16_available`] must hold; `out` must be valid to write `k.div_ceil(2)` values.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn to_bf16_pairs(x: &[f32], out: &mut [u32]) {
+pub(super) unsafe fn to_bf16_pairs(x: &[f32], out: *mut u32) {
     let k = x.len();
     for (i, k0) in (0..k).step_by(32).enumerate() {
         let left = k - k0;
@@ -486,7 +486,7 @@ pub(super) unsafe fn to_bf16_pairs(x: &[f32], out: &mut [u32]) {
             let lo = _mm512_maskz_loadu_ps(lanes(left), x.as_ptr().add(k0));
             let hi = _mm512_maskz_loadu_ps(lanes(left.saturating_sub(16)), x.as_ptr().add(k0 + 16));
             let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(i * 16).cast(), lanes(left.div_ceil(2)), v);
+            _mm512_mask_storeu_epi32(out.add(i * 16).cast(), lanes(left.div_ceil(2)), v);
         }
     }
 }

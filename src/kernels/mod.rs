@@ -334,8 +334,8 @@ unsafe fn gemm_nn(
 /// # Safety
 /// When `fill` returns `Ok`, it must have written every one of the `len` elements, through the raw
 /// pointer only.
-unsafe fn written_by(len: usize, fill: impl FnOnce(*mut f32) -> Result<()>) -> Result<Vec<f32>> {
-    let mut v: Vec<f32> = Vec::with_capacity(len);
+unsafe fn written_by<T>(len: usize, fill: impl FnOnce(*mut T) -> Result<()>) -> Result<Vec<T>> {
+    let mut v: Vec<T> = Vec::with_capacity(len);
     fill(v.as_mut_ptr())?;
     // SAFETY: `fill` initialised all `len` elements (the caller's promise).
     unsafe { v.set_len(len) };
@@ -404,24 +404,23 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 #[cfg(target_arch = "x86_64")]
 fn linear_bf16(x: &Tensor, w: &Tensor, (rows, n, k): (usize, usize, usize)) -> Result<Vec<f32>> {
     let kp = k.div_ceil(2);
-    let mut xb = vec![0u32; rows * kp];
-    with_slice(x, |xs| {
-        let dst = SharedMut(xb.as_mut_ptr().cast());
-        const PER: usize = 64;
-        par_for(rows.div_ceil(PER), &|i| {
-            let d = dst;
-            for r in i * PER..((i + 1) * PER).min(rows) {
-                // SAFETY: bf16 products are chosen only where the CPU has them; row r of xb
-                // (kp pairs) is written by this task alone.
-                unsafe {
-                    avx512::to_bf16_pairs(
-                        &xs[r * k..(r + 1) * k],
-                        std::slice::from_raw_parts_mut(d.0.cast::<u32>().add(r * kp), kp),
-                    )
-                };
-            }
-        })
-    })?;
+    // SAFETY: the tasks together write all kp pairs of every row.
+    let xb = unsafe {
+        written_by(rows * kp, |ptr: *mut u32| {
+            let dst = SharedMut(ptr.cast());
+            with_slice(x, |xs| {
+                const PER: usize = 64;
+                par_for(rows.div_ceil(PER), &|i| {
+                    let d = dst;
+                    for r in i * PER..((i + 1) * PER).min(rows) {
+                        // SAFETY: bf16 products are chosen only where the CPU has them; row r of xb
+                        // (kp pairs) is written by this task alone.
+                        avx512::to_bf16_pairs(&xs[r * k..(r + 1) * k], d.0.cast::<u32>().add(r * kp));
+                    }
+                })
+            })
+        })?
+    };
     // SAFETY: the tasks together write every column of every row.
     unsafe {
         written_by(rows * n, |optr| {
@@ -455,16 +454,20 @@ fn bf16_tokens(x: &Tensor, rounded: &mut Option<Tensor>) -> Result<Option<Vec<u3
     if avx512::bf16_available() {
         let (t, n) = x.dims2()?;
         let tp = t.div_ceil(2);
-        let mut out = vec![0u32; tp * n];
-        let dst = SharedMut(out.as_mut_ptr().cast());
-        with_slice(x, |xs| {
-            const PER: usize = 32;
-            par_for(tp.div_ceil(PER), &|i| {
-                let d = dst;
-                // SAFETY: the CPU multiplies bf16; this task alone writes pair rows i·PER.., inside out.
-                unsafe { avx512::to_bf16_token_pairs(xs, n, i * PER..((i + 1) * PER).min(tp), d.0.cast()) };
-            })
-        })?;
+        // SAFETY: the tasks together write every pair row, all n values of each.
+        let out = unsafe {
+            written_by(tp * n, |ptr: *mut u32| {
+                let dst = SharedMut(ptr.cast());
+                with_slice(x, |xs| {
+                    const PER: usize = 32;
+                    par_for(tp.div_ceil(PER), &|i| {
+                        let d = dst;
+                        // SAFETY: the CPU multiplies bf16; this task alone writes pair rows i·PER...
+                        avx512::to_bf16_token_pairs(xs, n, i * PER..((i + 1) * PER).min(tp), d.0.cast());
+                    })
+                })
+            })?
+        };
         return Ok(Some(out));
     }
     *rounded = Some(round_bf16(x)?);
