@@ -400,25 +400,44 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     finish_linear(out, rows, n, bias)
 }
 
+/// `len` bf16 pairs made from `x`'s values by `fill(values, block, out)` for blocks `0..blocks`,
+/// spread over the worker threads, into a buffer left unzeroed.
+///
+/// # Safety
+/// The blocks together must write all `len` values at `out`, each block values no other writes.
+#[cfg(target_arch = "x86_64")]
+unsafe fn bf16_pairs_of(
+    x: &Tensor,
+    len: usize,
+    blocks: usize,
+    fill: &(dyn Fn(&[f32], usize, *mut u32) + Sync),
+) -> Result<Vec<u32>> {
+    // SAFETY: the caller's promise.
+    unsafe {
+        written_by(len, |ptr: *mut u32| {
+            let dst = SharedMut(ptr.cast());
+            with_slice(x, |xs| {
+                par_for(blocks, &|i| {
+                    let d = dst;
+                    fill(xs, i, d.0.cast());
+                })
+            })
+        })
+    }
+}
+
 /// [`linear`]'s product in bf16: `x` rounded once into pairs, `w` as each task packs it.
 #[cfg(target_arch = "x86_64")]
 fn linear_bf16(x: &Tensor, w: &Tensor, (rows, n, k): (usize, usize, usize)) -> Result<Vec<f32>> {
     let kp = k.div_ceil(2);
-    // SAFETY: the tasks together write all kp pairs of every row.
+    const PER: usize = 64;
+    // SAFETY: the blocks of rows together write all kp pairs of every row, each block its own rows;
+    // bf16 products are chosen only where the CPU has them.
     let xb = unsafe {
-        written_by(rows * kp, |ptr: *mut u32| {
-            let dst = SharedMut(ptr.cast());
-            with_slice(x, |xs| {
-                const PER: usize = 64;
-                par_for(rows.div_ceil(PER), &|i| {
-                    let d = dst;
-                    for r in i * PER..((i + 1) * PER).min(rows) {
-                        // SAFETY: bf16 products are chosen only where the CPU has them; row r of xb
-                        // (kp pairs) is written by this task alone.
-                        avx512::to_bf16_pairs(&xs[r * k..(r + 1) * k], d.0.cast::<u32>().add(r * kp));
-                    }
-                })
-            })
+        bf16_pairs_of(x, rows * kp, rows.div_ceil(PER), &|xs, i, out| {
+            for r in i * PER..((i + 1) * PER).min(rows) {
+                avx512::to_bf16_pairs(&xs[r * k..(r + 1) * k], out.add(r * kp));
+            }
         })?
     };
     // SAFETY: the tasks together write every column of every row.
@@ -454,18 +473,12 @@ fn bf16_tokens(x: &Tensor, rounded: &mut Option<Tensor>) -> Result<Option<Vec<u3
     if avx512::bf16_available() {
         let (t, n) = x.dims2()?;
         let tp = t.div_ceil(2);
-        // SAFETY: the tasks together write every pair row, all n values of each.
+        const PER: usize = 32;
+        // SAFETY: the blocks together write every pair row, all n values of each, each block its own
+        // rows; the CPU multiplies bf16.
         let out = unsafe {
-            written_by(tp * n, |ptr: *mut u32| {
-                let dst = SharedMut(ptr.cast());
-                with_slice(x, |xs| {
-                    const PER: usize = 32;
-                    par_for(tp.div_ceil(PER), &|i| {
-                        let d = dst;
-                        // SAFETY: the CPU multiplies bf16; this task alone writes pair rows i·PER...
-                        avx512::to_bf16_token_pairs(xs, n, i * PER..((i + 1) * PER).min(tp), d.0.cast());
-                    })
-                })
+            bf16_pairs_of(x, tp * n, tp.div_ceil(PER), &|xs, i, out| {
+                avx512::to_bf16_token_pairs(xs, n, i * PER..((i + 1) * PER).min(tp), out)
             })?
         };
         return Ok(Some(out));
