@@ -232,7 +232,7 @@ pub struct Want {
     /// calibration): a replaced layer's output is then rebuilt from its saved post-attention
     /// residual and MLP activations, and each layer's input is freed as soon as it has been run.
     pub mlp_only: bool,
-    /// The forward passes' matrix products in bf16 ([`crate::kernels::bf16_products`]).
+    /// The forward passes, Gram matrices and cross products in bf16 ([`crate::kernels::bf16_products`]).
     pub bf16: bool,
 }
 

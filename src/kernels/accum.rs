@@ -1,6 +1,6 @@
 //! Gram matrices and cross products of activations, summed in place over chunks of tokens.
 
-use super::{bf16_tokens, offload, par_for, strided_gemm, with_slice, SharedMut, OFFLOAD_MIN_MACS};
+use super::{bf16, offload, par_for, strided_gemm, with_slice, SharedMut, OFFLOAD_MIN_MACS};
 use crate::error::Result;
 use candle_core::{Device, Tensor};
 
@@ -52,7 +52,7 @@ impl Accum {
             }
         }
         let mut rounded = None;
-        let pairs = bf16_tokens(x, &mut rounded)?;
+        let pairs = bf16::tokens(x, &mut rounded)?;
         let x = rounded.as_ref().unwrap_or(x);
         let optr = SharedMut(self.buffer(n * n)?);
         // Strips of S rows, each from its diagonal to the last column: only the strips' own
@@ -65,7 +65,7 @@ impl Accum {
                 let (i0, o) = (b * S, optr);
                 // SAFETY: as below, on the pairs of rows (tp × n) instead of the rows.
                 unsafe {
-                    bf16_tokens_product(
+                    bf16::tokens_product(
                         (S.min(n - i0), n - i0, tp),
                         o.0.add(i0 * n + i0),
                         n,
@@ -108,7 +108,7 @@ impl Accum {
             return Err(candle_core::Error::Msg(format!("cross: {t} rows against {t2}")).into());
         }
         let (mut ra, mut rb) = (None, None);
-        let pairs = (bf16_tokens(a, &mut ra)?, bf16_tokens(b, &mut rb)?);
+        let pairs = (bf16::tokens(a, &mut ra)?, bf16::tokens(b, &mut rb)?);
         let (a, b) = (ra.as_ref().unwrap_or(a), rb.as_ref().unwrap_or(b));
         let optr = SharedMut(self.buffer(n * m)?);
         // Tall blocks, so that packing b costs little against the products that use it.
@@ -118,7 +118,7 @@ impl Accum {
             par_for(n.div_ceil(B), &|bi| {
                 let (i0, o) = (bi * B, optr);
                 // SAFETY: as below, on the pairs of rows instead of the rows.
-                unsafe { bf16_tokens_product((B.min(n - i0), m, tp), o.0.add(i0 * m), m, &ap[i0..], n, &bp, m) };
+                unsafe { bf16::tokens_product((B.min(n - i0), m, tp), o.0.add(i0 * m), m, &ap[i0..], n, &bp, m) };
             });
             return Ok(());
         }
@@ -170,27 +170,4 @@ impl Accum {
         }
         Ok(Tensor::from_vec(self.data, shape, &Device::Cpu)?)
     }
-}
-
-/// `c (+)= aᵀb` over pairs of tokens in bf16 (see [`super::avx512::gemm_bf16_pairs`]); reached only
-/// where the CPU multiplies bf16.
-///
-/// # Safety
-/// `c` must cover `m` rows of `n` values at row stride `ldc`; `a` and `b` must hold `kp` pair rows
-/// at their strides.
-#[allow(clippy::too_many_arguments, unused_variables)]
-pub(super) unsafe fn bf16_tokens_product(
-    (m, n, kp): (usize, usize, usize),
-    c: *mut f32,
-    ldc: usize,
-    a: &[u32],
-    lda: usize,
-    b: &[u32],
-    ldb: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: pairs exist only where the CPU multiplies bf16; the rest is the caller's promise.
-    unsafe {
-        super::avx512::gemm_bf16_pairs((m, n, kp), c, ldc, true, a.as_ptr(), lda, b.as_ptr(), ldb)
-    };
 }

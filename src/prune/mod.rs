@@ -109,8 +109,8 @@ pub struct PruneOptions {
     pub calib_precision: Precision,
 }
 
-/// The number format of calibration's matrix products (the forward passes; the Gram matrices and
-/// the re-fits stay f32 and f64).
+/// The number format of calibration's matrix products (the forward passes, the Gram matrices and
+/// the cross products; the re-fits stay f32 and f64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
