@@ -24,14 +24,14 @@ printf '%-28s %6s %8s %8s %8s %8s\n' base - $(for d in $domains; do ppl "$model"
 for c in $calibs; do
   for m in $methods; do
     for r in $ratios; do
-      for rec in "" "--correct 0" "--no-recover"; do
+      for rec in "" "--error-estimate stream" "--correct 0" "--no-recover"; do
         [ "$m" = maw ] && [ "$rec" != --no-recover ] && continue   # static scores have no calibration to recover on
         args=(--mlp "$r" --score "$m" $rec)
         [ "$m" != maw ] && args+=(--calib "$corp/${c}_calib.txt")
         t0=$(date +%s.%N)
         ./target/release/podar prune "$model" "${args[@]}" --out "$out/m" --force --json >/dev/null 2>&1
         t1=$(date +%s.%N)
-        case "$rec" in --no-recover) tag=" norec" ;; --correct*) tag=" nocorrect" ;; *) tag="" ;; esac
+        case "$rec" in --no-recover) tag=" norec" ;; --correct*) tag=" nocorrect" ;; --error*) tag=" stream" ;; *) tag="" ;; esac
         name="$m $r$tag"
         printf '%-28s %6s %8s %8s %8s %8.1f\n' "$name" "$c" $(for d in $domains; do ppl "$out/m" "$d"; done) "$(python3 -c "print($t1 - $t0)")"
       done

@@ -42,10 +42,13 @@ calib=../shared/corpora/code_calib.txt
 [ -f "$calib" ] || calib=www/presets/code-python.txt
 job=$(mktemp -d)
 trap 'rm -rf "$job"' EXIT
-# Calibration precision: the default (bf16 where the CPU's bf16 products are faster), then f32.
-for precision in auto f32; do
-  echo "== podar prune, $calib, 64x128, 20% MLP, default recovery, f32 folder, --calib-precision $precision"
-  out=$(./target/release/podar prune "$model" --calib "$calib" --mlp 0.2 --calib-precision $precision --out "$job/m" --force --json)
-  python3 -c "import json; print('precision      ', json.load(open('$job/m/podar-report.json'))['method']['calib_precision'])"
+# Calibration precision: the default (bf16 where the CPU's bf16 products are faster), then f32; then
+# the default with error correction measured on the unpruned stream instead of estimated.
+for variant in "auto" "f32" "auto --error-estimate stream"; do
+  set -- $variant
+  precision=$1; shift
+  echo "== podar prune, $calib, 64x128, 20% MLP, default recovery $*, f32 folder, --calib-precision $precision"
+  out=$(./target/release/podar prune "$model" --calib "$calib" --mlp 0.2 --calib-precision $precision "$@" --out "$job/m" --force --json)
+  python3 -c "import json; m = json.load(open('$job/m/podar-report.json'))['method']; print('precision      ', m['calib_precision'], '/ error estimate', m['error_estimate'])"
   report "$out" job
 done

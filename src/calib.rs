@@ -36,12 +36,15 @@ pub struct LayerStats {
 pub enum ErrorCross {
     /// `C` over every neuron, `[intermediate, hidden]`.
     Full(Tensor),
-    /// `C` not yet multiplied: per chunk the activations `a` of the pruned stream, the unpruned
-    /// model's output `y` and the pruned stream's residual after attention `r`. With no bias and no
-    /// norm after the MLP, the layer's output on the pruned stream is `r + a Wᵀ`, so
-    /// `C = Σ a (y − r)ᵀ − G Wᵀ`. A prune needs only the rows of the neurons it keeps, and
-    /// [`ErrorCross::steer`] multiplies only those (and reuses the re-fit's own `G[S,:] Wᵀ`).
-    Split(Vec<(Tensor, Tensor, Tensor)>),
+    /// `C` not yet multiplied: per chunk the activations `a`, a target `y` and, for a target
+    /// measured on the unpruned stream, the pruned stream's residual after attention `r`.
+    /// A prune needs only the rows of the neurons it keeps, and [`ErrorCross::steer`] multiplies
+    /// only those (and reuses the re-fit's own `G[S,:] Wᵀ`). With no bias and no norm after the MLP,
+    /// the unpruned layer's output on the pruned stream is `r + a Wᵀ`, so:
+    /// - error on the unpruned stream: `y` is the unpruned model's output, and
+    ///   `C = Σ a (y − r)ᵀ − G Wᵀ`;
+    /// - error estimated from residuals (`r` absent): `y = a Wᵀ + E`, and again `C = Σ a yᵀ − G Wᵀ`.
+    Split(Vec<(Tensor, Tensor, Option<Tensor>)>),
 }
 
 impl ErrorCross {
@@ -55,7 +58,11 @@ impl ErrorCross {
                 let (k, h) = b.dims2()?;
                 let mut at = Accum::default();
                 for (a, y, r) in parts {
-                    at.add_cross(&crate::kernels::select_cols(a, kept)?, &crate::kernels::sub(y, r)?)?;
+                    let a = crate::kernels::select_cols(a, kept)?;
+                    match r {
+                        Some(r) => at.add_cross(&a, &crate::kernels::sub(y, r)?)?,
+                        None => at.add_cross(&a, y)?,
+                    }
                 }
                 if at.is_empty() {
                     bail!(Input, "the error of a layer was tracked over no calibration chunk");
@@ -234,14 +241,32 @@ pub struct Want {
     pub mlp_only: bool,
     /// The forward passes, Gram matrices and cross products in bf16 ([`crate::kernels::bf16_products`]).
     pub bf16: bool,
+    /// How the error is learnt when `track_error` is set.
+    pub error: ErrorEstimate,
+}
+
+/// How calibration learns the error `E` the pruned stream carries into a layer's output, which
+/// recovery's error correction steers against ([`LayerStats::err_cross`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorEstimate {
+    /// The sum of the pruned layers' re-fit residuals before it, on the pruned stream: what each
+    /// layer's new output misses of its unpruned output, carried on as if the later layers passed
+    /// it through unchanged (as their residual connections do). It costs no second forward pass.
+    #[default]
+    Residuals,
+    /// Measured: the unpruned model runs on its own stream beside the pruned one (one more pass of
+    /// every layer), and `E` is the unpruned model's output minus the unpruned layer's on the
+    /// pruned stream.
+    Stream,
 }
 
 /// Runs `ids` (`samples` windows of `len`) through the model layer by layer, gathering statistics.
 /// `want.gram` and `want.attn_gram` also accumulate each layer's activation Gram matrices (for
 /// recovery), handed to `on_layer` and then dropped, so only one layer's Gram matrices are alive at a
-/// time. `want.track_error` also runs the unpruned model on its own stream beside the pruned one
-/// (one more layer pass each) and fills [`LayerStats::err_cross`], so that recovery can steer the
-/// pruned model back to the unpruned one.
+/// time. `want.track_error` fills [`LayerStats::err_cross`] (learnt as `want.error` says: from the
+/// re-fit residuals, or by running the unpruned model on its own stream beside the pruned one), so
+/// that recovery can steer the pruned model back to the unpruned one.
 ///
 /// `on_layer(l, layer, stats)` sees the original layer; a [`Replacement`] it returns takes that
 /// layer's place in `model` at once, so a caller that owns the only copy of the model never holds
@@ -274,31 +299,37 @@ pub fn collect(
             .collect::<Result<_>>()?
     };
     let mut boundary = vec![stream_last_tokens(&x, &chunks, len)?];
+    let (stream, residuals) = match (want.track_error, want.error) {
+        (false, _) => (false, false),
+        (true, ErrorEstimate::Stream) => (true, false),
+        (true, ErrorEstimate::Residuals) => (false, true),
+    };
     // The unpruned model's stream, once the pruned stream differs from it (None: they are equal).
     let mut x_orig: Option<Vec<Option<Tensor>>> = None;
+    // The residual estimate of the error, per chunk, once a layer has been pruned.
+    let mut err: Option<Vec<Option<Tensor>>> = None;
     for l in 0..n_layers {
         let mut st: Option<LayerStats> = None;
         let mut cos_sum = 0f64;
-        // Outputs as run: the next input unless the layer is replaced, and the unpruned stream
-        // where the two part. Otherwise a replaced layer's output comes from `saved`.
-        let keep_outs = !want.mlp_only || (want.track_error && x_orig.is_none());
+        let lay = &model.layers[l];
+        // With no bias and no norm after the MLP, the layer's output is residual + a Wᵀ.
+        let mlp_is_down = lay.down_proj.bias.is_none() && lay.post_feedforward_layernorm.is_none();
+        // Once the error is known and only MLPs change, the error's cross-product is kept as its
+        // parts (`ErrorCross::Split`) and multiplied for the kept neurons only. Tracked on the
+        // unpruned stream, the pruned stream's full output is then never used, which saves one down
+        // projection per chunk (the layer's input/output cosine is measured on the unpruned stream);
+        // estimated from residuals, the parts are the activations and `a Wᵀ + E`.
+        let split_error =
+            want.mlp_only && want.gram && mlp_is_down && ((stream && x_orig.is_some()) || (residuals && err.is_some()));
+        // Outputs as run: the next input unless the layer is replaced, the unpruned stream where the
+        // two part, and the residual estimate's starting point. Otherwise a replaced layer's output
+        // comes from `saved`.
+        let keep_outs = !want.mlp_only || (stream && x_orig.is_none()) || (residuals && !split_error);
         let mut outs = Vec::with_capacity(chunks.len());
         let mut saved = Vec::with_capacity(chunks.len());
         // Sums over the chunks, accumulated in place.
         let (mut gram, mut attn_gram, mut err_cross) = (Accum::default(), Accum::default(), Accum::default());
         let mut err_parts = Vec::new();
-        // Once the streams have parted and only MLPs change, the pruned stream's full output is
-        // never used: the error's cross-product is kept as its parts (`ErrorCross::Split`), since
-        // the unpruned layer's output on the pruned stream is residual + a Wᵀ (no bias, no norm
-        // after the MLP). That saves one down projection per chunk, and the cross-product is then
-        // multiplied for the kept neurons only; the layer's input/output cosine is measured on the
-        // unpruned stream.
-        let lay = &model.layers[l];
-        let split_error = want.mlp_only
-            && want.gram
-            && x_orig.is_some()
-            && lay.down_proj.bias.is_none()
-            && lay.post_feedforward_layernorm.is_none();
         for (c, &(_, wn)) in chunks.iter().enumerate() {
             let xc = match (want.mlp_only, &mut x[c]) {
                 (true, slot) => slot.take(),
@@ -313,9 +344,10 @@ pub fn collect(
                 mlp = Some((t.mlp_residual.clone(), t.mlp_hidden.clone(), t.attn_hidden.clone()));
                 part = Some(stats_of(&t));
             };
-            let yc = match split_error {
-                true => model.layer_hidden(&model.layers[l], l, &xc, wn, len, None, Some(&mut tr)).map(|_| None)?,
-                false => Some(model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?),
+            let lay = &model.layers[l];
+            let yc = match (split_error, stream) {
+                (true, true) => model.layer_hidden(lay, l, &xc, wn, len, None, Some(&mut tr)).map(|_| None)?,
+                _ => Some(model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?),
             };
             let (Some(p), Some((residual, mid, attn))) = (part, mlp) else {
                 bail!(Input, "layer {l} produced no statistics");
@@ -328,7 +360,7 @@ pub fn collect(
                 attn_gram.add_gram(&attn)?;
             }
             drop(attn);
-            if let (true, Some(xo)) = (want.track_error, x_orig.as_mut()) {
+            if let (true, Some(xo)) = (stream, x_orig.as_mut()) {
                 let Some(xoc) = xo[c].take() else {
                     bail!(Input, "unpruned stream chunk {c} is missing at layer {l}");
                 };
@@ -336,11 +368,28 @@ pub fn collect(
                 match &yc {
                     Some(yc) => err_cross.add_cross(&mid, &crate::kernels::sub(&yo, yc)?)?,
                     None => {
-                        err_parts.push((mid.clone(), yo.clone(), residual.clone()));
+                        err_parts.push((mid.clone(), yo.clone(), Some(residual.clone())));
                         cos_sum += sum_cosine(&xoc, &yo)?;
                     }
                 }
                 xo[c] = Some(yo);
+            }
+            if let (true, Some(e), Some(yc)) = (residuals, err.as_mut(), &yc) {
+                let Some(ec) = e[c].take() else {
+                    bail!(Input, "error estimate chunk {c} is missing at layer {l}");
+                };
+                let ec = (ec * ERROR_CARRY)?;
+                match split_error {
+                    // The target a Wᵀ + E = (y − residual) + E; E is not needed apart from it.
+                    true => {
+                        let target = crate::kernels::add(&crate::kernels::sub(yc, &residual)?, &ec)?;
+                        err_parts.push((mid.clone(), target, None));
+                    }
+                    false => {
+                        err_cross.add_cross(&mid, &ec)?;
+                        e[c] = Some(ec);
+                    }
+                }
             }
             st = Some(match st {
                 None => p,
@@ -374,23 +423,38 @@ pub fn collect(
         // When only the MLP changed, the new output is the saved post-attention residual plus the
         // pruned MLP applied to the kept neurons' saved activations; otherwise the layer is re-run.
         let rep = on_layer(l, &model.layers[l], &st)?;
-        if let (true, None, Some(r)) = (want.track_error, &x_orig, &rep) {
-            if r.continue_pruned {
-                // The streams part here: the unpruned output is this layer's on the shared input.
-                x_orig = Some(outs.iter().cloned().map(Some).collect());
-            }
+        let pruned_on = rep.as_ref().is_some_and(|r| r.continue_pruned);
+        if stream && x_orig.is_none() && pruned_on {
+            // The streams part here: the unpruned output is this layer's on the shared input.
+            x_orig = Some(outs.iter().cloned().map(Some).collect());
         }
-        let layer_out = |layer: &Layer, kept: Option<&[usize]>, (residual, mid): (Tensor, Tensor)| -> Result<Tensor> {
+        // The targets a Wᵀ + E of the split residual estimate, one per chunk.
+        let targets: Vec<Tensor> = match (residuals && split_error, st.err_cross.take()) {
+            (true, Some(ErrorCross::Split(parts))) => parts.into_iter().map(|(_, t, _)| t).collect(),
+            _ => Vec::new(),
+        };
+        let mlp_out = |layer: &Layer, kept: Option<&[usize]>, mid: Tensor| -> Result<Tensor> {
             let mid = match kept {
                 Some(k) => crate::prune::select_cols(&mid, k)?,
                 None => mid,
             };
-            crate::kernels::add(&residual, &model.mlp_output(layer, &mid)?)
+            model.mlp_output(layer, &mid)
         };
-        let y: Vec<Tensor> = match &rep {
-            Some(r) if r.continue_pruned && !r.attention_changed && want.mlp_only => {
-                saved.drain(..).map(|s| layer_out(&r.layer, Some(&r.kept), s)).collect::<Result<_>>()?
+        let rebuilt = |layer: &Layer, kept: Option<&[usize]>| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+            // Each chunk's output from what was saved; with the split residual estimate also
+            // E' = (a Wᵀ + E) − a_S W'ᵀ, the error after this layer.
+            let (mut ys, mut es) = (Vec::with_capacity(saved.len()), Vec::with_capacity(targets.len()));
+            for (c, (residual, mid)) in saved.iter().enumerate() {
+                let m = mlp_out(layer, kept, mid.clone())?;
+                if let Some(t) = targets.get(c) {
+                    es.push(crate::kernels::sub(t, &m)?);
+                }
+                ys.push(crate::kernels::add(residual, &m)?);
             }
+            Ok((ys, es))
+        };
+        let (y, split_err): (Vec<Tensor>, Vec<Tensor>) = match &rep {
+            Some(r) if r.continue_pruned && !r.attention_changed && want.mlp_only => rebuilt(&r.layer, Some(&r.kept))?,
             Some(r) if r.continue_pruned => {
                 if want.mlp_only {
                     bail!(Input, "layer {l}: the attention changed, but calibration was told only MLPs change");
@@ -402,12 +466,31 @@ pub fn collect(
                     };
                     parts.push(model.layer_forward_with(&r.layer, l, xc, wn, len, None, None)?);
                 }
-                parts
+                (parts, Vec::new())
             }
-            _ if keep_outs => std::mem::take(&mut outs),
+            _ if keep_outs => (std::mem::take(&mut outs), Vec::new()),
             // The layer stays as it was: its output, rebuilt from what was saved.
-            _ => saved.drain(..).map(|s| layer_out(&model.layers[l], None, s)).collect::<Result<_>>()?,
+            _ => rebuilt(&model.layers[l], None)?,
         };
+        drop(targets);
+        if residuals {
+            err = match (split_error, pruned_on || err.is_some()) {
+                (true, _) => Some(split_err.into_iter().map(Some).collect()),
+                // E' = E + (the unpruned layer's output − the layer's new output) on the pruned stream.
+                (false, true) if outs.len() == y.len() => {
+                    let mut next = Vec::with_capacity(y.len());
+                    for (c, (yc, yn)) in outs.iter().zip(&y).enumerate() {
+                        let d = crate::kernels::sub(yc, yn)?;
+                        next.push(Some(match err.as_ref().and_then(|e| e[c].as_ref()) {
+                            Some(e) => crate::kernels::add(e, &d)?,
+                            None => d,
+                        }));
+                    }
+                    Some(next)
+                }
+                (false, _) => err,
+            };
+        }
         drop((saved, outs));
         if let Some(r) = rep {
             model.layers[l] = r.layer;
@@ -435,6 +518,12 @@ fn stream_last_tokens(x: &[Option<Tensor>], chunks: &[(usize, usize)], len: usiz
     }
     Ok(out)
 }
+
+/// The share of the residual estimate of the error that each layer carries on to the next: the
+/// layers after a pruned one do not pass its error on unchanged. On SmolLM2-135M at 20% MLP, 0.9
+/// gave lower perplexity than 1 or 0.8 on code and prose, and the same within 0.05% on German
+/// (see the README).
+pub const ERROR_CARRY: f64 = 0.9;
 
 /// Tokens per calibration forward pass.
 const CHUNK_TOKENS: usize = 1024;

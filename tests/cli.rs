@@ -275,6 +275,7 @@ fn prune_writes_a_consistent_hf_folder_and_report() {
     // The calibration's number format by default: bf16 where the CPU's bf16 products are faster.
     let auto = if podar::kernels::bf16_faster() { "bf16" } else { "f32" };
     assert_eq!(report["method"]["calib_precision"], auto);
+    assert_eq!(report["method"]["error_estimate"], "residuals");
     let ppl = &report["perplexity"][0];
     assert!(ppl["before"].as_f64().unwrap() > 1.0 && ppl["after"].as_f64().unwrap() > 1.0);
     for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"] {
@@ -385,6 +386,8 @@ fn prune_refuses_bad_requests() {
     fails(&["prune", m, "--mlp", "1.5", "--out", out.to_str().unwrap()], Path::new(m), "--mlp must be a fraction");
     let bad_precision = ["prune", m, "--mlp", "0.2", "--calib-precision", "f16", "--out", out.to_str().unwrap()];
     fails(&bad_precision, Path::new(m), "unknown calibration precision `f16` (auto, f32, bf16)");
+    let bad_estimate = ["prune", m, "--mlp", "0.2", "--error-estimate", "exact", "--out", out.to_str().unwrap()];
+    fails(&bad_estimate, Path::new(m), "unknown --error-estimate `exact` (residuals, stream)");
     fails(
         &["prune", m, "--mlp", "0.2", "--score", "wanda", "--out", out.to_str().unwrap()],
         Path::new(m),

@@ -1,6 +1,7 @@
 //! Pruning on tiny models: 0% is byte-identical, shapes always match the config, recovery helps,
 //! and bad requests are refused with a clear message.
 
+use podar::calib::ErrorEstimate;
 use podar::prune::{prune_mlp, PruneOptions, Score};
 use podar::safetensors::SafetensorsSource;
 use podar::{StorageDtype, TensorSource};
@@ -134,18 +135,27 @@ fn error_correction_steers_the_pruned_model_towards_the_unpruned_one() {
         ridge: 1e-3,
         ..Default::default()
     };
-    let run = |correct: f64| {
-        prune_mlp(&m, Some(&ids), &PruneOptions { correct, ..base.clone() }, &mut |_, _, _| true).unwrap().model
+    let run = |correct: f64, error_estimate| {
+        let o = PruneOptions { correct, error_estimate, ..base.clone() };
+        prune_mlp(&m, Some(&ids), &o, &mut |_, _, _| true).unwrap().model
     };
-    let (plain, corrected) = (run(0.0), run(1.0));
-    // The first layer sees the same input either way, so it is fitted the same.
+    let plain = run(0.0, ErrorEstimate::Residuals);
+    let e_plain = window_error(&m, &plain, &ids, 16);
     let w = |x: &podar::Model, l: usize| x.layers[l].down_proj.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(w(&plain, 0), w(&corrected, 0));
-    assert_ne!(w(&plain, 2), w(&corrected, 2));
-    // On the calibration windows the corrected model ends closer to the unpruned one.
-    let (e_plain, e_corr) = (window_error(&m, &plain, &ids, 16), window_error(&m, &corrected, &ids, 16));
-    eprintln!("squared logit error on the calibration windows: {e_corr} corrected, {e_plain} plain");
-    assert!(e_corr < e_plain, "correction did not help: {e_corr} vs {e_plain}");
+    let mut errors = Vec::new();
+    for estimate in [ErrorEstimate::Stream, ErrorEstimate::Residuals] {
+        let corrected = run(1.0, estimate);
+        // The first layer sees the same input either way, so it is fitted the same.
+        assert_eq!(w(&plain, 0), w(&corrected, 0), "{estimate:?}");
+        assert_ne!(w(&plain, 2), w(&corrected, 2), "{estimate:?}");
+        // On the calibration windows the corrected model ends closer to the unpruned one.
+        let e_corr = window_error(&m, &corrected, &ids, 16);
+        eprintln!("squared logit error on the calibration windows, {estimate:?}: {e_corr} corrected, {e_plain} plain");
+        assert!(e_corr < e_plain, "correction from {estimate:?} did not help: {e_corr} vs {e_plain}");
+        errors.push((w(&corrected, 2), e_corr));
+    }
+    // The two estimates are different computations.
+    assert_ne!(errors[0].0, errors[1].0);
 }
 
 /// Calibration in bf16 (both operands of every product rounded, sums in f32) changes the arithmetic
@@ -247,23 +257,76 @@ fn head_recovery_brings_outputs_closer() {
     assert!(logit_error(&m, &with.model, &held_out) < logit_error(&m, &without.model, &held_out));
 }
 
+/// A layer with every third MLP neuron removed and its down projection scaled by 1.5 (a crude
+/// "re-fit" that leaves a large error), and the neurons it keeps.
+fn thinned(layer: &podar::model::Layer) -> (podar::model::Layer, Vec<usize>) {
+    use candle_core::{Device, Tensor};
+    use podar::model::Linear;
+    let n = layer.gate_proj.weight.dim(0).unwrap();
+    let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 1).collect();
+    let idx = Tensor::from_vec(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), kept.len(), &Device::Cpu).unwrap();
+    let mut out = layer.clone();
+    out.gate_proj = Linear { weight: layer.gate_proj.weight.index_select(&idx, 0).unwrap(), bias: None };
+    out.up_proj = Linear { weight: layer.up_proj.weight.index_select(&idx, 0).unwrap(), bias: None };
+    let down = (layer.down_proj.weight.index_select(&idx, 1).unwrap() * 1.5).unwrap().contiguous().unwrap();
+    out.down_proj = Linear { weight: down, bias: None };
+    (out, kept)
+}
+
+/// The residual estimate of the error, from its definition: after layer 0 is replaced, the error
+/// layer 1 sees is `CARRY · (layer 0's output − its replacement's output)` on the shared input,
+/// and the cross-product calibration hands over is `Σ a Eᵀ` with `a` layer 1's activations on the
+/// pruned stream.
+#[test]
+fn residual_error_estimate_is_the_carried_refit_residual() {
+    use podar::calib::{collect, LayerStats, Replacement, Want, ERROR_CARRY};
+    use podar::model::Layer;
+    let (m, _) = load("llama");
+    let (samples, len) = (6, 16);
+    let ids = calib(samples * len);
+    let mut model = m.clone();
+    let mut seen = None;
+    let mut on_layer = |l: usize, layer: &Layer, st: &LayerStats| -> podar::Result<Option<Replacement>> {
+        if l == 1 {
+            seen = st.err_cross.as_ref().map(|c| c.full(st.gram.as_ref().unwrap(), &layer.down_proj.weight).unwrap());
+        }
+        let (out, kept) = thinned(layer);
+        Ok(Some(Replacement { layer: out, kept, attention_changed: false, continue_pruned: true }))
+    };
+    let want =
+        Want { gram: true, track_error: true, mlp_only: true, error: ErrorEstimate::Residuals, ..Default::default() };
+    collect(&mut model, &ids, samples, len, want, &mut on_layer, &mut |_, _| true).unwrap();
+    let got = seen.expect("layer 1 got no error cross-product");
+    // By hand: both versions of layer 0 on the embeddings, then layer 1's activations on the pruned output.
+    let x0 = m.embed(&ids, samples, len).unwrap();
+    let (rep0, _) = thinned(&m.layers[0]);
+    let y_orig = m.layer_forward_with(&m.layers[0], 0, &x0, samples, len, None, None).unwrap();
+    let y_rep = m.layer_forward_with(&rep0, 0, &x0, samples, len, None, None).unwrap();
+    let e = ((y_orig - &y_rep).unwrap() * ERROR_CARRY).unwrap();
+    let (_, a) = m.layer_hidden(&m.layers[1], 1, &y_rep, samples, len, None, None).unwrap();
+    let want = a.t().unwrap().matmul(&e).unwrap();
+    let d = (&got - &want).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    let n = want.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    assert!(n > 0.0 && d <= 1e-3 * n, "error cross-product off by {d} (norm {n})");
+}
+
 /// Sequential calibration with MLP-only replacements rebuilds each pruned layer's output from the
 /// saved activations; it must give the same streams and statistics as re-running the pruned layer
-/// (the path head pruning takes), across uneven chunks, with the unpruned stream tracked.
+/// (the path head pruning takes), across uneven chunks, with the error tracked either way (on the
+/// unpruned stream, and estimated from the re-fit residuals).
 #[test]
 fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
     use candle_core::{Device, Tensor};
     use podar::calib::{collect, LayerStats, Replacement, Want};
-    use podar::model::{Layer, Linear};
+    use podar::model::Layer;
     let (m, _) = load("llama");
     let (samples, len) = (70, 16); // 1024-token chunks: 64 windows, then 6
     let ids = calib(samples * len);
-    let run = |mlp_only: bool| {
+    let run = |mlp_only: bool, error: ErrorEstimate| {
         let mut model = m.clone();
         let mut errs = Vec::new();
         let mut on_layer = |_l: usize, layer: &Layer, st: &LayerStats| -> podar::Result<Option<Replacement>> {
-            let n = layer.gate_proj.weight.dim(0)?;
-            let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 1).collect();
+            let (out, kept) = thinned(layer);
             let idx = Tensor::from_vec(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), kept.len(), &Device::Cpu)?;
             let (g, w) = (st.gram.as_ref().unwrap(), &layer.down_proj.weight);
             let full = st.err_cross.as_ref().map(|c| c.full(g, w).unwrap());
@@ -277,34 +340,32 @@ fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
                 assert!(d <= 1e-4 * scale, "steered rows differ by {d} (scale {scale})");
             }
             errs.push(full.map(|c| c.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()));
-            let mut out = layer.clone();
-            out.gate_proj = Linear { weight: layer.gate_proj.weight.index_select(&idx, 0)?, bias: None };
-            out.up_proj = Linear { weight: layer.up_proj.weight.index_select(&idx, 0)?, bias: None };
-            let down = (layer.down_proj.weight.index_select(&idx, 1)? * 1.5)?.contiguous()?;
-            out.down_proj = Linear { weight: down, bias: None };
             Ok(Some(Replacement { layer: out, kept, attention_changed: false, continue_pruned: true }))
         };
-        let want = Want { gram: true, attn_gram: true, track_error: true, mlp_only, bf16: false };
+        let want = Want { gram: true, attn_gram: true, track_error: true, mlp_only, bf16: false, error };
         let st = collect(&mut model, &ids, samples, len, want, &mut on_layer, &mut |_, _| true).unwrap();
         (st, errs)
     };
-    let ((fast, fast_err), (rerun, rerun_err)) = (run(true), run(false));
-    assert_eq!(fast.boundary.len(), m.layers.len() + 1);
-    for (l, (a, b)) in fast.boundary.iter().zip(&rerun.boundary).enumerate() {
-        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        let s = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
-        assert!(d <= 1e-4 * s.max(1.0), "boundary {l}: max difference {d} (scale {s})");
-    }
-    // Layer 0 sees one stream; after it the streams part and the error is tracked.
-    assert_eq!(fast_err[0], None);
-    for (l, (a, b)) in fast_err.iter().zip(&rerun_err).enumerate().skip(1) {
-        let (a, b) = (a.unwrap(), b.unwrap());
-        assert!(a > 0.0 && (a - b).abs() <= 1e-3 * b, "layer {l}: error cross {a} vs {b}");
-    }
-    for (a, b) in fast.layers.iter().zip(&rerun.layers) {
-        assert_eq!(a.tokens, samples * len);
-        let rel = (a.act_sq.iter().sum::<f64>() - b.act_sq.iter().sum::<f64>()).abs() / b.act_sq.iter().sum::<f64>();
-        assert!(rel < 1e-5, "activation sums differ by {rel}");
+    for error in [ErrorEstimate::Stream, ErrorEstimate::Residuals] {
+        let ((fast, fast_err), (rerun, rerun_err)) = (run(true, error), run(false, error));
+        assert_eq!(fast.boundary.len(), m.layers.len() + 1);
+        for (l, (a, b)) in fast.boundary.iter().zip(&rerun.boundary).enumerate() {
+            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let s = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            assert!(d <= 1e-4 * s.max(1.0), "{error:?}, boundary {l}: max difference {d} (scale {s})");
+        }
+        // Layer 0 sees one stream; after it the streams part and the error is tracked.
+        assert_eq!(fast_err[0], None);
+        for (l, (a, b)) in fast_err.iter().zip(&rerun_err).enumerate().skip(1) {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert!(a > 0.0 && (a - b).abs() <= 1e-3 * b, "{error:?}, layer {l}: error cross {a} vs {b}");
+        }
+        for (a, b) in fast.layers.iter().zip(&rerun.layers) {
+            assert_eq!(a.tokens, samples * len);
+            let rel =
+                (a.act_sq.iter().sum::<f64>() - b.act_sq.iter().sum::<f64>()).abs() / b.act_sq.iter().sum::<f64>();
+            assert!(rel < 1e-5, "activation sums differ by {rel}");
+        }
     }
 }
 

@@ -31,6 +31,12 @@ pub(super) struct PruneArgs {
     /// faster, as the unpruned model no longer runs beside the pruned one). Default: 0.5.
     #[arg(long)]
     correct: Option<f64>,
+    /// How error correction learns the error it steers against. residuals (default): the sum of
+    /// the earlier pruned layers' re-fit residuals on the calibration tokens, carried on as the
+    /// residual connections carry it (no extra pass). stream: measured by running the unpruned
+    /// model beside the pruned one (one more pass of every layer; closer, and slower).
+    #[arg(long, value_name = "residuals|stream")]
+    error_estimate: Option<String>,
     /// The number format of calibration's matrix products: f32, or bf16 (both operands rounded
     /// to bf16, sums in f32; with AVX-512 BF16 where the CPU has it, elsewhere rounded the same way
     /// before f32 products). auto: bf16 where that is faster (AMD's AVX-512 BF16), else f32 (the
@@ -194,9 +200,18 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         (None, None) => Score::Maw,
     };
     let defaults = PruneOptions::default();
-    if (a.no_recover || a.calib.is_none()) && (a.ridge.is_some() || a.correct.is_some()) {
+    let error_estimate = match a.error_estimate.as_deref() {
+        None => defaults.error_estimate,
+        Some("residuals") => podar::calib::ErrorEstimate::Residuals,
+        Some("stream") => podar::calib::ErrorEstimate::Stream,
+        Some(other) => return Err(bad(&a.model, format!("unknown --error-estimate `{other}` (residuals, stream)"))),
+    };
+    if (a.no_recover || a.calib.is_none()) && (a.ridge.is_some() || a.correct.is_some() || a.error_estimate.is_some()) {
         let why = if a.no_recover { "--no-recover" } else { "there is no --calib" };
-        eprintln!("podar: warning: --ridge and --correct tune recovery, which does not run: {why}");
+        eprintln!("podar: warning: --ridge, --correct and --error-estimate tune recovery, which does not run: {why}");
+    }
+    if a.error_estimate.is_some() && a.correct == Some(0.0) {
+        eprintln!("podar: warning: --error-estimate has nothing to do with --correct 0 (error correction off)");
     }
     let opts = PruneOptions {
         mlp_fraction: a.mlp,
@@ -213,6 +228,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         sequential: !a.parallel_calib,
         heads: a.heads,
         correct: a.correct.unwrap_or(defaults.correct),
+        error_estimate,
         calib_precision: podar::prune::Precision::parse(&a.calib_precision).at(&a.model)?,
     };
     let mut b = load(&a.model)?;

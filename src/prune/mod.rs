@@ -103,8 +103,10 @@ pub struct PruneOptions {
     pub heads: Option<f64>,
     /// Error correction in recovery (0 = off, 1 = full): each re-fitted down projection also steers
     /// its layer's output towards the unpruned model's, by this fraction of the difference the
-    /// pruned stream carries. Needs sequential calibration; costs one more pass of each layer.
+    /// pruned stream carries. Needs sequential calibration.
     pub correct: f64,
+    /// How error correction learns the error it steers against (see [`calib::ErrorEstimate`]).
+    pub error_estimate: calib::ErrorEstimate,
     /// The number format of calibration's matrix products (see [`Precision`]).
     pub calib_precision: Precision,
 }
@@ -163,6 +165,7 @@ impl Default for PruneOptions {
             sequential: true,
             heads: None,
             correct: 0.5,
+            error_estimate: calib::ErrorEstimate::Residuals,
             calib_precision: Precision::F32,
         }
     }
@@ -536,6 +539,7 @@ pub fn prune_owned(
                     track_error,
                     mlp_only: pruning && !heads_pruning && o.sequential,
                     bf16: o.calib_precision == Precision::Bf16,
+                    error: o.error_estimate,
                 },
                 &mut on_layer,
                 &mut |d, t| progress("calibrate", d, t),

@@ -103,7 +103,19 @@ const setValue = (b, id, v) => b.eval(`() => { const e = document.getElementById
 
 async function scenario(b, url) {
   await b.goto(url);
-  const engine = await waitText(b, 'engine', /Engine ready|did not start|cannot/, 120_000);
+  // Once in a clean-clone run Firefox's engine was still starting after 120 s (and ready in 14 s
+  // on the next two runs): a start that hangs gets one reload, and the log says so.
+  let engine;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      engine = await waitText(b, 'engine', /Engine ready|did not start|cannot/, 120_000);
+      break;
+    } catch (e) {
+      if (attempt >= 2) throw e;
+      log(`${b.name}: ${e.message}; reloading the page once`);
+      await b.goto(url);
+    }
+  }
   log(`${b.name}: ${engine}`);
   assert.match(engine, /Engine ready/);
   await b.click('load-example');
