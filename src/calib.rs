@@ -433,6 +433,9 @@ pub fn collect(
             (true, Some(ErrorCross::Split(parts))) => parts.into_iter().map(|(_, t, _)| t).collect(),
             _ => Vec::new(),
         };
+        // The Gram matrices are large (intermediate²): used by `on_layer`, then dropped.
+        st.gram = None;
+        st.attn_gram = None;
         let mlp_out = |layer: &Layer, kept: Option<&[usize]>, mid: Tensor| -> Result<Tensor> {
             let mid = match kept {
                 Some(k) => crate::prune::select_cols(&mid, k)?,
@@ -440,16 +443,18 @@ pub fn collect(
             };
             model.mlp_output(layer, &mid)
         };
-        let rebuilt = |layer: &Layer, kept: Option<&[usize]>| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let mut targets = targets.into_iter();
+        let mut rebuilt = |layer: &Layer, kept: Option<&[usize]>| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
             // Each chunk's output from what was saved; with the split residual estimate also
-            // E' = (a Wᵀ + E) − a_S W'ᵀ, the error after this layer.
+            // E' = (a Wᵀ + E) − a_S W'ᵀ, the error after this layer. What was saved is freed chunk
+            // by chunk as the new outputs take its place.
             let (mut ys, mut es) = (Vec::with_capacity(saved.len()), Vec::with_capacity(targets.len()));
-            for (c, (residual, mid)) in saved.iter().enumerate() {
-                let m = mlp_out(layer, kept, mid.clone())?;
-                if let Some(t) = targets.get(c) {
-                    es.push(crate::kernels::sub(t, &m)?);
+            for (residual, mid) in saved.drain(..) {
+                let m = mlp_out(layer, kept, mid)?;
+                if let Some(t) = targets.next() {
+                    es.push(crate::kernels::sub(&t, &m)?);
                 }
-                ys.push(crate::kernels::add(residual, &m)?);
+                ys.push(crate::kernels::add(&residual, &m)?);
             }
             Ok((ys, es))
         };
@@ -495,9 +500,6 @@ pub fn collect(
         if let Some(r) = rep {
             model.layers[l] = r.layer;
         }
-        // The Gram matrices are large (intermediate²): used by `on_layer`, then dropped.
-        st.gram = None;
-        st.attn_gram = None;
         st.err_cross = None;
         layers.push(st);
         x = y.into_iter().map(Some).collect();

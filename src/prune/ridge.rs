@@ -9,10 +9,11 @@ use candle_core::{Device, Tensor};
 /// Block size of the blocked Cholesky factorisation and triangular solves.
 const NB: usize = 64;
 
-/// Cholesky factor `L` (row-major, lower) of the `n×n` matrix `a`: blocked, right-looking, with the
+/// Cholesky factor `L` (row-major, lower) of the `n×n` matrix `a`, in `a`'s buffer: blocked, right-looking, with the
 /// trailing updates (almost all of the n³/3 work) as f64 matrix products split over threads.
-fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
-    let mut l = a.to_vec();
+fn cholesky(a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
+    // Factored in place: the matrix's own buffer becomes `L`.
+    let mut l = a;
     for k0 in (0..n).step_by(NB) {
         let k1 = (k0 + NB).min(n);
         // The diagonal block (earlier columns' contributions are already subtracted).
@@ -189,11 +190,11 @@ fn ridge_lambda(gram: &Tensor, ratio: f64) -> Result<f64> {
 }
 
 /// `G + λI` in f64.
-fn damped(g: &[Vec<f32>], lambda: f64) -> Vec<f64> {
-    let n = g.len();
-    let mut a: Vec<f64> = g.iter().flatten().map(|&x| x as f64).collect();
+fn damped(g: &Tensor, lambda: f64) -> Result<Vec<f64>> {
+    let n = g.dim(0)?;
+    let mut a: Vec<f64> = crate::kernels::with_slice(g, |g| g.iter().map(|&x| x as f64).collect())?;
     (0..n).for_each(|i| a[i * n + i] += lambda);
-    a
+    Ok(a)
 }
 
 /// Ridge re-fit of a down projection on the kept neurons `S`, shrunk towards the original weights:
@@ -210,16 +211,20 @@ pub fn refit_down(
 ) -> Result<Tensor> {
     let k = kept.len();
     let lambda = ridge_lambda(gram, ratio)?;
-    let gs = select_rows(gram, kept)?; // [k, I]
-    let mut b = linear(&gs, down, None)?; // [k, H] = G[S,:] Wᵀ
+    // Each temporary is freed as soon as it is used: this is where calibration's memory peaks.
+    let (gss, mut b) = {
+        let gs = select_rows(gram, kept)?; // [k, I]
+        (select_cols(&gs, kept)?, linear(&gs, down, None)?) // G[S,S], and G[S,:] Wᵀ [k, H]
+    };
     if let Some((c, alpha)) = correct.filter(|&(_, a)| a != 0.0) {
         b = c.steer(kept, b, alpha)?;
     }
     let b = b.to_vec2::<f32>()?;
     let ws = select_cols(down, kept)?.t()?.contiguous()?.to_vec2::<f32>()?; // [k, H] = W[:,S]ᵀ
     let h = b.first().map_or(0, |r| r.len());
-    let a = damped(&select_cols(&gs, kept)?.to_vec2::<f32>()?, lambda);
-    let l = cholesky(&a, k)?;
+    let a = damped(&gss, lambda)?;
+    drop(gss);
+    let l = cholesky(a, k)?;
     let mut z: Vec<f64> =
         b.iter().flatten().zip(ws.iter().flatten()).map(|(&x, &w)| x as f64 + lambda * w as f64).collect();
     chol_solve(&l, k, &mut z, h);
@@ -247,10 +252,9 @@ pub fn obs_select(
     ratio: f64,
     update: bool,
 ) -> Result<(Vec<usize>, Option<Tensor>)> {
-    let g = gram.to_vec2::<f32>()?;
-    let n = g.len();
-    let a = damped(&g, ridge_lambda(gram, ratio)?);
-    let l = cholesky(&a, n)?;
+    let n = gram.dim(0)?;
+    let a = damped(gram, ridge_lambda(gram, ratio)?)?;
+    let l = cholesky(a, n)?;
     let mut hinv = inverse_from_cholesky(&l, n)?;
     let wv = down.to_vec2::<f32>()?;
     let rows = wv.len();
@@ -340,7 +344,7 @@ mod tests {
                     (0..n).map(|k| m[k * n + i] * m[k * n + j]).sum::<f64>() + if i == j { 1.0 } else { 0.0 };
             }
         }
-        let l = cholesky(&a, n).unwrap();
+        let l = cholesky(a.clone(), n).unwrap();
         for i in 0..n {
             for j in 0..n {
                 let llt: f64 = (0..n).map(|k| l[i * n + k] * l[j * n + k]).sum();
