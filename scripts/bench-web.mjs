@@ -3,7 +3,8 @@
 // wasm memory. Prints numbers; asserts nothing.
 // Calibration text: ../shared/corpora/code_calib.txt when present, else the page's code preset.
 // BENCH_MODEL=DIR loads a Hugging Face folder instead of the example model (e.g. one made by
-// scripts/random-model.py); BENCH_SAMPLES sets the calibration windows (default 64).
+// scripts/random-model.py); BENCH_SAMPLES sets the calibration windows (default 64);
+// BENCH_CORRECT sets the page's "Error correction" (residuals, the default; stream; off).
 import fs from 'node:fs';
 import path from 'node:path';
 import { root, serve, launch, statusWaiter, openPage } from '../tests/e2e/harness.mjs';
@@ -33,17 +34,19 @@ try {
   await page.getByLabel('Calibration windows').fill(String(samples));
   await page.getByLabel('Evaluation tokens per text').fill('0');
   await page.getByLabel('MLP pruning (%)').fill('20');
+  await page.getByLabel('Error correction').selectOption(process.env.BENCH_CORRECT || 'residuals');
   await page.waitForFunction(() => /tokens: enough/.test(document.getElementById('text-info').textContent), null, { timeout: 60_000 });
   t0 = Date.now();
   await page.getByRole('button', { name: 'Prune' }).click();
   const msg = await waitStatus(/Done$|failed/, 3_600_000);
   const job = (Date.now() - t0) / 1e3;
   const r = await page.evaluate(() => window.podar.state.lastJob);
-  const correct = await page.locator('#correct').isChecked();
+  const correct = { residuals: ' with error correction (estimated)', stream: ' with error correction (measured)', off: '' }[
+    await page.locator('#correct').inputValue()];
   const score = await page.locator('#score').inputValue();
   if (!/Done$/.test(msg)) throw new Error(msg);
   console.log(`bench-web: ${engine}`);
-  console.log(`bench-web: calibration text ${path.relative(root, calib)}, ${samples}×128 tokens, 20% MLP, ${score} + recovery${correct ? ' with error correction' : ''}, zip f32`);
+  console.log(`bench-web: calibration text ${path.relative(root, calib)}, ${samples}×128 tokens, 20% MLP, ${score} + recovery${correct}, zip f32`);
   console.log(`bench-web: load ${load.toFixed(1)} s, prune ${r.pruneSeconds.toFixed(1)} s, prune+zip ${job.toFixed(1)} s, whole job ${(load + job).toFixed(1)} s`);
   console.log(`bench-web: peak wasm memory ${(r.peakMemory / 2 ** 20).toFixed(0)} MiB = ${(r.peakMemory / f32Bytes).toFixed(2)}× the f32 model (${(f32Bytes / 2 ** 20).toFixed(0)} MiB); zip ${(r.bytes / 1e6).toFixed(1)} MB`);
 } finally {

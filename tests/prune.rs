@@ -407,3 +407,16 @@ fn energy_scores_are_each_neurons_output_energy() {
     }
     assert!(podar::prune::score_layer(&m, 1, Score::Energy, None).is_err(), "energy needs calibration");
 }
+
+/// The page's "Error correction" choices reach the core as these options (JSON, as the page
+/// sends them): on with the error estimated (nothing set), on with it measured, or off.
+#[test]
+fn the_pages_error_correction_choices_parse() {
+    let o: PruneOptions = serde_json::from_str(r#"{"mlp_fraction": 0.2}"#).unwrap();
+    assert_eq!((o.correct, o.error_estimate), (0.5, ErrorEstimate::Residuals));
+    let o: PruneOptions = serde_json::from_str(r#"{"error_estimate": "stream"}"#).unwrap();
+    assert_eq!((o.correct, o.error_estimate), (0.5, ErrorEstimate::Stream));
+    let o: PruneOptions = serde_json::from_str(r#"{"correct": 0}"#).unwrap();
+    assert_eq!(o.correct, 0.0);
+    assert!(serde_json::from_str::<PruneOptions>(r#"{"error_estimate": "exact"}"#).is_err());
+}

@@ -107,7 +107,7 @@ const FLAG_LABELS = {
   '--calib-samples': 'Calibration windows', '--calib-len': 'Window length', '--mlp-size': 'MLP pruning (%)',
   '--mlp': 'MLP pruning (%)', '--heads': 'Heads to remove (%)', '--drop-layers-at': 'Layers to drop',
   '--drop-layers': 'Layers to drop', '--drop-block': 'Layers to drop', '--divisor': 'Divisor',
-  '--correct': 'Error correction', '--no-recover': 'Recovery off', '--ctx': 'the evaluation window',
+  '--correct': 'Error correction', '--error-estimate': 'Error correction', '--no-recover': 'Recovery off', '--ctx': 'the evaluation window',
 };
 function pageWords(msg) {
   return msg.replace(/--[a-z][a-z-]*/g, (f) => (FLAG_LABELS[f] ? `“${FLAG_LABELS[f]}”` : f))
@@ -400,8 +400,8 @@ function options() {
     drop_block: drop > 0 && block ? drop : null,
     heads: heads > 0 ? heads : null,
     sequential: true,
-    // Checked: the core's default strength; unchecked: off.
-    ...($('correct').checked ? {} : { correct: 0 }),
+    // On: the core's default strength, with the error estimated (the default) or measured; or off.
+    ...({ residuals: {}, stream: { error_estimate: 'stream' }, off: { correct: 0 } })[$('correct').value],
   };
 }
 const STATIC_SCORES = ['maw', 'l2', 'vow', 'pon'];
