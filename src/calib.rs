@@ -233,7 +233,8 @@ pub struct Want {
     pub gram: bool,
     /// Each layer's attention output Gram matrix ([`LayerStats::attn_gram`]).
     pub attn_gram: bool,
-    /// The unpruned model's error against the pruned stream ([`LayerStats::err_cross`]).
+    /// The error the pruned stream carries against the unpruned model ([`LayerStats::err_cross`]),
+    /// learnt as `error` says.
     pub track_error: bool,
     /// The caller's replacements change only MLPs, and the next layer sees them (sequential
     /// calibration): a replaced layer's output is then rebuilt from its saved post-attention
@@ -259,6 +260,17 @@ pub enum ErrorEstimate {
     /// every layer), and `E` is the unpruned model's output minus the unpruned layer's on the
     /// pruned stream.
     Stream,
+}
+
+impl ErrorEstimate {
+    /// Parses a CLI name (`residuals`, `stream`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "residuals" => Ok(ErrorEstimate::Residuals),
+            "stream" => Ok(ErrorEstimate::Stream),
+            other => bail!(Input, "unknown --error-estimate `{other}` (residuals, stream)"),
+        }
+    }
 }
 
 /// Runs `ids` (`samples` windows of `len`) through the model layer by layer, gathering statistics.
@@ -344,7 +356,6 @@ pub fn collect(
                 mlp = Some((t.mlp_residual.clone(), t.mlp_hidden.clone(), t.attn_hidden.clone()));
                 part = Some(stats_of(&t));
             };
-            let lay = &model.layers[l];
             let yc = match (split_error, stream) {
                 (true, true) => model.layer_hidden(lay, l, &xc, wn, len, None, Some(&mut tr)).map(|_| None)?,
                 _ => Some(model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?),
@@ -429,10 +440,11 @@ pub fn collect(
             x_orig = Some(outs.iter().cloned().map(Some).collect());
         }
         // The targets a Wᵀ + E of the split residual estimate, one per chunk.
-        let targets: Vec<Tensor> = match (residuals && split_error, st.err_cross.take()) {
+        let mut targets = match (residuals && split_error, st.err_cross.take()) {
             (true, Some(ErrorCross::Split(parts))) => parts.into_iter().map(|(_, t, _)| t).collect(),
             _ => Vec::new(),
-        };
+        }
+        .into_iter();
         // The Gram matrices are large (intermediate²): used by `on_layer`, then dropped.
         st.gram = None;
         st.attn_gram = None;
@@ -443,7 +455,6 @@ pub fn collect(
             };
             model.mlp_output(layer, &mid)
         };
-        let mut targets = targets.into_iter();
         let mut rebuilt = |layer: &Layer, kept: Option<&[usize]>| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
             // Each chunk's output from what was saved; with the split residual estimate also
             // E' = (a Wᵀ + E) − a_S W'ᵀ, the error after this layer. What was saved is freed chunk
@@ -500,7 +511,6 @@ pub fn collect(
         if let Some(r) = rep {
             model.layers[l] = r.layer;
         }
-        st.err_cross = None;
         layers.push(st);
         x = y.into_iter().map(Some).collect();
         boundary.push(stream_last_tokens(&x, &chunks, len)?);

@@ -202,9 +202,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     let defaults = PruneOptions::default();
     let error_estimate = match a.error_estimate.as_deref() {
         None => defaults.error_estimate,
-        Some("residuals") => podar::calib::ErrorEstimate::Residuals,
-        Some("stream") => podar::calib::ErrorEstimate::Stream,
-        Some(other) => return Err(bad(&a.model, format!("unknown --error-estimate `{other}` (residuals, stream)"))),
+        Some(e) => podar::calib::ErrorEstimate::parse(e).at(&a.model)?,
     };
     if (a.no_recover || a.calib.is_none()) && (a.ridge.is_some() || a.correct.is_some() || a.error_estimate.is_some()) {
         let why = if a.no_recover { "--no-recover" } else { "there is no --calib" };
