@@ -37,6 +37,16 @@ fn main() {
         time("bf16 linear 1024x576 . (192x576)^T", f(t, h / 3, h), || drop(linear(&x, &w_k, None)));
         time("bf16 gram 1536x1536 over 1024 tokens", f(i, i, t) / 2.0, || drop(gram(&mid)));
         time("bf16 cross 1536x576 over 1024 tokens", f(i, h, t), || drop(cross(&mid, &x)));
+        let chunks: Vec<Tensor> = (0..8).map(|_| random(t, i)).collect();
+        time("bf16 gram 1536x1536 over 8 chunks of 1024 tokens", 8.0 * f(i, i, t) / 2.0, || {
+            let mut acc = Accum::default();
+            chunks.iter().for_each(|c| acc.add_gram(c).expect("gram"));
+            drop(acc.into_tensor((i, i)));
+        });
+        let acc = std::cell::RefCell::new(Accum::default());
+        time("bf16 add_gram 1536x1536 over 1024 tokens into one buffer", f(i, i, t) / 2.0, || {
+            acc.borrow_mut().add_gram(&chunks[0]).expect("gram")
+        });
     }
     // The Gram matrix is symmetric: half of a plain product's work is counted.
     time("gram 1536x1536 over 1024 tokens", f(i, i, t) / 2.0, || drop(gram(&mid)));

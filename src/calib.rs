@@ -25,6 +25,9 @@ pub struct LayerStats {
     /// error `e` the pruned stream carries into this layer's output (the unpruned model's output on
     /// the unpruned stream minus this layer's output on the pruned one). `None` while the streams agree.
     pub err_cross: Option<ErrorCross>,
+    /// What the down projection's re-fit over the kept neurons needs, where calibration hands it over
+    /// instead of the full Gram matrix ([`Want::kept_gram`]).
+    pub refit: Option<RefitParts>,
     /// Mean cosine similarity between the layer's input and output residual streams.
     pub io_cosine: f64,
     /// Calibration tokens the sums run over.
@@ -84,6 +87,35 @@ impl ErrorCross {
                 Ok((self.steer(&all, gw.clone(), 1.0)? - gw)?)
             }
         }
+    }
+}
+
+/// The parts of a down projection's ridge re-fit, per calibration chunk: the activations `a`
+/// (`[tokens, intermediate]`), the unpruned MLP's output on them `u = a Wᵀ` and, when the error is
+/// estimated from residuals, the error `e` the pruned stream carries into this layer's output
+/// (`[tokens, hidden]` both). Only the kept neurons' rows of the system are ever multiplied.
+#[derive(Debug, Clone)]
+pub struct RefitParts(pub Vec<(Tensor, Tensor, Option<Tensor>)>);
+
+impl RefitParts {
+    /// For the kept neurons `S`: their Gram matrix `G[S,S] = Σ a_Sᵀ a_S` (`[|S|, |S|]`) and the
+    /// re-fit's right-hand side `Σ a_Sᵀ (u + α e)` (`[|S|, hidden]`): the unpruned output, steered by
+    /// `α` times the error.
+    pub fn system(&self, kept: &[usize], alpha: f64) -> Result<(Tensor, Tensor)> {
+        let Some(h) = self.0.first().map(|(_, u, _)| u.dim(1)).transpose()? else {
+            bail!(Input, "the re-fit of a layer has no calibration chunk");
+        };
+        let (mut g, mut b) = (Accum::default(), Accum::default());
+        for (a, u, e) in &self.0 {
+            let a = crate::kernels::select_cols(a, kept)?;
+            let t = match e {
+                Some(e) if alpha != 0.0 => crate::kernels::add(u, &(e * alpha)?)?,
+                _ => u.clone(),
+            };
+            Accum::add_gram_cross(&mut g, &mut b, &a, &t)?;
+        }
+        let k = kept.len();
+        Ok((g.into_tensor((k, k))?, b.into_tensor((k, h))?))
     }
 }
 
@@ -244,6 +276,10 @@ pub struct Want {
     pub bf16: bool,
     /// How the error is learnt when `track_error` is set.
     pub error: ErrorEstimate,
+    /// With `gram`: hand the re-fit its parts ([`LayerStats::refit`]) instead of the full Gram
+    /// matrix where a layer allows it (only MLPs change, the MLP's output is `a Wᵀ`, and the error is
+    /// not measured on the unpruned stream), so that only the kept neurons' Gram matrix is formed.
+    pub kept_gram: bool,
 }
 
 /// How calibration learns the error `E` the pruned stream carries into a layer's output, which
@@ -331,17 +367,23 @@ pub fn collect(
         // unpruned stream, the pruned stream's full output is then never used, which saves one down
         // projection per chunk (the layer's input/output cosine is measured on the unpruned stream);
         // estimated from residuals, the parts are the activations and `a Wᵀ + E`.
-        let split_error =
-            want.mlp_only && want.gram && mlp_is_down && ((stream && x_orig.is_some()) || (residuals && err.is_some()));
+        // The re-fit's parts instead of the Gram matrix: its target is the unpruned output a Wᵀ
+        // (plus the estimated error), and the new output comes from the saved activations.
+        let lazy = want.kept_gram && want.gram && want.mlp_only && mlp_is_down && !stream;
+        let split_error = !lazy
+            && want.mlp_only
+            && want.gram
+            && mlp_is_down
+            && ((stream && x_orig.is_some()) || (residuals && err.is_some()));
         // Outputs as run: the next input unless the layer is replaced, the unpruned stream where the
         // two part, and the residual estimate's starting point. Otherwise a replaced layer's output
         // comes from `saved`.
-        let keep_outs = !want.mlp_only || (stream && x_orig.is_none()) || (residuals && !split_error);
+        let keep_outs = !want.mlp_only || (stream && x_orig.is_none()) || (residuals && !split_error && !lazy);
         let mut outs = Vec::with_capacity(chunks.len());
         let mut saved = Vec::with_capacity(chunks.len());
         // Sums over the chunks, accumulated in place.
         let (mut gram, mut attn_gram, mut err_cross) = (Accum::default(), Accum::default(), Accum::default());
-        let mut err_parts = Vec::new();
+        let (mut err_parts, mut refit_parts) = (Vec::new(), Vec::new());
         for (c, &(_, wn)) in chunks.iter().enumerate() {
             let xc = match (want.mlp_only, &mut x[c]) {
                 (true, slot) => slot.take(),
@@ -364,7 +406,7 @@ pub fn collect(
                 bail!(Input, "layer {l} produced no statistics");
             };
             let p = p?;
-            if want.gram {
+            if want.gram && !lazy {
                 gram.add_gram(&mid)?;
             }
             if want.attn_gram {
@@ -385,7 +427,16 @@ pub fn collect(
                 }
                 xo[c] = Some(yo);
             }
-            if let (true, Some(e), Some(yc)) = (residuals, err.as_mut(), &yc) {
+            if let (true, Some(yc)) = (lazy, &yc) {
+                let e = match (residuals, err.as_mut()) {
+                    (true, Some(e)) => match e[c].take() {
+                        Some(ec) => Some((ec * ERROR_CARRY)?),
+                        None => bail!(Input, "error estimate chunk {c} is missing at layer {l}"),
+                    },
+                    _ => None,
+                };
+                refit_parts.push((mid.clone(), crate::kernels::sub(yc, &residual)?, e));
+            } else if let (true, Some(e), Some(yc)) = (residuals, err.as_mut(), &yc) {
                 let Some(ec) = e[c].take() else {
                     bail!(Input, "error estimate chunk {c} is missing at layer {l}");
                 };
@@ -429,6 +480,7 @@ pub fn collect(
             (true, false) => Some(ErrorCross::Split(err_parts)),
             (true, true) => None,
         };
+        st.refit = (!refit_parts.is_empty()).then_some(RefitParts(refit_parts));
         // Sequential calibration: a pruned layer hands back its new weights, and the next layer
         // sees the pruned layer's output, so later layers adapt to earlier pruning.
         // When only the MLP changed, the new output is the saved post-attention residual plus the
@@ -440,8 +492,15 @@ pub fn collect(
             x_orig = Some(outs.iter().cloned().map(Some).collect());
         }
         // The targets a Wᵀ + E of the split residual estimate, one per chunk.
-        let mut targets = match (residuals && split_error, st.err_cross.take()) {
-            (true, Some(ErrorCross::Split(parts))) => parts.into_iter().map(|(_, t, _)| t).collect(),
+        let mut targets = match (residuals && split_error, st.err_cross.take(), st.refit.take()) {
+            (true, Some(ErrorCross::Split(parts)), _) => parts.into_iter().map(|(_, t, _)| t).collect(),
+            (false, _, Some(RefitParts(parts))) if residuals => parts
+                .into_iter()
+                .map(|(_, u, e)| match e {
+                    Some(e) => crate::kernels::add(&u, &e),
+                    None => Ok(u),
+                })
+                .collect::<Result<_>>()?,
             _ => Vec::new(),
         }
         .into_iter();
@@ -490,8 +549,9 @@ pub fn collect(
         };
         drop(targets);
         if residuals {
-            err = match (split_error, pruned_on || err.is_some()) {
-                (true, _) => Some(split_err.into_iter().map(Some).collect()),
+            err = match (split_error || lazy, pruned_on || err.is_some()) {
+                (true, true) => Some(split_err.into_iter().map(Some).collect()),
+                (true, false) => None,
                 // E' = E + (the unpruned layer's output − the layer's new output) on the pruned stream.
                 (false, true) if outs.len() == y.len() => {
                     let mut next = Vec::with_capacity(y.len());
@@ -551,6 +611,7 @@ fn stats_of(t: &LayerTrace) -> Result<LayerStats> {
         attn_sq: col_sums(t.attn_hidden, true)?,
         attn_gram: None,
         err_cross: None,
+        refit: None,
         io_cosine: 0.0,
         tokens: 0,
     })

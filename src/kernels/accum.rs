@@ -51,15 +51,32 @@ impl Accum {
                 return Ok(());
             }
         }
-        let mut rounded = None;
-        let pairs = bf16::tokens(x, &mut rounded)?;
-        let x = rounded.as_ref().unwrap_or(x);
+        let x = Operand::of(x)?;
+        self.gram_of(&x)
+    }
+
+    /// Adds `aᵀa` to `gram` and `aᵀb` to `cross`, preparing `a` for the products once.
+    pub fn add_gram_cross(gram: &mut Accum, cross: &mut Accum, a: &Tensor, b: &Tensor) -> Result<()> {
+        let (t, n) = a.dims2()?;
+        if offload().is_some() && t * n * n >= OFFLOAD_MIN_MACS {
+            gram.add_gram(a)?;
+            return cross.add_cross(a, b);
+        }
+        let a = Operand::of(a)?;
+        gram.gram = true;
+        gram.gram_of(&a)?;
+        cross.cross_of(&a, &Operand::of(b)?)
+    }
+
+    fn gram_of(&mut self, x: &Operand) -> Result<()> {
+        let (t, n) = x.x.dims2()?;
+        let (pairs, x) = (&x.pairs, x.x());
         let optr = SharedMut(self.buffer(n * n)?);
         // Strips of S rows, each from its diagonal to the last column: only the strips' own
         // diagonal squares are multiplied in full, so little beyond the upper triangle is
         // computed. The widest strips come first, so that the threads finish together.
         const S: usize = 96;
-        if let Some(xp) = pairs {
+        if let Some(xp) = pairs.as_deref() {
             let tp = t.div_ceil(2);
             par_for(n.div_ceil(S), &|b| {
                 let (i0, o) = (b * S, optr);
@@ -102,23 +119,26 @@ impl Accum {
 
     /// Adds `aᵀb` of `a` (`[tokens, n]`) and `b` (`[tokens, m]`), row blocks of the result over threads.
     pub fn add_cross(&mut self, a: &Tensor, b: &Tensor) -> Result<()> {
-        let (t, n) = a.dims2()?;
-        let (t2, m) = b.dims2()?;
+        self.cross_of(&Operand::of(a)?, &Operand::of(b)?)
+    }
+
+    fn cross_of(&mut self, a: &Operand, b: &Operand) -> Result<()> {
+        let (t, n) = a.x.dims2()?;
+        let (t2, m) = b.x.dims2()?;
         if t != t2 {
             return Err(candle_core::Error::Msg(format!("cross: {t} rows against {t2}")).into());
         }
-        let (mut ra, mut rb) = (None, None);
-        let pairs = (bf16::tokens(a, &mut ra)?, bf16::tokens(b, &mut rb)?);
-        let (a, b) = (ra.as_ref().unwrap_or(a), rb.as_ref().unwrap_or(b));
+        let pairs = (&a.pairs, &b.pairs);
+        let (a, b) = (a.x(), b.x());
         let optr = SharedMut(self.buffer(n * m)?);
         // Tall blocks, so that packing b costs little against the products that use it.
         const B: usize = 256;
-        if let (Some(ap), Some(bp)) = pairs {
+        if let (Some(ap), Some(bp)) = (pairs.0.as_deref(), pairs.1.as_deref()) {
             let tp = t.div_ceil(2);
             par_for(n.div_ceil(B), &|bi| {
                 let (i0, o) = (bi * B, optr);
                 // SAFETY: as below, on the pairs of rows instead of the rows.
-                unsafe { bf16::tokens_product((B.min(n - i0), m, tp), o.0.add(i0 * m), m, &ap[i0..], n, &bp, m) };
+                unsafe { bf16::tokens_product((B.min(n - i0), m, tp), o.0.add(i0 * m), m, &ap[i0..], n, bp, m) };
             });
             return Ok(());
         }
@@ -169,5 +189,25 @@ impl Accum {
             });
         }
         Ok(Tensor::from_vec(self.data, shape, &Device::Cpu)?)
+    }
+}
+
+/// An operand of the products over tokens, prepared as the products take it: as bf16 pairs of
+/// tokens where the CPU multiplies bf16, rounded to bf16 where bf16 products are emulated, else as is.
+struct Operand<'a> {
+    x: &'a Tensor,
+    pairs: Option<Vec<u32>>,
+    rounded: Option<Tensor>,
+}
+
+impl<'a> Operand<'a> {
+    fn of(x: &'a Tensor) -> Result<Self> {
+        let mut rounded = None;
+        let pairs = bf16::tokens(x, &mut rounded)?;
+        Ok(Operand { x, pairs, rounded })
+    }
+
+    fn x(&self) -> &Tensor {
+        self.rounded.as_ref().unwrap_or(self.x)
     }
 }

@@ -514,8 +514,16 @@ pub fn prune_owned(
                     }
                     _ => kept[l] = top_k(&score_of(layer, o.score, Some(st))?, keep),
                 }
-                if let (true, None, Some(g)) = (recover, &new_down, &st.gram) {
-                    new_down = Some(refit_down(down, g, &kept[l], o.ridge, correct)?);
+                if let (true, None) = (recover, &new_down) {
+                    new_down = match (&st.gram, &st.refit) {
+                        (Some(g), _) => Some(refit_down(down, g, &kept[l], o.ridge, correct)?),
+                        (None, Some(parts)) => {
+                            let (gss, b) = parts.system(&kept[l], o.correct)?;
+                            let lambda = ridge::lambda_of(&st.act_sq, o.ridge);
+                            Some(ridge::refit_system(down, &kept[l], gss, b, lambda)?)
+                        }
+                        (None, None) => None,
+                    };
                 }
                 let mut layer = slice_layer(layer, &kept[l], new_down)?;
                 if heads_pruning {
@@ -540,6 +548,8 @@ pub fn prune_owned(
                     mlp_only: pruning && !heads_pruning && o.sequential,
                     bf16: o.calib_precision == Precision::Bf16,
                     error: o.error_estimate,
+                    // Obs selects on the full Gram matrix.
+                    kept_gram: o.score != Score::Obs,
                 },
                 &mut on_layer,
                 &mut |d, t| progress("calibrate", d, t),

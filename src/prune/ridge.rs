@@ -189,6 +189,11 @@ fn ridge_lambda(gram: &Tensor, ratio: f64) -> Result<f64> {
     Ok(ratio * (diag / n.max(1) as f64).max(1e-12))
 }
 
+/// The ridge strength `λ = ratio · mean diag G` from the diagonal `Σ a_i²` of the Gram matrix.
+pub fn lambda_of(act_sq: &[f64], ratio: f64) -> f64 {
+    ratio * (act_sq.iter().sum::<f64>() / act_sq.len().max(1) as f64).max(1e-12)
+}
+
 /// `G + λI` in f64.
 fn damped(g: &Tensor, lambda: f64) -> Result<Vec<f64>> {
     let n = g.dim(0)?;
@@ -209,7 +214,6 @@ pub fn refit_down(
     ratio: f64,
     correct: Option<(&crate::calib::ErrorCross, f64)>,
 ) -> Result<Tensor> {
-    let k = kept.len();
     let lambda = ridge_lambda(gram, ratio)?;
     // Each temporary is freed as soon as it is used: this is where calibration's memory peaks.
     let (gss, mut b) = {
@@ -219,6 +223,13 @@ pub fn refit_down(
     if let Some((c, alpha)) = correct.filter(|&(_, a)| a != 0.0) {
         b = c.steer(kept, b, alpha)?;
     }
+    refit_system(down, kept, gss, b, lambda)
+}
+
+/// The ridge re-fit of [`refit_down`] from its system: the kept neurons' Gram matrix `G[S,S]` and
+/// the right-hand side `B` (`[|S|, H]`), solving `W_Sᵀ = (G[S,S] + λI)⁻¹ (B + λ W[:,S]ᵀ)`.
+pub fn refit_system(down: &Tensor, kept: &[usize], gss: Tensor, b: Tensor, lambda: f64) -> Result<Tensor> {
+    let k = kept.len();
     let b = b.to_vec2::<f32>()?;
     let ws = select_cols(down, kept)?.t()?.contiguous()?.to_vec2::<f32>()?; // [k, H] = W[:,S]ᵀ
     let h = b.first().map_or(0, |r| r.len());
