@@ -1,5 +1,6 @@
 //! The linear algebra of recovery: ridge re-fits of projections on calibration Gram matrices, and
-//! optimal-brain-surgeon neuron selection, in f64 with Cholesky factorisations.
+//! optimal-brain-surgeon neuron selection, with Cholesky factorisations (the re-fit in f32 where its
+//! conditioning allows, else f64; selection in f64).
 
 use super::{select_cols, select_rows};
 use crate::error::{bail, Result};
@@ -9,9 +10,64 @@ use candle_core::{Device, Tensor};
 /// Block size of the blocked Cholesky factorisation and triangular solves.
 const NB: usize = 64;
 
+/// The float types the factorisation and solves run in.
+pub(crate) trait Real:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + From<f32>
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::DivAssign
+{
+    const ZERO: Self;
+    fn sqrt(self) -> Self;
+    fn finite(self) -> bool;
+    fn of_f64(x: f64) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+    fn of_f64(x: f64) -> Self {
+        x as f32
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+    fn of_f64(x: f64) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}
+
 /// Cholesky factor `L` (row-major, lower) of the `n×n` matrix `a`, in `a`'s buffer: blocked, right-looking, with the
-/// trailing updates (almost all of the n³/3 work) as f64 matrix products split over threads.
-fn cholesky(a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
+/// trailing updates (almost all of the n³/3 work) as matrix products split over threads.
+fn cholesky<T: Real>(a: Vec<T>, n: usize) -> Result<Vec<T>> {
     // Factored in place: the matrix's own buffer becomes `L`.
     let mut l = a;
     for k0 in (0..n).step_by(NB) {
@@ -19,7 +75,7 @@ fn cholesky(a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
         // The diagonal block (earlier columns' contributions are already subtracted).
         for j in k0..k1 {
             let s = l[j * n + j] - dot(&l[j * n + k0..j * n + j], &l[j * n + k0..j * n + j]);
-            if s <= 0.0 || !s.is_finite() {
+            if s <= T::ZERO || !s.finite() {
                 bail!(Input, "recovery: the calibration Gram matrix is not positive definite; raise --ridge");
             }
             let d = s.sqrt();
@@ -28,7 +84,7 @@ fn cholesky(a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
                 l[i * n + j] = (l[i * n + j] - dot(&l[i * n + k0..i * n + j], &l[j * n + k0..j * n + j])) / d;
             }
         }
-        let lp = SharedF64(l.as_mut_ptr());
+        let lp = Shared(l.as_mut_ptr());
         let row_tasks = (n - k1).div_ceil(NB);
         // The panel below it: each row solves x · L11ᵀ = a_row, independently of the others.
         par_for(row_tasks, &|t| {
@@ -58,20 +114,20 @@ fn cholesky(a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
                     (n as isize, 1),
                     p.0.add(k1 * n + k0),
                     (1, n as isize),
-                    -1.0,
+                    T::from(-1.0),
                 )
             };
         });
     }
     for i in 0..n {
-        l[i * n + i + 1..(i + 1) * n].iter_mut().for_each(|x| *x = 0.0);
+        l[i * n + i + 1..(i + 1) * n].iter_mut().for_each(|x| *x = T::ZERO);
     }
     Ok(l)
 }
 
 /// Dot product with independent accumulators, so it vectorizes.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0f64; 4];
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::ZERO; 4];
     let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
@@ -79,7 +135,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
             acc[k] += x[k] * y[k];
         }
     }
-    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    let tail = ra.iter().zip(rb).fold(T::ZERO, |s, (&x, &y)| s + x * y);
     acc[0] + acc[1] + acc[2] + acc[3] + tail
 }
 
@@ -111,10 +167,10 @@ fn small_inverse(m: &[f64], b: usize) -> Result<Vec<f64>> {
 }
 
 /// Solves `L Lᵀ Z = B` in place for `B` `[n, h]` row-major (h right-hand sides): blocked forward
-/// and back substitution, the off-diagonal blocks as f64 matrix products, columns split over threads.
-fn chol_solve(l: &[f64], n: usize, b: &mut [f64], h: usize) {
+/// and back substitution, the off-diagonal blocks as matrix products, columns split over threads.
+fn chol_solve<T: Real>(l: &[T], n: usize, b: &mut [T], h: usize) {
     let chunk = h.div_ceil(crate::kernels::threads()).max(1);
-    let bp = SharedF64(b.as_mut_ptr());
+    let bp = Shared(b.as_mut_ptr());
     let (ni, hi) = (n as isize, h as isize);
     par_for(h.div_ceil(chunk), &|c| {
         let p = bp;
@@ -138,14 +194,14 @@ fn chol_solve(l: &[f64], n: usize, b: &mut [f64], h: usize) {
                         (ni, 1),
                         p.0.add(c0),
                         (hi, 1),
-                        -1.0,
+                        T::from(-1.0),
                     )
                 };
             }
             for i in i0..i1 {
                 for j in i0..i {
                     let (f, src) = (l[i * n + j], row_ref(j));
-                    row(i).iter_mut().zip(src).for_each(|(a, b)| *a -= f * b);
+                    row(i).iter_mut().zip(src).for_each(|(a, &b)| *a -= f * b);
                 }
                 let d = l[i * n + i];
                 row(i).iter_mut().for_each(|a| *a /= d);
@@ -166,14 +222,14 @@ fn chol_solve(l: &[f64], n: usize, b: &mut [f64], h: usize) {
                         (1, ni),
                         p.0.add(i1 * h + c0),
                         (hi, 1),
-                        -1.0,
+                        T::from(-1.0),
                     )
                 };
             }
             for i in (i0..i1).rev() {
                 for j in i + 1..i1 {
                     let (f, src) = (l[j * n + i], row_ref(j));
-                    row(i).iter_mut().zip(src).for_each(|(a, b)| *a -= f * b);
+                    row(i).iter_mut().zip(src).for_each(|(a, &b)| *a -= f * b);
                 }
                 let d = l[i * n + i];
                 row(i).iter_mut().for_each(|a| *a /= d);
@@ -228,20 +284,40 @@ pub fn refit_down(
 
 /// The ridge re-fit of [`refit_down`] from its system: the kept neurons' Gram matrix `G[S,S]` and
 /// the right-hand side `B` (`[|S|, H]`), solving `W_Sᵀ = (G[S,S] + λI)⁻¹ (B + λ W[:,S]ᵀ)`.
+///
+/// It is solved in f32 where that is accurate enough, else in f64: the system's condition number
+/// is at most `κ = 1 + trace G[S,S] / λ`, and f32 is taken when `κ · ε_f32 ≤` [`F32_SOLVE_ERROR`]
+/// (the default ridge on SmolLM2-135M gives κ in the thousands; a small `--ridge` may not).
 pub fn refit_system(down: &Tensor, kept: &[usize], gss: Tensor, b: Tensor, lambda: f64) -> Result<Tensor> {
     let k = kept.len();
-    let b = b.to_vec2::<f32>()?;
-    let ws = select_cols(down, kept)?.t()?.contiguous()?.to_vec2::<f32>()?; // [k, H] = W[:,S]ᵀ
-    let h = b.first().map_or(0, |r| r.len());
-    let a = damped(&gss, lambda)?;
+    let (h, b) = (b.dim(1)?, b.flatten_all()?.to_vec1::<f32>()?);
+    let ws = select_cols(down, kept)?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?; // [k, H] = W[:,S]ᵀ
+    let g = gss.flatten_all()?.to_vec1::<f32>()?;
     drop(gss);
-    let l = cholesky(a, k)?;
-    let mut z: Vec<f64> =
-        b.iter().flatten().zip(ws.iter().flatten()).map(|(&x, &w)| x as f64 + lambda * w as f64).collect();
-    chol_solve(&l, k, &mut z, h);
+    let trace: f64 = (0..k).map(|i| g[i * k + i] as f64).sum();
+    let z = if (1.0 + trace / lambda) * f32::EPSILON as f64 <= F32_SOLVE_ERROR {
+        ridge_solve::<f32>(g, k, lambda, &b, &ws)?
+    } else {
+        ridge_solve::<f64>(g, k, lambda, &b, &ws)?
+    };
     // Z is [k, H]; the new down projection is Zᵀ, [H, k].
-    let zt = Tensor::from_vec(z.iter().map(|&x| x as f32).collect::<Vec<_>>(), (k, h), &Device::Cpu)?;
-    Ok(zt.t()?.contiguous()?)
+    Ok(Tensor::from_vec(z, (k, h), &Device::Cpu)?.t()?.contiguous()?)
+}
+
+/// The largest relative error bound (condition number × rounding) for which the re-fit's system
+/// is solved in f32 rather than f64.
+pub const F32_SOLVE_ERROR: f64 = 1e-3;
+
+/// `Z = (G + λI)⁻¹ (B + λ W)` in `T`, for `G` `[k, k]` and `B`, `W` `[k, h]`, returned in f32.
+fn ridge_solve<T: Real>(g: Vec<f32>, k: usize, lambda: f64, b: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+    let h = b.len() / k.max(1);
+    let mut a: Vec<T> = g.into_iter().map(T::from).collect();
+    (0..k).for_each(|i| a[i * k + i] += T::of_f64(lambda));
+    let l = cholesky(a, k)?;
+    let lam = T::of_f64(lambda);
+    let mut z: Vec<T> = b.iter().zip(w).map(|(&x, &w)| T::from(x) + lam * T::from(w)).collect();
+    chol_solve(&l, k, &mut z, h);
+    Ok(z.into_iter().map(T::to_f32).collect())
 }
 
 /// `(L Lᵀ)⁻¹`, by solving against the identity.
@@ -291,7 +367,7 @@ pub fn obs_select(
         let hqq_inv = small_inverse(&hqq, bq)?;
         // Rows H⁻¹[Q,:], copied before H⁻¹ changes.
         let hq: Vec<f64> = q.iter().flat_map(|&a| hinv[a * n..a * n + n].iter().copied()).collect();
-        let wshared = SharedF64(w.as_mut_ptr());
+        let wshared = Shared(w.as_mut_ptr());
         par_for(rows, &|o| {
             let p = wshared;
             // SAFETY: task o touches only row o of w.
@@ -302,7 +378,7 @@ pub fn obs_select(
                 r.iter_mut().zip(&hq[c * n..c * n + n]).for_each(|(x, h)| *x -= tc * h);
             }
         });
-        let hshared = SharedF64(hinv.as_mut_ptr());
+        let hshared = Shared(hinv.as_mut_ptr());
         par_for(n, &|a| {
             let p = hshared;
             // SAFETY: task a touches only row a of hinv; rows Q were copied into `hq` beforehand.
@@ -332,12 +408,18 @@ pub fn obs_select(
     Ok((kept, new))
 }
 
-#[derive(Clone, Copy)]
-struct SharedF64(*mut f64);
+struct Shared<T>(*mut T);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Shared<T> {}
 
 // SAFETY: tasks write disjoint rows; par_for joins before the buffer is used again.
-unsafe impl Send for SharedF64 {}
-unsafe impl Sync for SharedF64 {}
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
 
 #[cfg(test)]
 mod tests {
@@ -371,6 +453,13 @@ mod tests {
                 assert!((az - b[i * h + c]).abs() < 1e-8, "(AZ)[{i},{c}] = {az} vs {}", b[i * h + c]);
             }
         }
+        // The same in f32 (this A's condition number is in the hundreds).
+        let l32 = cholesky(a.iter().map(|&x| x as f32).collect(), n).unwrap();
+        let mut z32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+        chol_solve(&l32, n, &mut z32, h);
+        let worst = z.iter().zip(&z32).map(|(&x, &y)| (x - y as f64).abs()).fold(0f64, f64::max);
+        let scale = z.iter().fold(0f64, |s, x| s.max(x.abs()));
+        assert!(worst < 1e-4 * scale, "f32 solve off by {worst} (scale {scale})");
     }
 
     #[test]
