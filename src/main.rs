@@ -418,9 +418,10 @@ mod cli {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-/// Hands the allocator's free pages back to the system (called after each calibrated layer): the
-/// activations of one layer are freed before the next layer's exist, but glibc keeps the pages,
-/// and scattered between long-lived pruned weights they would add up to a second working set.
+/// Hands the allocator's free pages back to the system (called when calibration is done, and
+/// between the steps of static scoring): glibc keeps freed pages, and what calibration's
+/// activations leave scattered between the long-lived pruned weights would otherwise sit beside
+/// the export's own buffers as a second working set.
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the system; it has no preconditions.

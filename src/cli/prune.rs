@@ -293,7 +293,13 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         pb.set_message(stage.to_string());
         pb.set_length(n as u64);
         pb.set_position(d as u64);
-        crate::release_free_memory();
+        // Calibration's layers free and allocate working sets of the same sizes, which the
+        // allocator reuses in place; handing the pages back after each layer would only make the
+        // next layer fault them in again (a quarter of the job's time). Its freed memory goes back
+        // once it is done, before the pruned model is written.
+        if stage != "calibrate" || d == n {
+            crate::release_free_memory();
+        }
         true
     })
     .at(&a.model)?;
