@@ -93,23 +93,27 @@ impl ErrorCross {
 /// The parts of a down projection's ridge re-fit, per calibration chunk: the activations `a`
 /// (`[tokens, intermediate]`), the unpruned MLP's output on them `u = a Wᵀ` and, when the error is
 /// estimated from residuals, the error `e` the pruned stream carries into this layer's output
-/// (`[tokens, hidden]` both). Only the kept neurons' rows of the system are ever multiplied.
+/// (`[tokens, hidden]` both), held as the error before it and `carry`, its share carried on
+/// (`e = carry · E`). Only the kept neurons' rows of the system are ever multiplied.
 #[derive(Debug, Clone)]
-pub struct RefitParts(pub Vec<(Tensor, Tensor, Option<Tensor>)>);
+pub struct RefitParts {
+    pub chunks: Vec<(Tensor, Tensor, Option<Tensor>)>,
+    pub carry: f64,
+}
 
 impl RefitParts {
     /// For the kept neurons `S`: their Gram matrix `G[S,S] = Σ a_Sᵀ a_S` (`[|S|, |S|]`) and the
     /// re-fit's right-hand side `Σ a_Sᵀ (u + α e)` (`[|S|, hidden]`): the unpruned output, steered by
     /// `α` times the error.
     pub fn system(&self, kept: &[usize], alpha: f64) -> Result<(Tensor, Tensor)> {
-        let Some(h) = self.0.first().map(|(_, u, _)| u.dim(1)).transpose()? else {
+        let Some(h) = self.chunks.first().map(|(_, u, _)| u.dim(1)).transpose()? else {
             bail!(Input, "the re-fit of a layer has no calibration chunk");
         };
         let (mut g, mut b) = (Accum::default(), Accum::default());
-        for (a, u, e) in &self.0 {
+        for (a, u, e) in &self.chunks {
             let a = crate::kernels::select_cols(a, kept)?;
             let t = match e {
-                Some(e) if alpha != 0.0 => crate::kernels::add(u, &(e * alpha)?)?,
+                Some(e) if alpha != 0.0 => crate::kernels::add_scaled(u, e, (alpha * self.carry) as f32)?,
                 _ => u.clone(),
             };
             Accum::add_gram_cross(&mut g, &mut b, &a, &t)?;
@@ -243,6 +247,37 @@ fn sum_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
             })
         })
     })??;
+    Ok(parts.iter().sum())
+}
+
+/// Σ over rows of cos(x_row, r_row + u_row), without forming r + u.
+fn sum_cosine_of_sum(x: &Tensor, r: &Tensor, u: &Tensor) -> Result<f64> {
+    let (rows, n) = x.dims2()?;
+    if r.dims2()? != (rows, n) || u.dims2()? != (rows, n) {
+        bail!(Input, "cosine of {:?} against {:?} + {:?}", x.dims(), r.dims(), u.dims());
+    }
+    let parts = with_slice(x, |xv| {
+        with_slice(r, |rv| {
+            with_slice(u, |uv| {
+                row_blocks(rows, &|b| {
+                    let span = b.start * n..b.end * n;
+                    let (x, r, u) = (&xv[span.clone()], &rv[span.clone()], &uv[span]);
+                    let mut total = 0f64;
+                    for ((x, r), u) in x.chunks_exact(n).zip(r.chunks_exact(n)).zip(u.chunks_exact(n)) {
+                        let (mut d, mut nx, mut ny) = (0f64, 0f64, 0f64);
+                        for ((&p, &a), &b) in x.iter().zip(r).zip(u) {
+                            let q = a + b;
+                            d += (p * q) as f64;
+                            nx += (p * p) as f64;
+                            ny += (q * q) as f64;
+                        }
+                        total += d / (nx.sqrt() * ny.sqrt()).max(1e-12);
+                    }
+                    total
+                })
+            })
+        })
+    })???;
     Ok(parts.iter().sum())
 }
 
@@ -398,8 +433,17 @@ pub fn collect(
                 mlp = Some((t.mlp_residual.clone(), t.mlp_hidden.clone(), t.attn_hidden.clone()));
                 part = Some(stats_of(&t));
             };
+            // The re-fit's parts: the unpruned MLP output u on its own; the output r + u is not formed.
+            let mut u = None;
             let yc = match (split_error, stream) {
                 (true, true) => model.layer_hidden(lay, l, &xc, wn, len, None, Some(&mut tr)).map(|_| None)?,
+                _ if lazy => {
+                    let (r, mid) = model.layer_hidden(lay, l, &xc, wn, len, None, Some(&mut tr))?;
+                    let m = model.mlp_output(lay, &mid)?;
+                    cos_sum += sum_cosine_of_sum(&xc, &r, &m)?;
+                    u = Some(m);
+                    None
+                }
                 _ => Some(model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?),
             };
             let (Some(p), Some((residual, mid, attn))) = (part, mlp) else {
@@ -427,15 +471,15 @@ pub fn collect(
                 }
                 xo[c] = Some(yo);
             }
-            if let (true, Some(yc)) = (lazy, &yc) {
+            if let Some(u) = u {
                 let e = match (residuals, err.as_mut()) {
                     (true, Some(e)) => match e[c].take() {
-                        Some(ec) => Some((ec * ERROR_CARRY)?),
+                        Some(ec) => Some(ec),
                         None => bail!(Input, "error estimate chunk {c} is missing at layer {l}"),
                     },
                     _ => None,
                 };
-                refit_parts.push((mid.clone(), crate::kernels::sub(yc, &residual)?, e));
+                refit_parts.push((mid.clone(), u, e));
             } else if let (true, Some(e), Some(yc)) = (residuals, err.as_mut(), &yc) {
                 let Some(ec) = e[c].take() else {
                     bail!(Input, "error estimate chunk {c} is missing at layer {l}");
@@ -480,7 +524,7 @@ pub fn collect(
             (true, false) => Some(ErrorCross::Split(err_parts)),
             (true, true) => None,
         };
-        st.refit = (!refit_parts.is_empty()).then_some(RefitParts(refit_parts));
+        st.refit = (!refit_parts.is_empty()).then_some(RefitParts { chunks: refit_parts, carry: ERROR_CARRY });
         // Sequential calibration: a pruned layer hands back its new weights, and the next layer
         // sees the pruned layer's output, so later layers adapt to earlier pruning.
         // When only the MLP changed, the new output is the saved post-attention residual plus the
@@ -491,16 +535,10 @@ pub fn collect(
             // The streams part here: the unpruned output is this layer's on the shared input.
             x_orig = Some(outs.iter().cloned().map(Some).collect());
         }
-        // The targets a Wᵀ + E of the split residual estimate, one per chunk.
+        // The targets a Wᵀ + E of the residual estimate, one per chunk: (a Wᵀ, E before the carry).
         let mut targets = match (residuals && split_error, st.err_cross.take(), st.refit.take()) {
-            (true, Some(ErrorCross::Split(parts)), _) => parts.into_iter().map(|(_, t, _)| t).collect(),
-            (false, _, Some(RefitParts(parts))) if residuals => parts
-                .into_iter()
-                .map(|(_, u, e)| match e {
-                    Some(e) => crate::kernels::add(&u, &e),
-                    None => Ok(u),
-                })
-                .collect::<Result<_>>()?,
+            (true, Some(ErrorCross::Split(parts)), _) => parts.into_iter().map(|(_, t, _)| (t, None)).collect(),
+            (false, _, Some(p)) if residuals => p.chunks.into_iter().map(|(_, u, e)| (u, e)).collect(),
             _ => Vec::new(),
         }
         .into_iter();
@@ -521,8 +559,10 @@ pub fn collect(
             let (mut ys, mut es) = (Vec::with_capacity(saved.len()), Vec::with_capacity(targets.len()));
             for (residual, mid) in saved.drain(..) {
                 let m = mlp_out(layer, kept, mid)?;
-                if let Some(t) = targets.next() {
-                    es.push(crate::kernels::sub(&t, &m)?);
+                match targets.next() {
+                    Some((t, Some(e))) => es.push(crate::kernels::add_scaled_sub(&t, &e, ERROR_CARRY as f32, &m)?),
+                    Some((t, None)) => es.push(crate::kernels::sub(&t, &m)?),
+                    None => {}
                 }
                 ys.push(crate::kernels::add(&residual, &m)?);
             }

@@ -145,6 +145,31 @@ pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     zip_map(a, b, |x, y| x - y)
 }
 
+/// `a + s·b`, elementwise.
+pub fn add_scaled(a: &Tensor, b: &Tensor, s: f32) -> Result<Tensor> {
+    zip_map(a, b, |x, y| x + s * y)
+}
+
+/// `a + s·b − c`, elementwise, in one pass.
+pub fn add_scaled_sub(a: &Tensor, b: &Tensor, s: f32, c: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() || a.shape() != c.shape() {
+        let (a, b, c) = (a.shape(), b.shape(), c.shape());
+        return Err(candle_core::Error::Msg(format!("elementwise: shapes {a:?}, {b:?} and {c:?}")).into());
+    }
+    const N: usize = 4096;
+    let out = with_slice(a, |xs| {
+        with_slice(b, |ys| {
+            with_slice(c, |zs| {
+                par_fill(xs.len(), N, &|r0, o| {
+                    let (x, y, z) = (&xs[r0 * N..], &ys[r0 * N..], &zs[r0 * N..]);
+                    o.iter_mut().zip(x).zip(y).zip(z).for_each(|(((o, &p), &q), &r)| _ = o.write(p + s * q - r));
+                })
+            })
+        })
+    })???;
+    Ok(Tensor::from_vec(out, a.shape(), &Device::Cpu)?)
+}
+
 /// `f(a, b)` elementwise; generic, so that `f` is inlined into the (vectorized) loop.
 fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
     if a.shape() != b.shape() {
