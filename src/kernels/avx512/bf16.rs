@@ -17,6 +17,9 @@ pub(in crate::kernels) fn bf16_faster() -> bool {
     bf16_available() && vendor == b"AuthenticAMD"
 }
 
+// The pairs kernel packs a tile step of A with one masked 16-lane load.
+const _: () = assert!(MR <= 16);
+
 /// Inner-dimension pairs of a bf16 block: a packed B panel (`KCP × NR` pairs, ≤ 32 KiB) stays in L1.
 const KCP: usize = 256;
 
@@ -257,10 +260,12 @@ pub(in crate::kernels) unsafe fn gemm_bf16_pairs(
             for (t, dst) in ap.chunks_exact_mut(kc * MR).take(tiles).enumerate() {
                 let rows = MR.min(mc - t * MR);
                 for (p, step) in dst.chunks_exact_mut(MR).enumerate() {
-                    // SAFETY: pair row p0 + p, columns i0 + t·MR.. (rows of them) lie inside A.
-                    let src = unsafe { std::slice::from_raw_parts(a.add((p0 + p) * lda + i0 + t * MR), rows) };
-                    step[..rows].copy_from_slice(src);
-                    step[rows..].fill(0);
+                    // SAFETY: pair row p0 + p, columns i0 + t·MR.. (rows of them) lie inside A; the
+                    // masks confine the load to them and the store to the step's MR values (MR ≤ 16).
+                    unsafe {
+                        let v = _mm512_maskz_loadu_epi32(lanes(rows), a.add((p0 + p) * lda + i0 + t * MR).cast());
+                        _mm512_mask_storeu_epi32(step.as_mut_ptr().cast(), lanes(MR), v);
+                    }
                 }
             }
             for j0 in (0..n).step_by(NR) {
