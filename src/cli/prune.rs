@@ -229,6 +229,12 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         error_estimate,
         calib_precision: podar::prune::Precision::parse(&a.calib_precision).at(&a.model)?,
     };
+    // The source's hash reads its files once more: on a thread of its own from the start, beside
+    // the job, rather than after it (where it waits behind the written model's disk writes).
+    let source_hash = {
+        let p = a.model.clone();
+        std::thread::spawn(move || source_sha256(&p))
+    };
     let mut b = load(&a.model)?;
     // Every size and layer choice is checked before any long computation, and so is what a
     // GGUF needs from the source (its tokenizer).
@@ -326,7 +332,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     let source_name = a.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let record = Record {
         source_name: &source_name,
-        source_sha256: Some(source_sha256(&a.model)?),
+        source_sha256: Some(source_hash.join().unwrap_or_else(|_| source_sha256(&a.model))?),
         source: &source_cfg,
         pruned: &pruned,
         options: &opts,
