@@ -212,25 +212,31 @@ fn row_blocks<T: Send>(rows: usize, f: &(dyn Fn(std::ops::Range<usize>) -> T + S
     parts.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten().collect()
 }
 
-/// Σ over rows of each column (of its square with `sq`), in f64, over blocks of rows in parallel.
-fn col_sums(t: &Tensor, sq: bool) -> Result<Vec<f64>> {
+/// Σ over rows of each column's square, and with `plain` also of the column itself, in f64, over
+/// blocks of rows in parallel (one pass for both): `(Σ x², Σ x)` (the latter empty without `plain`).
+fn col_sums(t: &Tensor, plain: bool) -> Result<(Vec<f64>, Vec<f64>)> {
     let (rows, n) = t.dims2()?;
+    let m = if plain { n } else { 0 };
     let parts = with_slice(t, |s| {
         row_blocks(rows, &|r| {
-            let mut part = vec![0f64; n];
+            let (mut sq, mut sum) = (vec![0f64; n], vec![0f64; m]);
             for row in s[r.start * n..r.end * n].chunks_exact(n) {
-                for (o, &x) in part.iter_mut().zip(row) {
-                    *o += if sq { (x * x) as f64 } else { x as f64 };
+                for (o, &x) in sq.iter_mut().zip(row) {
+                    *o += (x * x) as f64;
+                }
+                for (o, &x) in sum.iter_mut().zip(row) {
+                    *o += x as f64;
                 }
             }
-            part
+            (sq, sum)
         })
     })?;
-    let mut out = vec![0f64; n];
-    for part in parts {
-        out.iter_mut().zip(&part).for_each(|(o, p)| *o += p);
+    let (mut sq, mut sum) = (vec![0f64; n], vec![0f64; m]);
+    for (p, q) in parts {
+        sq.iter_mut().zip(&p).for_each(|(o, p)| *o += p);
+        sum.iter_mut().zip(&q).for_each(|(o, p)| *o += p);
     }
-    Ok(out)
+    Ok((sq, sum))
 }
 
 /// Σ over rows of cos(a_row, b_row), over blocks of rows in parallel.
@@ -642,13 +648,13 @@ const CHUNK_TOKENS: usize = 1024;
 
 /// One chunk's per-neuron sums (the caller accumulates the matrices, `io_cosine` and `tokens`).
 fn stats_of(t: &LayerTrace) -> Result<LayerStats> {
-    let a = t.mlp_hidden;
+    let (act_sq, act_sum) = col_sums(t.mlp_hidden, true)?;
     Ok(LayerStats {
-        input_sq: col_sums(t.mlp_input, true)?,
-        act_sum: col_sums(a, false)?,
-        act_sq: col_sums(a, true)?,
+        input_sq: col_sums(t.mlp_input, false)?.0,
+        act_sum,
+        act_sq,
         gram: None,
-        attn_sq: col_sums(t.attn_hidden, true)?,
+        attn_sq: col_sums(t.attn_hidden, false)?.0,
         attn_gram: None,
         err_cross: None,
         refit: None,
