@@ -166,8 +166,13 @@ pub fn block_distances(boundary: &[Vec<f32>], n: usize, hidden: usize) -> Result
 }
 
 fn cosine(x: &[f32], y: &[f32]) -> f64 {
+    cosine_of(x.iter().copied().zip(y.iter().copied()))
+}
+
+/// Cosine similarity of two vectors given as pairs of their elements, summed in f64.
+fn cosine_of(pairs: impl Iterator<Item = (f32, f32)>) -> f64 {
     let (mut d, mut nx, mut ny) = (0f64, 0f64, 0f64);
-    for (&p, &q) in x.iter().zip(y) {
+    for (p, q) in pairs {
         d += (p * q) as f64;
         nx += (p * p) as f64;
         ny += (q * q) as f64;
@@ -268,18 +273,11 @@ fn sum_cosine_of_sum(x: &Tensor, r: &Tensor, u: &Tensor) -> Result<f64> {
                 row_blocks(rows, &|b| {
                     let span = b.start * n..b.end * n;
                     let (x, r, u) = (&xv[span.clone()], &rv[span.clone()], &uv[span]);
-                    let mut total = 0f64;
-                    for ((x, r), u) in x.chunks_exact(n).zip(r.chunks_exact(n)).zip(u.chunks_exact(n)) {
-                        let (mut d, mut nx, mut ny) = (0f64, 0f64, 0f64);
-                        for ((&p, &a), &b) in x.iter().zip(r).zip(u) {
-                            let q = a + b;
-                            d += (p * q) as f64;
-                            nx += (p * p) as f64;
-                            ny += (q * q) as f64;
-                        }
-                        total += d / (nx.sqrt() * ny.sqrt()).max(1e-12);
-                    }
-                    total
+                    x.chunks_exact(n)
+                        .zip(r.chunks_exact(n))
+                        .zip(u.chunks_exact(n))
+                        .map(|((x, r), u)| cosine_of(x.iter().zip(r.iter().zip(u)).map(|(&p, (&a, &b))| (p, a + b))))
+                        .sum::<f64>()
                 })
             })
         })
@@ -477,19 +475,17 @@ pub fn collect(
                 }
                 xo[c] = Some(yo);
             }
-            if let Some(u) = u {
-                let e = match (residuals, err.as_mut()) {
-                    (true, Some(e)) => match e[c].take() {
-                        Some(ec) => Some(ec),
-                        None => bail!(Input, "error estimate chunk {c} is missing at layer {l}"),
-                    },
+            // This chunk's residual estimate of the error so far, taken out of `err`.
+            let ec =
+                match (residuals, err.as_mut()) {
+                    (true, Some(e)) => Some(e[c].take().ok_or_else(|| {
+                        crate::Error::Input(format!("error estimate chunk {c} is missing at layer {l}"))
+                    })?),
                     _ => None,
                 };
-                refit_parts.push((mid.clone(), u, e));
-            } else if let (true, Some(e), Some(yc)) = (residuals, err.as_mut(), &yc) {
-                let Some(ec) = e[c].take() else {
-                    bail!(Input, "error estimate chunk {c} is missing at layer {l}");
-                };
+            if let Some(u) = u {
+                refit_parts.push((mid.clone(), u, ec));
+            } else if let (Some(ec), Some(yc), Some(e)) = (ec, &yc, err.as_mut()) {
                 let ec = (ec * ERROR_CARRY)?;
                 match split_error {
                     // The target a Wᵀ + E = (y − residual) + E; E is not needed apart from it.

@@ -63,12 +63,12 @@ impl Accum {
             return cross.add_cross(a, b);
         }
         let a = Operand::of(a)?;
-        gram.gram = true;
         gram.gram_of(&a)?;
         cross.cross_of(&a, &Operand::of(b)?)
     }
 
     fn gram_of(&mut self, x: &Operand) -> Result<()> {
+        self.gram = true;
         let (t, n) = x.x.dims2()?;
         let (pairs, x) = (&x.pairs, x.x());
         let optr = SharedMut(self.buffer(n * n)?);

@@ -33,37 +33,26 @@ pub(crate) trait Real:
     fn to_f32(self) -> f32;
 }
 
-impl Real for f32 {
-    const ZERO: Self = 0.0;
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-    fn finite(self) -> bool {
-        self.is_finite()
-    }
-    fn of_f64(x: f64) -> Self {
-        x as f32
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
+macro_rules! real {
+    ($($t:ty),*) => {$(
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn finite(self) -> bool {
+                self.is_finite()
+            }
+            fn of_f64(x: f64) -> Self {
+                x as $t
+            }
+            fn to_f32(self) -> f32 {
+                self as f32
+            }
+        }
+    )*};
 }
-
-impl Real for f64 {
-    const ZERO: Self = 0.0;
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-    fn finite(self) -> bool {
-        self.is_finite()
-    }
-    fn of_f64(x: f64) -> Self {
-        x
-    }
-    fn to_f32(self) -> f32 {
-        self as f32
-    }
-}
+real!(f32, f64);
 
 /// Cholesky factor `L` (row-major, lower) of the `n×n` matrix `a`, in `a`'s buffer: blocked, right-looking, with the
 /// trailing updates (almost all of the n³/3 work) as matrix products split over threads.
@@ -241,8 +230,8 @@ fn chol_solve<T: Real>(l: &[T], n: usize, b: &mut [T], h: usize) {
 /// The ridge strength `λ = ratio · mean diag G` of a Gram matrix.
 fn ridge_lambda(gram: &Tensor, ratio: f64) -> Result<f64> {
     let n = gram.dim(0)?;
-    let diag: f64 = crate::kernels::with_slice(gram, |g| (0..n).map(|i| g[i * n + i] as f64).sum())?;
-    Ok(ratio * (diag / n.max(1) as f64).max(1e-12))
+    let diag: Vec<f64> = crate::kernels::with_slice(gram, |g| (0..n).map(|i| g[i * n + i] as f64).collect())?;
+    Ok(lambda_of(&diag, ratio))
 }
 
 /// The ridge strength `λ = ratio · mean diag G` from the diagonal `Σ a_i²` of the Gram matrix.
@@ -311,10 +300,10 @@ pub const F32_SOLVE_ERROR: f64 = 1e-3;
 /// `Z = (G + λI)⁻¹ (B + λ W)` in `T`, for `G` `[k, k]` and `B`, `W` `[k, h]`, returned in f32.
 fn ridge_solve<T: Real>(g: Vec<f32>, k: usize, lambda: f64, b: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     let h = b.len() / k.max(1);
-    let mut a: Vec<T> = g.into_iter().map(T::from).collect();
-    (0..k).for_each(|i| a[i * k + i] += T::of_f64(lambda));
-    let l = cholesky(a, k)?;
     let lam = T::of_f64(lambda);
+    let mut a: Vec<T> = g.into_iter().map(T::from).collect();
+    (0..k).for_each(|i| a[i * k + i] += lam);
+    let l = cholesky(a, k)?;
     let mut z: Vec<T> = b.iter().zip(w).map(|(&x, &w)| T::from(x) + lam * T::from(w)).collect();
     chol_solve(&l, k, &mut z, h);
     Ok(z.into_iter().map(T::to_f32).collect())
