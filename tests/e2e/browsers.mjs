@@ -35,7 +35,13 @@ log(`CLI: ${heldOut} ${want.before.toFixed(4)} before, ${want.after.toFixed(4)} 
 async function firefox() {
   const exe = ['/usr/bin/firefox-esr', '/usr/bin/firefox'].find((p) => fs.existsSync(p));
   if (!exe) throw new Error('Firefox is not installed (make setup installs firefox-esr)');
-  const browser = await puppeteer.launch({ browser: 'firefox', executablePath: exe, headless: true });
+  // A fresh Firefox profile on a busy 2-core machine has taken longer than puppeteer's default 30 s
+  // to start: a longer wait, and one more try, which the log reports.
+  const launch = () => puppeteer.launch({ browser: 'firefox', executablePath: exe, headless: true, timeout: 90_000 });
+  const browser = await launch().catch((e) => {
+    log(`firefox: ${e.message}; launching once more`);
+    return launch();
+  });
   const page = await browser.newPage();
   page.on('pageerror', (e) => log('firefox page error:', e.message));
   return {
