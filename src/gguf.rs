@@ -300,6 +300,47 @@ pub fn permute_qk(t: &Tensor, n_head: usize, forward: bool) -> Result<Tensor> {
     Ok(out)
 }
 
+/// `q` as f32, its blocks dequantized in runs spread over the worker threads (candle's own
+/// dequantization runs on one thread, and the load would wait for it).
+fn dequantize(q: &candle_core::quantized::QTensor) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let (bs, ts) = (dtype.block_size(), dtype.type_size());
+    let data = q.data()?;
+    let len = q.shape().elem_count();
+    if bs == 0 || !len.is_multiple_of(bs) || data.len() != len / bs * ts {
+        bail!(Gguf, "a {dtype:?} tensor of {len} values holds {} bytes", data.len());
+    }
+    // Runs of whole blocks; a run's blocks are copied out of the file's bytes (aligned for their
+    // type) and dequantized into its part of the output.
+    let run = bs * 256;
+    let failed = std::sync::Mutex::new(None);
+    let out = crate::kernels::par_fill(len, run, &|r0, out| {
+        // A run at a time, so that the temporaries stay small.
+        for (i, out) in out.chunks_mut(run).enumerate() {
+            let (b0, nb) = ((r0 + i) * run / bs, out.len() / bs);
+            let part = dtype.from_data(std::borrow::Cow::Borrowed(&data[b0 * ts..(b0 + nb) * ts]));
+            match part.dequantize(out.len()) {
+                Ok(candle_core::CpuStorage::F32(v)) if v.len() == out.len() => {
+                    out.iter_mut().zip(v).for_each(|(o, x)| _ = o.write(x));
+                }
+                other => {
+                    // The output must still be written in full; the error is reported below.
+                    out.iter_mut().for_each(|o| _ = o.write(0.0));
+                    let e = match other {
+                        Err(e) => e.to_string(),
+                        Ok(_) => format!("{dtype:?} dequantized to something other than {} f32 values", out.len()),
+                    };
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+            }
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        bail!(Gguf, "dequantizing a {dtype:?} tensor: {e}");
+    }
+    Ok(Tensor::from_vec(out, q.shape(), &Device::Cpu)?)
+}
+
 /// A GGUF file as a tensor source, in transformers' names and layout.
 pub struct GgufSource<R> {
     reader: R,
@@ -430,7 +471,7 @@ impl<R: Read + Seek> TensorSource for GgufSource<R> {
         let q = info
             .read(&mut self.reader, self.header.content.tensor_data_offset, &Device::Cpu)
             .map_err(|e| Error::Gguf(format!("tensor `{g}`: {}", first_line(&e))))?;
-        let mut t = q.dequantize(&Device::Cpu)?;
+        let mut t = dequantize(&q)?;
         if self.unpermute {
             if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {
                 t = permute_qk(&t, self.heads, false)?;
@@ -492,6 +533,22 @@ mod tests {
         assert!(explain_dtype("unknown dtype for tensor 20".into()).starts_with("a tensor is stored as IQ4_NL,"));
         assert!(explain_dtype("unknown dtype for tensor 99".into()).contains("stored as type 99,"));
         assert_eq!(explain_dtype("unexpected end of file".into()), "unexpected end of file");
+    }
+
+    /// The threaded dequantization gives candle's own values, bit for bit, for block types and
+    /// plain floats, on a tensor of several runs with a short last one.
+    #[test]
+    fn threaded_dequantization_matches_candles() {
+        use candle_core::quantized::QTensor;
+        let t = crate::kernels::tests::wavy(7, 256 * 38, 31);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::F16, GgmlDType::F32] {
+            let q = QTensor::quantize(&t, dtype).unwrap();
+            let want = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = dequantize(&q).unwrap();
+            assert_eq!(got.dims(), &[7, 256 * 38]);
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,13 @@ impl Linear {
     }
 }
 
+/// Several linear maps of one input (see [`crate::kernels::linears`]).
+fn projections<const N: usize>(x: &Tensor, maps: [&Linear; N]) -> Result<[Tensor; N]> {
+    let pairs = maps.map(|l| (&l.weight, l.bias.as_ref()));
+    let outs = crate::kernels::linears(x, &pairs)?;
+    outs.try_into().map_err(|_| Error::Input("a projection went missing".into()))
+}
+
 /// One transformer block.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -70,7 +77,12 @@ fn expect_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
 /// Refuses a tensor with NaN or infinite values (a corrupt file, or data laid out other than its
 /// header says): scores, recovery and perplexity would all be meaningless.
 fn expect_finite(name: &str, t: &Tensor) -> Result<()> {
-    let bad = crate::kernels::with_slice(t, |v| v.iter().position(|x| !x.is_finite()))?;
+    // Blocks scanned without an early exit (so the scan vectorizes), then the first bad one searched.
+    let bad = crate::kernels::with_slice(t, |v| {
+        let block_bad = |c: &[f32]| c.iter().fold(false, |b, x| b | !x.is_finite());
+        let first = v.chunks(4096).position(block_bad)?;
+        v[first * 4096..].iter().position(|x| !x.is_finite()).map(|i| first * 4096 + i)
+    })?;
     if let Some(i) = bad {
         let n = crate::kernels::with_slice(t, |v| v.iter().filter(|x| !x.is_finite()).count())?;
         bail!(
@@ -376,13 +388,15 @@ impl Model {
         let rope = Rope { cos: &cos, sin: &sin };
         let eps = c.rms_norm_eps as f32;
         // Projections laid out as heads `[b, n, t, hd]`, q/k normed per head and rotated on the way.
-        let heads = |lin: &Linear, n: usize, norm: &Option<Tensor>, rope: Option<&Rope>| -> Result<Tensor> {
+        let heads = |p: &Tensor, n: usize, norm: &Option<Tensor>, rope: Option<&Rope>| -> Result<Tensor> {
             let w = norm.as_ref().map(|w| self.norm_weight(w)).transpose()?;
-            to_heads(&lin.forward(&h)?, (b, t, n, hd), w.as_deref().map(|w| (w, eps)), rope)
+            to_heads(p, (b, t, n, hd), w.as_deref().map(|w| (w, eps)), rope)
         };
-        let q = heads(&layer.q_proj, nh, &layer.q_norm, Some(&rope))?;
-        let mut k = heads(&layer.k_proj, nkv, &layer.k_norm, Some(&rope))?;
-        let mut v = heads(&layer.v_proj, nkv, &None, None)?;
+        let [pq, pk, pv] = projections(&h, [&layer.q_proj, &layer.k_proj, &layer.v_proj])?;
+        let q = heads(&pq, nh, &layer.q_norm, Some(&rope))?;
+        let mut k = heads(&pk, nkv, &layer.k_norm, Some(&rope))?;
+        let mut v = heads(&pv, nkv, &None, None)?;
+        drop((pq, pk, pv));
         if let Some(cache) = cache {
             if cache.kv.len() <= l {
                 cache.kv.resize(l + 1, None);
@@ -423,11 +437,11 @@ impl Model {
         };
         // In a block, so the pre-activation is freed as soon as the GLU is formed.
         let mid = {
-            let pre = layer.gate_proj.forward(&h)?;
+            let [pre, up] = projections(&h, [&layer.gate_proj, &layer.up_proj])?;
             match c.hidden_act {
-                Activation::Silu => silu_mul(&pre, &layer.up_proj.forward(&h)?)?,
-                Activation::GeluTanh => (pre.gelu()? * layer.up_proj.forward(&h)?)?,
-                Activation::Gelu => (pre.gelu_erf()? * layer.up_proj.forward(&h)?)?,
+                Activation::Silu => silu_mul(&pre, &up)?,
+                Activation::GeluTanh => (pre.gelu()? * up)?,
+                Activation::Gelu => (pre.gelu_erf()? * up)?,
             }
         };
         if let Some(f) = trace {

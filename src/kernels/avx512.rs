@@ -23,7 +23,8 @@ pub(super) fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
-/// As [`super::strided_gemm`], on a CPU where [`available`] holds.
+/// As [`super::strided_gemm`], on a CPU where [`available`] holds, with the product scaled by
+/// `scale` before it is stored or added.
 ///
 /// # Safety
 /// As [`super::strided_gemm`], and [`available`] must hold.
@@ -38,6 +39,7 @@ pub(super) unsafe fn gemm(
     (a_rs, a_cs): (usize, usize),
     b: *const f32,
     (b_rs, b_cs): (usize, usize),
+    scale: f32,
 ) {
     // SAFETY: C is the caller's promise.
     if unsafe { nothing_to_multiply((m, n, k), c, ldc, acc) } {
@@ -74,14 +76,24 @@ pub(super) unsafe fn gemm(
                     // hold kc steps of each tile; row-major A holds the full tiles' rows.
                     unsafe {
                         if packed {
-                            tile::<false>(kc, ap.as_ptr().add(t * kc * MR), MR, bp.as_ptr(), ct, ldc, rows, nr, add);
+                            tile::<false>(
+                                kc,
+                                ap.as_ptr().add(t * kc * MR),
+                                MR,
+                                bp.as_ptr(),
+                                ct,
+                                ldc,
+                                (rows, nr),
+                                add,
+                                scale,
+                            );
                         } else if t < full {
-                            tile::<true>(kc, a0.add(t * MR * a_rs), a_rs, bp.as_ptr(), ct, ldc, rows, nr, add);
+                            tile::<true>(kc, a0.add(t * MR * a_rs), a_rs, bp.as_ptr(), ct, ldc, (rows, nr), add, scale);
                         } else {
                             if j0 == 0 {
                                 pack_a(&mut ap, a0.add(t * MR * a_rs), (a_rs, a_cs), rows, kc);
                             }
-                            tile::<false>(kc, ap.as_ptr(), MR, bp.as_ptr(), ct, ldc, rows, nr, add);
+                            tile::<false>(kc, ap.as_ptr(), MR, bp.as_ptr(), ct, ldc, (rows, nr), add, scale);
                         }
                     }
                 }
@@ -172,7 +184,7 @@ unsafe fn pack_b(bp: &mut [f32], b: *const f32, (b_rs, b_cs): (usize, usize), kc
 
 /// One `rows × nr` tile (`rows ≤ MR`, `nr ≤ NR`) of C over a block of the inner dimension, from
 /// A's `MR` rows (`ROW`: element (r, kk) at `a[r·s + kk]`, else at `a[kk·s + r]`) and packed B
-/// (`[kc][NR]`); adds to C when `add`.
+/// (`[kc][NR]`), scaled by `scale`; adds to C when `add`.
 ///
 /// # Safety
 /// A must hold the `MR × kc` elements so addressed and packed B `kc` steps; C's `rows × nr` tile
@@ -186,9 +198,9 @@ unsafe fn tile<const ROW: bool>(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    rows: usize,
-    nr: usize,
+    (rows, nr): (usize, usize),
     add: bool,
+    scale: f32,
 ) {
     let mut t0 = [_mm512_setzero_ps(); MR];
     let mut t1 = [_mm512_setzero_ps(); MR];
@@ -205,6 +217,13 @@ unsafe fn tile<const ROW: bool>(
             });
             t0[r] = _mm512_fmadd_ps(x, b0, t0[r]);
             t1[r] = _mm512_fmadd_ps(x, b1, t1[r]);
+        }
+    }
+    if scale != 1.0 {
+        let s = _mm512_set1_ps(scale);
+        for r in 0..MR {
+            t0[r] = _mm512_mul_ps(t0[r], s);
+            t1[r] = _mm512_mul_ps(t1[r], s);
         }
     }
     // SAFETY: the tile lies inside C (the caller's promise).

@@ -4,7 +4,7 @@
 
 use super::with_slice;
 #[cfg(target_arch = "x86_64")]
-use super::{avx512, finish_linear, par_for, threads, written_by, SharedMut};
+use super::{avx512, finish_linear, par_for, threads, with_slices, written_by, SharedMut};
 use crate::error::Result;
 use candle_core::{Device, Tensor};
 
@@ -84,7 +84,14 @@ unsafe fn bf16_pairs_of(
 
 /// [`super::linear`]'s product in bf16: `x` rounded once into pairs, `w` as each task packs it.
 #[cfg(target_arch = "x86_64")]
-fn linear_bf16(x: &Tensor, w: &Tensor, (rows, n, k): (usize, usize, usize)) -> Result<Vec<f32>> {
+fn linear_bf16(x: &Tensor, w: &Tensor, (rows, _, k): (usize, usize, usize)) -> Result<Vec<f32>> {
+    Ok(products_bf16(x, std::slice::from_ref(w), rows, k)?.pop().unwrap_or_default())
+}
+
+/// `x · wᵢᵀ` in bf16 for each `wᵢ` (`[nᵢ, k]`): `x` (`[rows, k]`) rounded once into pairs, and the
+/// column blocks of every product one set of tasks, each packing its block of `wᵢ`.
+#[cfg(target_arch = "x86_64")]
+fn products_bf16(x: &Tensor, ws: &[Tensor], rows: usize, k: usize) -> Result<Vec<Vec<f32>>> {
     let kp = k.div_ceil(2);
     const PER: usize = 64;
     // SAFETY: the blocks of rows together write all kp pairs of every row, each block its own rows;
@@ -96,21 +103,50 @@ fn linear_bf16(x: &Tensor, w: &Tensor, (rows, n, k): (usize, usize, usize)) -> R
             }
         })?
     };
-    // SAFETY: the tasks together write every column of every row.
-    unsafe {
-        written_by(rows * n, |optr| {
-            let optr = SharedMut(optr);
-            with_slice(w, |ws| {
-                let chunk = n.div_ceil(threads() * 4).max(32).next_multiple_of(32).min(n.max(1));
-                par_for(n.div_ceil(chunk), &|i| {
-                    let (j0, o) = (i * chunk, optr);
-                    let cols = chunk.min(n - j0);
-                    // Task i writes only columns j0..j0+cols; xb holds rows × kp pairs, ws n × k.
-                    avx512::gemm_bf16_bt((rows, cols, k), o.0.add(j0), n, xb.as_ptr(), kp, ws.as_ptr().add(j0 * k), k);
-                });
-            })
-        })
+    let ns: Vec<usize> = ws.iter().map(|w| w.dim(0)).collect::<candle_core::Result<_>>()?;
+    // Column blocks of each product, a few per thread so uneven cores still balance.
+    let mut tasks = Vec::new();
+    for (i, &n) in ns.iter().enumerate() {
+        let chunk = n.div_ceil(threads() * 4).max(32).next_multiple_of(32).min(n.max(1));
+        tasks.extend((0..n).step_by(chunk.max(1)).map(|j0| (i, j0, chunk.min(n - j0))));
     }
+    let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| Vec::with_capacity(rows * n)).collect();
+    let ptrs: Vec<SharedMut> = outs.iter_mut().map(|o| SharedMut(o.as_mut_ptr())).collect();
+    with_slices(ws, |wss| {
+        par_for(tasks.len(), &|t| {
+            let (i, j0, cols) = tasks[t];
+            let (n, o) = (ns[i], ptrs[i]);
+            // SAFETY: task t alone writes columns j0..j0+cols of product i (its `rows × n` buffer's
+            // capacity); xb holds rows × kp pairs, wss[i] n × k values.
+            unsafe {
+                avx512::gemm_bf16_bt((rows, cols, k), o.0.add(j0), n, xb.as_ptr(), kp, wss[i].as_ptr().add(j0 * k), k)
+            };
+        })
+    })?;
+    for (o, &n) in outs.iter_mut().zip(&ns) {
+        // SAFETY: the tasks wrote every column of every row of each product.
+        unsafe { o.set_len(rows * n) };
+    }
+    Ok(outs)
+}
+
+/// [`super::linears`] in bf16 on a CPU that multiplies bf16 (`None` elsewhere, or for inputs too
+/// small for the kernel).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn linears(x: &Tensor, maps: &[(&Tensor, Option<&Tensor>)]) -> Result<Option<Vec<Tensor>>> {
+    let (rows, k) = x.dims2()?;
+    if rows < 16 || !avx512::bf16_available() {
+        return Ok(None);
+    }
+    for (w, _) in maps {
+        let (_, k2) = w.dims2()?;
+        if k2 != k {
+            return Err(candle_core::Error::Msg(format!("linear: input has {k} features, weight expects {k2}")).into());
+        }
+    }
+    let ws: Vec<Tensor> = maps.iter().map(|(w, _)| (*w).clone()).collect();
+    let outs = products_bf16(x, &ws, rows, k)?;
+    outs.into_iter().zip(maps).map(|(o, (w, b))| finish_linear(o, rows, w.dim(0)?, *b)).collect::<Result<_>>().map(Some)
 }
 
 /// Whether products on this thread are to be in bf16 ([`bf16_products`]).
@@ -234,6 +270,27 @@ mod tests {
             // The rounding is visible (so the test tells the two apart) wherever k is not tiny.
             assert!(k < 200 || far > 0, "({m},{n},{k}): bf16 rounding changed nothing");
         }
+    }
+
+    /// Several maps of one input: each result is [`linear`]'s for that map (bias included), with
+    /// bf16 products and without.
+    #[test]
+    fn linears_equal_one_linear_per_map() {
+        let x = wavy(70, 300, 7919);
+        let ws = [wavy(96, 300, 104729), wavy(33, 300, 31), wavy(200, 300, 17)];
+        let bias = wavy(1, 33, 5).flatten_all().unwrap();
+        let maps = [(&ws[0], None), (&ws[1], Some(&bias)), (&ws[2], None)];
+        for on in [true, false] {
+            let _g = bf16_products(on);
+            let got = crate::kernels::linears(&x, &maps).unwrap();
+            assert_eq!(got.len(), 3);
+            for (g, (w, b)) in got.iter().zip(&maps) {
+                let want = linear(&x, w, *b).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want, "bf16 {on}");
+            }
+        }
+        let bad = wavy(8, 299, 3);
+        assert!(crate::kernels::linears(&x, &[(&ws[0], None), (&bad, None)]).is_err());
     }
 
     /// Gram matrices and cross products over tokens under [`bf16_products`]: the products of the

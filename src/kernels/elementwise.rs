@@ -12,7 +12,7 @@ const PAR_MIN: usize = 1 << 15;
 /// long; split over threads when the work is large enough to pay for them). The buffer is never
 /// zeroed first: `f` must write every value of its block. Allocated here, but first touched by the
 /// tasks, so its page faults are taken on every thread, not all on the caller's.
-fn par_fill(len: usize, n: usize, f: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync)) -> Vec<f32> {
+pub(crate) fn par_fill(len: usize, n: usize, f: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync)) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let n = n.max(1);
     let spare = &mut out.spare_capacity_mut()[..len];

@@ -13,6 +13,7 @@ mod elementwise;
 pub use accum::{cross, gram, Accum};
 pub use bf16::{bf16_available, bf16_faster, bf16_products, bf16_round, Bf16Products};
 
+pub(crate) use elementwise::par_fill;
 pub use elementwise::{add, add_scaled, add_scaled_sub, exp, rms_norm, select_cols, silu_mul, sub, to_heads, Rope};
 
 /// Another engine that may take over the largest matrix products: the page's WebGPU worker. It
@@ -128,7 +129,7 @@ unsafe fn strided_gemm(
     #[cfg(target_arch = "x86_64")]
     if m >= 8 && n >= 16 && avx512::available() {
         // SAFETY: the CPU has AVX-512F; the rest is the caller's promise.
-        unsafe { avx512::gemm((m, n, k), c, ldc, acc, a, a_strides, b, b_strides) };
+        unsafe { avx512::gemm((m, n, k), c, ldc, acc, a, a_strides, b, b_strides, 1.0) };
         return;
     }
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
@@ -177,6 +178,31 @@ pub(crate) unsafe fn scaled_gemm<T: 'static + Copy + From<f32>>(
     (b_rs, b_cs): (isize, isize),
     scale: T,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && m >= 8
+        && n >= 16
+        && [ldc, a_rs, a_cs, b_rs, b_cs].iter().all(|&s| s >= 0)
+        && avx512::available()
+    {
+        let u = |s: isize| s as usize;
+        // SAFETY: T is f32 (so the casts are identities); the CPU has AVX-512F; the strides are
+        // non-negative; the rest is the caller's promise.
+        unsafe {
+            avx512::gemm(
+                (m, n, k),
+                c.cast(),
+                u(ldc),
+                acc,
+                a.cast(),
+                (u(a_rs), u(a_cs)),
+                b.cast(),
+                (u(b_rs), u(b_cs)),
+                *(&scale as *const T).cast::<f32>(),
+            )
+        };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>()
         && m >= 4
@@ -298,14 +324,35 @@ unsafe fn written_by<T>(len: usize, fill: impl FnOnce(*mut T) -> Result<()>) -> 
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor.
 pub fn with_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(candle_core::Error::Msg("podar kernels run on the CPU".into()).into());
-    };
-    let data = cpu.as_slice::<f32>()?;
-    let n = t.elem_count();
-    Ok(f(&data[layout.start_offset()..layout.start_offset() + n]))
+    with_slices(std::slice::from_ref(t), |s| f(s[0]))
+}
+
+/// Runs `f` on the contiguous f32 data of several CPU tensors at once.
+pub fn with_slices<T>(ts: &[Tensor], f: impl FnOnce(&[&[f32]]) -> T) -> Result<T> {
+    let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<candle_core::Result<_>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(ts.len());
+    for ((storage, layout), t) in guards.iter().zip(&ts) {
+        let Storage::Cpu(cpu) = &**storage else {
+            return Err(candle_core::Error::Msg("podar kernels run on the CPU".into()).into());
+        };
+        let data = cpu.as_slice::<f32>()?;
+        slices.push(&data[layout.start_offset()..layout.start_offset() + t.elem_count()]);
+    }
+    Ok(f(&slices))
+}
+
+/// [`linear`] for several maps of one input (a layer's q, k and v; gate and up): `x · wᵢᵀ (+ bᵢ)`
+/// for each `(wᵢ, bᵢ)`. Under [`bf16_products`] on a CPU that multiplies bf16, `x` is rounded once
+/// and all the products' column blocks are one set of tasks; otherwise each map is a [`linear`].
+pub fn linears(x: &Tensor, maps: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<Tensor>> {
+    #[cfg(target_arch = "x86_64")]
+    if bf16::on() && offload().is_none() && maps.len() > 1 {
+        if let Some(outs) = bf16::linears(x, maps)? {
+            return Ok(outs);
+        }
+    }
+    maps.iter().map(|(w, b)| linear(x, w, *b)).collect()
 }
 
 /// `x[rows×in] · wᵀ (+ b)` with `w` `[out, in]`: the linear layer, split over output columns.
@@ -469,7 +516,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<T
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Every layout of A and B the kernels pass, on sizes around the products' tile and block
@@ -584,7 +631,7 @@ mod tests {
         }
     }
 
-    pub(super) fn wavy(n: usize, m: usize, s: usize) -> Tensor {
+    pub(crate) fn wavy(n: usize, m: usize, s: usize) -> Tensor {
         let v: Vec<f32> = (0..n * m).map(|i| ((i * s) % 1000) as f32 / 1000.0 - 0.5).collect();
         Tensor::from_vec(v, (n, m), &Device::Cpu).unwrap()
     }

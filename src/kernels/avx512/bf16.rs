@@ -23,6 +23,11 @@ const _: () = assert!(MR <= 16);
 /// Inner-dimension pairs of a bf16 block: a packed B panel (`KCP × NR` pairs, ≤ 32 KiB) stays in L1.
 const KCP: usize = 256;
 
+/// [`gemm_bf16_bt`]'s blocks: at most `MC_BT` rows of A (split evenly) by `KCP_BT` pairs, which
+/// (≤ 792 KiB) stay in L2 while every panel of w passes over them.
+const MC_BT: usize = 86 * MR;
+const KCP_BT: usize = 192;
+
 /// Row `x` (`k` f32) rounded to bf16 (to nearest even) as `k.div_ceil(2)` pairs at `out`, the
 /// lower half of each pair the even element; a missing last odd element is zero.
 ///
@@ -66,12 +71,15 @@ pub(in crate::kernels) unsafe fn gemm_bf16_bt(
     if unsafe { nothing_to_multiply((m, n, kp), c, ldc, false) } {
         return;
     }
-    let kb = crate::kernels::k_block(kp, KCP, 16);
+    // Blocks of A as tall as L2 allows (ideally all of a calibration chunk's rows), so that each
+    // panel of w is rounded and packed once per block: w is the operand read from memory.
+    let kb = crate::kernels::k_block(kp, KCP_BT, 16);
+    let mb = crate::kernels::k_block(m, MC_BT, MR);
     let mut bp = vec![0u32; kb.min(kp).next_multiple_of(16) * NR];
     // The last, partial tile of rows goes through a zero-padded copy.
     let mut ap = vec![0u32; MR * kb.min(kp)];
-    for i0 in (0..m).step_by(MC) {
-        let mc = MC.min(m - i0);
+    for i0 in (0..m).step_by(mb) {
+        let mc = mb.min(m - i0);
         let (tiles, full) = (mc.div_ceil(MR), mc / MR);
         for p0 in (0..kp).step_by(kb) {
             let kc = kb.min(kp - p0);
