@@ -225,14 +225,19 @@ fn col_sums(t: &Tensor, plain: bool) -> Result<(Vec<f64>, Vec<f64>)> {
     let parts = with_slice(t, |s| {
         row_blocks(rows, &|r| {
             let (mut sq, mut sum) = (vec![0f64; n], vec![0f64; m]);
-            for row in s[r.start * n..r.end * n].chunks_exact(n) {
-                for (o, &x) in sq.iter_mut().zip(row) {
-                    *o += (x * x) as f64;
-                }
-                for (o, &x) in sum.iter_mut().zip(row) {
-                    *o += x as f64;
-                }
-            }
+            crate::kernels::wide(
+                #[inline(always)]
+                || {
+                    for row in s[r.start * n..r.end * n].chunks_exact(n) {
+                        for (o, &x) in sq.iter_mut().zip(row) {
+                            *o += (x * x) as f64;
+                        }
+                        for (o, &x) in sum.iter_mut().zip(row) {
+                            *o += x as f64;
+                        }
+                    }
+                },
+            );
             (sq, sum)
         })
     })?;

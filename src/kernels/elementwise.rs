@@ -1,6 +1,6 @@
 //! Elementwise and row-wise kernels of the layer forward pass, threaded over blocks of rows.
 
-use super::{par_for, threads, with_slice, SharedMut};
+use super::{par_for, threads, wide, with_slice, SharedMut};
 use crate::error::Result;
 use candle_core::{Device, Tensor};
 use std::mem::MaybeUninit;
@@ -45,12 +45,17 @@ pub fn rms_norm(x: &Tensor, w: &[f32], eps: f32) -> Result<Tensor> {
     }
     let out = with_slice(x, |xs| {
         par_fill(xs.len(), n, &|r0, o| {
-            for (i, row) in o.chunks_exact_mut(n).enumerate() {
-                let xr = &xs[(r0 + i) * n..(r0 + i + 1) * n];
-                let var = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
-                let d = (var + eps).sqrt();
-                row.iter_mut().zip(xr).zip(w).for_each(|((o, &v), &g)| _ = o.write(v / d * g));
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    for (i, row) in o.chunks_exact_mut(n).enumerate() {
+                        let xr = &xs[(r0 + i) * n..(r0 + i + 1) * n];
+                        let var = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+                        let d = (var + eps).sqrt();
+                        row.iter_mut().zip(xr).zip(w).for_each(|((o, &v), &g)| _ = o.write(v / d * g));
+                    }
+                },
+            )
         })
     })?;
     Ok(Tensor::from_vec(out, x.shape(), &Device::Cpu)?)
@@ -85,29 +90,34 @@ pub fn to_heads(
     let out = with_slice(y, |ys| {
         // One task per block of `[t, hd]` rows of a head: output row r = ((bi·n + h)·t + p).
         par_fill(b * t * n * hd, hd, &|r0, o| {
-            let mut tmp = vec![0f32; hd];
-            for (i, row) in o.chunks_exact_mut(hd).enumerate() {
-                let r = r0 + i;
-                let (bh, p) = (r / t, r % t);
-                let (bi, h) = (bh / n, bh % n);
-                let src = &ys[((bi * t + p) * n + h) * hd..][..hd];
-                tmp.copy_from_slice(src);
-                if let Some((w, eps)) = norm {
-                    let var = tmp.iter().map(|v| v * v).sum::<f32>() / hd as f32;
-                    let d = (var + eps).sqrt();
-                    tmp.iter_mut().zip(w).for_each(|(v, &g)| *v = *v / d * g);
-                }
-                match rope {
-                    Some(Rope { cos, sin }) => {
-                        let (c, s) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
-                        for j in 0..half {
-                            row[j].write(tmp[j] * c[j] + -tmp[j + half] * s[j]);
-                            row[j + half].write(tmp[j + half] * c[j + half] + tmp[j] * s[j + half]);
+            wide(
+                #[inline(always)]
+                || {
+                    let mut tmp = vec![0f32; hd];
+                    for (i, row) in o.chunks_exact_mut(hd).enumerate() {
+                        let r = r0 + i;
+                        let (bh, p) = (r / t, r % t);
+                        let (bi, h) = (bh / n, bh % n);
+                        let src = &ys[((bi * t + p) * n + h) * hd..][..hd];
+                        tmp.copy_from_slice(src);
+                        if let Some((w, eps)) = norm {
+                            let var = tmp.iter().map(|v| v * v).sum::<f32>() / hd as f32;
+                            let d = (var + eps).sqrt();
+                            tmp.iter_mut().zip(w).for_each(|(v, &g)| *v = *v / d * g);
+                        }
+                        match rope {
+                            Some(Rope { cos, sin }) => {
+                                let (c, s) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
+                                for j in 0..half {
+                                    row[j].write(tmp[j] * c[j] + -tmp[j + half] * s[j]);
+                                    row[j + half].write(tmp[j + half] * c[j + half] + tmp[j] * s[j + half]);
+                                }
+                            }
+                            None => row.iter_mut().zip(&tmp).for_each(|(o, &v)| _ = o.write(v)),
                         }
                     }
-                    None => row.iter_mut().zip(&tmp).for_each(|(o, &v)| _ = o.write(v)),
-                }
-            }
+                },
+            )
         })
     })?;
     Ok(Tensor::from_vec(out, (b, n, t, hd), &Device::Cpu)?)
@@ -162,7 +172,10 @@ pub fn add_scaled_sub(a: &Tensor, b: &Tensor, s: f32, c: &Tensor) -> Result<Tens
             with_slice(c, |zs| {
                 par_fill(xs.len(), N, &|r0, o| {
                     let (x, y, z) = (&xs[r0 * N..], &ys[r0 * N..], &zs[r0 * N..]);
-                    o.iter_mut().zip(x).zip(y).zip(z).for_each(|(((o, &p), &q), &r)| _ = o.write(p + s * q - r));
+                    wide(
+                        #[inline(always)]
+                        || o.iter_mut().zip(x).zip(y).zip(z).for_each(|(((o, &p), &q), &r)| _ = o.write(p + s * q - r)),
+                    )
                 })
             })
         })
@@ -180,7 +193,10 @@ fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result
         with_slice(b, |ys| {
             par_fill(xs.len(), N, &|r0, o| {
                 let (x, y) = (&xs[r0 * N..], &ys[r0 * N..]);
-                o.iter_mut().zip(x).zip(y).for_each(|((o, &p), &q)| _ = o.write(f(p, q)));
+                wide(
+                    #[inline(always)]
+                    || o.iter_mut().zip(x).zip(y).for_each(|((o, &p), &q)| _ = o.write(f(p, q))),
+                );
             })
         })
     })??;
@@ -196,10 +212,15 @@ pub fn select_cols(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
     let k = idx.len();
     let out = with_slice(t, |xs| {
         par_fill(rows * k, k, &|r0, o| {
-            for (i, row) in o.chunks_exact_mut(k.max(1)).enumerate() {
-                let src = &xs[(r0 + i) * n..(r0 + i + 1) * n];
-                row.iter_mut().zip(idx).for_each(|(o, &j)| _ = o.write(src[j]));
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    for (i, row) in o.chunks_exact_mut(k.max(1)).enumerate() {
+                        let src = &xs[(r0 + i) * n..(r0 + i + 1) * n];
+                        row.iter_mut().zip(idx).for_each(|(o, &j)| _ = o.write(src[j]));
+                    }
+                },
+            )
         })
     })?;
     Ok(Tensor::from_vec(out, (rows, k), &Device::Cpu)?)

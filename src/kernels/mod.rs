@@ -65,6 +65,38 @@ pub fn threads() -> usize {
     }
 }
 
+/// Runs `f` compiled for the widest vectors this CPU has: natively on x86-64 AVX-512, else AVX2,
+/// chosen at run time (the binary itself targets baseline x86-64, whose SSE2 leaves loops with
+/// `min`/`max` or conversions unvectorized). For the elementwise kernels' loops, which `f` inlines:
+/// they compute the same values at any width, as nothing in them is reassociated.
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// Runs `f(i)` for `i in 0..n`, spread over `threads()` workers.
 pub fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     let t = threads().min(n);
@@ -472,22 +504,27 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, sh: &AttnShape) -> Result<T
                     let mut sc = vec![0f32; nr * cols];
                     // SAFETY: sc is nr×cols; q rows row0..row0+nr and k rows c0..c1 lie inside their slices.
                     unsafe { gemm_bt(nr, cols, hd, sc.as_mut_ptr(), cols, qp.as_ptr(), hd, kp.as_ptr(), hd, false) };
-                    for (i, row) in sc.chunks_exact_mut(cols).enumerate() {
-                        let p = start + t0 + i;
-                        let (a, b) = (lo(p).max(c0) - c0, (p + 1).min(s) - c0);
-                        // Each step a plain loop over the visible scores, which the compiler vectorizes.
-                        let r = &mut row[a..b];
-                        r.iter_mut().for_each(|x| *x *= scale);
-                        if let Some(cap) = softcap {
-                            r.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
-                        }
-                        let m = lanes_fold(r, f32::NEG_INFINITY, f32::max);
-                        r.iter_mut().for_each(|x| *x = exp(*x - m));
-                        let inv = 1.0 / lanes_fold(r, 0.0, |acc, x| acc + x);
-                        r.iter_mut().for_each(|x| *x *= inv);
-                        row[..a].iter_mut().for_each(|x| *x = 0.0);
-                        row[b..].iter_mut().for_each(|x| *x = 0.0);
-                    }
+                    wide(
+                        #[inline(always)]
+                        || {
+                            for (i, row) in sc.chunks_exact_mut(cols).enumerate() {
+                                let p = start + t0 + i;
+                                let (a, b) = (lo(p).max(c0) - c0, (p + 1).min(s) - c0);
+                                // Each step a plain loop over the visible scores, which the compiler vectorizes.
+                                let r = &mut row[a..b];
+                                r.iter_mut().for_each(|x| *x *= scale);
+                                if let Some(cap) = softcap {
+                                    r.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
+                                }
+                                let m = lanes_fold(r, f32::NEG_INFINITY, f32::max);
+                                r.iter_mut().for_each(|x| *x = exp(*x - m));
+                                let inv = 1.0 / lanes_fold(r, 0.0, |acc, x| acc + x);
+                                r.iter_mut().for_each(|x| *x *= inv);
+                                row[..a].iter_mut().for_each(|x| *x = 0.0);
+                                row[b..].iter_mut().for_each(|x| *x = 0.0);
+                            }
+                        },
+                    );
                     let o = optr;
                     let (bi, h) = (bh / kv_heads, (bh % kv_heads) * group + gi);
                     let nh = kv_heads * group;

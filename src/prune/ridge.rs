@@ -4,7 +4,7 @@
 
 use super::{select_cols, select_rows};
 use crate::error::{bail, Result};
-use crate::kernels::{linear, par_for, scaled_gemm};
+use crate::kernels::{linear, par_for, scaled_gemm, wide};
 use candle_core::{Device, Tensor};
 
 /// Block size of the blocked Cholesky factorisation and triangular solves.
@@ -78,14 +78,19 @@ fn cholesky<T: Real>(a: Vec<T>, n: usize) -> Result<Vec<T>> {
         // The panel below it: each row solves x · L11ᵀ = a_row, independently of the others.
         par_for(row_tasks, &|t| {
             let p = lp;
-            for i in k1 + t * NB..(k1 + (t + 1) * NB).min(n) {
-                // SAFETY: this task alone writes rows i of its range, columns k0..k1; L11 is only read.
-                let row = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * n + k0), k1 - k0) };
-                for j in k0..k1 {
-                    let lj = unsafe { std::slice::from_raw_parts(p.0.add(j * n + k0), j - k0) };
-                    row[j - k0] = (row[j - k0] - dot(&row[..j - k0], lj)) / unsafe { *p.0.add(j * n + j) };
-                }
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    for i in k1 + t * NB..(k1 + (t + 1) * NB).min(n) {
+                        // SAFETY: this task alone writes rows i of its range, columns k0..k1; L11 is only read.
+                        let row = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * n + k0), k1 - k0) };
+                        for j in k0..k1 {
+                            let lj = unsafe { std::slice::from_raw_parts(p.0.add(j * n + k0), j - k0) };
+                            row[j - k0] = (row[j - k0] - dot(&row[..j - k0], lj)) / unsafe { *p.0.add(j * n + j) };
+                        }
+                    }
+                },
+            );
         });
         // The trailing matrix, lower part: A22 −= L21 · L21ᵀ, row blocks in parallel.
         par_for(row_tasks, &|t| {
@@ -162,68 +167,73 @@ fn chol_solve<T: Real>(l: &[T], n: usize, b: &mut [T], h: usize) {
     let bp = Shared(b.as_mut_ptr());
     let (ni, hi) = (n as isize, h as isize);
     par_for(h.div_ceil(chunk), &|c| {
-        let p = bp;
-        let (c0, w) = (c * chunk, chunk.min(h - c * chunk));
-        // SAFETY: this task alone touches columns c0..c0+w of every row of b.
-        // Rows i ≠ j never overlap, so `row(i)` and `row_ref(j)` may be alive together.
-        let row = |i: usize| unsafe { std::slice::from_raw_parts_mut(p.0.add(i * h + c0), w) };
-        let row_ref = |i: usize| unsafe { std::slice::from_raw_parts(p.0.add(i * h + c0), w) };
-        let blocks: Vec<(usize, usize)> = (0..n).step_by(NB).map(|i0| (i0, (i0 + NB).min(n))).collect();
-        // L Y = B.
-        for &(i0, i1) in &blocks {
-            if i0 > 0 {
-                // SAFETY: rows i0..i1 are written, rows 0..i0 read; all inside b's [n, h].
-                unsafe {
-                    scaled_gemm(
-                        (i1 - i0, w, i0),
-                        p.0.add(i0 * h + c0),
-                        hi,
-                        true,
-                        l.as_ptr().add(i0 * n),
-                        (ni, 1),
-                        p.0.add(c0),
-                        (hi, 1),
-                        T::from(-1.0),
-                    )
-                };
-            }
-            for i in i0..i1 {
-                for j in i0..i {
-                    let (f, src) = (l[i * n + j], row_ref(j));
-                    row(i).iter_mut().zip(src).for_each(|(a, &b)| *a -= f * b);
+        wide(
+            #[inline(always)]
+            || {
+                let p = bp;
+                let (c0, w) = (c * chunk, chunk.min(h - c * chunk));
+                // SAFETY: this task alone touches columns c0..c0+w of every row of b.
+                // Rows i ≠ j never overlap, so `row(i)` and `row_ref(j)` may be alive together.
+                let row = |i: usize| unsafe { std::slice::from_raw_parts_mut(p.0.add(i * h + c0), w) };
+                let row_ref = |i: usize| unsafe { std::slice::from_raw_parts(p.0.add(i * h + c0), w) };
+                let blocks: Vec<(usize, usize)> = (0..n).step_by(NB).map(|i0| (i0, (i0 + NB).min(n))).collect();
+                // L Y = B.
+                for &(i0, i1) in &blocks {
+                    if i0 > 0 {
+                        // SAFETY: rows i0..i1 are written, rows 0..i0 read; all inside b's [n, h].
+                        unsafe {
+                            scaled_gemm(
+                                (i1 - i0, w, i0),
+                                p.0.add(i0 * h + c0),
+                                hi,
+                                true,
+                                l.as_ptr().add(i0 * n),
+                                (ni, 1),
+                                p.0.add(c0),
+                                (hi, 1),
+                                T::from(-1.0),
+                            )
+                        };
+                    }
+                    for i in i0..i1 {
+                        for j in i0..i {
+                            let (f, src) = (l[i * n + j], row_ref(j));
+                            row(i).iter_mut().zip(src).for_each(|(a, &b)| *a -= f * b);
+                        }
+                        let d = l[i * n + i];
+                        row(i).iter_mut().for_each(|a| *a /= d);
+                    }
                 }
-                let d = l[i * n + i];
-                row(i).iter_mut().for_each(|a| *a /= d);
-            }
-        }
-        // Lᵀ Z = Y.
-        for &(i0, i1) in blocks.iter().rev() {
-            if i1 < n {
-                // (Lᵀ)[i0..i1, i1..n]: element (r, c) is L[i1 + c, i0 + r].
-                // SAFETY: rows i0..i1 are written, rows i1..n read.
-                unsafe {
-                    scaled_gemm(
-                        (i1 - i0, w, n - i1),
-                        p.0.add(i0 * h + c0),
-                        hi,
-                        true,
-                        l.as_ptr().add(i1 * n + i0),
-                        (1, ni),
-                        p.0.add(i1 * h + c0),
-                        (hi, 1),
-                        T::from(-1.0),
-                    )
-                };
-            }
-            for i in (i0..i1).rev() {
-                for j in i + 1..i1 {
-                    let (f, src) = (l[j * n + i], row_ref(j));
-                    row(i).iter_mut().zip(src).for_each(|(a, &b)| *a -= f * b);
+                // Lᵀ Z = Y.
+                for &(i0, i1) in blocks.iter().rev() {
+                    if i1 < n {
+                        // (Lᵀ)[i0..i1, i1..n]: element (r, c) is L[i1 + c, i0 + r].
+                        // SAFETY: rows i0..i1 are written, rows i1..n read.
+                        unsafe {
+                            scaled_gemm(
+                                (i1 - i0, w, n - i1),
+                                p.0.add(i0 * h + c0),
+                                hi,
+                                true,
+                                l.as_ptr().add(i1 * n + i0),
+                                (1, ni),
+                                p.0.add(i1 * h + c0),
+                                (hi, 1),
+                                T::from(-1.0),
+                            )
+                        };
+                    }
+                    for i in (i0..i1).rev() {
+                        for j in i + 1..i1 {
+                            let (f, src) = (l[j * n + i], row_ref(j));
+                            row(i).iter_mut().zip(src).for_each(|(a, &b)| *a -= f * b);
+                        }
+                        let d = l[i * n + i];
+                        row(i).iter_mut().for_each(|a| *a /= d);
+                    }
                 }
-                let d = l[i * n + i];
-                row(i).iter_mut().for_each(|a| *a /= d);
-            }
-        }
+            },
+        )
     });
 }
 
