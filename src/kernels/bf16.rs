@@ -4,7 +4,7 @@
 
 use super::with_slice;
 #[cfg(target_arch = "x86_64")]
-use super::{avx512, finish_linear, par_for, threads, with_slices, written_by, SharedMut};
+use super::{avx512, finish_linear, outputs, par_for, threads, with_slices, written_by, SharedMut};
 use crate::error::Result;
 use candle_core::{Device, Tensor};
 
@@ -138,15 +138,15 @@ pub(super) fn linears(x: &Tensor, maps: &[(&Tensor, Option<&Tensor>)]) -> Result
     if rows < 16 || !avx512::bf16_available() {
         return Ok(None);
     }
-    for (w, _) in maps {
-        let (_, k2) = w.dims2()?;
-        if k2 != k {
-            return Err(candle_core::Error::Msg(format!("linear: input has {k} features, weight expects {k2}")).into());
-        }
-    }
+    let ns: Vec<usize> = maps.iter().map(|(w, _)| outputs(w, k)).collect::<Result<_>>()?;
     let ws: Vec<Tensor> = maps.iter().map(|(w, _)| (*w).clone()).collect();
     let outs = products_bf16(x, &ws, rows, k)?;
-    outs.into_iter().zip(maps).map(|(o, (w, b))| finish_linear(o, rows, w.dim(0)?, *b)).collect::<Result<_>>().map(Some)
+    outs.into_iter()
+        .zip(maps)
+        .zip(ns)
+        .map(|((o, (_, b)), n)| finish_linear(o, rows, n, *b))
+        .collect::<Result<_>>()
+        .map(Some)
 }
 
 /// Whether products on this thread are to be in bf16 ([`bf16_products`]).
