@@ -89,11 +89,27 @@ mod cli {
             json: bool,
         },
         /// Serve the browser app (www/, pkg/, models/ under --root) on 127.0.0.1.
+        ///
+        /// Only pages from this server's own origin may read what it serves (add others with
+        /// --allow-origin); requests must name it as 127.0.0.1, localhost or [::1] (add names with
+        /// --allow-host); files are served only from inside www/, pkg/ and models/ (each may itself be a
+        /// link, e.g. models/ to a folder of models; no link inside them may lead out).
         Serve {
+            /// Port to listen on (0: any free port, printed).
             #[arg(long, default_value_t = 8080)]
             port: u16,
+            /// The podar checkout holding www/, pkg/ and models/.
             #[arg(long, default_value = ".")]
             root: PathBuf,
+            /// Address to listen on. Anything but loopback lets other machines read what is served.
+            #[arg(long, default_value = "127.0.0.1")]
+            host: std::net::IpAddr,
+            /// An origin (e.g. http://localhost:3000) whose pages may read responses; repeatable.
+            #[arg(long = "allow-origin", value_name = "ORIGIN")]
+            allow_origins: Vec<String>,
+            /// A host name requests may use besides the listening address and localhost; repeatable.
+            #[arg(long = "allow-host", value_name = "NAME")]
+            allow_hosts: Vec<String>,
         },
     }
 
@@ -409,8 +425,9 @@ mod cli {
                     }
                 }
             }
-            Cmd::Serve { port, root } => {
-                crate::serve::serve(&root, port).at(&root)?;
+            Cmd::Serve { port, root, host, allow_origins, allow_hosts } => {
+                let opts = crate::serve::ServeOptions { root: root.clone(), host, port, allow_origins, allow_hosts };
+                crate::serve::serve(opts).at(&root)?;
             }
         }
         Ok(())

@@ -116,11 +116,21 @@ impl Tokenizer {
     }
 
     /// Renders a single user message with the chat template and the generation prompt.
+    ///
+    /// The template comes from the model file, so it runs with limits: a budget of VM steps
+    /// (minijinja's fuel; a real template spends a few thousand), a cap on its source and on what it
+    /// writes, and minijinja's own caps on recursion and on range lengths. A template that loops or
+    /// recurses without end stops with an error instead of running for ever.
     pub fn apply_chat_template(&self, user: &str) -> Result<String> {
         let Some(tpl) = self.chat_template() else {
             bail!(Input, "this model has no chat template");
         };
+        if tpl.len() > MAX_TEMPLATE {
+            bail!(Tokenizer, "chat template of {} bytes is longer than the {MAX_TEMPLATE}-byte cap", tpl.len());
+        }
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
@@ -134,13 +144,53 @@ impl Tokenizer {
                 _ => Value::Null,
             }
         };
-        t.render(minijinja::context! {
+        let ctx = minijinja::context! {
             messages => vec![json!({"role": "user", "content": user})],
             add_generation_prompt => true,
             bos_token => tok("bos_token"),
             eos_token => tok("eos_token"),
-        })
-        .map_err(|e| Error::Tokenizer(format!("chat template failed: {e}")))
+        };
+        let mut out = Capped(Vec::new(), MAX_TEMPLATE_OUTPUT + user.len());
+        let rendered = t.render_captured_to(ctx, &mut out).map(drop);
+        match rendered {
+            Ok(()) => {
+                String::from_utf8(out.0).map_err(|_| Error::Tokenizer("chat template wrote invalid UTF-8".into()))
+            }
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                bail!(Tokenizer, "chat template stopped: it ran more than {TEMPLATE_FUEL} steps (a loop without end?)")
+            }
+            Err(_) if out.0.len() >= out.1 => {
+                bail!(Tokenizer, "chat template stopped: it wrote more than {} bytes", out.1)
+            }
+            Err(e) => bail!(Tokenizer, "chat template failed: {e}"),
+        }
+    }
+}
+
+/// The longest chat template podar runs (real ones are a few kB, the longest tool-use ones ~30 kB).
+const MAX_TEMPLATE: usize = 1 << 20;
+/// VM steps a chat template may take for one message (minijinja's fuel).
+const TEMPLATE_FUEL: u64 = 1_000_000;
+/// Nesting a chat template may reach (minijinja counts a loop or `if` as 1, a macro call as 10 or
+/// more); below minijinja's 500, for the browser's 1 MiB wasm stack.
+const TEMPLATE_RECURSION: usize = 200;
+/// What a chat template may write beside the message itself.
+const MAX_TEMPLATE_OUTPUT: usize = 1 << 20;
+
+/// A writer that refuses to grow past its cap.
+struct Capped(Vec<u8>, usize);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > self.1 {
+            self.0.extend_from_slice(&buf[..self.1 - self.0.len()]);
+            return Err(std::io::Error::other("chat template output over the cap"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

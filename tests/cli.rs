@@ -372,6 +372,21 @@ fn generate_within_the_models_context() {
 }
 
 #[test]
+fn a_chat_template_that_never_ends_is_stopped() {
+    // A model whose tokenizer_config.json holds three nested loops of 9999.
+    let dir = tmp("endless_template");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        std::fs::copy(tiny("llama").join(f), dir.join(f)).unwrap();
+    }
+    let tpl = "{% for a in range(9999) %}{% for b in range(9999) %}{% for c in range(9999) %}x{% endfor %}{% endfor %}{% endfor %}";
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::json!({ "chat_template": tpl }).to_string()).unwrap();
+    let t0 = std::time::Instant::now();
+    fails(&["generate", dir.to_str().unwrap(), "--prompt", "hi", "--chat"], &dir, "chat template stopped");
+    eprintln!("endless chat template stopped after {:.2} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
 fn prune_refuses_bad_requests() {
     let out = tmp("never");
     let m = real_model();

@@ -254,3 +254,32 @@ fn ridge_refit_matches_a_plain_solve() {
         );
     }
 }
+
+/// A tokenizer whose chat template is `tpl` (as a model file would hand it over).
+fn with_template(tpl: &str) -> podar::Tokenizer {
+    let cfg = serde_json::json!({ "chat_template": tpl, "bos_token": "<s>" });
+    podar::Tokenizer::from_hf(TOKENIZER, Some(cfg.to_string().as_bytes())).unwrap()
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn hostile_chat_templates_stop_with_an_error() {
+    let ok = with_template("{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}");
+    assert_eq!(ok.apply_chat_template("hi").unwrap(), "<s><user>hi");
+    let cases = [
+        // Three nested loops of 9999: ~10^12 steps.
+        ("{% for a in range(9999) %}{% for b in range(9999) %}{% for c in range(9999) %}x{% endfor %}{% endfor %}{% endfor %}", "steps"),
+        // A loop that rebuilds itself without end.
+        ("{% set ns = namespace(n=0) %}{% for a in range(99999) %}{% for b in range(99999) %}{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}", "steps"),
+        // Recursion without end.
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "chat template"),
+        // A lot of output from few steps.
+        ("{% for a in range(1000) %}{{ 'x' * 100000 }}{% endfor %}", "wrote more than"),
+        // A single range too long.
+        ("{% for a in range(10**12) %}x{% endfor %}", "chat template"),
+        ("{% for a in ", "does not parse"),
+    ];
+    for (tpl, says) in cases {
+        let err = with_template(tpl).apply_chat_template("hi").unwrap_err().to_string();
+        assert!(err.contains(says), "{tpl}: {err}");
+    }
+}

@@ -10,10 +10,10 @@ export const podar = path.join(root, 'target/release/podar');
 /** Runs the CLI from the repository root; its stdout as a string. */
 export const cli = (...args) => execFileSync(podar, args, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
 
-/** `podar serve --port 0 --root dir`; resolves to {proc, url} once it listens. */
-export function serve(dir) {
+/** `podar serve --port 0 --root dir [...extra]`; resolves to {proc, url} once it listens. */
+export function serve(dir, extra = []) {
   return new Promise((resolve, reject) => {
-    const p = spawn(podar, ['serve', '--port', '0', '--root', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const p = spawn(podar, ['serve', '--port', '0', '--root', dir, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     p.stderr.on('data', (d) => {
       err += d;

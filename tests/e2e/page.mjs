@@ -68,7 +68,8 @@ fs.mkdirSync(path.join(remoteDir, 'www/tiny'), { recursive: true });
 for (const f of ['config.json', 'model.safetensors', 'tokenizer.json']) {
   fs.copyFileSync(path.join(root, 'tests/fixtures/tiny/llama', f), path.join(remoteDir, 'www/tiny', f));
 }
-const remote = await serve(remoteDir);
+// The second server lets only the app's origin read it (no wildcard CORS).
+const remote = await serve(remoteDir, ['--allow-origin', new URL(app.url).origin]);
 
 const browser = await launch();
 let failed = false;
