@@ -2,6 +2,7 @@
 //! that lead out of the served folders, foreign Host and Origin headers, malformed and oversized
 //! requests, slow clients, and many concurrent range requests on a model. Bounded in count and time;
 //! it ends with the server alive and every good response byte-exact.
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
