@@ -12,14 +12,24 @@ THREADS_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+s
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: serve test test-browser setup build build-native build-wasm lint models bench bench-web clean
+.PHONY: serve test test-browser setup setup-test build build-native build-wasm build-wasm-single build-wasm-threads models bench bench-web test-webgpu clean
 
-## Serve the app on http://127.0.0.1:$(PORT)/ (builds everything and fetches the default model first).
-serve: build models
-	./target/release/podar serve --port $(PORT) --root .
+## Serve the app on http://127.0.0.1:$(PORT)/ as soon as the page can work (the single-threaded
+## build); the faster threaded builds are made meanwhile and the page uses them after a reload.
+## Installs only what building needs, no browsers.
+serve: setup build-native build-wasm-single models
+	@./target/release/podar serve --port $(PORT) --root . & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null' EXIT INT TERM; sleep 0.5; kill -0 $$pid 2>/dev/null || exit 1; \
+	if rustup run $(NIGHTLY) rustc --version >/dev/null 2>&1; then \
+	  echo "podar: the page works now, on one thread; building the threaded page builds meanwhile" \
+	       "(a few minutes the first time; log in target/threads-build.log)"; \
+	  if $(MAKE) --no-print-directory build-wasm-threads > target/threads-build.log 2>&1; then \
+	    echo "podar: threaded builds ready: reload the page to use every core"; \
+	  else echo "podar: the threaded build failed (target/threads-build.log); the page stays single-threaded"; fi; \
+	fi; wait $$pid
 
 ## Everything the tests need, then every test: native, then in headless Chromium.
-test: setup models
+test: setup setup-test models
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --lib --tests --target wasm32-unknown-unknown -- -D warnings
@@ -34,9 +44,15 @@ test-browser: build-native build-wasm
 	node tests/e2e/webgpu.mjs
 	xvfb-run -a node tests/e2e/browsers.mjs
 
-## Toolchain pieces: the wasm32 target and the wasm-bindgen CLI pinned to the crate's version.
+## Toolchain pieces: the wasm32 target, the wasm-bindgen CLI pinned to the crate's version, and the
+## pinned nightly of the threaded page build.
 setup:
 	@bash scripts/setup.sh $(WASM_BINDGEN_VERSION) $(NIGHTLY)
+
+## What only the tests need: Chromium and its driver, Firefox ESR, WebKitGTK's driver, Xvfb, Node.js
+## and the npm packages playwright-core and puppeteer-core.
+setup-test:
+	@bash scripts/setup-test.sh
 
 build: setup build-native build-wasm
 
@@ -46,20 +62,28 @@ build-native:
 ## pkg/: single-threaded (stable); pkg/threads/: wasm threads (nightly), used when the page is
 ## cross-origin isolated; pkg/threads-relaxed/: the same with relaxed SIMD (fused multiply-add),
 ## used where the browser validates it. Without the pinned nightly only pkg/ is built and the page
-## runs on one thread. wasm-bindgen-rayon's worker helper calls the init function the old way
-## (positional arguments, which wasm-bindgen reports as deprecated on the console): sed gives it
-## the object form.
-build-wasm:
+## runs on one thread.
+build-wasm: build-wasm-single build-wasm-threads
+
+build-wasm-single:
 	$(CARGO) build --release --lib --target wasm32-unknown-unknown
 	wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/podar.wasm
+
+## Each threaded build is written beside pkg/ and moved in whole, so a page loaded meanwhile never
+## sees half of one. wasm-bindgen-rayon's worker helper calls the init function the old way
+## (positional arguments, which wasm-bindgen reports as deprecated on the console): sed gives it the
+## object form.
+build-wasm-threads:
 	@if rustup run $(NIGHTLY) rustc --version >/dev/null 2>&1; then \
 	  for v in threads threads-relaxed; do \
 	    flags="$(THREADS_RUSTFLAGS)"; [ $$v = threads-relaxed ] && flags="$$flags -C target-feature=+relaxed-simd"; \
 	    RUSTFLAGS="$$flags" $(CARGO) +$(NIGHTLY) build --release --lib --target wasm32-unknown-unknown \
 	      --no-default-features --features threads -Z build-std=panic_abort,std --target-dir target/$$v && \
-	    wasm-bindgen --target web --out-dir pkg/$$v target/$$v/wasm32-unknown-unknown/release/podar.wasm || exit 1; \
+	    rm -rf pkg/.$$v.new && \
+	    wasm-bindgen --target web --out-dir pkg/.$$v.new target/$$v/wasm32-unknown-unknown/release/podar.wasm || exit 1; \
 	    sed -i 's/await pkg.default(data.module, data.memory);/await pkg.default({ module_or_path: data.module, memory: data.memory });/' \
-	      pkg/$$v/snippets/wasm-bindgen-rayon-*/src/workerHelpers*.js || exit 1; \
+	      pkg/.$$v.new/snippets/wasm-bindgen-rayon-*/src/workerHelpers*.js || exit 1; \
+	    rm -rf pkg/$$v && mv pkg/.$$v.new pkg/$$v || exit 1; \
 	  done; \
 	else \
 	  echo "podar: $(NIGHTLY) with rust-src is missing, so the page will run single-threaded (make setup installs it)"; \
@@ -80,11 +104,11 @@ bench: build-native models
 
 ## The page on WebGPU (SwiftShader in headless Chromium): same kept neurons and perplexity as the
 ## CPU. Slow on a software adapter (about 1.3 GFLOP/s here): 2 calibration windows; also run by `make test`.
-test-webgpu: build-native build-wasm models
+test-webgpu: setup-test build-native build-wasm models
 	node tests/e2e/webgpu.mjs
 
 ## The whole in-page job in headless Chromium: seconds and peak wasm memory.
-bench-web: setup build-native build-wasm models
+bench-web: setup setup-test build-native build-wasm models
 	node scripts/bench-web.mjs
 
 clean:

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Installs what building and testing need, only when missing: the wasm32 target, the wasm-bindgen CLI
-# at exactly the version Cargo.toml pins, Debian's Chromium and chromedriver (browser tests), Firefox
-# ESR, WebKitGTK's WebDriver, Xvfb and xauth (the page in Gecko and WebKit), Node.js, playwright-core and
-# puppeteer-core (end-to-end tests; neither downloads a browser).
+# Installs what building needs, only when missing: the wasm32 target, the wasm-bindgen CLI at exactly
+# the version Cargo.toml pins, and the pinned nightly of the threaded page build. What only the tests
+# need is scripts/setup-test.sh's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want="$1"
@@ -21,24 +20,4 @@ if [ -n "$nightly" ] && ! rustup run "$nightly" rustc --version >/dev/null 2>&1;
   echo "installing $nightly with rust-src for the threaded page build (once)"
   rustup toolchain install "$nightly" --profile minimal --component rust-src ||
     echo "podar: could not install $nightly; the page will run single-threaded"
-fi
-apt_pkgs=()
-command -v chromium >/dev/null || apt_pkgs+=(chromium)
-command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)
-command -v node >/dev/null || apt_pkgs+=(nodejs)
-command -v npm >/dev/null || apt_pkgs+=(npm)
-command -v firefox-esr >/dev/null || command -v firefox >/dev/null || apt_pkgs+=(firefox-esr)
-command -v WebKitWebDriver >/dev/null || apt_pkgs+=(webkit2gtk-driver)
-command -v xvfb-run >/dev/null || apt_pkgs+=(xvfb)
-command -v xauth >/dev/null || apt_pkgs+=(xauth)
-if [ ${#apt_pkgs[@]} -gt 0 ]; then
-  echo "installing ${apt_pkgs[*]} with apt (once)"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${apt_pkgs[@]}"
-fi
-if [ ! -f node_modules/playwright-core/package.json ] || [ ! -f node_modules/puppeteer-core/package.json ] ||
-  [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund
 fi

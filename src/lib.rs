@@ -13,38 +13,28 @@
 //! println!("{}", bundle.tokenizer().unwrap().decode(&out).unwrap());
 //! ```
 
-pub mod calib;
-pub mod config;
+// The layers, bottom up: a module imports only from the ones listed before it.
 pub mod error;
-pub mod eval;
 pub mod export;
-pub mod generate;
-pub mod gguf;
-pub mod gguf_write;
+pub mod formats;
 #[cfg(all(target_arch = "wasm32", feature = "gpu"))]
 pub mod gpu;
-pub mod job;
 pub mod kernels;
-pub mod load;
 pub mod model;
 pub mod prune;
-pub mod safetensors;
-pub mod source;
-pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
-pub mod zip;
 
-pub use config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
-pub use eval::{perplexity, Perplexity};
-pub use generate::greedy;
-pub use job::{OutputFormat, Plan};
-pub use load::{
+pub use export::job::{OutputFormat, Plan};
+pub use formats::safetensors::SafetensorsSource;
+pub use formats::source::{StorageDtype, TensorSource};
+pub use model::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
+pub use model::eval::{perplexity, Perplexity};
+pub use model::generate::greedy;
+pub use model::load::{
     inspect_gguf, inspect_hf, inspect_named, load_gguf, load_hf, load_hf_weights, load_named, pick_files, Bundle,
     HfFiles, Picked, Summary,
 };
+pub use model::tokenizer::Tokenizer;
 pub use model::{KvCache, Model};
-pub use safetensors::SafetensorsSource;
-pub use source::{StorageDtype, TensorSource};
-pub use tokenizer::Tokenizer;

@@ -229,7 +229,7 @@ fn eval_json_on_tiny_model() {
 fn prune_writes_a_consistent_hf_folder_and_report() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // Calibration and evaluation text: podar's own source code, a "code" domain every clone has.
-    let calib = root.join("src/model.rs");
+    let calib = root.join("src/model/transformer.rs");
     let eval = root.join("src/prune/mod.rs");
     let out = tmp("pruned_hf");
     let (code, stdout, err) = podar(&[

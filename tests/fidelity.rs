@@ -1,7 +1,7 @@
 //! Logits of every supported family against transformers (tiny random-weight models made by
 //! tests/fixtures/make_tiny_models.py), within 1e-4 max-abs, and greedy continuations with the KV cache.
 
-use podar::safetensors::shard_names;
+use podar::formats::safetensors::shard_names;
 use serde::Deserialize;
 use std::fs;
 use std::io::Cursor;

@@ -1,7 +1,7 @@
 //! GGUF export round trips: write a model as GGUF, read it back with podar's own loader, and get
 //! the same logits (q/k permutation and Gemma norm offsets undone exactly).
 
-use podar::gguf_write::{write_gguf, GgufDtype};
+use podar::export::gguf::{write_gguf, GgufDtype};
 use std::io::Cursor;
 use std::path::PathBuf;
 
@@ -50,7 +50,7 @@ fn gguf_round_trip_keeps_logits() {
 
 #[test]
 fn gemma_layouts_gguf_cannot_record_are_refused() {
-    use podar::config::LayerType;
+    use podar::model::config::LayerType;
     // Gemma 2 without its first layer: full, sliding, … no longer alternates from sliding.
     let mut m = load("gemma2");
     m.layers.remove(0);
@@ -94,7 +94,7 @@ fn q8_0_weights_stay_within_one_quantization_step() {
 /// leaves the down projection in F16 (not F32), and the plan says so before the job runs.
 #[test]
 fn q8_0_rows_of_other_lengths_are_stored_as_f16_with_a_warning() {
-    use podar::job::{plan, OutputFormat};
+    use podar::export::job::{plan, OutputFormat};
     use podar::prune::{prune_mlp, PruneOptions, Score};
     let m = load("llama");
     let o = PruneOptions { mlp_size: Some(100), score: Score::Maw, ..Default::default() };
@@ -105,7 +105,7 @@ fn q8_0_rows_of_other_lengths_are_stored_as_f16_with_a_warning() {
     let p = prune_mlp(&m, None, &o, &mut |_, _, _| true).unwrap();
     let mut buf = Vec::new();
     write_gguf(&p.model, &[], GgufDtype::Q8_0, &mut buf).unwrap();
-    let (src, _) = podar::gguf::GgufSource::new(Cursor::new(buf)).unwrap();
+    let (src, _) = podar::model::gguf::GgufSource::new(Cursor::new(buf)).unwrap();
     use candle_core::quantized::GgmlDType;
     assert_eq!(src.ggml_dtype("model.layers.0.mlp.down_proj.weight"), Some(GgmlDType::F16));
     assert_eq!(src.ggml_dtype("model.layers.0.mlp.up_proj.weight"), Some(GgmlDType::Q8_0));

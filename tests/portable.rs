@@ -2,9 +2,9 @@
 //! (in a dedicated worker, where the page runs podar) with `cargo test --target wasm32-unknown-unknown`.
 //! The tiny llama fixture is compiled in, so the browser needs no file access.
 
-use podar::job::{self, EvalPair, OutputFormat, Record};
+use podar::export::job::{self, EvalPair, OutputFormat, Record};
+use podar::formats::zip::{read_stored, ZipWriter};
 use podar::prune::{prune_mlp, PruneOptions, Score};
-use podar::zip::{read_stored, ZipWriter};
 use podar::{load_hf, Bundle, Error, HfFiles, StorageDtype};
 use serde::Deserialize;
 use std::io::Cursor;
@@ -78,7 +78,7 @@ fn prune_export_zip_reload() {
         drop_block: Some(1),
         ..PruneOptions::default()
     };
-    let calib = podar::calib::windows(&ids, 8, 32).unwrap();
+    let calib = podar::prune::calib::windows(&ids, 8, 32).unwrap();
     let pruned = prune_mlp(&b.model, Some(&calib), &o, &mut |_, _, _| true).unwrap();
     let cfg = &pruned.model.cfg;
     assert_eq!((cfg.intermediate_size, cfg.num_key_value_heads, cfg.num_hidden_layers), (64, 1, 2));
@@ -135,7 +135,7 @@ fn a_false_progress_answer_cancels() {
     });
     assert!(matches!(r, Err(Error::Cancelled)));
     assert_eq!(calls, 1);
-    let calib = podar::calib::windows(&ids, 4, 32).unwrap();
+    let calib = podar::prune::calib::windows(&ids, 4, 32).unwrap();
     let o = PruneOptions { mlp_fraction: Some(0.25), calib_samples: 4, calib_len: 32, ..PruneOptions::default() };
     let r = prune_mlp(&b.model, Some(&calib), &o, &mut |_, _, _| false);
     assert!(matches!(r, Err(Error::Cancelled)));
@@ -185,7 +185,7 @@ fn matrix_kernels_match_plain_products() {
 #[wasm_bindgen_test(unsupported = test)]
 fn ridge_refit_matches_a_plain_solve() {
     use candle_core::{Device, Tensor};
-    use podar::calib::ErrorCross;
+    use podar::prune::calib::ErrorCross;
     let (n, h, t) = (230, 40, 500);
     let wavy = |r: usize, c: usize, s: usize| -> Vec<f32> {
         (0..r * c)

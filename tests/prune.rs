@@ -1,9 +1,9 @@
 //! Pruning on tiny models: 0% is byte-identical, shapes always match the config, recovery helps,
 //! and bad requests are refused with a clear message.
 
-use podar::calib::ErrorEstimate;
+use podar::formats::safetensors::SafetensorsSource;
+use podar::prune::calib::ErrorEstimate;
 use podar::prune::{prune_mlp, PruneOptions, Score};
-use podar::safetensors::SafetensorsSource;
 use podar::{StorageDtype, TensorSource};
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -20,8 +20,8 @@ fn load(name: &str) -> (podar::Model, Vec<u8>) {
 
 fn export(m: &podar::Model, dtype: StorageDtype) -> (Vec<u8>, Vec<u8>) {
     let mut st = Vec::new();
-    podar::export::write_safetensors(m, dtype, &mut st).unwrap();
-    let files = podar::export::hf_side_files(m, None, None, dtype).unwrap();
+    podar::export::hf::write_safetensors(m, dtype, &mut st).unwrap();
+    let files = podar::export::hf::hf_side_files(m, None, None, dtype).unwrap();
     let cfg = files.into_iter().find(|(n, _)| n == "config.json").unwrap().1;
     (cfg, st)
 }
@@ -202,7 +202,7 @@ fn bad_requests_are_refused() {
     let o = PruneOptions { mlp_fraction: Some(0.2), score: Score::Wanda, ..Default::default() };
     let e = prune_mlp(&m, None, &o, &mut |_, _, _| true).err().unwrap().to_string();
     assert!(e.contains("needs calibration text"), "{e}");
-    let e = podar::calib::windows(&calib(100), 64, 128).err().unwrap().to_string();
+    let e = podar::prune::calib::windows(&calib(100), 64, 128).err().unwrap().to_string();
     assert!(e.contains("8192"), "{e}");
     for bad in [
         PruneOptions { mlp_fraction: Some(1.0), ..Default::default() },
@@ -269,9 +269,9 @@ fn head_recovery_brings_outputs_closer() {
 
 /// A layer with every third MLP neuron removed and its down projection scaled by 1.5 (a crude
 /// "re-fit" that leaves a large error), and the neurons it keeps.
-fn thinned(layer: &podar::model::Layer) -> (podar::model::Layer, Vec<usize>) {
+fn thinned(layer: &podar::model::transformer::Layer) -> (podar::model::transformer::Layer, Vec<usize>) {
     use candle_core::{Device, Tensor};
-    use podar::model::Linear;
+    use podar::model::transformer::Linear;
     let n = layer.gate_proj.weight.dim(0).unwrap();
     let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 1).collect();
     let idx = Tensor::from_vec(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), kept.len(), &Device::Cpu).unwrap();
@@ -289,8 +289,8 @@ fn thinned(layer: &podar::model::Layer) -> (podar::model::Layer, Vec<usize>) {
 /// pruned stream.
 #[test]
 fn residual_error_estimate_is_the_carried_refit_residual() {
-    use podar::calib::{collect, LayerStats, Replacement, Want, ERROR_CARRY};
-    use podar::model::Layer;
+    use podar::model::transformer::Layer;
+    use podar::prune::calib::{collect, LayerStats, Replacement, Want, ERROR_CARRY};
     let (m, _) = load("llama");
     let (samples, len) = (6, 16);
     let ids = calib(samples * len);
@@ -327,8 +327,8 @@ fn residual_error_estimate_is_the_carried_refit_residual() {
 #[test]
 fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
     use candle_core::{Device, Tensor};
-    use podar::calib::{collect, LayerStats, Replacement, Want};
-    use podar::model::Layer;
+    use podar::model::transformer::Layer;
+    use podar::prune::calib::{collect, LayerStats, Replacement, Want};
     let (m, _) = load("llama");
     let (samples, len) = (70, 16); // 1024-token chunks: 64 windows, then 6
     let ids = calib(samples * len);
@@ -385,8 +385,8 @@ fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
 #[test]
 fn kept_gram_parts_give_the_full_systems_rows() {
     use candle_core::{Device, Tensor};
-    use podar::calib::{collect, LayerStats, Replacement, Want};
-    use podar::model::Layer;
+    use podar::model::transformer::Layer;
+    use podar::prune::calib::{collect, LayerStats, Replacement, Want};
     let (m, _) = load("llama");
     let (samples, len) = (70, 16); // 1024-token chunks: 64 windows, then 6
     let ids = calib(samples * len);
@@ -461,11 +461,16 @@ fn energy_scores_are_each_neurons_output_energy() {
     let (samples, len) = (4, 16);
     let ids = calib(samples * len);
     let mut mc = m.clone();
-    let st =
-        podar::calib::collect(&mut mc, &ids, samples, len, Default::default(), &mut |_, _, _| Ok(None), &mut |_, _| {
-            true
-        })
-        .unwrap();
+    let st = podar::prune::calib::collect(
+        &mut mc,
+        &ids,
+        samples,
+        len,
+        Default::default(),
+        &mut |_, _, _| Ok(None),
+        &mut |_, _| true,
+    )
+    .unwrap();
     // The same quantity from a plain forward pass: Σ_t ‖a_ti · down[:, i]‖² for layer 1.
     let x = m.embed(&ids, samples, len).unwrap();
     let x = m.layer_forward(0, &x, samples, len, None, None).unwrap();
@@ -476,7 +481,7 @@ fn energy_scores_are_each_neurons_output_energy() {
         samples,
         len,
         None,
-        Some(&mut |t: podar::model::LayerTrace| mid = Some(t.mlp_hidden.clone())),
+        Some(&mut |t: podar::model::transformer::LayerTrace| mid = Some(t.mlp_hidden.clone())),
     )
     .unwrap();
     let a = mid.unwrap().to_vec2::<f32>().unwrap();

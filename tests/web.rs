@@ -78,7 +78,7 @@ fn load_plan_prune_eval_export() {
     for c in chunks.iter() {
         zip.extend(c.dyn_into::<Uint8Array>().unwrap().to_vec());
     }
-    let files = podar::zip::read_stored(&zip).unwrap();
+    let files = podar::formats::zip::read_stored(&zip).unwrap();
     let get = |n: &str| files.iter().find(|f| f.0 == n).map(|f| f.1.clone());
     let back =
         podar::load_named(files.iter().map(|(n, b)| (n.clone(), Cursor::new(b))).collect(), &mut |_, _| true).unwrap();

@@ -121,7 +121,7 @@ fn ppl_of(m: &podar::Model, ids: &[u32], file: &Path) -> Result<f64, Failure> {
 /// A folder on disk as a place to write a model's files.
 struct DirSink<'a>(&'a Path);
 
-impl podar::zip::FileSink for DirSink<'_> {
+impl podar::formats::zip::FileSink for DirSink<'_> {
     fn file(
         &mut self,
         name: &str,
@@ -189,7 +189,7 @@ pub(super) fn prune(a: PruneArgs) -> Result<(), Failure> {
 }
 
 fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
-    use podar::job::{EvalPair, OutputFormat, Record};
+    use podar::export::job::{EvalPair, OutputFormat, Record};
     use podar::prune::{PruneOptions, Score};
     let t0 = Instant::now();
     let bad = |p: &Path, m: String| Failure { file: Some(p.to_path_buf()), err: Error::Input(m) };
@@ -202,7 +202,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     let defaults = PruneOptions::default();
     let error_estimate = match a.error_estimate.as_deref() {
         None => defaults.error_estimate,
-        Some(e) => podar::calib::ErrorEstimate::parse(e).at(&a.model)?,
+        Some(e) => podar::prune::calib::ErrorEstimate::parse(e).at(&a.model)?,
     };
     if (a.no_recover || a.calib.is_none()) && (a.ridge.is_some() || a.correct.is_some() || a.error_estimate.is_some()) {
         let why = if a.no_recover { "--no-recover" } else { "there is no --calib" };
@@ -238,7 +238,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     let mut b = load(&a.model)?;
     // Every size and layer choice is checked before any long computation, and so is what a
     // GGUF needs from the source (its tokenizer).
-    for w in podar::job::plan(&b.model.cfg, &opts, format).at(&a.model)?.warnings {
+    for w in podar::export::job::plan(&b.model.cfg, &opts, format).at(&a.model)?.warnings {
         eprintln!("podar: warning: {w}");
     }
     if let OutputFormat::Gguf(_) = format {
@@ -250,7 +250,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
             // Calibration reads the text's first windows only.
             let want = a.calib_samples.saturating_mul(a.calib_len);
             let ids = b.tokenizer().at(&a.model)?.encode_prefix(&text, want).at(p)?.0;
-            Some(podar::calib::windows(&ids, a.calib_samples, a.calib_len).at(p)?)
+            Some(podar::prune::calib::windows(&ids, a.calib_samples, a.calib_len).at(p)?)
         }
         None => None,
     };
@@ -304,7 +304,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         // next layer fault them in again (a quarter of the job's time). Its freed memory goes back
         // once it is done, before the pruned model is written.
         if stage != "calibrate" || d == n {
-            crate::release_free_memory();
+            super::release_free_memory();
         }
         true
     })
@@ -315,7 +315,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     for f in stale_model_files(&a.out)? {
         std::fs::remove_file(&f).at(&f)?;
     }
-    podar::job::write_model(&b, &pruned.model, format, &mut DirSink(&a.out)).at(&a.out)?;
+    podar::export::job::write_model(&b, &pruned.model, format, &mut DirSink(&a.out)).at(&a.out)?;
     let after: Vec<f64> =
         a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(&pruned.model, ids, f)).collect::<Result<_, _>>()?;
     let evals: Vec<EvalPair> = a
@@ -341,7 +341,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         prune_seconds: prune_secs,
         total_seconds: secs,
     };
-    podar::job::write_record(&record, &mut DirSink(&a.out)).at(&a.out)?;
+    podar::export::job::write_record(&record, &mut DirSink(&a.out)).at(&a.out)?;
     let (pb_, pa) = (source_cfg.parameter_count(), pruned.model.parameter_count());
     if a.json {
         println!(

@@ -2,10 +2,10 @@
 //! metadata carried over, tensors in llama.cpp's names and layouts, streamed one at a time.
 
 use crate::error::{bail, Result};
-use crate::export::write_values;
-use crate::gguf::{name_map, permute_qk};
-use crate::model::Model;
-use crate::source::StorageDtype;
+use crate::export::hf::write_values;
+use crate::formats::source::StorageDtype;
+use crate::model::gguf::{name_map, permute_qk};
+use crate::model::transformer::Model;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
@@ -88,8 +88,8 @@ fn put_value(w: &mut Vec<u8>, v: &Value) -> Result<()> {
 /// slides unless `(i + 1) % p == 0`): Gemma 3 writes it as `gemma3.attention.sliding_window_pattern`;
 /// Gemma 2's is always 2. A layout no period gives (after dropping layers, say) cannot be written
 /// as GGUF, and is refused rather than written wrong.
-pub fn swa_period(c: &crate::config::ModelConfig) -> Result<Option<usize>> {
-    use crate::config::{Arch, LayerType};
+pub fn swa_period(c: &crate::model::config::ModelConfig) -> Result<Option<usize>> {
+    use crate::model::config::{Arch, LayerType};
     let n = c.layer_types.len();
     let fits = |p: usize| (0..n).all(|i| (c.layer_types[i] == LayerType::Sliding) == ((i + 1) % p != 0));
     let shown = || {
@@ -147,7 +147,7 @@ pub fn arch_metadata(model: &Model) -> Vec<(String, Value)> {
     if let Some(x) = c.final_logit_softcapping {
         v.push((k("final_logit_softcapping"), Value::F32(x as f32)));
     }
-    if let Some(crate::config::RopeScaling::Linear { factor }) = &c.rope_scaling {
+    if let Some(crate::model::config::RopeScaling::Linear { factor }) = &c.rope_scaling {
         v.push((k("rope.scaling.type"), Value::String("linear".into())));
         v.push((k("rope.scaling.factor"), Value::F32(*factor as f32)));
     }

@@ -2,10 +2,10 @@
 //! model itself, so the config and the tensor shapes can never disagree.
 
 use crate::error::Result;
+use crate::formats::source::StorageDtype;
 use crate::kernels::with_slice;
-use crate::model::{expected_tensors, Model};
-use crate::source::StorageDtype;
-use crate::tokenizer::Tokenizer;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::transformer::{expected_tensors, Model};
 use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::io::Write;

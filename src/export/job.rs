@@ -2,15 +2,15 @@
 //! any work (parameters and file size), the files written (model, tokenizer, report, model card)
 //! into any [`FileSink`] — a folder on disk, or a zip streamed to the browser.
 
-use crate::config::ModelConfig;
 use crate::error::{bail, Result};
-use crate::export::{hf_side_files, write_safetensors};
-use crate::gguf_write::{write_gguf, GgufDtype};
-use crate::load::Bundle;
-use crate::model::{expected_tensors, Model};
+use crate::export::gguf::{write_gguf, GgufDtype};
+use crate::export::hf::{hf_side_files, write_safetensors};
+use crate::formats::source::StorageDtype;
+use crate::formats::zip::FileSink;
+use crate::model::config::ModelConfig;
+use crate::model::load::Bundle;
+use crate::model::transformer::{expected_tensors, Model};
 use crate::prune::{heads_target, ids_sha256, mlp_target, PruneOptions, Pruned};
-use crate::source::StorageDtype;
-use crate::zip::FileSink;
 use serde_json::{json, Value};
 
 /// What the pruned model is written as.
@@ -81,7 +81,7 @@ pub struct Plan {
 /// The configuration the pruned model will have, and its sizes.
 pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Plan> {
     if o.calibrates() {
-        crate::calib::check_len(cfg, o.calib_len)?;
+        crate::prune::calib::check_len(cfg, o.calib_len)?;
     }
     let mut after = cfg.clone();
     after.intermediate_size = mlp_target(cfg.intermediate_size, o)?;
@@ -108,7 +108,7 @@ pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Pl
             after.layer_types =
                 after.layer_types.iter().enumerate().filter(|(i, _)| !at.contains(i)).map(|(_, t)| *t).collect();
             if let OutputFormat::Gguf(_) = fmt {
-                crate::gguf_write::swa_period(&after)?;
+                crate::export::gguf::swa_period(&after)?;
             }
         }
         None => after.layer_types.truncate(after.num_hidden_layers),
@@ -146,7 +146,7 @@ fn format_warnings(c: &ModelConfig, fmt: OutputFormat) -> Vec<String> {
                 ));
             }
         }
-        if !c.arch.is_gemma() && c.layer_types.contains(&crate::config::LayerType::Sliding) {
+        if !c.arch.is_gemma() && c.layer_types.contains(&crate::model::config::LayerType::Sliding) {
             w.push(format!(
                 "podar reads this family back from a GGUF with attention over the whole context (llama.cpp may \
                  too), not over the model's sliding window of {} tokens: outputs differ on inputs longer than it",

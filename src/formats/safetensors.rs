@@ -1,7 +1,7 @@
 //! safetensors: header parsing (with caps, checked offsets) and tensor reads from any `Read + Seek`.
 
 use crate::error::{bail, Error, Result};
-use crate::source::{to_f32_tensor, StorageDtype, TensorSource};
+use crate::formats::source::{to_f32_tensor, StorageDtype, TensorSource};
 use candle_core::Tensor;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -102,7 +102,7 @@ pub fn read_header<R: Read + Seek>(r: &mut R) -> Result<Header> {
     }
     // Tensors share no bytes (the format lays them out back to back).
     let mut spans: Vec<(u64, u64, &str)> = out.tensors.iter().map(|(n, t)| (t.start, t.end, n.as_str())).collect();
-    if let Some((a, b)) = crate::source::first_overlap(&mut spans) {
+    if let Some((a, b)) = crate::formats::source::first_overlap(&mut spans) {
         bail!(Safetensors, "the data of tensors `{a}` and `{b}` overlap: the file is corrupt");
     }
     Ok(out)

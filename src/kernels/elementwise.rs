@@ -203,8 +203,19 @@ fn zip_map(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result
     Ok(Tensor::from_vec(out, a.shape(), &Device::Cpu)?)
 }
 
-/// Columns `idx` of the f32 matrix `t` (`[rows, n]`), as `[rows, idx.len()]`; rows over threads.
+/// Rows `idx` of `t` (any rank, any dtype): slicing a layer's gate/up rows or a head's q/k/v rows.
+pub fn select_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    let i: Vec<u32> = idx.iter().map(|&x| x as u32).collect();
+    Ok(t.index_select(&Tensor::from_vec(i, idx.len(), &Device::Cpu)?, 0)?)
+}
+
+/// Columns `idx` of the matrix `t` (`[rows, n]`), as `[rows, idx.len()]`, contiguous. f32 runs in
+/// podar's kernel (rows over threads), other dtypes through candle.
 pub fn select_cols(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    if t.dtype() != candle_core::DType::F32 || t.rank() != 2 {
+        let i: Vec<u32> = idx.iter().map(|&x| x as u32).collect();
+        return Ok(t.index_select(&Tensor::from_vec(i, idx.len(), &Device::Cpu)?, 1)?.contiguous()?);
+    }
     let (rows, n) = t.dims2()?;
     if let Some(&bad) = idx.iter().find(|&&i| i >= n) {
         return Err(candle_core::Error::Msg(format!("select_cols: column {bad} of {n}")).into());

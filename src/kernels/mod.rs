@@ -16,7 +16,9 @@ pub use attention::{attention, AttnShape};
 pub use bf16::{bf16_available, bf16_faster, bf16_products, bf16_round, Bf16Products};
 
 pub(crate) use elementwise::par_fill;
-pub use elementwise::{add, add_scaled, add_scaled_sub, exp, rms_norm, select_cols, silu_mul, sub, to_heads, Rope};
+pub use elementwise::{
+    add, add_scaled, add_scaled_sub, exp, rms_norm, select_cols, select_rows, silu_mul, sub, to_heads, Rope,
+};
 
 /// Another engine that may take over the largest matrix products: the page's WebGPU worker. It
 /// answers `None` when it cannot (no device, a failure), and the CPU kernels run instead.

@@ -2,7 +2,7 @@
 //! no BOS, mean NLL of tokens 2..ctx given the earlier tokens of the same window.
 
 use crate::error::{bail, Result};
-use crate::model::Model;
+use crate::model::transformer::Model;
 
 /// Largest context podar accepts for evaluation.
 pub const MAX_CTX: usize = 32_768;

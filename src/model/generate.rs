@@ -1,7 +1,7 @@
 //! Greedy decoding with a KV cache.
 
 use crate::error::{bail, Result};
-use crate::model::{KvCache, Model};
+use crate::model::transformer::{KvCache, Model};
 use candle_core::D;
 
 /// Greedily continues `prompt` by up to `max_new` tokens, stopping after any id in `stop`.

@@ -1,12 +1,12 @@
 //! Loading whole models: a GGUF file, or a Hugging Face folder's files, handed in as readers.
 
-use crate::config::ModelConfig;
 use crate::error::{bail, Result};
-use crate::gguf::GgufSource;
-use crate::model::{check_source, Model};
-use crate::safetensors::SafetensorsSource;
-use crate::source::TensorSource;
-use crate::tokenizer::Tokenizer;
+use crate::formats::safetensors::SafetensorsSource;
+use crate::formats::source::TensorSource;
+use crate::model::config::ModelConfig;
+use crate::model::gguf::GgufSource;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::transformer::{check_source, Model};
 use candle_core::quantized::GgmlDType;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -84,7 +84,7 @@ impl Bundle {
 
     /// Token ids that end generation: generation_config's, else the config's, else the tokenizer's EOS.
     pub fn stop_ids(&self) -> Vec<u32> {
-        let from = crate::config::id_list;
+        let from = crate::model::config::id_list;
         let g = from(self.generation_config.as_ref().and_then(|g| g.get("eos_token_id")));
         if !g.is_empty() {
             return g;

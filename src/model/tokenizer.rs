@@ -2,7 +2,7 @@
 //! equivalent `tokenizer.json`, so export can write it back. Chat templates render with minijinja.
 
 use crate::error::{bail, Error, Result};
-use crate::gguf::GgufHeader;
+use crate::formats::gguf::GgufHeader;
 use candle_core::quantized::gguf_file::Value as GValue;
 use serde_json::{json, Value};
 

@@ -1,10 +1,10 @@
 //! The decoder-only transformer, f32 on candle-core, written to match transformers' eager implementation
 //! for Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3.
 
-use crate::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
 use crate::error::{bail, Error, Result};
+use crate::formats::source::TensorSource;
 use crate::kernels::{add, attention, silu_mul, to_heads, AttnShape, Rope};
-use crate::source::TensorSource;
+use crate::model::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
 use candle_core::{Device, Tensor};
 
 /// A linear map `y = x Wᵀ + b` with `W` stored `[out, in]` as in transformers.
@@ -263,7 +263,7 @@ impl Model {
         let local = c.arch == Arch::Gemma3 && kind == LayerType::Sliding;
         let base = if local { c.rope_local_base_freq.unwrap_or(10000.0) } else { c.rope_theta };
         let d = c.head_dim;
-        let mut inv = crate::config::rope_freqs(base, d);
+        let mut inv = crate::model::config::rope_freqs(base, d);
         if local {
             return inv;
         }

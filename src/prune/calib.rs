@@ -4,7 +4,7 @@
 
 use crate::error::{bail, Result};
 use crate::kernels::{with_slice, Accum};
-use crate::model::{Layer, LayerTrace, Model};
+use crate::model::transformer::{Layer, LayerTrace, Model};
 use candle_core::Tensor;
 
 /// Per-layer statistics of the MLP over all calibration tokens.
@@ -55,7 +55,7 @@ impl ErrorCross {
     /// re-fit's right-hand side before steering.
     pub fn steer(&self, kept: &[usize], b: Tensor, alpha: f64) -> Result<Tensor> {
         match self {
-            ErrorCross::Full(c) => Ok((b + (crate::prune::select_rows(c, kept)? * alpha)?)?),
+            ErrorCross::Full(c) => Ok((b + (crate::kernels::select_rows(c, kept)? * alpha)?)?),
             ErrorCross::Split(parts) => {
                 // C[S,:] = Σ a_S (y − r)ᵀ − b, so b + α·C[S,:] = (1 − α)·b + α·Σ a_S (y − r)ᵀ.
                 let (k, h) = b.dims2()?;
@@ -291,8 +291,8 @@ fn sum_cosine_of_sum(x: &Tensor, r: &Tensor, u: &Tensor) -> Result<f64> {
 }
 
 /// Refuses calibration windows of `len` tokens longer than the model's context.
-pub fn check_len(cfg: &crate::config::ModelConfig, len: usize) -> Result<()> {
-    let max_len = cfg.max_position_embeddings.min(crate::eval::MAX_CTX);
+pub fn check_len(cfg: &crate::model::config::ModelConfig, len: usize) -> Result<()> {
+    let max_len = cfg.max_position_embeddings.min(crate::model::eval::MAX_CTX);
     if len > max_len {
         bail!(Input, "--calib-len {len} is longer than the model's context of {max_len} tokens");
     }
@@ -554,7 +554,7 @@ pub fn collect(
         st.attn_gram = None;
         let mlp_out = |layer: &Layer, kept: Option<&[usize]>, mid: Tensor| -> Result<Tensor> {
             let mid = match kept {
-                Some(k) => crate::prune::select_cols(&mid, k)?,
+                Some(k) => crate::kernels::select_cols(&mid, k)?,
                 None => mid,
             };
             model.mlp_output(layer, &mid)

@@ -3,13 +3,14 @@
 //! and optionally re-fit the down projection by ridge regression so each layer's output matches the
 //! unpruned one on the calibration activations.
 
-use crate::calib::{self, LayerStats};
 use crate::error::{bail, Result};
-use crate::kernels::par_for;
-use crate::model::{Layer, Linear, Model};
-use candle_core::{Device, Tensor};
+use crate::kernels::{par_for, select_cols, select_rows};
+use crate::model::transformer::{Layer, Linear, Model};
+use calib::LayerStats;
+use candle_core::Tensor;
 use std::sync::Mutex;
 
+pub mod calib;
 mod ridge;
 pub use ridge::{obs_select, refit_down};
 
@@ -290,19 +291,6 @@ pub fn top_k(scores: &[f64], keep: usize) -> Vec<usize> {
     idx.truncate(keep);
     idx.sort_unstable();
     idx
-}
-
-pub(crate) fn select_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
-    let i: Vec<u32> = idx.iter().map(|&x| x as u32).collect();
-    Ok(t.index_select(&Tensor::from_vec(i, idx.len(), &Device::Cpu)?, 0)?)
-}
-
-pub(crate) fn select_cols(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
-    if t.dtype() == candle_core::DType::F32 && t.rank() == 2 {
-        return crate::kernels::select_cols(t, idx);
-    }
-    let i: Vec<u32> = idx.iter().map(|&x| x as u32).collect();
-    Ok(t.index_select(&Tensor::from_vec(i, idx.len(), &Device::Cpu)?, 1)?.contiguous()?)
 }
 
 /// KV groups every layer keeps: all, or all but ⌊groups · fraction⌋ (at least one stays).

@@ -7,11 +7,11 @@
 //! when it returns `false` the call stops with "cancelled" and the session stays usable.
 
 use crate::error::{Error, Result};
-use crate::eval::perplexity;
-use crate::job::{self, EvalPair, OutputFormat, Record};
-use crate::load::{self, Bundle, Picked};
+use crate::export::job::{self, EvalPair, OutputFormat, Record};
+use crate::formats::zip::{FileSink, ZipWriter};
+use crate::model::eval::perplexity;
+use crate::model::load::{self, Bundle, Picked};
 use crate::prune::{self, PruneOptions, Pruned};
-use crate::zip::{FileSink, ZipWriter};
 use js_sys::{Function, Uint8Array};
 use serde::Serialize;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -204,7 +204,7 @@ struct Done {
     calib_ids: Vec<u32>,
     prune_seconds: f64,
     /// The original's configuration (the original itself may have been consumed by the prune).
-    source_cfg: crate::config::ModelConfig,
+    source_cfg: crate::model::config::ModelConfig,
 }
 
 #[derive(Serialize)]
@@ -390,7 +390,7 @@ impl Session {
     }
 
     /// The original's configuration, whether or not the original is still in memory.
-    fn source_cfg(&self) -> std::result::Result<&crate::config::ModelConfig, JsError> {
+    fn source_cfg(&self) -> std::result::Result<&crate::model::config::ModelConfig, JsError> {
         match (self.source_alive, &self.done) {
             (false, Some(d)) => Ok(&d.source_cfg),
             _ => Ok(&self.bundle()?.model.cfg),
@@ -445,7 +445,7 @@ impl Session {
         job::plan(&cfg, &o, OutputFormat::Hf(crate::StorageDtype::F32)).map_err(js_err)?;
         let want = o.calib_samples.saturating_mul(o.calib_len);
         let ids = b.tokenizer().and_then(|t| t.encode_prefix(text, want)).map_err(js_err)?.0;
-        let calib = crate::calib::windows(&ids, o.calib_samples, o.calib_len).map_err(js_err)?;
+        let calib = crate::prune::calib::windows(&ids, o.calib_samples, o.calib_len).map_err(js_err)?;
         let calib_ids = if o.calibrates() { Some(calib.as_slice()) } else { None };
         // The last prune's model goes first, then the original is consumed layer by layer.
         self.done = None;
@@ -539,7 +539,7 @@ impl Session {
         };
         let ids = tok.encode(&text, false).map_err(js_err)?;
         let (mut out, mut shown) = (Vec::new(), String::new());
-        crate::generate::greedy(model, &ids, max_tokens, &b.stop_ids(), &mut |id| {
+        crate::model::generate::greedy(model, &ids, max_tokens, &b.stop_ids(), &mut |id| {
             out.push(id);
             match tok.decode(&out) {
                 // Only whole characters are shown: a token may end inside a UTF-8 sequence.
