@@ -26,6 +26,7 @@ serve: setup build-native build-wasm-single models
 	  if $(MAKE) --no-print-directory build-wasm-threads > target/threads-build.log 2>&1; then \
 	    echo "podar: threaded builds ready: reload the page to use every core"; \
 	  else echo "podar: the threaded build failed (target/threads-build.log); the page stays single-threaded"; fi; \
+	else echo "podar: $(NIGHTLY) is missing, so the page runs on one thread"; \
 	fi; wait $$pid
 
 ## Everything the tests need, then every test: native, then in headless Chromium.
