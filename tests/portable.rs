@@ -185,7 +185,7 @@ fn matrix_kernels_match_plain_products() {
 #[wasm_bindgen_test(unsupported = test)]
 fn ridge_refit_matches_a_plain_solve() {
     use candle_core::{Device, Tensor};
-    use podar::prune::calib::ErrorCross;
+    use podar::prune::stats::ErrorCross;
     let (n, h, t) = (230, 40, 500);
     let wavy = |r: usize, c: usize, s: usize| -> Vec<f32> {
         (0..r * c)

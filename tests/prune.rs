@@ -290,7 +290,8 @@ fn thinned(layer: &podar::model::transformer::Layer) -> (podar::model::transform
 #[test]
 fn residual_error_estimate_is_the_carried_refit_residual() {
     use podar::model::transformer::Layer;
-    use podar::prune::calib::{collect, LayerStats, Replacement, Want, ERROR_CARRY};
+    use podar::prune::calib::{collect, Replacement, Want, ERROR_CARRY};
+    use podar::prune::stats::LayerStats;
     let (m, _) = load("llama");
     let (samples, len) = (6, 16);
     let ids = calib(samples * len);
@@ -328,7 +329,8 @@ fn residual_error_estimate_is_the_carried_refit_residual() {
 fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
     use candle_core::{Device, Tensor};
     use podar::model::transformer::Layer;
-    use podar::prune::calib::{collect, LayerStats, Replacement, Want};
+    use podar::prune::calib::{collect, Replacement, Want};
+    use podar::prune::stats::LayerStats;
     let (m, _) = load("llama");
     let (samples, len) = (70, 16); // 1024-token chunks: 64 windows, then 6
     let ids = calib(samples * len);
@@ -386,7 +388,8 @@ fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
 fn kept_gram_parts_give_the_full_systems_rows() {
     use candle_core::{Device, Tensor};
     use podar::model::transformer::Layer;
-    use podar::prune::calib::{collect, LayerStats, Replacement, Want};
+    use podar::prune::calib::{collect, Replacement, Want};
+    use podar::prune::stats::LayerStats;
     let (m, _) = load("llama");
     let (samples, len) = (70, 16); // 1024-token chunks: 64 windows, then 6
     let ids = calib(samples * len);

@@ -3,7 +3,7 @@
 //! columns together, re-fit the down projection by ridge regression so each layer's output matches
 //! the unpruned one, and drop heads and whole layers.
 //!
-//! - [`calib`]: the calibration pass, a layer at a time, and the statistics it gathers;
+//! - [`calib`]: the calibration pass, a layer at a time; [`stats`]: the statistics it gathers;
 //! - [`scores`]: neuron and head scores; [`options`]: what to prune and the widths that leaves;
 //! - `ridge`: the re-fit (and Optimal Brain Surgeon's selection); [`depth`]: which layers to drop;
 //! - here: [`prune_owned`], the job's algorithm, and its steps.
@@ -15,8 +15,8 @@ use crate::error::{bail, Result};
 use crate::kernels::{par_for, select_cols, select_rows};
 use crate::model::config::ModelConfig;
 use crate::model::transformer::{Layer, Linear, Model};
-use calib::LayerStats;
 use candle_core::Tensor;
+use stats::LayerStats;
 use std::sync::Mutex;
 
 pub mod calib;
@@ -24,6 +24,7 @@ pub mod depth;
 pub mod options;
 mod ridge;
 pub mod scores;
+pub mod stats;
 pub use depth::layers_to_drop;
 pub use options::{check_recovery, heads_target, mlp_target, Precision, PruneOptions};
 pub use ridge::{obs_select, refit_down};
@@ -277,7 +278,7 @@ fn prune_while_calibrating(
     let mut block = Vec::new();
     if let Some(k) = o.drop_block {
         if k > 0 && k < n {
-            block = calib::block_distances(&stats.boundary, k, cfg.hidden_size)?;
+            block = stats::block_distances(&stats.boundary, k, cfg.hidden_size)?;
         }
     }
     Ok(Found {
@@ -354,7 +355,7 @@ fn refit_neurons(
     st: &LayerStats,
     kept: &[usize],
     o: &PruneOptions,
-    correct: Option<(&calib::ErrorCross, f64)>,
+    correct: Option<(&stats::ErrorCross, f64)>,
 ) -> Result<Option<Tensor>> {
     let down = &layer.down_proj.weight;
     Ok(match (&st.gram, &st.refit) {

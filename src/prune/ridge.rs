@@ -261,13 +261,13 @@ fn damped(g: &Tensor, lambda: f64) -> Result<Vec<f64>> {
 /// `W_S = argmin ‖W X + αE − W_S X_S‖² + λ‖W_S − W[:,S]‖²`, i.e.
 /// `W_S = (W G[:,S] + α Cᵀ[:,S] + λ W[:,S]) (G[S,S] + λI)⁻¹` with `λ = ratio · mean diag G`.
 /// `correct = Some((C, α))` with `C = X Eᵀ` (`[I, H]`) also steers the output by `α` times the
-/// error `E` the pruned stream carries (see [`crate::prune::calib::LayerStats::err_cross`]).
+/// error `E` the pruned stream carries (see [`crate::prune::stats::LayerStats::err_cross`]).
 pub fn refit_down(
     down: &Tensor,
     gram: &Tensor,
     kept: &[usize],
     ratio: f64,
-    correct: Option<(&crate::prune::calib::ErrorCross, f64)>,
+    correct: Option<(&crate::prune::stats::ErrorCross, f64)>,
 ) -> Result<Tensor> {
     let lambda = ridge_lambda(gram, ratio)?;
     // Each temporary is freed as soon as it is used: this is where calibration's memory peaks.

@@ -1,7 +1,7 @@
 //! Neuron and head scores: how important each MLP neuron (statically from its weights, or from its
 //! activations on the calibration text) and each KV group is. Higher is kept.
 
-use super::calib::LayerStats;
+use super::stats::LayerStats;
 use crate::error::{bail, Result};
 use crate::model::transformer::{Layer, Model};
 
