@@ -12,7 +12,7 @@ THREADS_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+s
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: serve test test-browser setup setup-test build build-native build-wasm build-wasm-single build-wasm-threads models bench bench-web test-webgpu clean
+.PHONY: fuzz fuzz-smoke serve test test-browser setup setup-test build build-native build-wasm build-wasm-single build-wasm-threads models bench bench-web test-webgpu clean
 
 ## Serve the app on http://127.0.0.1:$(PORT)/ as soon as the page can work (the single-threaded
 ## build); the faster threaded builds are made meanwhile and the page uses them after a reload.
@@ -36,11 +36,12 @@ test: setup setup-test models
 	$(CARGO) clippy --release --lib --tests --target wasm32-unknown-unknown -- -D warnings
 	$(CARGO) test --release
 	$(MAKE) --no-print-directory test-browser
+	$(MAKE) --no-print-directory fuzz-smoke
 
 ## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end:
 ## in Chromium, on WebGPU, and in Firefox ESR and WebKitGTK (WebKit needs a display: Xvfb).
 test-browser: build-native build-wasm
-	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web
+	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web --test fuzz_findings
 	node tests/e2e/page.mjs
 	node tests/e2e/webgpu.mjs
 	xvfb-run -a node tests/e2e/browsers.mjs
@@ -111,6 +112,20 @@ test-webgpu: setup-test build-native build-wasm models
 ## The whole in-page job in headless Chromium: seconds and peak wasm memory.
 bench-web: setup setup-test build-native build-wasm models
 	node scripts/bench-web.mjs
+
+## Every fuzz target (fuzz/: GGUF, GGUF tokenizer, safetensors, config.json, tokenizer.json, chat
+## templates, zip, HTTP requests) for FUZZ_SECONDS each, with AddressSanitizer, an input limit of 1 s
+## and an allocation limit of 1 GiB; prints the executions each reached. Needs the pinned nightly.
+FUZZ_SECONDS ?= 180
+fuzz: setup build-native
+	@FUZZ_TIMEOUT=1 bash scripts/fuzz.sh $(FUZZ_SECONDS) $(NIGHTLY)
+
+## The same for 30 s each, as part of `make test` (a smoke test: a crash fails it; the time limit per
+## input is 10 s there, so that a slow machine does not fail it).
+fuzz-smoke: setup build-native
+	@if rustup run $(NIGHTLY) rustc --version >/dev/null 2>&1; then \
+	  FUZZ_TIMEOUT=10 bash scripts/fuzz.sh 30 $(NIGHTLY); \
+	else echo "podar: $(NIGHTLY) is missing: the fuzz smoke test cannot run"; exit 1; fi
 
 clean:
 	rm -rf target pkg

@@ -49,6 +49,22 @@ fn piece_end(s: &str, max: usize) -> usize {
 impl Tokenizer {
     /// From `tokenizer.json` and optionally `tokenizer_config.json`.
     pub fn from_hf(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Self> {
+        // The tokenizers crate panics (a lost session in the browser) on some malformed JSON inside
+        // a component, e.g. a `decoder` cut short; well-formed JSON is checked for first, without
+        // building it.
+        // (Skipping values does not check their UTF-8, so that is checked on its own.)
+        let text = std::str::from_utf8(tokenizer_json)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: not UTF-8 ({e})")))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
+        // It also panics on a malformed SentencePiece charsmap (`Precompiled` normalizer), which no
+        // architecture podar runs uses: refused.
+        if tokenizer_json.windows(13).any(|w| w == b"\"Precompiled\"") {
+            let v: Value = serde_json::from_slice(tokenizer_json)?;
+            if v.get("normalizer").is_some_and(has_precompiled) {
+                bail!(Tokenizer, "tokenizer.json uses a `Precompiled` (SentencePiece charsmap) normalizer, which podar does not read");
+            }
+        }
         let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| Error::Tokenizer(format!("cannot read tokenizer.json: {e}")))?;
         let config = match tokenizer_config {
@@ -115,28 +131,12 @@ impl Tokenizer {
         self.config.get("chat_template").and_then(Value::as_str)
     }
 
-    /// Renders a single user message with the chat template and the generation prompt.
-    ///
-    /// The template comes from the model file, so it runs with limits: a budget of VM steps
-    /// (minijinja's fuel; a real template spends a few thousand), a cap on its source and on what it
-    /// writes, and minijinja's own caps on recursion and on range lengths. A template that loops or
-    /// recurses without end stops with an error instead of running for ever.
+    /// Renders a single user message with the chat template and the generation prompt
+    /// ([`render_chat_template`]).
     pub fn apply_chat_template(&self, user: &str) -> Result<String> {
         let Some(tpl) = self.chat_template() else {
             bail!(Input, "this model has no chat template");
         };
-        if tpl.len() > MAX_TEMPLATE {
-            bail!(Tokenizer, "chat template of {} bytes is longer than the {MAX_TEMPLATE}-byte cap", tpl.len());
-        }
-        let mut env = minijinja::Environment::new();
-        env.set_fuel(Some(TEMPLATE_FUEL));
-        env.set_recursion_limit(TEMPLATE_RECURSION);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", tpl).map_err(|e| Error::Tokenizer(format!("chat template does not parse: {e}")))?;
-        let t = env.get_template("chat").map_err(|e| Error::Tokenizer(e.to_string()))?;
         let tok = |k: &str| -> Value {
             match self.config.get(k) {
                 Some(Value::String(s)) => json!(s),
@@ -144,26 +144,46 @@ impl Tokenizer {
                 _ => Value::Null,
             }
         };
-        let ctx = minijinja::context! {
-            messages => vec![json!({"role": "user", "content": user})],
-            add_generation_prompt => true,
-            bos_token => tok("bos_token"),
-            eos_token => tok("eos_token"),
-        };
-        let mut out = Capped(Vec::new(), MAX_TEMPLATE_OUTPUT + user.len());
-        let rendered = t.render_captured_to(ctx, &mut out).map(drop);
-        match rendered {
-            Ok(()) => {
-                String::from_utf8(out.0).map_err(|_| Error::Tokenizer("chat template wrote invalid UTF-8".into()))
-            }
-            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
-                bail!(Tokenizer, "chat template stopped: it ran more than {TEMPLATE_FUEL} steps (a loop without end?)")
-            }
-            Err(_) if out.0.len() >= out.1 => {
-                bail!(Tokenizer, "chat template stopped: it wrote more than {} bytes", out.1)
-            }
-            Err(e) => bail!(Tokenizer, "chat template failed: {e}"),
+        render_chat_template(tpl, tok("bos_token"), tok("eos_token"), user)
+    }
+}
+
+/// Renders one user message with a chat template and the generation prompt.
+///
+/// The template comes from the model file, so it runs with limits: a budget of VM steps
+/// (minijinja's fuel; a real template spends a few thousand), a cap on its source and on what it
+/// writes, and minijinja's own caps on recursion and on range lengths. A template that loops or
+/// recurses without end stops with an error instead of running for ever.
+pub fn render_chat_template(tpl: &str, bos_token: Value, eos_token: Value, user: &str) -> Result<String> {
+    if tpl.len() > MAX_TEMPLATE {
+        bail!(Tokenizer, "chat template of {} bytes is longer than the {MAX_TEMPLATE}-byte cap", tpl.len());
+    }
+    let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", tpl).map_err(|e| Error::Tokenizer(format!("chat template does not parse: {e}")))?;
+    let t = env.get_template("chat").map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let ctx = minijinja::context! {
+        messages => vec![json!({"role": "user", "content": user})],
+        add_generation_prompt => true,
+        bos_token => bos_token,
+        eos_token => eos_token,
+    };
+    let mut out = Capped(Vec::new(), MAX_TEMPLATE_OUTPUT + user.len());
+    let rendered = t.render_captured_to(ctx, &mut out).map(drop);
+    match rendered {
+        Ok(()) => String::from_utf8(out.0).map_err(|_| Error::Tokenizer("chat template wrote invalid UTF-8".into())),
+        Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+            bail!(Tokenizer, "chat template stopped: it ran more than {TEMPLATE_FUEL} steps (a loop without end?)")
         }
+        Err(_) if out.0.len() >= out.1 => {
+            bail!(Tokenizer, "chat template stopped: it wrote more than {} bytes", out.1)
+        }
+        Err(e) => bail!(Tokenizer, "chat template failed: {e}"),
     }
 }
 
@@ -192,6 +212,12 @@ impl std::io::Write for Capped {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether a normalizer (or a sequence of them, at any depth) is a `Precompiled` one.
+fn has_precompiled(n: &Value) -> bool {
+    n.get("type").and_then(Value::as_str) == Some("Precompiled")
+        || n.get("normalizers").and_then(Value::as_array).is_some_and(|a| a.iter().any(has_precompiled))
 }
 
 fn string_array<'a>(h: &'a GgufHeader, key: &str) -> Result<Option<Vec<&'a str>>> {
