@@ -42,6 +42,16 @@ fn fails(args: &[&str], file: &Path, needle: &str) {
 fn missing_file() {
     let p = tmp("nope.gguf");
     fails(&["inspect", p.to_str().unwrap()], &p, "no such file");
+    // Every subcommand says a missing file the same way, whichever file it is.
+    let (m, t) = (tiny("llama"), tmp("nope.txt"));
+    let (m, ts) = (m.to_str().unwrap(), t.to_str().unwrap());
+    let out = tmp("never-written");
+    fails(&["eval", m, "--text", ts], &t, "no such file or folder");
+    fails(&["eval", m, "--ids", ts], &t, "no such file or folder");
+    fails(&["importance", m, "--calib", ts], &t, "no such file or folder");
+    fails(&["prune", m, "--calib", ts, "--mlp", "0.2", "--out", out.to_str().unwrap()], &t, "no such file or folder");
+    fails(&["generate", p.to_str().unwrap(), "--prompt", "hi"], &p, "no such file or folder");
+    assert!(!out.exists(), "a failed prune left its output folder");
 }
 
 #[test]
@@ -399,6 +409,12 @@ fn prune_refuses_bad_requests() {
         "need 8192",
     );
     fails(&["prune", m, "--mlp", "1.5", "--out", out.to_str().unwrap()], Path::new(m), "--mlp must be a fraction");
+    // Nothing to prune is refused (it used to write an unpruned copy without a word).
+    fails(
+        &["prune", m, "--calib", t.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        Path::new(m),
+        "nothing to prune",
+    );
     let bad_precision = ["prune", m, "--mlp", "0.2", "--calib-precision", "f16", "--out", out.to_str().unwrap()];
     fails(&bad_precision, Path::new(m), "unknown calibration precision `f16` (auto, f32, bf16)");
     let bad_estimate = ["prune", m, "--mlp", "0.2", "--error-estimate", "exact", "--out", out.to_str().unwrap()];

@@ -25,6 +25,7 @@ enum Cmd {
     Inspect {
         /// A .gguf file, a folder holding config.json, or a .safetensors file beside config.json.
         model: PathBuf,
+        /// Print the summary as JSON with transformers' config names.
         #[arg(long)]
         json: bool,
     },
@@ -43,12 +44,14 @@ enum Cmd {
         /// Keep only the first N ids.
         #[arg(long)]
         max_tokens: Option<usize>,
+        /// Print {perplexity, tokens, predictions, seconds, …} as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Greedy generation.
     Generate {
         model: PathBuf,
+        /// The text to continue (with --chat, the user's message).
         #[arg(long)]
         prompt: String,
         #[arg(long, default_value_t = 30)]
@@ -62,18 +65,22 @@ enum Cmd {
     /// Per-layer and per-neuron importance on calibration text, for charts and scripts.
     Importance {
         model: PathBuf,
+        /// Domain text to score the layers and neurons on.
         #[arg(long)]
         calib: PathBuf,
         /// Neuron score (wanda, flap, energy, optipfair, obs or a static one); energy, as prune's default.
         #[arg(long, default_value = "energy")]
         score: String,
+        /// Calibration windows taken from the start of --calib.
         #[arg(long, default_value_t = 64)]
         calib_samples: usize,
+        /// Tokens per calibration window (at most the model's context).
         #[arg(long, default_value_t = 128)]
         calib_len: usize,
         /// The number format of calibration's matrix products, as prune's.
         #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
         calib_precision: String,
+        /// Print {score, tokens, layer_influence, mlp} as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -114,7 +121,22 @@ trait Context<T> {
 
 impl<T, E: Into<Error>> Context<T> for Result<T, E> {
     fn at(self, file: &Path) -> Result<T, Failure> {
-        self.map_err(|e| Failure { file: Some(file.to_path_buf()), err: e.into() })
+        self.map_err(|e| Failure { file: Some(file.to_path_buf()), err: in_words(e.into()) })
+    }
+}
+
+/// The file system's commonest answers said the same way in every subcommand ("no such file or
+/// folder", not "i/o error: … (os error 2)").
+fn in_words(e: Error) -> Error {
+    use std::io::ErrorKind;
+    match &e {
+        Error::Io(io) => match io.kind() {
+            ErrorKind::NotFound => Error::Input("no such file or folder".into()),
+            ErrorKind::PermissionDenied => Error::Input("permission denied".into()),
+            ErrorKind::IsADirectory => Error::Input("is a folder, not a file".into()),
+            _ => e,
+        },
+        _ => e,
     }
 }
 

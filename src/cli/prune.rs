@@ -10,7 +10,8 @@ pub(super) struct PruneArgs {
     /// Domain text for calibration (data-driven scores and recovery).
     #[arg(long)]
     calib: Option<PathBuf>,
-    /// Fraction of MLP neurons to remove, e.g. 0.2.
+    /// Fraction of MLP neurons to remove from every layer, e.g. 0.2 (the page's default). A prune
+    /// needs at least one of --mlp, --mlp-size, --heads, --drop-layers, --drop-layers-at, --drop-block.
     #[arg(long)]
     mlp: Option<f64>,
     /// MLP width to keep instead of a fraction.
@@ -27,8 +28,9 @@ pub(super) struct PruneArgs {
     #[arg(long)]
     ridge: Option<f64>,
     /// Error correction of recovery, 0..1: also steer each re-fitted layer towards the unpruned
-    /// model's output by this fraction of the error the pruned layers before it left (0: off, and
-    /// faster, as the unpruned model no longer runs beside the pruned one). Default: 0.5.
+    /// model's output by this fraction of the error the pruned layers before it left, as
+    /// --error-estimate learns it (by default from the re-fit residuals, at no extra pass; 0: off).
+    /// Default: 0.5.
     #[arg(long)]
     correct: Option<f64>,
     /// How error correction learns the error it steers against. residuals (default): the sum of
@@ -63,8 +65,10 @@ pub(super) struct PruneArgs {
     /// calibrating each layer on the already-pruned layers before it.
     #[arg(long)]
     parallel_calib: bool,
+    /// Calibration windows taken from the start of --calib.
     #[arg(long, default_value_t = 64)]
     calib_samples: usize,
+    /// Tokens per calibration window (at most the model's context).
     #[arg(long, default_value_t = 128)]
     calib_len: usize,
     /// f32, f16 or bf16 (hf); f32, f16 or q8_0 (gguf).
@@ -84,6 +88,8 @@ pub(super) struct PruneArgs {
     /// Text files to evaluate before and after (perplexity, ctx 512, or the model's context if shorter).
     #[arg(long)]
     eval: Vec<PathBuf>,
+    /// Print the job's summary as JSON on stdout (parameters before and after, seconds, out, and
+    /// the --eval perplexities).
     #[arg(long)]
     json: bool,
 }
@@ -193,6 +199,16 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     use podar::prune::{PruneOptions, Score};
     let t0 = Instant::now();
     let bad = |p: &Path, m: String| Failure { file: Some(p.to_path_buf()), err: Error::Input(m) };
+    let widths = [a.mlp.is_some(), a.mlp_size.is_some(), a.heads.is_some()];
+    let depths = [a.drop_layers.is_some(), a.drop_layers_at.is_some(), a.drop_block.is_some()];
+    if !widths.iter().chain(&depths).any(|&x| x) {
+        return Err(bad(
+            &a.model,
+            "nothing to prune: give --mlp F (e.g. 0.2, as the page), --mlp-size N, --heads F, --drop-layers N, \
+             --drop-layers-at I,J or --drop-block N"
+                .into(),
+        ));
+    }
     let format = OutputFormat::parse(&a.format, &a.dtype).map_err(|e| bad(&a.out, format!("--{e}")))?;
     let score = match (&a.score, &a.calib) {
         (Some(s), _) => Score::parse(s).at(&a.model)?,
@@ -277,7 +293,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         ));
     }
     if a.calib.is_none() && (a.mlp.is_some_and(|f| f > 0.0) || a.mlp_size.is_some()) {
-        eprintln!("podar: warning: without --calib only static weight scores are possible; they damage small models badly (see README)");
+        eprintln!("podar: warning: without --calib only static weight scores are possible; they damage small models badly (see docs/pruning.md)");
     }
     // Evaluation texts are tokenized once and scored before and after.
     let eval_ids: Vec<Vec<u32>> = a
