@@ -75,3 +75,49 @@ fn configs_that_would_give_nan_are_refused() {
         assert!(err.contains(key), "{model} with a bad {key}: {err}");
     }
 }
+
+/// A GGUF header of one metadata key whose array claims `n` strings, followed by `have` empty ones.
+fn gguf_claiming(key: &str, n: u64, have: u64) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes()); // version
+    b.extend(0u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata keys
+    b.extend((key.len() as u64).to_le_bytes());
+    b.extend(key.as_bytes());
+    b.extend(9u32.to_le_bytes()); // array
+    b.extend(8u32.to_le_bytes()); // of strings
+    b.extend(n.to_le_bytes());
+    for _ in 0..have {
+        b.extend(0u64.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn a_vocabulary_claimed_larger_than_the_file_is_refused_before_it_is_allocated() {
+    // 10⁹ tokens claimed in a 60-byte file: refused from the header, nothing allocated for them.
+    let b = gguf_claiming("tokenizer.ggml.tokens", 1_000_000_000, 0);
+    let err = podar::formats::gguf::GgufHeader::read(&mut Cursor::new(&b)).err().expect("refused").to_string();
+    assert!(err.contains("array of 1000000000 elements needs at least"), "{err}");
+    // One string short of the claim: the same.
+    let b = gguf_claiming("tokenizer.ggml.tokens", 4, 3);
+    assert!(podar::formats::gguf::GgufHeader::read(&mut Cursor::new(&b)).is_err());
+    // Exactly as many as claimed: read (the tokenizer then says what else is missing).
+    let b = gguf_claiming("tokenizer.ggml.tokens", 4, 4);
+    let h = podar::formats::gguf::GgufHeader::read(&mut Cursor::new(&b)).unwrap();
+    assert!(podar::Tokenizer::from_gguf(&h).is_err());
+}
+
+#[test]
+fn the_vocabulary_cap_holds_at_its_boundary() {
+    // podar's own cap (4,000,000 tokens, above every released model's vocabulary) on an array the
+    // file does hold: one more is refused before a tokenizer is built.
+    let over = gguf_claiming("tokenizer.ggml.tokens", 4_000_001, 4_000_001);
+    let h = podar::formats::gguf::GgufHeader::read(&mut Cursor::new(&over)).unwrap();
+    let err = podar::Tokenizer::from_gguf(&h).err().expect("refused").to_string();
+    assert!(err.contains("4000001 entries, more than the 4000000 cap"), "{err}");
+    let at = gguf_claiming("tokenizer.ggml.tokens", 4_000_000, 4_000_000);
+    let h = podar::formats::gguf::GgufHeader::read(&mut Cursor::new(&at)).unwrap();
+    let err = podar::Tokenizer::from_gguf(&h).err().expect("no model type").to_string();
+    assert!(!err.contains("cap"), "{err}");
+}
