@@ -39,11 +39,13 @@ test: setup setup-test models
 	$(MAKE) --no-print-directory fuzz-smoke
 
 ## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end:
-## in Chromium, on WebGPU, and in Firefox ESR and WebKitGTK (WebKit needs a display: Xvfb).
+## in Chromium, on WebGPU, under 50 cancels at random moments and a killed engine (soak.mjs), and
+## in Firefox ESR and WebKitGTK (WebKit needs a display: Xvfb).
 test-browser: build-native build-wasm
 	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web --test fuzz_findings
 	node tests/e2e/page.mjs
 	node tests/e2e/webgpu.mjs
+	node tests/e2e/soak.mjs
 	xvfb-run -a node tests/e2e/browsers.mjs
 
 ## Toolchain pieces: the wasm32 target, the wasm-bindgen CLI pinned to the crate's version, and the

@@ -28,7 +28,11 @@ function startWorker() {
     const m = e.data;
     const p = pending.get(m.id);
     if (!p) return;
-    if (m.memory) state.peakMemory = Math.max(state.peakMemory, m.memory);
+    if (m.memory) {
+      state.peakMemory = Math.max(state.peakMemory, m.memory);
+      // The engine's wasm memory as last reported, readable by tests and the curious.
+      document.body.dataset.engineMemory = String(m.memory);
+    }
     if (m.gpu) showGpu(m.gpu);
     if (m.progress) return p.onProgress && p.onProgress(m.progress);
     if (m.text !== undefined) return p.onText && p.onText(m.text);

@@ -447,8 +447,20 @@ impl Session {
         let ids = b.tokenizer().and_then(|t| t.encode_prefix(text, want)).map_err(js_err)?.0;
         let calib = crate::prune::calib::windows(&ids, o.calib_samples, o.calib_len).map_err(js_err)?;
         let calib_ids = if o.calibrates() { Some(calib.as_slice()) } else { None };
-        // The last prune's model goes first, then the original is consumed layer by layer.
+        // The last prune's model goes first (also from the bundle, where it stands as the model the
+        // page holds, so that it and the original read again are never in memory together), then
+        // the original is consumed layer by layer.
         self.done = None;
+        if let (false, Some(b)) = (self.source_alive, self.bundle.as_mut()) {
+            b.model.layers = Vec::new();
+            b.model.lm_head = None;
+            b.model.embed_tokens = candle_core::Tensor::zeros(
+                (0, b.model.cfg.hidden_size),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )
+            .map_err(|e| js_err(e.into()))?;
+        }
         self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
         let t0 = js_sys::Date::now();
         let Some(mut b) = self.bundle.take() else {

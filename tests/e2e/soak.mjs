@@ -1,0 +1,117 @@
+// The page under interruption, in headless Chromium: jobs cancelled at random moments (during the
+// model's load, calibration, recovery, evaluation and export), then one more prune that must give
+// what an uninterrupted one gave, with the engine's wasm memory never growing from one cancel to the
+// next; and an engine killed in the middle of a job is restarted, and the page says so.
+// PODAR_SOAK_CANCELS (default 50) sets the number of cancels; PODAR_SOAK_SEED the random moments.
+import path from 'node:path';
+import assert from 'node:assert/strict';
+import { root, serve, launch, openPage } from './harness.mjs';
+
+const CANCELS = Number(process.env.PODAR_SOAK_CANCELS || 50);
+let seed = Number(process.env.PODAR_SOAK_SEED || 12345);
+const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+const log = (...a) => console.log('[soak]', ...a);
+
+const app = await serve(root);
+const browser = await launch();
+let failed = false;
+try {
+  const page = await (await browser.newContext({ acceptDownloads: true })).newPage();
+  page.on('pageerror', (e) => log('page error:', e.message));
+  log(await openPage(page, app.url));
+  const status = () => page.locator('#status').textContent();
+  const memory = () => page.evaluate(() => Number(document.body.dataset.engineMemory || 0));
+  // Clears the status line, runs `act`, and waits for the status to match `re`.
+  const until = async (re, ms, act = async () => {}) => {
+    await page.evaluate(() => { document.getElementById('status').textContent = ''; });
+    await act();
+    await page.waitForFunction((src) => new RegExp(src).test(document.getElementById('status').textContent),
+      re.source, { timeout: ms });
+    return status();
+  };
+  // A job has ended when Cancel is disabled again (Prune stays disabled after a cancelled load).
+  const idle = () => page.waitForFunction(() => document.getElementById('cancel').disabled, null, { timeout: 300_000 });
+  const load = () => until(/Model loaded|failed|cancelled/, 300_000,
+    () => page.getByRole('button', { name: 'Load example model' }).click());
+
+  let t = Date.now();
+  assert.match(await load(), /Model loaded/);
+  const loadMs = Date.now() - t;
+  await page.getByLabel('Domain text file').setInputFiles(path.join(root, 'www/presets/code-python.txt'));
+  await page.getByLabel('Calibration windows').fill('2');
+  await page.getByLabel('Evaluation tokens per text').fill('256');
+  await page.getByLabel('MLP pruning (%)').fill('20');
+  await page.waitForFunction(() => /tokens: enough/.test(document.getElementById('text-info').textContent), null, { timeout: 60_000 });
+  const prune = () => until(/Done$|failed|cancelled/, 600_000, () => page.getByRole('button', { name: 'Prune' }).click());
+  const result = async () => (await page.locator('#ppl tbody').textContent()).replace(/\s+/g, ' ');
+
+  // An uninterrupted job: what every later one must give. (The first also scores the original,
+  // which later jobs take from the page's cache: the second one's length is what cancels span.)
+  assert.match(await prune(), /Done$/);
+  const want = await result();
+  t = Date.now();
+  assert.match(await prune(), /Done$/);
+  const jobMs = Date.now() - t;
+  assert.equal(await result(), want, 'two uninterrupted jobs differ');
+  const m0 = await memory();
+  log(`load ${(loadMs / 1e3).toFixed(1)} s, job ${(jobMs / 1e3).toFixed(1)} s, wasm memory ${(m0 / 2 ** 20).toFixed(0)} MiB; perplexity ${want}`);
+
+  // Cancels at random moments: every tenth during the load, the rest during the job.
+  const stages = {};
+  let last = 0;
+  for (let i = 0; i < CANCELS; i++) {
+    const duringLoad = i % 10 === 5;
+    const button = duringLoad ? 'Load example model' : 'Prune';
+    const wait = Math.floor(random() * (duringLoad ? loadMs : jobMs));
+    await page.evaluate(() => { document.getElementById('status').textContent = ''; });
+    await page.getByRole('button', { name: button }).click();
+    await page.waitForTimeout(wait);
+    const stage = (await status()).replace(/\s*[\d.,%]+.*$/, '').trim() || 'starting';
+    if (await page.getByRole('button', { name: 'Cancel' }).isEnabled()) {
+      await page.getByRole('button', { name: 'Cancel' }).click();
+    }
+    await page.waitForFunction(() => /cancelled|Done$|failed|Model loaded/.test(document.getElementById('status').textContent),
+      null, { timeout: 300_000 });
+    await idle();
+    const said = await status();
+    assert.doesNotMatch(said, /failed/, `cancel ${i} (${stage}) made a job fail: ${said}`);
+    const key = /cancelled/.test(said) ? stage : `${stage} (ended before the cancel)`;
+    stages[key] = (stages[key] || 0) + 1;
+    if (duringLoad && !/Model loaded/.test(said)) assert.match(await load(), /Model loaded/);
+    const m = await memory();
+    if (process.env.PODAR_SOAK_VERBOSE) log(`cancel ${i}: ${key}, wasm memory ${(m / 2 ** 20).toFixed(1)} MiB`);
+    if (i > 0) assert.ok(m <= last, `wasm memory grew from ${last} to ${m} bytes at cancel ${i} (${stage})`);
+    last = m;
+  }
+  log(`${CANCELS} cancels:`, JSON.stringify(stages));
+  log(`wasm memory after them ${(last / 2 ** 20).toFixed(0)} MiB (after the first job ${(m0 / 2 ** 20).toFixed(0)} MiB)`);
+
+  // The same job again: the same result, in no more memory.
+  assert.match(await prune(), /Done$/);
+  assert.equal(await result(), want, 'a prune after the cancels differs from the uninterrupted one');
+  assert.ok(await memory() <= last, 'the job after the cancels grew the wasm memory');
+  log('the job after the cancels gives the same perplexities');
+
+  // An engine killed in the middle of a job: restarted, the model loaded again, and said so.
+  await page.evaluate(() => { document.getElementById('status').textContent = ''; });
+  await page.getByRole('button', { name: 'Prune' }).click();
+  await page.waitForFunction(() => /calibrate/.test(document.getElementById('status').textContent), null, { timeout: 300_000 });
+  const engine = page.workers().find((w) => /\/worker\.js/.test(w.url()));
+  assert.ok(engine, 'the engine worker is not found');
+  await engine.evaluate(() => { setTimeout(() => { throw new Error('killed by the soak test'); }); });
+  const said = await page.waitForFunction(
+    () => /The engine was restarted .*The model is loaded again/.test(document.getElementById('status').textContent),
+    null, { timeout: 300_000 }).then(() => status());
+  log('engine killed mid-job:', said);
+  assert.match(said, /killed by the soak test/);
+  assert.match(await prune(), /Done$/);
+  assert.equal(await result(), want, 'a prune after the restart differs from the first');
+  log('all checks passed');
+} catch (e) {
+  failed = true;
+  console.error('[soak] FAILED:', e.message);
+} finally {
+  await browser.close();
+  app.proc.kill();
+}
+process.exit(failed ? 1 : 0);
