@@ -21,6 +21,16 @@ fn real_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// A folder `name` holding these files of the tiny Llama fixture, for a test to add its own to.
+fn tiny_llama_copy(name: &str, files: &[&str]) -> PathBuf {
+    let dir = tmp(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in files {
+        std::fs::copy(tiny("llama").join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("podar-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -363,11 +373,7 @@ fn importance_json_scores_every_layer_and_neuron() {
 #[test]
 fn generate_within_the_models_context() {
     // The tiny model with a context of 8 positions.
-    let dir = tmp("short_context");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["model.safetensors", "tokenizer.json", "generation_config.json"] {
-        std::fs::copy(tiny("llama").join(f), dir.join(f)).unwrap();
-    }
+    let dir = tiny_llama_copy("short_context", &["model.safetensors", "tokenizer.json", "generation_config.json"]);
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tiny("llama").join("config.json")).unwrap()).unwrap();
     cfg["max_position_embeddings"] = 8.into();
@@ -384,11 +390,7 @@ fn generate_within_the_models_context() {
 #[test]
 fn a_chat_template_that_never_ends_is_stopped() {
     // A model whose tokenizer_config.json holds three nested loops of 9999.
-    let dir = tmp("endless_template");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
-        std::fs::copy(tiny("llama").join(f), dir.join(f)).unwrap();
-    }
+    let dir = tiny_llama_copy("endless_template", &["model.safetensors", "tokenizer.json", "config.json"]);
     let tpl = "{% for a in range(9999) %}{% for b in range(9999) %}{% for c in range(9999) %}x{% endfor %}{% endfor %}{% endfor %}";
     std::fs::write(dir.join("tokenizer_config.json"), serde_json::json!({ "chat_template": tpl }).to_string()).unwrap();
     let t0 = std::time::Instant::now();
