@@ -27,6 +27,15 @@ fn tokenizer_json_with_invalid_utf8() {
     assert!(err.to_string().contains("not UTF-8"), "{err}");
 }
 
+/// tokenizer_json: a number out of f64's range in the vocabulary (the same unwrap; skipping values
+/// does not parse their numbers).
+#[wasm_bindgen_test(unsupported = test)]
+fn tokenizer_json_with_a_number_out_of_range() {
+    let input = include_bytes!("fixtures/fuzz/tokenizer-json-number-out-of-range.json");
+    let err = podar::Tokenizer::from_hf(input, None).err().expect("refused");
+    assert!(err.to_string().contains("out of range"), "{err}");
+}
+
 /// Found by reading the tokenizers crate after the above: a `Precompiled` normalizer whose charsmap
 /// is missing or malformed also panicked inside it, alone or inside a sequence.
 #[wasm_bindgen_test(unsupported = test)]

@@ -52,10 +52,9 @@ impl Tokenizer {
         // The tokenizers crate panics (a lost session in the browser) on some malformed JSON inside
         // a component, e.g. a `decoder` cut short; well-formed JSON is checked for first, without
         // building it.
-        // (Skipping values does not check their UTF-8, so that is checked on its own.)
         let text = std::str::from_utf8(tokenizer_json)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: not UTF-8 ({e})")))?;
-        serde_json::from_str::<serde::de::IgnoredAny>(text)
+        serde_json::from_str::<WellFormed>(text)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
         // It also panics on a malformed SentencePiece charsmap (`Precompiled` normalizer), which no
         // architecture podar runs uses: refused.
@@ -211,6 +210,51 @@ impl std::io::Write for Capped {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Any JSON value, read to its end (every number parsed, every string checked) and kept nowhere:
+/// what `serde::de::IgnoredAny` skips without looking (a number out of range, say) is an error.
+struct WellFormed;
+
+impl<'de> serde::Deserialize<'de> for WellFormed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(WellFormedVisitor)
+    }
+}
+
+struct WellFormedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for WellFormedVisitor {
+    type Value = WellFormed;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<WellFormed, E> {
+        Ok(WellFormed)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> std::result::Result<WellFormed, A::Error> {
+        while a.next_element::<WellFormed>()?.is_some() {}
+        Ok(WellFormed)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> std::result::Result<WellFormed, A::Error> {
+        while a.next_entry::<WellFormed, WellFormed>()?.is_some() {}
+        Ok(WellFormed)
     }
 }
 
