@@ -56,3 +56,56 @@ fn tokenizer_json_with_a_precompiled_normalizer() {
         "lstrip": false, "rstrip": false, "normalized": false, "special": true}]);
     assert!(podar::Tokenizer::from_hf(v.to_string().as_bytes(), None).is_ok());
 }
+
+/// gguf: a header whose `general.alignment` is 0 (candle's reader divides the data's offset by it
+/// and panicked), as the fuzzer found it and written by hand, in each integer type and both header
+/// versions. As in llama.cpp, an alignment is a u32 and a power of two; other ones are refused too.
+#[wasm_bindgen_test(unsupported = test)]
+fn gguf_with_an_alignment_of_zero() {
+    use podar::formats::gguf::GgufFile;
+    use std::io::Cursor;
+    let found = include_bytes!("fixtures/fuzz/gguf-zero-alignment.gguf");
+    let err = GgufFile::open(Cursor::new(&found[..])).err().expect("refused");
+    assert!(err.to_string().contains("`general.alignment` is 0"), "{err}");
+    // version, the type of the value (u8, i8, u16, i16, u32, i32, u64, i64) and its size
+    for (version, ty, size) in
+        [(3u32, 0u32, 1), (3, 1, 1), (3, 2, 2), (3, 3, 2), (3, 4, 4), (2, 5, 4), (1, 4, 4), (3, 10, 8), (3, 11, 8)]
+    {
+        let wide = |n: u64, out: &mut Vec<u8>| {
+            if version == 1 {
+                out.extend((n as u32).to_le_bytes())
+            } else {
+                out.extend(n.to_le_bytes())
+            }
+        };
+        let file = |align: u8| {
+            let mut f = b"GGUF".to_vec();
+            f.extend(version.to_le_bytes());
+            wide(0, &mut f); // tensors
+            wide(2, &mut f); // metadata entries
+            wide(5, &mut f);
+            f.extend(b"other");
+            f.extend(8u32.to_le_bytes()); // a string
+            wide(3, &mut f);
+            f.extend(b"abc");
+            wide(17, &mut f);
+            f.extend(b"general.alignment");
+            f.extend(ty.to_le_bytes());
+            f.push(align);
+            f.extend(std::iter::repeat_n(0, size - 1));
+            f
+        };
+        let err = GgufFile::open(Cursor::new(file(0))).err().expect("refused");
+        assert!(err.to_string().contains("`general.alignment` is 0"), "v{version} type {ty}: {err}");
+        match GgufFile::open(Cursor::new(file(32))) {
+            Ok(_) => assert_eq!(ty, 4, "v{version} type {ty} accepted"),
+            Err(e) => {
+                assert!(ty != 4 && e.to_string().contains("not a power of two as a u32"), "v{version} type {ty}: {e}")
+            }
+        }
+        if ty == 4 {
+            let err = GgufFile::open(Cursor::new(file(48))).err().expect("48 refused");
+            assert!(err.to_string().contains("is U32(48), not a power of two"), "{err}");
+        }
+    }
+}

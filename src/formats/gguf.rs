@@ -17,6 +17,8 @@ impl GgufHeader {
     /// Parses the header (magic, metadata, tensor infos). Sizes are capped by candle's reader.
     pub fn read<R: Read + Seek>(r: &mut R) -> Result<Self> {
         r.seek(SeekFrom::Start(0))?;
+        refuse_zero_alignment(&mut std::io::BufReader::new(&mut *r))?;
+        r.seek(SeekFrom::Start(0))?;
         let content = Content::read(r).map_err(|e| Error::Gguf(explain_dtype(first_line(&e))))?;
         Ok(Self { content })
     }
@@ -60,6 +62,83 @@ impl GgufHeader {
     pub fn tensor_shape(&self, gguf_name: &str) -> Option<Vec<usize>> {
         self.content.tensor_infos.get(gguf_name).map(|t| t.shape.dims().to_vec())
     }
+}
+
+/// Walks the header's metadata without keeping it, and refuses a `general.alignment` of 0, which
+/// candle's reader divides by (a panic, found by fuzzing). Everything else is left to that reader:
+/// a file this walk cannot follow is passed on, and candle says what is wrong with it.
+fn refuse_zero_alignment<R: Read + Seek>(r: &mut std::io::BufReader<R>) -> Result<()> {
+    fn u32_of(r: &mut impl Read) -> std::io::Result<u32> {
+        let mut b = [0; 4];
+        r.read_exact(&mut b).map(|_| u32::from_le_bytes(b))
+    }
+    fn u64_of(r: &mut impl Read) -> std::io::Result<u64> {
+        let mut b = [0; 8];
+        r.read_exact(&mut b).map(|_| u64::from_le_bytes(b))
+    }
+    struct Walk<'a, R> {
+        r: &'a mut std::io::BufReader<R>,
+        // Version 1 writes lengths and counts as u32, later versions as u64.
+        wide: bool,
+    }
+    impl<R: Read + Seek> Walk<'_, R> {
+        fn len(&mut self) -> std::io::Result<u64> {
+            if self.wide {
+                u64_of(self.r)
+            } else {
+                u32_of(self.r).map(u64::from)
+            }
+        }
+        fn skip(&mut self, n: u64) -> std::io::Result<()> {
+            let n = i64::try_from(n).map_err(|_| std::io::ErrorKind::UnexpectedEof)?;
+            self.r.seek_relative(n)
+        }
+        /// Skips a value of type `ty`; `Some(value)` for an integer that is not in an array.
+        fn value(&mut self, ty: u32, depth: u32) -> std::io::Result<Option<u64>> {
+            let size = match ty {
+                0 | 1 | 7 => 1,
+                2 | 3 => 2,
+                4..=6 => 4,
+                10..=12 => 8,
+                8 => {
+                    let n = self.len()?;
+                    return self.skip(n).map(|_| None);
+                }
+                9 if depth < 8 => {
+                    let (ty, n) = (u32_of(self.r)?, self.len()?);
+                    for _ in 0..n {
+                        self.value(ty, depth + 1)?;
+                    }
+                    return Ok(None);
+                }
+                _ => return Err(std::io::ErrorKind::InvalidData.into()),
+            };
+            let mut b = [0; 8];
+            self.r.read_exact(&mut b[..size])?;
+            let v = u64::from_le_bytes(b);
+            Ok(matches!(ty, 0..=5 | 10 | 11).then_some(v))
+        }
+    }
+    let walk = |r: &mut std::io::BufReader<R>| -> std::io::Result<bool> {
+        let (_magic, version) = (u32_of(r)?, u32_of(r)?);
+        let mut w = Walk { r, wide: version != 1 };
+        let (_tensors, kvs) = (w.len()?, w.len()?);
+        for _ in 0..kvs {
+            let n = w.len()?;
+            let mut key = vec![0; n.min(64) as usize];
+            w.r.read_exact(&mut key)?;
+            w.skip(n - key.len() as u64)?;
+            let ty = u32_of(w.r)?;
+            if w.value(ty, 0)? == Some(0) && key == b"general.alignment" {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if walk(r).unwrap_or(false) {
+        bail!(Gguf, "`general.alignment` is 0: the file is corrupt");
+    }
+    Ok(())
 }
 
 pub fn value_u64(v: &Value) -> Option<u64> {
@@ -160,7 +239,8 @@ impl<R: Read + Seek> GgufFile<R> {
 fn check_layout(header: &GgufHeader, file_len: u64) -> Result<()> {
     let c = &header.content;
     let align = match c.metadata.get("general.alignment") {
-        Some(v) => v.to_u32().map_err(|e| Error::Gguf(format!("general.alignment: {e}")))? as u64,
+        Some(Value::U32(a)) if a.is_power_of_two() => *a as u64,
+        Some(v) => bail!(Gguf, "`general.alignment` is {v:?}, not a power of two as a u32: the file is corrupt"),
         None => 32,
     };
     let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(c.tensor_infos.len());
@@ -172,7 +252,7 @@ fn check_layout(header: &GgufHeader, file_len: u64) -> Result<()> {
             bail!(Gguf, "tensor `{name}` has {n} values, not a whole number of {:?} blocks", t.ggml_dtype);
         }
         let bytes = (n / bs).checked_mul(t.ggml_dtype.type_size() as u64).ok_or_else(corrupt)?;
-        if align > 0 && t.offset % align != 0 {
+        if t.offset % align != 0 {
             bail!(
                 Gguf,
                 "tensor `{name}` starts at offset {}, off the file's alignment of {align}: the file is corrupt",
