@@ -12,7 +12,7 @@ THREADS_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+s
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: fuzz fuzz-smoke serve test test-browser setup setup-test build build-native build-wasm build-wasm-single build-wasm-threads models bench bench-web test-webgpu clean
+.PHONY: fuzz fuzz-smoke package serve test test-browser setup setup-test build build-native build-wasm build-wasm-single build-wasm-threads models bench bench-web test-webgpu clean
 
 ## Serve the app on http://127.0.0.1:$(PORT)/ as soon as the page can work (the single-threaded
 ## build); the faster threaded builds are made meanwhile and the page uses them after a reload.
@@ -29,21 +29,25 @@ serve: setup build-native build-wasm-single models
 	else echo "podar: $(NIGHTLY) is missing, so the page runs on one thread"; \
 	fi; wait $$pid
 
-## Everything the tests need, then every test: native, then in headless Chromium.
+## Everything the tests need, then every test: native, the examples type-checked against the
+## package's declarations, then in headless Chromium.
 test: setup setup-test models
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --lib --tests --target wasm32-unknown-unknown -- -D warnings
 	$(CARGO) test --release
+	node_modules/.bin/tsc -p examples
 	$(MAKE) --no-print-directory test-browser
 	$(MAKE) --no-print-directory fuzz-smoke
 
-## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end:
+## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end and
+## the JavaScript API (api.mjs: the package, examples/minimal/, an abort at every stage):
 ## in Chromium, on WebGPU, under 50 cancels at random moments and a killed engine (soak.mjs), and
 ## in Firefox ESR and WebKitGTK (WebKit needs a display: Xvfb).
 test-browser: build-native build-wasm
 	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web --test fuzz_findings
 	node tests/e2e/page.mjs
+	node tests/e2e/api.mjs
 	node tests/e2e/webgpu.mjs
 	node tests/e2e/soak.mjs
 	xvfb-run -a node tests/e2e/browsers.mjs
@@ -72,6 +76,12 @@ build-wasm: build-wasm-single build-wasm-threads
 build-wasm-single:
 	$(CARGO) build --release --lib --target wasm32-unknown-unknown
 	wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/podar.wasm
+	cp js/* LICENSE pkg/ && cp docs/js-api.md pkg/README.md
+
+## The npm package: pkg/ is the package (the API in js/, the wasm builds beside it); `npm pack`
+## writes target/podar-VERSION.tgz.
+package: build-wasm
+	cd pkg && npm pack --pack-destination ../target
 
 ## Each threaded build is written beside pkg/ and moved in whole, so a page loaded meanwhile never
 ## sees half of one. wasm-bindgen-rayon's worker helper calls the init function the old way

@@ -27,9 +27,15 @@ pub enum Error {
     /// The tokenizer could not be built or could not encode/decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// A user's request does not fit (text too short, context out of range, bad option…).
+    /// A user's request does not fit (context out of range, bad option…).
     #[error("{0}")]
     Input(String),
+    /// A text too short for what was asked of it (the calibration windows).
+    #[error("{0}")]
+    TextTooShort(String),
+    /// A model too large for where it is to be pruned (the page's memory).
+    #[error("{0}")]
+    TooLarge(String),
     /// The computation was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
@@ -42,6 +48,28 @@ pub enum Error {
     /// Malformed JSON.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A stable name for the kind of error, for programs (the JavaScript API's `PodarError.code`);
+    /// the message is for people.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Io(_) => "io",
+            Error::Gguf(_) | Error::Safetensors(_) | Error::MissingTensor(_) | Error::Shape { .. } | Error::Json(_) => {
+                "corrupt-file"
+            }
+            Error::Config(_) => "bad-config",
+            Error::UnsupportedArchitecture(_) => "unsupported-arch",
+            Error::Tokenizer(_) => "tokenizer",
+            Error::Input(_) => "bad-input",
+            Error::TextTooShort(_) => "text-too-short",
+            Error::TooLarge(_) => "model-too-large",
+            Error::Cancelled => "aborted",
+            Error::Candle(_) => "internal",
+            Error::Gpu(_) => "gpu",
+        }
+    }
 }
 
 /// The message of a candle error without the backtrace candle appends when RUST_BACKTRACE is set.
@@ -67,3 +95,32 @@ macro_rules! bail {
     };
 }
 pub(crate) use bail;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes the JavaScript API documents (`js/index.d.ts`) are the ones the core gives, and
+    /// the two kinds a page must tell apart come from where they happen.
+    #[test]
+    fn codes_are_the_ones_the_javascript_api_declares() {
+        let declared = include_str!("../js/index.d.ts");
+        let all = [
+            Error::Io(std::io::Error::other("x")),
+            Error::Gguf(String::new()),
+            Error::Config(String::new()),
+            Error::UnsupportedArchitecture(String::new()),
+            Error::Tokenizer(String::new()),
+            Error::Input(String::new()),
+            Error::TextTooShort(String::new()),
+            Error::TooLarge(String::new()),
+            Error::Cancelled,
+            Error::Gpu(String::new()),
+        ];
+        for e in all {
+            assert!(declared.contains(&format!("| '{}'", e.code())), "{} is not in index.d.ts", e.code());
+        }
+        assert_eq!(crate::model::load::fits_in_page(2_000_000_000).unwrap_err().code(), "model-too-large");
+        assert_eq!(crate::prune::calib::windows(&[1, 2, 3], 2, 4).unwrap_err().code(), "text-too-short");
+    }
+}

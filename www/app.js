@@ -1,5 +1,5 @@
-// The page: draws, and talks to the worker (worker.js), where all of podar runs.
-import { noSharedMemory } from './gpu-bridge.js';
+// The page: draws, and talks to the engine's worker (pkg/worker.js, from js/), where all of podar runs.
+import { noSharedMemory } from '../pkg/gpu-bridge.js';
 import { drawLayers, drawPpl, drawRatio } from './results.js';
 
 const $ = (id) => document.getElementById(id);
@@ -17,7 +17,7 @@ const pending = new Map();
 let lastModel = null; // how the current model was loaded, to reload after a worker restart
 
 function startWorker() {
-  const url = new URL('./worker.js', import.meta.url);
+  const url = new URL('../pkg/worker.js', import.meta.url);
   // The page's engine switches pass on to the worker: ?threads=0, ?simd=plain, ?gpu=0.
   for (const key of ['threads', 'simd', 'gpu']) {
     const v = new URLSearchParams(location.search).get(key);

@@ -84,7 +84,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Serve the browser app (www/, pkg/, models/ under --root) on 127.0.0.1.
+    /// Serve the browser app (www/, pkg/, models/ and examples/ under --root) on 127.0.0.1.
     ///
     /// Only pages from this server's own origin may read what it serves (add others with
     /// --allow-origin); requests must name it as 127.0.0.1, localhost or [::1] (add names with

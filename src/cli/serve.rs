@@ -1,4 +1,4 @@
-//! `podar serve`: a small static file server for the app (www/, pkg/, models/) with the MIME types
+//! `podar serve`: a small static file server for the app (www/, pkg/, models/, examples/) with the MIME types
 //! browsers insist on, the COOP/COEP headers wasm threads need, and byte ranges for models read in
 //! slices.
 //!
@@ -33,7 +33,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What `podar serve` was told.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    /// The checkout: www/, pkg/, models/ below it.
+    /// The checkout: www/, pkg/, models/, examples/ below it.
     pub root: PathBuf,
     /// Address to bind: 127.0.0.1 unless told otherwise.
     pub host: IpAddr,
@@ -189,7 +189,8 @@ fn mime(path: &Path) -> &'static str {
     }
 }
 
-/// Maps a URL path to a file: /pkg/… and /models/… to those folders under `root`, the rest to www/.
+/// Maps a URL path to a file: /pkg/…, /models/… and /examples/… to those folders under `root`, the
+/// rest to www/.
 /// `None` unless the file exists and its real path lies inside the real path of that folder.
 pub fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     let path = url_path.split(['?', '#']).next().unwrap_or("/");
@@ -203,7 +204,7 @@ pub fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     }
     let first = rel.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or("");
     let (folder, rest) = match first {
-        "pkg" | "models" => (root.join(first), rel.strip_prefix(first).ok()?),
+        "pkg" | "models" | "examples" => (root.join(first), rel.strip_prefix(first).ok()?),
         _ => (root.join("www"), rel),
     };
     let folder = folder.canonicalize().ok()?;

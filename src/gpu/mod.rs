@@ -99,7 +99,9 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")))?;
+            // wgpu's own text lists the native backends it did not try ("noop not requested, vulkan
+            // not requested…"), which says nothing in a browser.
+            .map_err(|_| Error::Gpu("no WebGPU adapter".into()))?;
         let al = adapter.limits();
         let limits = wgpu::Limits {
             max_storage_buffer_binding_size: al.max_storage_buffer_binding_size,

@@ -320,7 +320,7 @@ pub fn fits_in_page(parameters: u64) -> Result<()> {
     let need = f32_bytes * PAGE_PEAK_PER_F32_BYTE;
     if need > PAGE_MEMORY as f64 {
         bail!(
-            Input,
+            TooLarge,
             "this model has {:.2}B parameters: pruning it in the page needs about {:.1} GB of memory ({PAGE_PEAK_PER_F32_BYTE}× \
              its {:.1} GB of f32 weights), more than the {} GiB a browser gives WebAssembly. The command-line tool \
              (podar prune) has no such limit; in the page, models up to about {:.0}M parameters fit",

@@ -36,7 +36,7 @@ pub fn windows(ids: &[u32], samples: usize, len: usize) -> Result<Vec<u32>> {
     let need = samples.checked_mul(len).ok_or_else(|| crate::Error::Input("calibration size overflows".into()))?;
     if ids.len() < need {
         bail!(
-            Input,
+            TextTooShort,
             "the calibration text has {} tokens; {samples} windows of {len} need {need} (about {} more tokens, roughly {} more characters)",
             ids.len(),
             need - ids.len(),

@@ -127,7 +127,7 @@ pub struct GpuKernels {
 #[wasm_bindgen]
 impl GpuKernels {
     /// Opens the adapter; fails with a readable reason when WebGPU or an adapter is missing.
-    pub async fn open() -> Result<GpuKernels, JsError> {
+    pub async fn open() -> Result<GpuKernels, JsValue> {
         let gpu = crate::gpu::Gpu::open().await.map_err(super::js_err)?;
         Ok(GpuKernels { gpu: std::rc::Rc::new(gpu) })
     }
@@ -141,7 +141,7 @@ impl GpuKernels {
         self.gpu.has(key)
     }
 
-    pub fn upload(&self, key: u32, w: &[f32], n: usize, k: usize) -> Result<(), JsError> {
+    pub fn upload(&self, key: u32, w: &[f32], n: usize, k: usize) -> Result<(), JsValue> {
         self.gpu.upload(key, w, n, k).map_err(super::js_err)
     }
 

@@ -32,8 +32,16 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
-fn js_err(e: Error) -> JsError {
-    JsError::new(&e.to_string())
+/// A JavaScript `Error` with the message, and the kind of error as its `code` ([`Error::code`]).
+fn js_err(e: Error) -> JsValue {
+    let err = js_sys::Error::new(&e.to_string());
+    let _ = js_sys::Reflect::set(&err, &"code".into(), &e.code().into());
+    err.into()
+}
+
+/// A request that does not fit, as a JavaScript error (`code: "bad-input"`).
+fn input_err(msg: &str) -> JsValue {
+    js_err(Error::Input(msg.into()))
 }
 
 fn io_err(what: &str, e: JsValue) -> std::io::Error {
@@ -54,8 +62,8 @@ pub struct BlobReader {
 const SLICE: u64 = 4 << 20;
 
 impl BlobReader {
-    pub fn new(blob: Blob) -> std::result::Result<Self, JsError> {
-        let reader = FileReaderSync::new().map_err(|_| JsError::new("FileReaderSync needs a Web Worker"))?;
+    pub fn new(blob: Blob) -> std::result::Result<Self, JsValue> {
+        let reader = FileReaderSync::new().map_err(|_| input_err("FileReaderSync needs a Web Worker"))?;
         let size = blob.size() as u64;
         Ok(BlobReader { blob, reader, size, pos: 0, buf: Vec::new(), buf_at: 0 })
     }
@@ -160,12 +168,12 @@ fn ask(progress: &Function, stage: &str, done: usize, total: usize) -> bool {
         .unwrap_or(false)
 }
 
-fn to_js<T: Serialize>(v: &T) -> std::result::Result<JsValue, JsError> {
-    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
+fn to_js<T: Serialize>(v: &T) -> std::result::Result<JsValue, JsValue> {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| input_err(&e.to_string()))
 }
 
-fn files_of(files: &js_sys::Array) -> std::result::Result<Vec<File>, JsError> {
-    files.iter().map(|f| f.dyn_into::<File>().map_err(|_| JsError::new("expected File objects"))).collect()
+fn files_of(files: &js_sys::Array) -> std::result::Result<Vec<File>, JsValue> {
+    files.iter().map(|f| f.dyn_into::<File>().map_err(|_| input_err("expected File objects"))).collect()
 }
 
 /// A file's path within a dropped folder, else its name.
@@ -188,11 +196,11 @@ fn named(files: &[File]) -> Result<Vec<(String, BlobReader)>> {
 
 /// The page reads text with the model's tokenizer: a Hugging Face folder without `tokenizer.json`
 /// is refused before any weight is read (a GGUF carries its tokenizer).
-fn page_can_use(p: &Picked) -> std::result::Result<(), JsError> {
+fn page_can_use(p: &Picked) -> std::result::Result<(), JsValue> {
     match p {
-        Picked::Hf { tokenizer_json: None, .. } => Err(JsError::new(
-            "the folder has no tokenizer.json, which podar needs to read your text: add it to the files",
-        )),
+        Picked::Hf { tokenizer_json: None, .. } => {
+            Err(input_err("the folder has no tokenizer.json, which podar needs to read your text: add it to the files"))
+        }
         _ => Ok(()),
     }
 }
@@ -321,7 +329,7 @@ impl Session {
     }
 
     /// Reads only the headers of the chosen files: architecture, sizes and parameters.
-    pub fn inspect(&self, files: js_sys::Array) -> std::result::Result<JsValue, JsError> {
+    pub fn inspect(&self, files: js_sys::Array) -> std::result::Result<JsValue, JsValue> {
         let files = files_of(&files)?;
         page_can_use(&load::pick_files(&files.iter().map(name_of).collect::<Vec<_>>()).map_err(js_err)?)?;
         let summary = load::inspect_named(named(&files).map_err(js_err)?).map_err(js_err)?;
@@ -330,7 +338,7 @@ impl Session {
 
     /// Loads a model (one `.gguf`, or a Hugging Face folder's files): hashes the weights for the
     /// report, then reads every tensor; `progress("hash" | "load", done, total)`.
-    pub fn load(&mut self, files: js_sys::Array, progress: &Function) -> std::result::Result<JsValue, JsError> {
+    pub fn load(&mut self, files: js_sys::Array, progress: &Function) -> std::result::Result<JsValue, JsValue> {
         self.bundle = None;
         self.done = None;
         self.source_alive = false;
@@ -385,20 +393,20 @@ impl Session {
         Ok(summary)
     }
 
-    fn bundle(&self) -> std::result::Result<&Bundle, JsError> {
-        self.bundle.as_ref().ok_or_else(|| JsError::new("load a model first"))
+    fn bundle(&self) -> std::result::Result<&Bundle, JsValue> {
+        self.bundle.as_ref().ok_or_else(|| input_err("load a model first"))
     }
 
     /// The original's configuration, whether or not the original is still in memory.
-    fn source_cfg(&self) -> std::result::Result<&crate::model::config::ModelConfig, JsError> {
+    fn source_cfg(&self) -> std::result::Result<&crate::model::config::ModelConfig, JsValue> {
         match (self.source_alive, &self.done) {
             (false, Some(d)) => Ok(&d.source_cfg),
             _ => Ok(&self.bundle()?.model.cfg),
         }
     }
 
-    fn done(&self) -> std::result::Result<&Done, JsError> {
-        self.done.as_ref().ok_or_else(|| JsError::new("prune the model first"))
+    fn done(&self) -> std::result::Result<&Done, JsValue> {
+        self.done.as_ref().ok_or_else(|| input_err("prune the model first"))
     }
 
     /// Makes sure `bundle.model` is the original, reading it again from its files if a prune used it.
@@ -416,7 +424,7 @@ impl Session {
 
     /// Tokens in `text` (counted up to `limit` at least: a long text is not tokenized beyond what
     /// a job can use), and how many calibration windows of `calib_len` they fill.
-    pub fn text_info(&self, text: &str, calib_len: usize, limit: usize) -> std::result::Result<JsValue, JsError> {
+    pub fn text_info(&self, text: &str, calib_len: usize, limit: usize) -> std::result::Result<JsValue, JsValue> {
         let tok = self.bundle()?.tokenizer().map_err(js_err)?;
         let (ids, complete) = tok.encode_prefix(text, limit).map_err(js_err)?;
         let n = ids.len();
@@ -424,7 +432,7 @@ impl Session {
     }
 
     /// Sizes after pruning with `options` (PruneOptions as JSON) in `format`/`dtype`, before any work.
-    pub fn plan(&self, options: JsValue, format: &str, dtype: &str) -> std::result::Result<JsValue, JsError> {
+    pub fn plan(&self, options: JsValue, format: &str, dtype: &str) -> std::result::Result<JsValue, JsValue> {
         let o: PruneOptions = serde_wasm_bindgen::from_value(options)?;
         let fmt = OutputFormat::parse(format, dtype).map_err(js_err)?;
         to_js(&job::plan(self.source_cfg()?, &o, fmt).map_err(js_err)?)
@@ -438,7 +446,7 @@ impl Session {
         text: &str,
         options: JsValue,
         progress: &Function,
-    ) -> std::result::Result<JsValue, JsError> {
+    ) -> std::result::Result<JsValue, JsValue> {
         let o: PruneOptions = serde_wasm_bindgen::from_value(options)?;
         let cfg = self.source_cfg()?.clone();
         let b = self.bundle()?;
@@ -464,7 +472,7 @@ impl Session {
         self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
         let t0 = js_sys::Date::now();
         let Some(mut b) = self.bundle.take() else {
-            return Err(JsError::new("load a model first"));
+            return Err(input_err("load a model first"));
         };
         let source = b.model;
         self.source_alive = false;
@@ -508,7 +516,7 @@ impl Session {
         max_tokens: usize,
         ctx: usize,
         progress: &Function,
-    ) -> std::result::Result<JsValue, JsError> {
+    ) -> std::result::Result<JsValue, JsValue> {
         if which == "source" {
             self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
         }
@@ -534,7 +542,7 @@ impl Session {
         max_tokens: usize,
         chat: bool,
         on_text: &Function,
-    ) -> std::result::Result<String, JsError> {
+    ) -> std::result::Result<String, JsValue> {
         if which == "source" {
             self.ensure_source(&mut |_, _| true).map_err(js_err)?;
         }
@@ -579,7 +587,7 @@ impl Session {
         dtype: &str,
         evals: JsValue,
         on_chunk: &Function,
-    ) -> std::result::Result<String, JsError> {
+    ) -> std::result::Result<String, JsValue> {
         let b = self.bundle()?;
         let d = self.done()?;
         let fmt = OutputFormat::parse(format, dtype).map_err(js_err)?;

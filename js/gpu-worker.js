@@ -9,7 +9,7 @@
 //   {op: 'forget'}                                drops every weight
 // A product sets ctl[0] to 1 (done), 3 (weight not on the GPU) or 2 (failed; ctl[1] bytes of
 // UTF-8 message in buf), then wakes the waiting worker.
-import init, { GpuKernels } from '../pkg/podar.js';
+import init, { GpuKernels } from './podar.js';
 
 let kernels = null;
 const failedUploads = new Map();

@@ -1,14 +1,20 @@
-// All of podar's Rust runs here, in a module Web Worker; the page only draws.
+// All of podar's Rust runs here, in a module Web Worker: the engine behind the JavaScript API
+// (index.js starts it; the page in www/ still speaks its protocol directly).
 // Protocol: {id, cmd, ...args} in; {id, progress: {stage, done, total}}, {id, text}, and finally
-// {id, ok, memory} or {id, error} out. A shared Int32Array flag (set by the page's Cancel) makes
-// every progress callback answer "stop", and the running call ends with "cancelled".
+// {id, ok, memory} or {id, error, code, fatal} out (code: see PodarError in index.js). A shared
+// Int32Array flag (set on abort) makes every progress callback answer "stop", and the running call
+// ends with "cancelled".
 // The threaded build (wasm threads over a pool of workers) when the page is cross-origin isolated
-// and the build exists, else the single-threaded one (pkg/). Threaded: pkg/threads-relaxed/ (relaxed
-// SIMD: fused multiply-adds) where the browser validates relaxed SIMD, else pkg/threads/.
+// and the build exists, else the single-threaded one (podar.js beside this file). Threaded:
+// threads-relaxed/ (relaxed SIMD: fused multiply-adds) where the browser validates relaxed SIMD,
+// else threads/.
 // `?threads=0` on the worker's URL forces the single-threaded build, `?simd=plain` plain SIMD.
 // WebGPU: when the page is cross-origin isolated and an adapter exists, a GPU worker
 // (gpu-worker.js, started through gpu-bridge.js) runs the large matrix products; `?gpu=0` skips it.
 import { GpuBridge } from './gpu-bridge.js';
+
+// An Error with a code (see PodarError in index.js).
+const coded = (msg, code) => Object.assign(new Error(msg), { code });
 
 let podar = null;
 let bridge = null;
@@ -30,35 +36,36 @@ function withTimeout(promise, ms, why) {
 const ready = (async () => {
   const params = new URL(self.location.href).searchParams;
   const exists = async (p) => (await fetch(p, { method: 'HEAD' }).catch(() => null))?.ok === true;
-  let build = '../pkg/podar.js';
+  let build = './podar.js';
   if (params.get('threads') !== '0' && self.crossOriginIsolated && typeof SharedArrayBuffer === 'function') {
     const relaxed = params.get('simd') !== 'plain' && WebAssembly.validate(RELAXED_PROBE);
-    if (relaxed && await exists('../pkg/threads-relaxed/podar.js')) {
-      build = '../pkg/threads-relaxed/podar.js';
+    if (relaxed && await exists('./threads-relaxed/podar.js')) {
+      build = './threads-relaxed/podar.js';
       simd = 'relaxed SIMD';
-    } else if (await exists('../pkg/threads/podar.js')) {
-      build = '../pkg/threads/podar.js';
+    } else if (await exists('./threads/podar.js')) {
+      build = './threads/podar.js';
     }
   }
   if (!WebAssembly.validate(SIMD_PROBE)) {
-    throw new Error('this browser does not run WebAssembly SIMD (fixed-width SIMD is needed: Chrome 91+, Firefox 89+, Safari 16.4+)');
+    throw coded('this browser does not run WebAssembly SIMD (fixed-width SIMD is needed: Chrome 91+, Firefox 89+, Safari 16.4+)',
+      'unsupported-browser');
   }
   try {
     podar = await import(build);
     await podar.default();
     // A pool worker that fails to start leaves initThreadPool waiting for ever (it listens for
     // their "ready" only): a time limit lets the single-threaded fallback below take over.
-    if (build !== '../pkg/podar.js') {
+    if (build !== './podar.js') {
       await withTimeout(podar.initThreadPool(navigator.hardwareConcurrency || 2), 60_000, 'the thread pool did not start within 60 s');
     }
   } catch (e) {
-    if (build === '../pkg/podar.js') throw e;
+    if (build === './podar.js') throw e;
     // The threaded build asks for shared memory that can grow to 4 GiB; some browsers (notably on
     // phones) refuse it. The single-threaded build still works there.
     console.warn(`podar: the threaded build did not start (${e.message || e}); using one thread`);
     threadsFailed = `threads unavailable: ${e.message || e}`;
     simd = 'SIMD';
-    podar = await import('../pkg/podar.js');
+    podar = await import('./podar.js');
     await podar.default();
   }
   if (new URL(self.location.href).searchParams.get('gpu') === '0') {
@@ -94,19 +101,19 @@ async function download(url, name, id, required = true) {
   } catch (e) {
     if (e && e.name === 'AbortError') throw e;
     // fetch rejects with a TypeError (its text differs by browser) on network and CORS failures.
-    throw new Error(`${url}: could not be fetched (${e.message || e}). Check the address and your connection; ` +
-      'a server other than this page\'s must allow cross-origin requests (CORS), as huggingface.co does');
+    throw coded(`${url}: could not be fetched (${e.message || e}). Check the address and your connection; ` +
+      'a server other than this page\'s must allow cross-origin requests (CORS), as huggingface.co does', 'network');
   }
   if (!res.ok) {
     if (!required) return null;
     const hint = res.status === 401 || res.status === 403
       ? ' (a gated or private model: download its files and choose them with Model files instead)'
       : res.status === 404 ? ' (no such file at this address)' : '';
-    throw new Error(`${url}: HTTP ${res.status} ${res.statusText}${hint}`);
+    throw coded(`${url}: HTTP ${res.status} ${res.statusText}${hint}`, 'network');
   }
   if ((res.headers.get('content-type') || '').startsWith('text/html')) {
     if (!required) return null;
-    throw new Error(`${url} returned a web page, not a model file; on Hugging Face use the file's …/resolve/main/… link`);
+    throw coded(`${url} returned a web page, not a model file; on Hugging Face use the file's …/resolve/main/… link`, 'bad-input');
   }
   const total = Number(res.headers.get('content-length')) || 0;
   const reader = res.body.getReader();
@@ -142,7 +149,7 @@ async function fetchModel(url, id) {
   const last = decodeURIComponent(path.split('/').pop());
   // (A repository's name may end in a version, as Qwen3-0.6B does: only known non-model files are refused.)
   if (/\.(html?|txt|md|py|js|css|xml|csv|pdf|png|jpe?g|gif|svg|zip|tar|gz|bin|pt|pth|ckpt|onnx|h5|msgpack)$/i.test(last)) {
-    throw new Error(`${u.href} names the file ${last}, not a model: ${what}`);
+    throw coded(`${u.href} names the file ${last}, not a model: ${what}`, 'bad-input');
   }
   let base = u.href.replace(/[?#].*$/, '');
   if (/\.(json|safetensors)$/.test(base)) base = base.slice(0, base.lastIndexOf('/') + 1);
@@ -153,7 +160,7 @@ async function fetchModel(url, id) {
   const config = await download(base + 'config.json', 'config.json', id).catch((e) => {
     // No config.json there (or a web page instead): the address is not a model's.
     if (!/HTTP 404|web page/.test(e.message)) throw e;
-    throw new Error(`${base} holds no config.json: ${what}`);
+    throw coded(`${base} holds no config.json: ${what}`, 'bad-input');
   });
   const files = [config];
   for (const n of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) {
@@ -235,9 +242,12 @@ self.onmessage = async (e) => {
     if (cancelled()) throw new Error('cancelled');
     postMessage({ id: m.id, ok, memory: podar.Session.memory_bytes(), gpu: gpuState() });
   } catch (err) {
-    const msg = cancelled() || (err && err.name === 'AbortError') ? 'cancelled' : String((err && err.message) || err);
+    const stopped = cancelled() || (err && err.name === 'AbortError');
+    const msg = stopped ? 'cancelled' : String((err && err.message) || err);
     // A trap (out of memory, or a bug) leaves the engine's state undefined: the page restarts it.
-    const fatal = err instanceof WebAssembly.RuntimeError || (err instanceof RangeError && /memory/i.test(err.message));
-    postMessage({ id: m.id, error: msg, fatal, memory: podar ? podar.Session.memory_bytes() : 0 });
+    const oom = err instanceof RangeError && /memory/i.test(err.message);
+    const fatal = err instanceof WebAssembly.RuntimeError || oom;
+    const code = stopped ? 'aborted' : oom ? 'out-of-memory' : fatal ? 'engine-crashed' : (err && err.code) || 'failed';
+    postMessage({ id: m.id, error: msg, code, fatal, memory: podar ? podar.Session.memory_bytes() : 0 });
   }
 };

@@ -1,0 +1,234 @@
+// Types of podar's JavaScript API (index.js). Guide: docs/js-api.md in podar's repository.
+
+/** The kinds of error, as `PodarError.code`. */
+export type ErrorCode =
+  | 'aborted' // the call's AbortSignal fired (the error's name is then "AbortError")
+  | 'model-too-large' // the model cannot be pruned within the browser's 4 GiB of wasm memory
+  | 'text-too-short' // the domain text has fewer tokens than the calibration asks for
+  | 'unsupported-arch' // an architecture podar does not run
+  | 'corrupt-file' // a malformed, truncated or unreadable model file
+  | 'bad-config' // config.json (or the GGUF metadata) disagrees with itself or the weights
+  | 'tokenizer' // the tokenizer could not be built, or could not encode the text
+  | 'bad-input' // an option or argument that does not fit
+  | 'network' // a URL could not be fetched
+  | 'io' // a file could not be read
+  | 'out-of-memory' // the engine ran out of memory (it is restarted, and the model read again)
+  | 'engine-crashed' // the engine stopped (it is restarted, and the model read again)
+  | 'superseded' // a Model or Pruned used after another load or prune replaced it
+  | 'unsupported-browser' // no WebAssembly SIMD
+  | 'disposed' // the Podar instance was disposed
+  | 'gpu' // WebGPU failed
+  | 'internal' // a bug in podar
+  | 'failed'; // anything else
+
+export class PodarError extends Error {
+  readonly code: ErrorCode;
+}
+
+export interface Progress {
+  /** What runs now: "download NAME", "hash", "load", "calibrate", "score", "eval", "write"… */
+  stage: string;
+  /** Steps of this stage done, of `total` (bytes, megabytes or layers, by stage). */
+  done: number;
+  total: number;
+  /** Seconds left in this stage, once it can be estimated; otherwise null. */
+  eta: number | null;
+}
+
+export interface CallOptions {
+  onProgress?: (p: Progress) => void;
+  /** Aborts the call at any stage: it rejects with a PodarError of code "aborted"; the instance stays usable. */
+  signal?: AbortSignal;
+}
+
+export interface CreateOptions {
+  /** "auto": wasm threads where the page is cross-origin isolated; false: one thread. */
+  threads?: 'auto' | false;
+  /** "auto": WebGPU for the large matrix products where an adapter exists; false: the CPU only. */
+  gpu?: 'auto' | false;
+  /** "auto": relaxed SIMD (fused multiply-add) where the browser validates it; "plain": never. */
+  simd?: 'auto' | 'plain';
+}
+
+export interface Capabilities {
+  simd: boolean;
+  relaxedSimd: boolean;
+  /** Threads the engine computes on. */
+  threads: number;
+  /** Why the engine runs on one thread, when it does. */
+  threadsUnavailable: string | null;
+  crossOriginIsolated: boolean;
+  /** The WebGPU adapter in use or available, or null. */
+  webgpu: { adapter: string; inUse: boolean } | null;
+  /** Why there is no WebGPU, when there is none. */
+  webgpuUnavailable: string | null;
+  /** The most memory the engine can use (WebAssembly's 4 GiB). */
+  maxMemoryBytes: number;
+}
+
+/** A model: a URL of a .gguf or of a Hugging Face folder, or its files. */
+export type ModelSource = string | URL | File | File[] | FileList | FileSystemDirectoryHandle | Blob | ArrayBuffer | ArrayBufferView;
+
+export interface ModelSummary {
+  architecture: string;
+  format: string;
+  dtype: string;
+  layers: number;
+  hidden: number;
+  mlp: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  vocabulary: number;
+  parameters: number;
+  tiedEmbeddings: boolean;
+  /** The names of the files read. */
+  files: string[];
+}
+
+export interface Domain {
+  text: string;
+  /** Tokens counted (at least up to `need`, not beyond what a job reads). */
+  tokens: number;
+  /** Whether `tokens` counts the whole text. */
+  complete: boolean;
+  /** Tokens the calibration needs: calibSamples × calibLen. */
+  need: number;
+  enough: boolean;
+}
+
+export type Score = 'energy' | 'optipfair' | 'wanda' | 'flap' | 'obs' | 'maw' | 'vow' | 'pon' | 'l2';
+
+export interface PruneOptions {
+  /** Fraction of MLP neurons to remove, 0 to 1 (e.g. 0.2). */
+  mlp?: number;
+  /** Or the MLP width to keep. */
+  mlpSize?: number;
+  /** Round the kept width down to a multiple of this. */
+  divisor?: number;
+  /** How neurons are scored (default "energy"). */
+  score?: Score;
+  /** Re-fit the down projections on the calibration text (default true). */
+  recover?: boolean;
+  /** Ridge strength of the re-fit (default 0.3). */
+  ridge?: number;
+  /** Calibration windows (default 64) of calibLen tokens (default 128). */
+  calibSamples?: number;
+  calibLen?: number;
+  /** Fraction of KV head groups to remove from every layer. */
+  heads?: number;
+  /** Layers to remove: the ones that change the residual stream least. */
+  dropLayers?: number;
+  /** Exactly these layers. */
+  dropLayersAt?: number[];
+  /** The contiguous block of this many layers whose input and output are closest. */
+  dropBlock?: number;
+  /** Calibrate each layer on the already-pruned layers' outputs (default true). */
+  sequential?: boolean;
+  /** Error correction in recovery: a strength 0–1, "residuals" (default), "stream", or "off". */
+  correct?: number | 'residuals' | 'stream' | 'off';
+  /** Number format of calibration's matrix products (default "f32"). */
+  calibPrecision?: 'f32' | 'bf16';
+}
+
+export interface Plan {
+  parametersBefore: number;
+  parametersAfter: number;
+  layersBefore: number;
+  layersAfter: number;
+  mlpBefore: number;
+  mlpAfter: number;
+  kvHeadsBefore: number;
+  kvHeadsAfter: number;
+  /** Bytes of the exported weights in the format asked. */
+  fileBytes: number;
+  calibrationTokens: number;
+  /** What the output will not keep as asked. */
+  warnings: string[];
+}
+
+export interface PerplexityOptions extends CallOptions {
+  /** Tokens to skip first (a domain text's calibration part). Default 0. */
+  skip?: number;
+  /** At most this many tokens (default 1024). */
+  maxTokens?: number;
+  /** Window length (default 256). */
+  ctx?: number;
+}
+
+export interface Perplexity {
+  perplexity: number;
+  /** Tokens predicted. */
+  predictions: number;
+  tokens: number;
+  /** Mean negative log-likelihood (natural log). */
+  nll: number;
+}
+
+export interface GenerateOptions {
+  /** Tokens to generate at most (default 48). */
+  maxTokens?: number;
+  /** Through the model's chat template (default false). */
+  chat?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface ExportOptions extends CallOptions {
+  /** "hf": a zip of a Hugging Face folder; "gguf": one .gguf. Default "hf". */
+  format?: 'hf' | 'gguf';
+  /** hf: f32, f16 or bf16; gguf: f32, f16 or q8_0. Default f32. */
+  dtype?: 'f32' | 'f16' | 'bf16' | 'q8_0';
+  /** Perplexities before and after, for the report inside the zip. */
+  evals?: { name: string; before: number; after: number }[];
+}
+
+export interface PruneReport {
+  parametersBefore: number;
+  parametersAfter: number;
+  mlpBefore: number;
+  mlpAfter: number;
+  layersBefore: number;
+  keptLayers: number[];
+  kvHeadsBefore: number;
+  keptKvHeads: number[][];
+  calibrationTokens: number;
+  seconds: number;
+}
+
+export class Podar {
+  /** Starts the engine (a worker this instance owns). */
+  static create(options?: CreateOptions): Promise<Podar>;
+  readonly capabilities: Capabilities;
+  /** Bytes of wasm memory the engine holds (also its peak: wasm memory never shrinks). */
+  readonly memoryBytes: number;
+  /** Loads a model, replacing the one loaded before. */
+  load(source: ModelSource, options?: CallOptions): Promise<Model>;
+  /** Ends the engine's workers. */
+  dispose(): void;
+}
+
+export class Model {
+  readonly summary: ModelSummary;
+  /** A domain text counted in this model's tokens. */
+  text(text: string | Blob, options?: { calibSamples?: number; calibLen?: number; signal?: AbortSignal }): Promise<Domain>;
+  /** Sizes after pruning, before any work; rejects with the reason when the options cannot be done. */
+  plan(options?: PruneOptions, output?: { format?: 'hf' | 'gguf'; dtype?: ExportOptions['dtype'] }): Promise<Plan>;
+  /** Prunes for the domain text: its first calibSamples × calibLen tokens calibrate. */
+  prune(domain: string | Blob | Domain, options?: PruneOptions, call?: CallOptions): Promise<Pruned>;
+  perplexity(text: string | Blob, options?: PerplexityOptions): Promise<Perplexity>;
+  generate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, void, void>;
+}
+
+export class Pruned {
+  readonly report: PruneReport;
+  /** Per layer: how much it changes the residual stream on the domain text (1 − cos). */
+  readonly layerInfluence: number[];
+  /** For runs of layers: how far apart their input and output are. */
+  readonly blockDistances: number[];
+  /** Calibration tokens the prune read (skip them to measure on held-out text). */
+  readonly calibTokens: number;
+  perplexity(text: string | Blob, options?: PerplexityOptions): Promise<Perplexity>;
+  generate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, void, void>;
+  /** The pruned model as a File (a .zip or a .gguf). */
+  export(options?: ExportOptions): Promise<File>;
+}

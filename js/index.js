@@ -1,0 +1,453 @@
+// podar's JavaScript API: load a small language model in the browser, prune it for a domain (a text
+// of the user's), measure what the pruning cost, and export the smaller model. Every computation runs
+// in a Web Worker this module starts and owns (worker.js, with the WebAssembly engine); nothing leaves
+// the machine. Types: index.d.ts; guide: docs/js-api.md in podar's repository.
+//
+//   const podar = await Podar.create();
+//   const model = await podar.load(new URL('SmolLM2-135M-Instruct.Q4_1.gguf', location.href));
+//   const pruned = await model.prune(myText, { mlp: 0.2 }, { onProgress: (p) => console.log(p) });
+//   const file = await pruned.export({ format: 'gguf', dtype: 'q8_0' });
+
+/** An error from podar: `code` names its kind for programs, `message` says it for people. */
+export class PodarError extends Error {
+  constructor(message, code = 'failed') {
+    super(message);
+    // An abort is an AbortError, as fetch's is.
+    this.name = code === 'aborted' ? 'AbortError' : 'PodarError';
+    this.code = code;
+  }
+}
+
+// The core's messages name the command line's flags; the API names its options.
+const OPTION_NAMES = {
+  '--calib-samples': 'calibSamples', '--calib-len': 'calibLen', '--mlp-size': 'mlpSize', '--mlp': 'mlp',
+  '--heads': 'heads', '--drop-layers-at': 'dropLayersAt', '--drop-layers': 'dropLayers', '--drop-block': 'dropBlock',
+  '--divisor': 'divisor', '--correct': 'correct', '--error-estimate': 'correct', '--no-recover': 'recover: false',
+  '--ridge': 'ridge', '--ctx': 'ctx', '--score': 'score',
+};
+const apiWords = (msg) => String(msg).replace(/--[a-z][a-z-]*/g, (f) => (OPTION_NAMES[f] ? `\`${OPTION_NAMES[f]}\`` : f));
+
+const aborted = () => new PodarError('aborted', 'aborted');
+
+/** The pruning options of the API, in the core's names (only those given: the core has defaults). */
+function coreOptions(o = {}) {
+  const known = ['mlp', 'mlpSize', 'divisor', 'score', 'recover', 'ridge', 'calibSamples', 'calibLen', 'heads',
+    'dropLayers', 'dropLayersAt', 'dropBlock', 'sequential', 'correct', 'calibPrecision'];
+  for (const k of Object.keys(o)) {
+    if (!known.includes(k)) throw new PodarError(`unknown pruning option \`${k}\` (known: ${known.join(', ')})`, 'bad-input');
+  }
+  const out = {};
+  const set = (core, v) => { if (v !== undefined && v !== null) out[core] = v; };
+  set('mlp_fraction', o.mlp || undefined);
+  set('mlp_size', o.mlpSize);
+  set('divisor', o.divisor);
+  set('score', o.score);
+  set('recover', o.recover);
+  set('ridge', o.ridge);
+  set('calib_samples', o.calibSamples);
+  set('calib_len', o.calibLen);
+  set('heads', o.heads || undefined);
+  set('drop_layers', o.dropLayers || undefined);
+  set('drop_layers_at', o.dropLayersAt);
+  set('drop_block', o.dropBlock || undefined);
+  set('sequential', o.sequential);
+  set('calib_precision', o.calibPrecision);
+  // Error correction: a strength (0 = off), or how its error is estimated.
+  if (o.correct === 'off' || o.correct === false) out.correct = 0;
+  else if (o.correct === 'stream') out.error_estimate = 'stream';
+  else if (typeof o.correct === 'number') out.correct = o.correct;
+  else if (o.correct !== undefined && o.correct !== 'residuals' && o.correct !== true) {
+    throw new PodarError('`correct` is a number from 0 to 1, "residuals", "stream" or "off"', 'bad-input');
+  }
+  return out;
+}
+
+const DEFAULTS = { calibSamples: 64, calibLen: 128 };
+
+/** Files from what `load` accepts: File[], a FileList, one File or Blob, an ArrayBuffer or typed
+ * array (a .gguf), or a directory handle (a Hugging Face folder). */
+async function filesOf(source) {
+  if (typeof FileSystemDirectoryHandle === 'function' && source instanceof FileSystemDirectoryHandle) {
+    const files = [];
+    for await (const entry of source.values()) {
+      if (entry.kind === 'file' && !entry.name.startsWith('.')) files.push(await entry.getFile());
+    }
+    return files;
+  }
+  if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) return [new File([source], 'model.gguf')];
+  if (source instanceof File) return [source];
+  if (source instanceof Blob) return [new File([source], 'model.gguf')];
+  if (Array.isArray(source) || (typeof FileList === 'function' && source instanceof FileList)) {
+    const files = [...source];
+    if (files.length && files.every((f) => f instanceof File)) return files;
+  }
+  throw new PodarError('load takes a URL, File[] (a .gguf, or a Hugging Face folder\'s files), a FileList, a ' +
+    'FileSystemDirectoryHandle, a Blob or an ArrayBuffer', 'bad-input');
+}
+
+const textOf = async (t) => (typeof t === 'string' ? t : t instanceof Blob ? t.text() : Promise.reject(
+  new PodarError('a text is a string, a File or a Blob', 'bad-input')));
+
+/** Progress with the time left: each stage (download, load, calibrate…) counts from 0 again. */
+function progressWithEta(onProgress) {
+  if (!onProgress) return null;
+  let stage = null;
+  let t0 = 0;
+  return (p) => {
+    const now = performance.now();
+    if (p.stage !== stage) { stage = p.stage; t0 = now; }
+    const secs = (now - t0) / 1e3;
+    const frac = p.total > 0 ? p.done / p.total : 0;
+    const eta = frac > 0.02 && frac < 1 && secs >= 1 ? secs / frac - secs : null;
+    onProgress({ stage: p.stage, done: p.done, total: p.total, eta });
+  };
+}
+
+/** One worker and the calls it runs, one at a time. */
+class Engine {
+  constructor(options) {
+    this.options = options;
+    this.queue = Promise.resolve();
+    this.pending = new Map();
+    this.nextId = 1;
+    // Cross-origin isolated: a shared flag stops the running call between two steps. Otherwise an
+    // abort ends the worker, and a fresh one reads the model again.
+    this.flagBuf = typeof SharedArrayBuffer === 'function' && self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
+    this.flag = this.flagBuf ? new Int32Array(this.flagBuf) : null;
+    this.generation = 0; // counts workers: a Model or Pruned of an earlier worker is gone
+    this.reload = null; // how to read the model again in a new worker
+    this.memory = 0;
+  }
+
+  async start() {
+    const url = new URL('./worker.js', import.meta.url);
+    if (this.options.threads === false || this.options.threads === 1) url.searchParams.set('threads', '0');
+    if (this.options.gpu === false) url.searchParams.set('gpu', '0');
+    if (this.options.simd === 'plain') url.searchParams.set('simd', 'plain');
+    this.worker = new Worker(url, { type: 'module' });
+    this.generation++;
+    this.worker.onmessage = (e) => this.receive(e.data);
+    this.worker.onerror = (e) => {
+      e.preventDefault();
+      // A module worker whose script cannot load fires a plain Event.
+      const why = e instanceof ErrorEvent ? e.message : 'its script did not load (module workers unsupported, or files missing)';
+      this.died(new PodarError(`the engine stopped: ${why}`, 'engine-crashed'));
+    };
+    this.info = await this.send('init', { flag: this.flagBuf, gpu: this.options.gpu !== false });
+    return this.info;
+  }
+
+  receive(m) {
+    if (m.memory) this.memory = m.memory;
+    const p = this.pending.get(m.id);
+    if (!p) return;
+    if (m.gpu) this.gpu = m.gpu;
+    if (m.progress) return p.onProgress && p.onProgress(m.progress);
+    if (m.text !== undefined) return p.onText && p.onText(m.text);
+    this.pending.delete(m.id);
+    if (m.error === undefined) return p.resolve(m.ok);
+    p.reject(new PodarError(apiWords(m.error), m.code || 'failed'));
+    // A trap (out of memory, or a bug) leaves the engine unusable: the next call starts a new one.
+    if (m.fatal) this.restart();
+  }
+
+  // Posts one message; the promise settles with the worker's answer.
+  send(cmd, args = {}, hooks = {}) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, ...hooks });
+      this.worker.postMessage({ id, cmd, ...args });
+    });
+  }
+
+  died(err) {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    this.restart();
+  }
+
+  // Ends this worker; the next call starts a fresh one and reads the model into it again.
+  restart() {
+    this.worker?.terminate();
+    this.worker = null;
+  }
+
+  /** Runs `cmd` after the calls before it; `signal` aborts it (or drops it, if it has not begun). */
+  run(cmd, args, { signal, onProgress, onText, needsModel = true } = {}) {
+    const go = async () => {
+      if (this.disposed) throw new PodarError('this podar instance was disposed', 'disposed');
+      if (signal?.aborted) throw aborted();
+      if (!this.worker) {
+        await this.start();
+        if (needsModel && this.reload) await this.send(this.reload.cmd, this.reload.args);
+      }
+      if (this.flag) Atomics.store(this.flag, 0, 0);
+      const onAbort = () => {
+        if (this.flag) {
+          Atomics.store(this.flag, 0, 1);
+          this.worker.postMessage({ cmd: 'cancel' });
+        } else {
+          this.died(aborted());
+        }
+      };
+      signal?.addEventListener('abort', onAbort);
+      try {
+        return await this.send(cmd, args, { onProgress: progressWithEta(onProgress), onText });
+      } catch (e) {
+        throw signal?.aborted ? aborted() : e;
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+        if (this.flag) Atomics.store(this.flag, 0, 0);
+      }
+    };
+    const result = this.queue.then(go, go);
+    this.queue = result.catch(() => {});
+    return result;
+  }
+
+  dispose() {
+    this.died(new PodarError('this podar instance was disposed', 'disposed'));
+    this.disposed = true;
+  }
+}
+
+/** The engine: a worker with the WebAssembly build this browser runs best. */
+export class Podar {
+  /**
+   * Starts the engine. `threads`: "auto" (wasm threads where the page is cross-origin isolated) or
+   * false; `gpu`: "auto" (WebGPU's matrix products where an adapter exists) or false; `simd`:
+   * "auto" (relaxed SIMD where the browser validates it) or "plain".
+   */
+  static async create({ threads = 'auto', gpu = 'auto', simd = 'auto' } = {}) {
+    const engine = new Engine({ threads, gpu, simd });
+    await engine.start();
+    return new Podar(engine);
+  }
+
+  constructor(engine) {
+    this.engine = engine;
+    this.model = null;
+  }
+
+  /** What this browser gives the engine. */
+  get capabilities() {
+    const i = this.engine.info;
+    const g = this.engine.gpu || i.gpu;
+    return {
+      simd: true,
+      relaxedSimd: i.simd === 'relaxed SIMD',
+      threads: i.threads,
+      threadsUnavailable: i.threadsFailed || (this.engine.flag ? null : 'the page is not cross-origin isolated'),
+      crossOriginIsolated: !!self.crossOriginIsolated,
+      webgpu: g && g.available ? { adapter: g.info, inUse: g.on } : null,
+      webgpuUnavailable: g && !g.available ? g.info : null,
+      maxMemoryBytes: 4 * 2 ** 30,
+    };
+  }
+
+  /** Bytes of wasm memory the engine holds (wasm memory never shrinks: also its peak). */
+  get memoryBytes() {
+    return this.engine.memory;
+  }
+
+  /**
+   * Loads a model: a URL (of a .gguf, or of a Hugging Face folder holding config.json,
+   * tokenizer.json and *.safetensors), or files (see `filesOf`). Reads the headers first, so a model
+   * too large for the page is refused before its weights are read. Replaces the model loaded before.
+   */
+  async load(source, { onProgress, signal } = {}) {
+    let cmd, args;
+    if (source instanceof URL || typeof source === 'string') {
+      const url = new URL(String(source), self.location.href).href;
+      cmd = 'loadUrl';
+      args = { url };
+    } else {
+      cmd = 'load';
+      args = { files: await filesOf(source) };
+    }
+    this.engine.reload = null;
+    if (this.model) this.model.gone = true;
+    const r = await this.engine.run(cmd, args, { signal, onProgress, needsModel: false });
+    this.engine.reload = { cmd, args };
+    this.model = new Model(this.engine, r.summary, r.names);
+    return this.model;
+  }
+
+  /** Ends the engine's workers; every later call fails with code "disposed". */
+  dispose() {
+    this.engine.dispose();
+  }
+}
+
+/** A loaded model. Only the most recently loaded model of a Podar is usable. */
+export class Model {
+  constructor(engine, summary, files) {
+    this.engine = engine;
+    /** Architecture, sizes and parameters, from the headers. */
+    this.summary = {
+      architecture: summary.architecture, format: summary.format, dtype: summary.dtype,
+      layers: summary.num_hidden_layers, hidden: summary.hidden_size, mlp: summary.intermediate_size,
+      heads: summary.num_attention_heads, kvHeads: summary.num_key_value_heads, headDim: summary.head_dim,
+      vocabulary: summary.vocab_size, parameters: summary.parameters, tiedEmbeddings: summary.tie_word_embeddings,
+      files,
+    };
+    this.pruned = null;
+  }
+
+  check() {
+    if (this.gone) throw new PodarError('another model was loaded since: this one is gone', 'superseded');
+  }
+
+  /**
+   * A domain text, counted in this model's tokens: `tokens`, and `enough` for calibration with
+   * `calibSamples` windows of `calibLen` tokens (the pruning options' defaults unless given).
+   */
+  async text(text, { calibSamples = DEFAULTS.calibSamples, calibLen = DEFAULTS.calibLen, signal } = {}) {
+    this.check();
+    const s = await textOf(text);
+    const need = calibSamples * calibLen;
+    const r = await this.engine.run('textInfo', { text: s, calibLen, limit: need }, { signal });
+    return { text: s, tokens: r.tokens, complete: r.complete, need, enough: r.tokens >= need };
+  }
+
+  /** Sizes after pruning with `options`, and in the export's format, before any work. */
+  async plan(options = {}, { format = 'hf', dtype = 'f32' } = {}) {
+    this.check();
+    const p = await this.engine.run('plan', { options: coreOptions(options), format, dtype });
+    return {
+      parametersBefore: p.parameters_before, parametersAfter: p.parameters_after,
+      layersBefore: p.layers_before, layersAfter: p.layers_after, mlpBefore: p.intermediate_before,
+      mlpAfter: p.intermediate_after, kvHeadsBefore: p.kv_heads_before, kvHeadsAfter: p.kv_heads_after,
+      fileBytes: p.bytes_after, calibrationTokens: p.calib_tokens, warnings: p.warnings,
+    };
+  }
+
+  /**
+   * Prunes this model for `domain` (a string, File, or what `text()` returned): its first
+   * calibSamples × calibLen tokens calibrate. Resolves to the pruned model; the original stays
+   * loaded (it is read again from its source when needed).
+   */
+  async prune(domain, options = {}, { onProgress, signal } = {}) {
+    this.check();
+    const text = typeof domain === 'object' && domain !== null && 'text' in domain && !(domain instanceof Blob)
+      ? domain.text : await textOf(domain);
+    const core = coreOptions(options);
+    if (!['mlp_fraction', 'mlp_size', 'heads', 'drop_layers', 'drop_layers_at', 'drop_block'].some((k) => k in core)) {
+      throw new PodarError('nothing to prune: give mlp (e.g. 0.2), mlpSize, heads, dropLayers, dropLayersAt or dropBlock',
+        'bad-input');
+    }
+    if (this.pruned) this.pruned.gone = true;
+    const r = await this.engine.run('prune', { text, options: core }, { signal, onProgress });
+    const calibTokens = (core.calib_samples || DEFAULTS.calibSamples) * (core.calib_len || DEFAULTS.calibLen);
+    this.pruned = new Pruned(this, r, core, calibTokens, this.engine.generation);
+    return this.pruned;
+  }
+
+  /**
+   * Perplexity of this model on `text` (lower is better): `skip` tokens first (a domain text's
+   * calibration part), then at most `maxTokens`, in windows of `ctx` tokens.
+   */
+  async perplexity(text, options = {}) {
+    this.check();
+    return perplexity(this.engine, 'source', text, options);
+  }
+
+  /** Greedy continuation of `prompt`, piece by piece (through the chat template with `chat`). */
+  async* generate(prompt, options = {}) {
+    this.check();
+    yield* generate(this.engine, 'source', prompt, options);
+  }
+}
+
+async function perplexity(engine, which, text, { skip = 0, maxTokens = 1024, ctx = 256, signal, onProgress } = {}) {
+  const s = await textOf(text);
+  const r = await engine.run('eval', { which, text: s, skip, maxTokens, ctx }, { signal, onProgress });
+  return { perplexity: r.perplexity, predictions: r.predictions, tokens: r.tokens, nll: r.nll };
+}
+
+async function* generate(engine, which, prompt, { maxTokens = 48, chat = false, signal } = {}) {
+  const pieces = [];
+  let wake = null;
+  let finished = false;
+  let failure = null;
+  const poke = () => { if (wake) { wake(); wake = null; } };
+  // The caller's signal, or leaving the loop early (break), stops the engine's generation.
+  const stop = new AbortController();
+  const onAbort = () => stop.abort();
+  signal?.addEventListener('abort', onAbort);
+  if (signal?.aborted) stop.abort();
+  engine.run('generate', { which, prompt, maxTokens, chat }, {
+    signal: stop.signal, onText: (piece) => { pieces.push(piece); poke(); },
+  }).then(() => { finished = true; poke(); }, (e) => { failure = e; poke(); });
+  try {
+    for (;;) {
+      // Pieces that arrived after an abort are not given out.
+      if (signal?.aborted) throw aborted();
+      if (pieces.length) { yield pieces.shift(); continue; }
+      if (failure) throw failure;
+      if (finished) return;
+      await new Promise((ok) => { wake = ok; });
+    }
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    if (!finished && !failure) stop.abort();
+  }
+}
+
+/** A pruned model: the last prune of a Model, until it prunes again or another model is loaded. */
+export class Pruned {
+  constructor(model, r, options, calibTokens, generation) {
+    this.model = model;
+    this.options = options;
+    this.engine = model.engine;
+    this.generation = generation;
+    this.calibTokens = calibTokens;
+    /** What the prune did: sizes before and after, what was kept, and its seconds. */
+    this.report = {
+      parametersBefore: r.parameters_before, parametersAfter: r.parameters_after,
+      mlpBefore: r.intermediate_before, mlpAfter: r.intermediate_after,
+      layersBefore: r.layers_before, keptLayers: r.kept_layers,
+      kvHeadsBefore: r.kv_heads_before, keptKvHeads: r.kept_kv_heads,
+      calibrationTokens: r.calib_tokens, seconds: r.seconds,
+    };
+    /** Per layer, how much it changes the residual stream on the domain text (1 − cos(in, out)). */
+    this.layerInfluence = r.layer_influence;
+    /** For each run of layers, how close its input and output are (what dropping a block costs). */
+    this.blockDistances = r.block_distances;
+  }
+
+  check() {
+    this.model.check();
+    if (this.gone) throw new PodarError('the model was pruned again since: this pruned model is gone', 'superseded');
+    if (this.generation !== this.engine.generation) {
+      throw new PodarError('the engine was restarted (an abort without cross-origin isolation, or a crash): prune again',
+        'superseded');
+    }
+  }
+
+  /** Perplexity of the pruned model, as `Model.perplexity`. */
+  async perplexity(text, options = {}) {
+    this.check();
+    return perplexity(this.engine, 'pruned', text, options);
+  }
+
+  /** Greedy continuation with the pruned model, as `Model.generate`. */
+  async* generate(prompt, options = {}) {
+    this.check();
+    yield* generate(this.engine, 'pruned', prompt, options);
+  }
+
+  /**
+   * The pruned model as a File: `format: "hf"` a zip of a Hugging Face folder (safetensors,
+   * config, tokenizer, report, model card) in `dtype` f32, f16 or bf16; `"gguf"` one .gguf in f32,
+   * f16 or q8_0. `evals` (`[{name, before, after}]`) go into the report.
+   */
+  async export({ format = 'hf', dtype = 'f32', evals = [], onProgress, signal } = {}) {
+    this.check();
+    // The plan's size of the file, for the progress's total.
+    const plan = await this.engine.run('plan', { options: this.options, format, dtype }).catch(() => null);
+    const r = await this.engine.run('export', { format, dtype, evals, expectBytes: plan?.bytes_after || 0 },
+      { signal, onProgress });
+    return new File([r.blob], r.name, { type: r.blob.type });
+  }
+}

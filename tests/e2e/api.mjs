@@ -1,0 +1,177 @@
+// The JavaScript API (pkg/index.js, from js/) in headless Chromium, as a page that embeds it would
+// use it: examples/minimal/ prunes the example model for a text and its GGUF download is checked
+// with podar's own loader; then, through the API itself, an abort at every stage (load, text, prune,
+// perplexity, generate, export) leaves the instance usable, errors carry their codes, a replaced
+// model or prune says so, and two instances work side by side.
+import fs from 'node:fs';
+import path from 'node:path';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { root, serve, launch, cli } from './harness.mjs';
+
+const log = (...a) => console.log('[api]', ...a);
+const text = fs.readFileSync(path.join(root, 'www/presets/code-python.txt'), 'utf8');
+const out = path.join(root, 'target/e2e-api');
+fs.mkdirSync(out, { recursive: true });
+
+// The package as `npm pack` would write it: the API, its types, the engine and the three builds.
+const packed = JSON.parse(execFileSync('npm', ['pack', '--dry-run', '--json'], { cwd: path.join(root, 'pkg'), encoding: 'utf8' }))[0];
+const files = packed.files.map((f) => f.path);
+for (const f of ['index.js', 'index.d.ts', 'worker.js', 'gpu-bridge.js', 'gpu-worker.js', 'podar.js', 'podar_bg.wasm',
+  'threads/podar.js', 'threads/podar_bg.wasm', 'threads-relaxed/podar.js', 'threads-relaxed/podar_bg.wasm', 'README.md', 'LICENSE']) {
+  assert.ok(files.includes(f), `npm pack leaves out ${f}`);
+}
+const manifest = JSON.parse(fs.readFileSync(path.join(root, 'pkg/package.json'), 'utf8'));
+assert.deepEqual(manifest.dependencies || {}, {}, 'the package has runtime dependencies');
+log(`npm pack: ${packed.filename}, ${files.length} files, ${(packed.size / 1e6).toFixed(1)} MB packed`);
+
+const app = await serve(root);
+const browser = await launch();
+let failed = false;
+try {
+  const page = await (await browser.newContext({ acceptDownloads: true })).newPage();
+  page.on('pageerror', (e) => log('page error:', e.message));
+  const status = () => page.locator('#status').textContent();
+  const until = (re, ms) => page.waitForFunction((src) => new RegExp(src).test(document.getElementById('status').textContent),
+    re.source, { timeout: ms });
+
+  // The minimal example, as a user would use it.
+  await page.goto(`${app.url}examples/minimal/`);
+  await until(/Loaded|Failed/, 120_000);
+  log('minimal:', await status());
+  assert.match(await status(), /Loaded: 134\.5M parameters/);
+  await page.locator('#text').fill(text);
+  await page.getByRole('button', { name: /Prune/ }).click();
+  await until(/Done|Failed|Cancelled/, 600_000);
+  const said = await status();
+  log('minimal:', said);
+  assert.match(said, /^Done: perplexity [\d.]+ → [\d.]+, [\d.]+M parameters\.$/);
+  const [download] = await Promise.all([page.waitForEvent('download'), page.locator('#download').click()]);
+  const gguf = path.join(out, 'minimal.gguf');
+  await download.saveAs(gguf);
+  const info = cli('inspect', gguf);
+  log('the download, by podar inspect:', info.split('\n').slice(0, 2).join(' | '));
+  assert.match(info, /MLP 1229\n/, 'the GGUF does not have 80% of the 1536 MLP neurons');
+  const after = Number(/→ ([\d.]+)/.exec(said)[1]);
+  assert.ok(after > 1 && after < 100, `perplexity after ${after}`);
+
+  // The API itself, in the same page (its import map names the package).
+  const r = await page.evaluate(async ({ text }) => {
+    const { Podar, PodarError } = await import('podar');
+    const url = new URL('../../models/SmolLM2-135M-Instruct.Q4_1.gguf', location.href);
+    const res = {};
+    const outcome = (p) => p.then(() => 'resolved', (e) => `${e instanceof PodarError ? 'PodarError' : 'other'} ${e.name} ${e.code}`);
+    // Aborts when the progress first reports `stage`.
+    const abortAt = (stage) => {
+      const c = new AbortController();
+      return { signal: c.signal, onProgress: (p) => { if (p.stage.startsWith(stage)) c.abort(); } };
+    };
+    const t0 = performance.now();
+    const podar = await Podar.create();
+    res.capabilities = podar.capabilities;
+    res.abortLoad = await outcome(podar.load(url, abortAt('load')));
+    const stages = new Set();
+    const model = await podar.load(url, { onProgress: (p) => stages.add(p.stage) });
+    res.loadStages = [...stages];
+    res.summary = model.summary;
+    const gone = new AbortController();
+    gone.abort();
+    res.abortText = await outcome(model.text(text, { signal: gone.signal }));
+    res.domain = await model.text(text, { calibSamples: 2 });
+    res.short = await outcome(model.prune('def f(): pass', { mlp: 0.2, calibSamples: 2 }));
+    res.nothing = await outcome(model.prune(text, { calibSamples: 2 }));
+    res.unknown = await outcome(model.prune(text, { mlp: 0.2, mpl: 0.3 }));
+    res.badPlan = await outcome(model.plan({ mlp: 1.5 }));
+    res.plan = await model.plan({ mlp: 0.2 }, { format: 'gguf', dtype: 'q8_0' });
+    res.abortPrune = await outcome(model.prune(text, { mlp: 0.2, calibSamples: 2 }, abortAt('calibrate')));
+    const etas = [];
+    const pruned = await model.prune(text, { mlp: 0.2, calibSamples: 2 }, { onProgress: (p) => etas.push(p.eta) });
+    res.etas = etas.filter((e) => e !== null).length;
+    res.report = pruned.report;
+    res.influence = pruned.layerInfluence.length;
+    const held = { skip: pruned.calibTokens, maxTokens: 512 };
+    res.abortEval = await outcome(pruned.perplexity(text, { ...held, ...abortAt('eval') }));
+    res.before = (await model.perplexity(text, held)).perplexity;
+    res.after = (await pruned.perplexity(text, held)).perplexity;
+    // Generation aborted after its first piece, then in full.
+    const c = new AbortController();
+    const pieces = [];
+    res.abortGenerate = await outcome((async () => {
+      for await (const piece of pruned.generate('def fibonacci(n):', { maxTokens: 40, signal: c.signal })) {
+        pieces.push(piece);
+        c.abort();
+      }
+    })());
+    res.piecesBeforeAbort = pieces.length;
+    let generated = '';
+    for await (const piece of pruned.generate('def fibonacci(n):', { maxTokens: 16 })) generated += piece;
+    res.generated = generated;
+    // Leaving the loop early stops the engine's generation: the next call runs at once.
+    for await (const piece of pruned.generate('def fibonacci(n):', { maxTokens: 400 })) if (piece) break;
+    const t = performance.now();
+    await model.plan({ mlp: 0.3 });
+    res.afterBreakMs = performance.now() - t;
+    res.abortExport = await outcome(pruned.export({ format: 'gguf', dtype: 'q8_0', ...abortAt('write') }));
+    const file = await pruned.export({ format: 'gguf', dtype: 'q8_0' });
+    res.file = { name: file.name, size: file.size, magic: new TextDecoder().decode(await file.slice(0, 4).arrayBuffer()) };
+    // A second prune replaces the first; a second model replaces both.
+    const again = await model.prune(text, { mlp: 0.1, calibSamples: 2 });
+    res.replacedPrune = await outcome(pruned.perplexity(text, held));
+    res.again = again.report.mlpAfter;
+    // Two instances side by side; disposing one leaves the other.
+    const other = await Podar.create({ threads: false });
+    res.otherThreads = other.capabilities.threads;
+    const otherModel = await other.load(url);
+    res.otherPpl = (await otherModel.perplexity(text, held)).perplexity;
+    other.dispose();
+    res.disposed = await outcome(otherModel.perplexity(text, held));
+    res.stillBefore = (await model.perplexity(text, held)).perplexity;
+    await podar.load(url);
+    res.replacedModel = await outcome(model.perplexity(text, held));
+    res.seconds = (performance.now() - t0) / 1e3;
+    return res;
+  }, { text });
+  log('capabilities:', JSON.stringify(r.capabilities));
+  log(`load stages ${r.loadStages.join(', ')}; domain ${r.domain.tokens} tokens (need ${r.domain.need}); ` +
+    `plan ${r.plan.parametersAfter} parameters, ${r.plan.fileBytes} bytes`);
+  log(`perplexity ${r.before.toFixed(3)} → ${r.after.toFixed(3)}; generated ${JSON.stringify(r.generated)}; ` +
+    `export ${r.file.name} ${r.file.size} bytes; ${r.seconds.toFixed(1)} s in all`);
+  const abortError = 'PodarError AbortError aborted';
+  for (const k of ['abortLoad', 'abortText', 'abortPrune', 'abortEval', 'abortGenerate', 'abortExport']) {
+    log(`${k}: ${r[k]}`);
+    assert.equal(r[k], abortError, k);
+  }
+  assert.deepEqual(r.loadStages.filter((s) => !s.startsWith('download')), ['hash', 'load']);
+  assert.equal(r.summary.architecture, 'llama');
+  assert.equal(r.summary.mlp, 1536);
+  assert.ok(r.domain.enough && r.domain.need === 256, JSON.stringify(r.domain));
+  assert.equal(r.short, 'PodarError PodarError text-too-short');
+  assert.equal(r.nothing, 'PodarError PodarError bad-input');
+  assert.equal(r.unknown, 'PodarError PodarError bad-input');
+  assert.equal(r.badPlan, 'PodarError PodarError bad-input');
+  assert.equal(r.plan.mlpAfter, 1229);
+  assert.ok(r.etas > 0, 'no progress event carried an estimate of the time left');
+  assert.equal(r.report.mlpAfter, 1229);
+  assert.equal(r.influence, 30);
+  assert.ok(r.before > 1 && r.after > r.before * 0.9 && r.after < r.before * 3, `${r.before} → ${r.after}`);
+  assert.equal(r.piecesBeforeAbort, 1);
+  assert.ok(r.generated.length > 0);
+  assert.ok(r.afterBreakMs < 5000, `a call after leaving a generation early waited ${r.afterBreakMs} ms`);
+  assert.equal(r.file.magic, 'GGUF');
+  assert.equal(r.file.name, 'SmolLM2-135M-Instruct.Q4_1-podar.gguf');
+  assert.equal(r.replacedPrune, 'PodarError PodarError superseded');
+  assert.equal(r.again, 1383);
+  assert.equal(r.otherThreads, 1);
+  assert.equal(r.otherPpl.toFixed(4), r.before.toFixed(4), 'the second, single-threaded instance measures otherwise');
+  assert.equal(r.disposed, 'PodarError PodarError disposed');
+  assert.equal(r.stillBefore, r.before, 'the original measured after the prunes differs');
+  assert.equal(r.replacedModel, 'PodarError PodarError superseded');
+  log('all checks passed');
+} catch (e) {
+  failed = true;
+  console.error('[api] FAILED:', e.message);
+} finally {
+  await browser.close();
+  app.proc.kill();
+}
+process.exit(failed ? 1 : 0);
