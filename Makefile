@@ -41,13 +41,15 @@ test: setup setup-test models
 	$(MAKE) --no-print-directory fuzz-smoke
 
 ## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end and
-## the JavaScript API (api.mjs: the package, examples/minimal/, an abort at every stage):
+## the JavaScript API (api.mjs: the package, examples/minimal/, an abort at every stage; vite.mjs:
+## the packed tarball installed into an empty project and built by Vite):
 ## in Chromium, on WebGPU, under 50 cancels at random moments and a killed engine (soak.mjs), and
 ## in Firefox ESR and WebKitGTK (WebKit needs a display: Xvfb).
 test-browser: build-native build-wasm
 	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web --test fuzz_findings
 	node tests/e2e/page.mjs
 	node tests/e2e/api.mjs
+	node tests/e2e/vite.mjs
 	node tests/e2e/webgpu.mjs
 	node tests/e2e/soak.mjs
 	xvfb-run -a node tests/e2e/browsers.mjs

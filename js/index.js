@@ -120,11 +120,8 @@ class Engine {
   }
 
   async start() {
-    const url = new URL('./worker.js', import.meta.url);
-    if (this.options.threads === false || this.options.threads === 1) url.searchParams.set('threads', '0');
-    if (this.options.gpu === false) url.searchParams.set('gpu', '0');
-    if (this.options.simd === 'plain') url.searchParams.set('simd', 'plain');
-    this.worker = new Worker(url, { type: 'module' });
+    // Written out in this one form, which bundlers recognise: they bundle the worker and copy its files.
+    this.worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
     this.generation++;
     this.worker.onmessage = (e) => this.receive(e.data);
     this.worker.onerror = (e) => {
@@ -133,7 +130,8 @@ class Engine {
       const why = e instanceof ErrorEvent ? e.message : 'its script did not load (module workers unsupported, or files missing)';
       this.died(new PodarError(`the engine stopped: ${why}`, 'engine-crashed'));
     };
-    this.info = await this.send('init', { flag: this.flagBuf, gpu: this.options.gpu !== false });
+    const { threads, simd, gpu } = this.options;
+    this.info = await this.send('init', { flag: this.flagBuf, threads: threads !== false, simd, gpu: gpu !== false });
     return this.info;
   }
 

@@ -8,9 +8,9 @@
 // and the build exists, else the single-threaded one (podar.js beside this file). Threaded:
 // threads-relaxed/ (relaxed SIMD: fused multiply-adds) where the browser validates relaxed SIMD,
 // else threads/.
-// `?threads=0` on the worker's URL forces the single-threaded build, `?simd=plain` plain SIMD.
+// `init`'s options: {threads: false} forces the single-threaded build, {simd: 'plain'} plain SIMD.
 // WebGPU: when the page is cross-origin isolated and an adapter exists, a GPU worker
-// (gpu-worker.js, started through gpu-bridge.js) runs the large matrix products; `?gpu=0` skips it.
+// (gpu-worker.js, started through gpu-bridge.js) runs the large matrix products; {gpu: false} skips it.
 import { GpuBridge } from './gpu-bridge.js';
 
 // An Error with a code (see PodarError in index.js).
@@ -33,43 +33,53 @@ function withTimeout(promise, ms, why) {
   return Promise.race([promise, new Promise((_, no) => { timer = setTimeout(() => no(new Error(why)), ms); })])
     .finally(() => clearTimeout(timer));
 }
-const ready = (async () => {
-  const params = new URL(self.location.href).searchParams;
-  const exists = async (p) => (await fetch(p, { method: 'HEAD' }).catch(() => null))?.ok === true;
-  let build = './podar.js';
-  if (params.get('threads') !== '0' && self.crossOriginIsolated && typeof SharedArrayBuffer === 'function') {
-    const relaxed = params.get('simd') !== 'plain' && WebAssembly.validate(RELAXED_PROBE);
-    if (relaxed && await exists('./threads-relaxed/podar.js')) {
-      build = './threads-relaxed/podar.js';
-      simd = 'relaxed SIMD';
-    } else if (await exists('./threads/podar.js')) {
-      build = './threads/podar.js';
-    }
-  }
+// The three builds, each imported by a fixed path so that bundlers (Vite, webpack) find and copy them.
+const BUILDS = {
+  single: () => import('./podar.js'),
+  threads: () => import('./threads/podar.js'),
+  'threads-relaxed': () => import('./threads-relaxed/podar.js'),
+};
+// Starts the engine with the options of the first message, `init`: {threads: false} for one
+// thread, {simd: 'plain'} for no relaxed SIMD, {gpu: false} for no WebGPU at all.
+let ready = null;
+const start = async (options) => {
   if (!WebAssembly.validate(SIMD_PROBE)) {
     throw coded('this browser does not run WebAssembly SIMD (fixed-width SIMD is needed: Chrome 91+, Firefox 89+, Safari 16.4+)',
       'unsupported-browser');
   }
-  try {
-    podar = await import(build);
-    await podar.default();
-    // A pool worker that fails to start leaves initThreadPool waiting for ever (it listens for
-    // their "ready" only): a time limit lets the single-threaded fallback below take over.
-    if (build !== './podar.js') {
-      await withTimeout(podar.initThreadPool(navigator.hardwareConcurrency || 2), 60_000, 'the thread pool did not start within 60 s');
-    }
-  } catch (e) {
-    if (build === './podar.js') throw e;
-    // The threaded build asks for shared memory that can grow to 4 GiB; some browsers (notably on
-    // phones) refuse it. The single-threaded build still works there.
-    console.warn(`podar: the threaded build did not start (${e.message || e}); using one thread`);
-    threadsFailed = `threads unavailable: ${e.message || e}`;
-    simd = 'SIMD';
-    podar = await import('./podar.js');
-    await podar.default();
+  let order = ['single'];
+  if (options.threads !== false && self.crossOriginIsolated && typeof SharedArrayBuffer === 'function') {
+    const relaxed = options.simd !== 'plain' && WebAssembly.validate(RELAXED_PROBE);
+    order = relaxed ? ['threads-relaxed', 'threads', 'single'] : ['threads', 'single'];
   }
-  if (new URL(self.location.href).searchParams.get('gpu') === '0') {
-    gpuReason = 'WebGPU switched off (?gpu=0)';
+  for (const name of order) {
+    // A build that is not there (made without the nightly toolchain) is skipped without a word.
+    const build = name === 'single' ? await BUILDS[name]() : await BUILDS[name]().catch(() => null);
+    if (!build) continue;
+    try {
+      await build.default();
+      // A pool worker that fails to start leaves initThreadPool waiting for ever (it listens for
+      // their "ready" only): a time limit lets the single-threaded build take over.
+      if (name !== 'single') {
+        await withTimeout(build.initThreadPool(navigator.hardwareConcurrency || 2), 60_000, 'the thread pool did not start within 60 s');
+      }
+      podar = build;
+      simd = name === 'threads-relaxed' ? 'relaxed SIMD' : 'SIMD';
+      break;
+    } catch (e) {
+      if (name === 'single') throw e;
+      // The threaded build asks for shared memory that can grow to 4 GiB; some browsers (notably
+      // on phones) refuse it. The single-threaded build still works there.
+      console.warn(`podar: the ${name} build did not start (${e.message || e}); using one thread`);
+      threadsFailed = `threads unavailable: ${e.message || e}`;
+      podar = await BUILDS.single();
+      await podar.default();
+      simd = 'SIMD';
+      break;
+    }
+  }
+  if (options.gpu === false) {
+    gpuReason = 'WebGPU switched off';
   } else {
     // A WebGPU adapter or device request that never settles must not keep the CPU engine from starting.
     const start = GpuBridge.start();
@@ -79,7 +89,7 @@ const ready = (async () => {
       return null;
     });
   }
-})();
+};
 
 // What the page shows about the GPU: in use, its adapter, and the last failure if any.
 function gpuState() {
@@ -225,11 +235,14 @@ async function run(m) {
 self.onmessage = async (e) => {
   const m = e.data;
   try {
+    if (m.cmd === 'init') ready = start(m);
+    if (!ready) throw new Error('the engine was not started: its first message must be init');
     await ready;
     if (m.cmd === 'init') {
       flag = m.flag ? new Int32Array(m.flag) : null;
       session = new podar.Session();
-      if (bridge && m.gpu !== false) session.set_gpu(bridge);
+      // useGpu: false starts on the CPU with WebGPU at hand (setGpu switches later).
+      if (bridge && m.useGpu !== false) session.set_gpu(bridge);
       postMessage({ id: m.id, ok: { threads: podar.Session.threads(), simd, threadsFailed, gpu: gpuState() }, memory: podar.Session.memory_bytes() });
       return;
     }

@@ -17,13 +17,7 @@ const pending = new Map();
 let lastModel = null; // how the current model was loaded, to reload after a worker restart
 
 function startWorker() {
-  const url = new URL('../pkg/worker.js', import.meta.url);
-  // The page's engine switches pass on to the worker: ?threads=0, ?simd=plain, ?gpu=0.
-  for (const key of ['threads', 'simd', 'gpu']) {
-    const v = new URLSearchParams(location.search).get(key);
-    if (v !== null) url.searchParams.set(key, v);
-  }
-  worker = new Worker(url, { type: 'module' });
+  worker = new Worker(new URL('../pkg/worker.js', import.meta.url), { type: 'module' });
   worker.onmessage = (e) => {
     const m = e.data;
     const p = pending.get(m.id);
@@ -50,7 +44,12 @@ function startWorker() {
     }
     workerDied(e.message || 'the engine stopped');
   };
-  return call('init', { flag: flagBuf, gpu: !$('force-cpu').checked });
+  // The page's engine switches pass on to the worker: ?threads=0, ?simd=plain, ?gpu=0.
+  const q = new URLSearchParams(location.search);
+  return call('init', {
+    flag: flagBuf, threads: q.get('threads') !== '0', simd: q.get('simd') === 'plain' ? 'plain' : 'auto',
+    gpu: q.get('gpu') !== '0', useGpu: !$('force-cpu').checked,
+  });
 }
 
 function call(cmd, args = {}, hooks = {}) {
