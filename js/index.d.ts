@@ -195,6 +195,25 @@ export interface PruneReport {
   seconds: number;
 }
 
+export interface LoadOptions extends CallOptions {
+  /** For a URL: keep the downloaded files with the Cache API and read them from there next time. */
+  cache?: boolean;
+}
+
+export interface CachedFile {
+  url: string;
+  bytes: number;
+  /** When it was stored (ISO 8601). */
+  stored: string | null;
+}
+
+export interface ModelCache {
+  /** Every file kept (a Hugging Face folder keeps each of its files). */
+  list(): Promise<CachedFile[]>;
+  /** Deletes the file kept for `url`, or every kept file; whether anything was deleted. */
+  delete(url?: string | URL): Promise<boolean>;
+}
+
 export class Podar {
   /** Starts the engine (a worker this instance owns). */
   static create(options?: CreateOptions): Promise<Podar>;
@@ -202,13 +221,18 @@ export class Podar {
   /** Bytes of wasm memory the engine holds (also its peak: wasm memory never shrinks). */
   readonly memoryBytes: number;
   /** Loads a model, replacing the one loaded before. */
-  load(source: ModelSource, options?: CallOptions): Promise<Model>;
+  load(source: ModelSource, options?: LoadOptions): Promise<Model>;
+  /** The models kept by `load(url, {cache: true})`. */
+  readonly cache: ModelCache;
   /** Ends the engine's workers. */
   dispose(): void;
 }
 
 export class Model {
   readonly summary: ModelSummary;
+  /** For a URL loaded with {cache: true}: files read from the cache, files stored, and why a file
+   * could not be stored (e.g. a full storage quota), or null. */
+  readonly cache: { hits: number; stored: number; error: string | null } | null;
   /** A domain text counted in this model's tokens. */
   text(text: string | Blob, options?: { calibSamples?: number; calibLen?: number; signal?: AbortSignal }): Promise<Domain>;
   /** Sizes after pruning, before any work; rejects with the reason when the options cannot be done. */

@@ -253,12 +253,12 @@ export class Podar {
    * tokenizer.json and *.safetensors), or files (see `filesOf`). Reads the headers first, so a model
    * too large for the page is refused before its weights are read. Replaces the model loaded before.
    */
-  async load(source, { onProgress, signal } = {}) {
+  async load(source, { onProgress, signal, cache = false } = {}) {
     let cmd, args;
     if (source instanceof URL || typeof source === 'string') {
       const url = new URL(String(source), self.location.href).href;
       cmd = 'loadUrl';
-      args = { url };
+      args = { url, cache };
     } else {
       cmd = 'load';
       args = { files: await filesOf(source) };
@@ -268,7 +268,13 @@ export class Podar {
     const r = await this.engine.run(cmd, args, { signal, onProgress, needsModel: false });
     this.engine.reload = { cmd, args };
     this.model = new Model(this.engine, r.summary, r.names);
+    if (r.cache) this.model.cache = r.cache;
     return this.model;
+  }
+
+  /** The models kept by `load(url, {cache: true})`, in the Cache API of this site. */
+  get cache() {
+    return modelCache;
   }
 
   /** Ends the engine's workers; every later call fails with code "disposed". */
@@ -276,6 +282,27 @@ export class Podar {
     this.engine.dispose();
   }
 }
+
+const CACHE = 'podar-models';
+const modelCache = {
+  /** `[{url, bytes, stored}]`: every file kept (a Hugging Face folder keeps each of its files). */
+  async list() {
+    if (typeof caches !== 'object') return [];
+    const store = await caches.open(CACHE);
+    const out = [];
+    for (const req of await store.keys()) {
+      const res = await store.match(req);
+      out.push({ url: req.url, bytes: Number(res?.headers.get('x-podar-bytes')) || 0, stored: res?.headers.get('x-podar-stored') || null });
+    }
+    return out;
+  },
+  /** Deletes the file kept for `url`, or every kept file; resolves to whether anything was deleted. */
+  async delete(url) {
+    if (typeof caches !== 'object') return false;
+    if (url === undefined) return caches.delete(CACHE);
+    return (await caches.open(CACHE)).delete(new URL(String(url), self.location.href).href);
+  },
+};
 
 /** A loaded model. Only the most recently loaded model of a Podar is usable. */
 export class Model {
@@ -290,6 +317,9 @@ export class Model {
       files,
     };
     this.pruned = null;
+    /** For a URL loaded with {cache: true}: files read from the cache, files stored, and why a file
+     * could not be stored (a full quota, say), or null. */
+    this.cache = null;
   }
 
   check() {

@@ -102,9 +102,43 @@ let fetchAbort = null;
 
 const cancelled = () => flag !== null && Atomics.load(flag, 0) === 1;
 
+// Models loaded by URL with {cache: true} are kept with the Cache API, keyed by URL (index.js lists
+// and deletes them). An entry holds the whole file or nothing (Cache.put stores a response whole or
+// fails); its size is kept beside it, and an entry whose body is not that size is dropped.
+const CACHE = 'podar-models';
+let cache = null; // {on, hits, stored, error} of the loadUrl that runs
+
 // Reads a response body into a File, reporting bytes as they arrive.
 let lastProgress = 0;
 async function download(url, name, id, required = true) {
+  if (cache?.on) {
+    const store = await caches.open(CACHE);
+    const hit = await store.match(url);
+    if (hit) {
+      const body = await hit.blob();
+      if (String(body.size) === hit.headers.get('x-podar-bytes')) {
+        cache.hits++;
+        return new File([body], name);
+      }
+      await store.delete(url);
+    }
+  }
+  const file = await fetchFile(url, name, id, required);
+  if (file && cache?.on) {
+    try {
+      const headers = { 'content-type': 'application/octet-stream', 'x-podar-bytes': String(file.size), 'x-podar-stored': new Date().toISOString() };
+      await (await caches.open(CACHE)).put(url, new Response(file, { headers }));
+      cache.stored++;
+    } catch (e) {
+      cache.error = e && e.name === 'QuotaExceededError'
+        ? `${name} was not kept: the browser's storage quota for this site is full (delete cached models, or allow more storage)`
+        : `${name} was not kept: ${e.message || e}`;
+    }
+  }
+  return file;
+}
+
+async function fetchFile(url, name, id, required) {
   let res;
   try {
     res = await fetch(url, { signal: fetchAbort.signal });
@@ -125,7 +159,8 @@ async function download(url, name, id, required = true) {
     if (!required) return null;
     throw coded(`${url} returned a web page, not a model file; on Hugging Face use the file's …/resolve/main/… link`, 'bad-input');
   }
-  const total = Number(res.headers.get('content-length')) || 0;
+  // A compressed response's length is not the file's: then the total is unknown.
+  let total = res.headers.get('content-encoding') ? 0 : Number(res.headers.get('content-length')) || 0;
   const reader = res.body.getReader();
   const parts = [];
   let got = 0;
@@ -134,6 +169,7 @@ async function download(url, name, id, required = true) {
     if (done) break;
     parts.push(value);
     got += value.length;
+    if (got > total) total = 0;
     // At most ten progress messages a second (a network read can be a few KB).
     const now = performance.now();
     if (now - lastProgress > 100) {
@@ -195,8 +231,12 @@ async function run(m) {
       return { summary: session.load(m.files, progress), names: m.files.map((f) => f.name) };
     case 'loadUrl': {
       fetchAbort = new AbortController();
+      cache = { on: m.cache === true && typeof caches === 'object', hits: 0, stored: 0, error: null };
+      if (m.cache === true && !cache.on) cache.error = 'this browser gives the page no Cache API (it needs https or localhost)';
       const files = await fetchModel(m.url, m.id);
-      return { summary: session.load(files, progress), names: files.map((f) => f.name) };
+      const { hits, stored, error } = cache;
+      cache = null;
+      return { summary: session.load(files, progress), names: files.map((f) => f.name), cache: { hits, stored, error } };
     }
     case 'setGpu':
       if (m.on && !bridge) throw new Error(`WebGPU is not available: ${gpuReason}`);

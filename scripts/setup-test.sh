@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what only the tests need, only when missing: Debian's Chromium and chromedriver (browser
 # tests), Firefox ESR, WebKitGTK's WebDriver, Xvfb and xauth (the page in Gecko and WebKit), Node.js,
-# playwright-core and puppeteer-core (end-to-end tests; neither downloads a browser), and TypeScript
-# (the examples type-checked against the package's declarations).
+# playwright-core and puppeteer-core (end-to-end tests; neither downloads a browser), TypeScript (the
+# examples type-checked against the package's declarations) and Vite (the package in a bundled page).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 apt_pkgs=()
@@ -22,7 +22,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${apt_pkgs[@]}"
 fi
 if [ ! -f node_modules/playwright-core/package.json ] || [ ! -f node_modules/puppeteer-core/package.json ] ||
-  [ ! -f node_modules/typescript/package.json ] ||
+  [ ! -f node_modules/typescript/package.json ] || [ ! -f node_modules/vite/package.json ] ||
   [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi

@@ -131,6 +131,48 @@ try {
     res.seconds = (performance.now() - t0) / 1e3;
     return res;
   }, { text });
+  // The model cache: stored, read back without the network, listed, deleted; and with the site's
+  // quota full, the load still works, nothing is left half-stored, and the model says why.
+  const c = await page.evaluate(async () => {
+    const { Podar } = await import('podar');
+    const url = new URL('../../models/SmolLM2-135M-Instruct.Q4_1.gguf', location.href).href;
+    const podar = await Podar.create();
+    await podar.cache.delete();
+    const res = {};
+    res.first = (await podar.load(url, { cache: true })).cache;
+    const stages = new Set();
+    res.second = (await podar.load(url, { cache: true, onProgress: (p) => stages.add(p.stage) })).cache;
+    res.secondStages = [...stages];
+    res.list = await podar.cache.list();
+    res.deleted = await podar.cache.delete(url);
+    res.after = await podar.cache.list();
+    podar.dispose();
+    return res;
+  });
+  log('cache:', JSON.stringify(c.first), JSON.stringify(c.second), c.secondStages.join(', '));
+  assert.deepEqual(c.first, { hits: 0, stored: 1, error: null });
+  assert.deepEqual(c.second, { hits: 1, stored: 0, error: null });
+  assert.ok(!c.secondStages.some((s) => s.startsWith('download')), 'a cached model was downloaded again');
+  assert.equal(c.list.length, 1);
+  assert.equal(c.list[0].bytes, fs.statSync(path.join(root, 'models/SmolLM2-135M-Instruct.Q4_1.gguf')).size);
+  assert.ok(c.deleted && c.after.length === 0, 'the cached model was not deleted');
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin: new URL(app.url).origin, quotaSize: 10_000_000 });
+  const q = await page.evaluate(async () => {
+    const { Podar } = await import('podar');
+    const podar = await Podar.create();
+    const model = await podar.load(new URL('../../models/SmolLM2-135M-Instruct.Q4_1.gguf', location.href), { cache: true });
+    const res = { cache: model.cache, list: await podar.cache.list(), parameters: model.summary.parameters };
+    podar.dispose();
+    return res;
+  });
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin: new URL(app.url).origin });
+  log('cache with a 10 MB quota:', JSON.stringify(q.cache));
+  assert.equal(q.cache.stored, 0);
+  assert.match(q.cache.error || '', /quota/);
+  assert.equal(q.list.length, 0, 'a half-stored entry is left');
+  assert.equal(q.parameters, 134515008);
+
   log('capabilities:', JSON.stringify(r.capabilities));
   log(`load stages ${r.loadStages.join(', ')}; domain ${r.domain.tokens} tokens (need ${r.domain.need}); ` +
     `plan ${r.plan.parametersAfter} parameters, ${r.plan.fileBytes} bytes`);
