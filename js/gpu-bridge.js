@@ -12,14 +12,14 @@ export function noSharedMemory() {
 
 export class GpuBridge {
   /** Starts the GPU worker; resolves to a bridge, or rejects with the reason WebGPU is not usable. */
-  static async start() {
+  static async start({ anyAdapter = false } = {}) {
     if (typeof SharedArrayBuffer !== 'function' || !self.crossOriginIsolated) throw new Error(noSharedMemory());
     if (!navigator.gpu) throw new Error('this browser has no WebGPU');
     const worker = new Worker(new URL('./gpu-worker.js', import.meta.url), { type: 'module' });
     const info = await new Promise((resolve, reject) => {
       worker.onmessage = (e) => (e.data.ok ? resolve(e.data.info) : reject(new Error(e.data.error)));
       worker.onerror = (e) => reject(new Error(e.message || 'the GPU worker failed to start'));
-      worker.postMessage({ op: 'open' });
+      worker.postMessage({ op: 'open', anyAdapter });
     }).catch((e) => {
       worker.terminate();
       throw e;

@@ -29,9 +29,18 @@ async function handle(m) {
   switch (m.op) {
     case 'open':
       try {
+        // A software adapter (Chromium's SwiftShader, ≈ 1 GFLOP/s) is far slower than the CPU: it is
+        // used only when asked for (m.anyAdapter), e.g. to test the kernels without a GPU.
+        const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+        if (!adapter) throw new Error('no WebGPU adapter');
+        // The adapter by name, as far as the browser tells it.
+        const what = [adapter.info?.vendor, adapter.info?.architecture, adapter.info?.description].filter(Boolean).join(' ');
+        if ((adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter) && !m.anyAdapter) {
+          throw new Error(`the only WebGPU adapter is a software one${what ? ` (${what})` : ''}, slower than the CPU`);
+        }
         await init();
         kernels = await GpuKernels.open();
-        postMessage({ ok: true, info: kernels.info() });
+        postMessage({ ok: true, info: what ? `${what}, ${kernels.info()}` : kernels.info() });
       } catch (e) {
         postMessage({ ok: false, error: String((e && e.message) || e) });
       }

@@ -44,8 +44,9 @@ export interface CallOptions {
 export interface CreateOptions {
   /** "auto": wasm threads where the page is cross-origin isolated; false: one thread. */
   threads?: 'auto' | false;
-  /** "auto": WebGPU for the large matrix products where an adapter exists; false: the CPU only. */
-  gpu?: 'auto' | false;
+  /** "auto": WebGPU for the large matrix products on a hardware adapter; "any": a software adapter
+   * too (Chromium's SwiftShader: for tests, it is slower than the CPU); false: the CPU only. */
+  gpu?: 'auto' | 'any' | false;
   /** "auto": relaxed SIMD (fused multiply-add) where the browser validates it; "plain": never. */
   simd?: 'auto' | 'plain';
 }

@@ -131,7 +131,7 @@ class Engine {
       this.died(new PodarError(`the engine stopped: ${why}`, 'engine-crashed'));
     };
     const { threads, simd, gpu } = this.options;
-    this.info = await this.send('init', { flag: this.flagBuf, threads: threads !== false, simd, gpu: gpu !== false });
+    this.info = await this.send('init', { flag: this.flagBuf, threads: threads !== false, simd, gpu });
     return this.info;
   }
 
@@ -213,7 +213,8 @@ class Engine {
 export class Podar {
   /**
    * Starts the engine. `threads`: "auto" (wasm threads where the page is cross-origin isolated) or
-   * false; `gpu`: "auto" (WebGPU's matrix products where an adapter exists) or false; `simd`:
+   * false; `gpu`: "auto" (WebGPU's matrix products on a hardware adapter), "any" (a software
+   * adapter too: for tests, it is slower than the CPU) or false; `simd`:
    * "auto" (relaxed SIMD where the browser validates it) or "plain".
    */
   static async create({ threads = 'auto', gpu = 'auto', simd = 'auto' } = {}) {

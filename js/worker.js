@@ -10,7 +10,8 @@
 // else threads/.
 // `init`'s options: {threads: false} forces the single-threaded build, {simd: 'plain'} plain SIMD.
 // WebGPU: when the page is cross-origin isolated and an adapter exists, a GPU worker
-// (gpu-worker.js, started through gpu-bridge.js) runs the large matrix products; {gpu: false} skips it.
+// (gpu-worker.js, started through gpu-bridge.js) runs the large matrix products; {gpu: false} skips
+// it, and {gpu: 'any'} accepts a software adapter too (for tests: it is slower than the CPU).
 import { GpuBridge } from './gpu-bridge.js';
 
 // An Error with a code (see PodarError in index.js).
@@ -82,7 +83,7 @@ const start = async (options) => {
     gpuReason = 'WebGPU switched off';
   } else {
     // A WebGPU adapter or device request that never settles must not keep the CPU engine from starting.
-    const start = GpuBridge.start();
+    const start = GpuBridge.start({ anyAdapter: options.gpu === 'any' });
     bridge = await withTimeout(start, 30_000, 'WebGPU did not start within 30 s').catch((e) => {
       gpuReason = e.message;
       start.then((late) => late?.worker.terminate(), () => {});

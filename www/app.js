@@ -44,11 +44,11 @@ function startWorker() {
     }
     workerDied(e.message || 'the engine stopped');
   };
-  // The page's engine switches pass on to the worker: ?threads=0, ?simd=plain, ?gpu=0.
+  // The page's engine switches pass on to the worker: ?threads=0, ?simd=plain, ?gpu=0 or ?gpu=any.
   const q = new URLSearchParams(location.search);
   return call('init', {
     flag: flagBuf, threads: q.get('threads') !== '0', simd: q.get('simd') === 'plain' ? 'plain' : 'auto',
-    gpu: q.get('gpu') !== '0', useGpu: !$('force-cpu').checked,
+    gpu: q.get('gpu') === '0' ? false : q.get('gpu') === 'any' ? 'any' : 'auto', useGpu: !$('force-cpu').checked,
   });
 }
 

@@ -32,7 +32,11 @@ try {
   page.on('crash', () => log('the page crashed'));
   page.on('console', (m) => { if (m.type() === 'error') log('console:', m.text()); });
   const waitStatus = statusWaiter(page);
-  const engine = await openPage(page, app.url);
+  // SwiftShader is a software adapter, slower than the CPU: the page skips it unless told (?gpu=any).
+  const auto = await openPage(page, app.url);
+  log(auto);
+  assert.match(auto, /no GPU \(the only WebGPU adapter is a software one/);
+  const engine = await openPage(page, `${app.url}?gpu=any`);
   log(engine);
   assert.match(engine, /matrix products on WebGPU/);
   assert.equal(await page.getByLabel('Force CPU').isChecked(), false);
