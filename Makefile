@@ -12,7 +12,7 @@ THREADS_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+s
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: fuzz fuzz-smoke package serve test test-browser setup setup-test build build-native build-wasm build-wasm-single build-wasm-threads models bench bench-web test-webgpu clean
+.PHONY: fuzz fuzz-smoke package site serve test test-browser setup setup-test build build-native build-wasm build-wasm-single build-wasm-threads models bench bench-web test-webgpu clean
 
 ## Serve the app on http://127.0.0.1:$(PORT)/ as soon as the page can work (the single-threaded
 ## build); the faster threaded builds are made meanwhile and the page uses them after a reload.
@@ -42,14 +42,16 @@ test: setup setup-test models
 
 ## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end and
 ## the JavaScript API (api.mjs: the package, examples/minimal/, an abort at every stage; vite.mjs:
-## the packed tarball installed into an empty project and built by Vite):
+## the packed tarball installed into an empty project and built by Vite; site.mjs: dist/ served with
+## no COOP/COEP, made cross-origin isolated by the service worker):
 ## in Chromium, on WebGPU, under 50 cancels at random moments and a killed engine (soak.mjs), and
 ## in Firefox ESR and WebKitGTK (WebKit needs a display: Xvfb).
-test-browser: build-native build-wasm
+test-browser: build-native build-wasm site
 	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web --test fuzz_findings
 	node tests/e2e/page.mjs
 	node tests/e2e/api.mjs
 	node tests/e2e/vite.mjs
+	node tests/e2e/site.mjs
 	node tests/e2e/webgpu.mjs
 	node tests/e2e/soak.mjs
 	xvfb-run -a node tests/e2e/browsers.mjs
@@ -79,6 +81,17 @@ build-wasm-single:
 	$(CARGO) build --release --lib --target wasm32-unknown-unknown
 	wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/podar.wasm
 	cp js/* LICENSE pkg/ && cp docs/js-api.md pkg/README.md
+
+## dist/: the page as a static site that any host serves as it is, GitHub Pages included: the page,
+## the package (pkg/), the example model, the examples, and podar's service worker (coi-sw.js), which
+## makes the page cross-origin isolated (threads) where the host cannot send COOP/COEP headers.
+site: build-wasm models
+	rm -rf dist && mkdir -p dist/models
+	cp -r www/. dist/
+	cp -r pkg examples dist/
+	cp js/coi-sw.js dist/
+	cp $(MODEL) dist/models/
+	@echo "dist/: $$(du -sh dist | cut -f1); serve it as it is (python3 -m http.server --directory dist)"
 
 ## The npm package: pkg/ is the package (the API in js/, the wasm builds beside it); `npm pack`
 ## writes target/podar-VERSION.tgz.

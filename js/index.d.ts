@@ -21,6 +21,13 @@ export type ErrorCode =
   | 'internal' // a bug in podar
   | 'failed'; // anything else
 
+/**
+ * Makes the page cross-origin isolated (for wasm threads) where its host sends no COOP/COEP headers:
+ * registers podar's service worker (coi-sw.js, copied into the page's folder) and reloads the page
+ * once. Resolves to whether the page is isolated. Call it before `Podar.create`.
+ */
+export function isolate(serviceWorker?: string): Promise<boolean>;
+
 export class PodarError extends Error {
   readonly code: ErrorCode;
 }

@@ -8,6 +8,29 @@
 //   const pruned = await model.prune(myText, { mlp: 0.2 }, { onProgress: (p) => console.log(p) });
 //   const file = await pruned.export({ format: 'gguf', dtype: 'q8_0' });
 
+/**
+ * Makes the page cross-origin isolated, for wasm threads, where its host sends no COOP/COEP headers
+ * (GitHub Pages, most static hosts): registers podar's service worker (`coi-sw.js`, copied into the
+ * page's folder; a service worker serves only its own folder and below) and reloads the page once
+ * under it. Resolves to whether the page is isolated; it does not resolve when it reloads the page.
+ * Call it before `Podar.create`.
+ */
+export async function isolate(serviceWorker = './coi-sw.js') {
+  const key = 'podar-isolate-reloaded';
+  if (self.crossOriginIsolated) {
+    sessionStorage.removeItem(key);
+    return true;
+  }
+  if (!('serviceWorker' in navigator) || !self.isSecureContext) return false;
+  await navigator.serviceWorker.register(serviceWorker);
+  // Reloaded once under the service worker and still not isolated: the browser will not have it.
+  if (sessionStorage.getItem(key)) return false;
+  await navigator.serviceWorker.ready;
+  sessionStorage.setItem(key, '1');
+  location.reload();
+  return new Promise(() => {});
+}
+
 /** An error from podar: `code` names its kind for programs, `message` says it for people. */
 export class PodarError extends Error {
   constructor(message, code = 'failed') {

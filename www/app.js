@@ -1,9 +1,11 @@
 // The page: draws, and talks to the engine's worker (pkg/worker.js, from js/), where all of podar runs.
-import { noSharedMemory } from '../pkg/gpu-bridge.js';
+import { noSharedMemory } from './pkg/gpu-bridge.js';
+import { isolate } from './pkg/index.js';
 import { drawLayers, drawPpl, drawRatio } from './results.js';
 
 const $ = (id) => document.getElementById(id);
-const EXAMPLE = '../models/SmolLM2-135M-Instruct.Q4_1.gguf';
+// Beside the page: `podar serve` maps /pkg/ and /models/ to those folders, and `make site` copies them.
+const EXAMPLE = './models/SmolLM2-135M-Instruct.Q4_1.gguf';
 const PRESETS = ['code-python.txt', 'english-vimtutor.txt', 'german-vimtutor.txt'];
 const DTYPES = { hf: ['f32', 'f16', 'bf16'], gguf: ['f32', 'f16', 'q8_0'] };
 const EVAL_CTX = 256;
@@ -17,7 +19,7 @@ const pending = new Map();
 let lastModel = null; // how the current model was loaded, to reload after a worker restart
 
 function startWorker() {
-  worker = new Worker(new URL('../pkg/worker.js', import.meta.url), { type: 'module' });
+  worker = new Worker(new URL('./pkg/worker.js', import.meta.url), { type: 'module' });
   worker.onmessage = (e) => {
     const m = e.data;
     const p = pending.get(m.id);
@@ -595,6 +597,9 @@ function showEngine(r) {
 
 (async () => {
   try {
+    // On a host that sends no COOP/COEP headers (the static site, `make site`), podar's service
+    // worker makes the page cross-origin isolated, for threads: this reloads the page once.
+    await isolate('./coi-sw.js').catch((e) => console.warn(`podar: no cross-origin isolation (${e.message})`));
     showEngine(await startWorker());
   } catch (e) {
     $('engine').textContent = `The engine did not start: ${e.message}`;

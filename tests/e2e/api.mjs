@@ -17,7 +17,7 @@ fs.mkdirSync(out, { recursive: true });
 // The package as `npm pack` would write it: the API, its types, the engine and the three builds.
 const packed = JSON.parse(execFileSync('npm', ['pack', '--dry-run', '--json'], { cwd: path.join(root, 'pkg'), encoding: 'utf8' }))[0];
 const files = packed.files.map((f) => f.path);
-for (const f of ['index.js', 'index.d.ts', 'worker.js', 'gpu-bridge.js', 'gpu-worker.js', 'podar.js', 'podar_bg.wasm',
+for (const f of ['index.js', 'index.d.ts', 'worker.js', 'gpu-bridge.js', 'gpu-worker.js', 'coi-sw.js', 'podar.js', 'podar_bg.wasm',
   'threads/podar.js', 'threads/podar_bg.wasm', 'threads-relaxed/podar.js', 'threads-relaxed/podar_bg.wasm', 'README.md', 'LICENSE']) {
   assert.ok(files.includes(f), `npm pack leaves out ${f}`);
 }
