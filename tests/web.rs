@@ -79,6 +79,14 @@ fn load_plan_prune_eval_export() {
         zip.extend(c.dyn_into::<Uint8Array>().unwrap().to_vec());
     }
     let files = podar::formats::zip::read_stored(&zip).unwrap();
+    // Every file sits in one folder named as the archive.
+    assert!(
+        files.iter().all(|(n, _)| n.starts_with("model-podar/")),
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    let files: Vec<(String, Vec<u8>)> =
+        files.into_iter().map(|(n, b)| (n.trim_start_matches("model-podar/").to_string(), b)).collect();
     let get = |n: &str| files.iter().find(|f| f.0 == n).map(|f| f.1.clone());
     let back =
         podar::load_named(files.iter().map(|(n, b)| (n.clone(), Cursor::new(b))).collect(), &mut |_, _| true).unwrap();

@@ -117,6 +117,10 @@ const FLAG_LABELS = {
   '--correct': 'Error correction', '--error-estimate': 'Error correction', '--no-recover': 'Recovery off', '--ctx': 'the evaluation window',
 };
 function pageWords(msg) {
+  // The core speaks of --heads as a fraction; the page's field is in percent.
+  const pct = (f) => `${+(Number(f) * 100).toFixed(1)}%`;
+  msg = msg.replace(/--heads ([\d.]+)/g, (_, f) => `--heads of ${pct(f)}`)
+    .replace(/give at least ([\d.]+), or leave --heads out/, (_, f) => `give at least ${Math.ceil(Number(f) * 100)}%, or 0`);
   return msg.replace(/--[a-z][a-z-]*/g, (f) => (FLAG_LABELS[f] ? `“${FLAG_LABELS[f]}”` : f))
     .replace(/; raise “?--ridge”?/, '; the text may be too short or too repetitive for recovery: add text, or turn Recovery off');
 }
@@ -127,7 +131,8 @@ function refresh() {
   const idle = !state.busy;
   for (const id of ['load-example', 'load-url', 'model-files', 'model-folder']) $(id).disabled = !idle;
   // A plan the core refuses cannot be pruned; the plan line says why.
-  $('prune').disabled = !idle || !state.loaded || state.planError === true;
+  // Nor can a text the page already says is too short for the calibration.
+  $('prune').disabled = !idle || !state.loaded || state.planError === true || state.textShort === true;
   $('cancel').disabled = idle;
   $('download').disabled = !idle || !state.download;
   $('generate').disabled = !idle || !state.pruned;
@@ -319,7 +324,7 @@ function showText(text) { givenText = text; $('domain-text').value = text; }
 
 async function updateText() {
   const text = domainText();
-  if (!text) { $('text-info').textContent = 'No text yet.'; state.textTokens = 0; return; }
+  if (!text) { $('text-info').textContent = 'No text yet.'; state.textTokens = 0; state.textShort = false; refresh(); return; }
   let len, samples;
   try {
     samples = field('calib-samples', { integer: true });
@@ -337,6 +342,11 @@ async function updateText() {
   const evalMax = Math.max(0, Number($('eval-tokens').value) || 0);
   const info = await call('textInfo', { text, calibLen: len, limit: need + evalMax });
   state.textTokens = info.tokens;
+  // Static scores without recovery, heads or dropped layers read no text.
+  const readsText = !STATIC_SCORES.includes($('score').value) || $('recover').checked ||
+    Number($('heads').value) > 0 || Number($('drop-layers').value) > 0;
+  state.textShort = readsText && info.tokens < need;
+  refresh();
   const held = Math.max(0, info.tokens - need);
   const count = info.complete ? `${info.tokens} tokens` : `More than ${info.tokens} tokens (counted as far as a job reads)`;
   $('text-info').textContent = info.tokens >= need
@@ -441,6 +451,8 @@ async function updatePlan() {
 $('mlp-range').oninput = () => { $('mlp').value = $('mlp-range').value; updatePlan(); };
 $('mlp').oninput = () => { $('mlp-range').value = $('mlp').value || 0; updatePlan(); };
 for (const id of ['score', 'recover', 'correct', 'drop-layers', 'drop-mode', 'heads', 'divisor', 'dtype']) $(id).addEventListener('input', updatePlan);
+// Whether the job reads the text at all depends on these.
+for (const id of ['score', 'recover', 'drop-layers', 'heads']) $(id).addEventListener('input', textChanged);
 for (const id of ['calib-samples', 'calib-len']) $(id).addEventListener('input', () => { updatePlan(); textChanged(); });
 $('eval-tokens').addEventListener('input', textChanged);
 $('format').oninput = () => { fillDtypes(); updatePlan(); };
@@ -494,21 +506,31 @@ async function prune() {
       rows.push({ name: t.name, before: state.beforeCache.get(key) });
     }
     drawPpl($('ppl'), rows);
-    const r = await task('Pruning', 'prune', { text, options: opts });
-    state.pruned = true;
-    drawLayers($('chart-layers'), r);
-    for (const [i, t] of texts.entries()) {
-      rows[i].after = await perplexityOf('pruned', t, `Scoring the pruned model on ${t.name}`);
+    let r, out;
+    try {
+      r = await task('Pruning', 'prune', { text, options: opts });
+      state.pruned = true;
+      drawLayers($('chart-layers'), r);
+      for (const [i, t] of texts.entries()) {
+        rows[i].after = await perplexityOf('pruned', t, `Scoring the pruned model on ${t.name}`);
+        drawPpl($('ppl'), rows);
+      }
+      const held = rows.find((x) => x.name.startsWith('your text'));
+      const more = [r.kept_layers.length < r.layers_before ? `${r.layers_before - r.kept_layers.length} layers dropped` : '',
+        r.kept_kv_heads.some((k) => k.length < r.kv_heads_before) ? 'heads removed' : ''].filter(Boolean).join(', ');
+      state.runs.push({ mlp: mlpPercent, score: opts.score, recover: opts.recover, more,
+        ppl: held && held.after, base: held && held.before });
+      drawRatio($('chart-ratio'), state.runs);
+      out = await task('Writing the download', 'export', {
+        format, dtype, evals: rows.map((x) => ({ name: x.name, before: x.before, after: x.after })),
+        expectBytes: state.plan ? state.plan.bytes_after : 0,
+      });
+    } catch (e) {
+      // Cancelled or failed: what was not measured says so, instead of "…".
+      for (const row of rows) if (row.after === undefined) row.after = null;
       drawPpl($('ppl'), rows);
+      throw e;
     }
-    const held = rows.find((x) => x.name.startsWith('your text'));
-    state.runs.push({ mlp: mlpPercent, score: opts.score, recover: opts.recover,
-      ppl: held && held.after, base: held && held.before });
-    drawRatio($('chart-ratio'), state.runs);
-    const out = await task('Writing the download', 'export', {
-      format, dtype, evals: rows.map((x) => ({ name: x.name, before: x.before, after: x.after })),
-      expectBytes: state.plan ? state.plan.bytes_after : 0,
-    });
     state.download = out;
     const secs = (performance.now() - t0) / 1e3;
     $('sizes').textContent = `Parameters ${fmtParams(r.parameters_before)} → ${fmtParams(r.parameters_after)}; ` +

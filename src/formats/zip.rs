@@ -10,6 +10,16 @@ pub trait FileSink {
     fn file(&mut self, name: &str, body: &mut dyn FnMut(&mut dyn Write) -> Result<()>) -> Result<()>;
 }
 
+/// Puts every file of `sink` under one folder: `InFolder("model-podar", zip)` writes
+/// `model-podar/config.json`, so that unpacking the archive makes one folder, not loose files.
+pub struct InFolder<'a, S: FileSink>(pub &'a str, pub &'a mut S);
+
+impl<S: FileSink> FileSink for InFolder<'_, S> {
+    fn file(&mut self, name: &str, body: &mut dyn FnMut(&mut dyn Write) -> Result<()>) -> Result<()> {
+        self.1.file(&format!("{}/{name}", self.0), body)
+    }
+}
+
 struct Entry {
     name: String,
     crc: u32,

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::export::job::{self, EvalPair, OutputFormat, Record};
-use crate::formats::zip::{FileSink, ZipWriter};
+use crate::formats::zip::{FileSink, InFolder, ZipWriter};
 use crate::model::eval::perplexity;
 use crate::model::load::{self, Bundle, Picked};
 use crate::prune::{self, PruneOptions, Pruned};
@@ -608,11 +608,13 @@ impl Session {
         };
         let name = match fmt {
             OutputFormat::Hf(_) => {
+                // One folder inside, named as the archive: unpacking it spills no loose files.
+                let folder = format!("{stem}-podar");
                 let mut z = ZipWriter::new(&mut w);
-                job::write_model(b, &d.pruned.model, fmt, &mut z).map_err(js_err)?;
-                job::write_record(&record, &mut z).map_err(js_err)?;
+                job::write_model(b, &d.pruned.model, fmt, &mut InFolder(&folder, &mut z)).map_err(js_err)?;
+                job::write_record(&record, &mut InFolder(&folder, &mut z)).map_err(js_err)?;
                 z.finish().map_err(js_err)?;
-                format!("{stem}-podar.zip")
+                format!("{folder}.zip")
             }
             OutputFormat::Gguf(_) => {
                 struct One<'a, 'b>(&'a mut ChunkWriter<'b>);

@@ -109,14 +109,23 @@ try {
   // The plan of the new model shows without touching a control.
   await page.waitForFunction(() => /^Parameters /.test(document.getElementById('plan').textContent), null, { timeout: 30_000 });
 
-  // Too little text: a readable message, and the page still works.
+  // Heads to remove in the field's own unit: 20% of 3 KV groups removes none, and the plan says
+  // how much would (34%), in percent.
+  await page.getByLabel('Heads to remove (%)').fill('20');
+  await page.waitForFunction(() => /does not work/.test(document.getElementById('plan').textContent), null, { timeout: 30_000 });
+  const headsPlan = await page.locator('#plan').textContent();
+  log('heads 20%:', headsPlan);
+  assert.match(headsPlan, /“Heads to remove \(%\)” of 20% removes none of the model's 3 KV groups .* give at least 34%, or 0/);
+  assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), false);
+  await page.getByLabel('Heads to remove (%)').fill('0');
+  await page.waitForFunction(() => /^Parameters /.test(document.getElementById('plan').textContent), null, { timeout: 30_000 });
+
+  // Too little text: the page says so, and Prune waits for more.
   await page.getByLabel('Domain text', { exact: true }).fill('def f(): pass');
   await page.getByLabel('MLP pruning (%)').fill('20');
-  await page.getByRole('button', { name: 'Prune' }).click();
-  msg = await waitStatus(/failed|cancelled/, 120_000);
-  log('too-short text:', msg);
-  assert.match(msg, /tokens/);
-  assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), true);
+  await page.waitForFunction(() => /not enough/.test(document.getElementById('text-info').textContent), null, { timeout: 30_000 });
+  log('too-short text:', await page.locator('#text-info').textContent());
+  assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), false);
 
   // A text file that is not UTF-8: refused with a reason, not read as replacement characters.
   const latin1 = path.join(out, 'latin1.txt');
@@ -149,6 +158,13 @@ try {
   log(await page.locator('#sizes').textContent());
   log('perplexity:', (await page.locator('#ppl tbody').innerText()).replace(/\s+/g, ' '));
   await page.locator('#results').screenshot({ path: path.join(out, 'results.png') });
+  // On a phone's width (390 px) nothing is wider than the screen, the charts included.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const wide = await page.evaluate(() => ({ page: document.documentElement.scrollWidth,
+    charts: [...document.querySelectorAll('svg')].map((e) => Math.round(e.getBoundingClientRect().right)) }));
+  log(`at 390 px: the page is ${wide.page} px wide, the charts end at ${wide.charts.join(', ')} px`);
+  assert.ok(wide.page <= 390 && wide.charts.every((r) => r <= 390), JSON.stringify(wide));
+  await page.setViewportSize({ width: 1100, height: 1800 });
 
   const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download' }).click()]);
   const zip = path.join(out, 'model.zip');
@@ -157,7 +173,11 @@ try {
 
   // Unzip and check with podar's own loader against the CLI's run of the same job.
   const dir = path.join(out, 'page');
-  execFileSync('python3', ['-m', 'zipfile', '-e', zip, dir]);
+  // The archive holds one folder, named as it is.
+  const folder = path.join(path.dirname(dir), download.suggestedFilename().replace(/\.zip$/, ''));
+  for (const d of [dir, folder]) fs.rmSync(d, { recursive: true, force: true });
+  execFileSync('python3', ['-m', 'zipfile', '-e', zip, path.dirname(dir)]);
+  fs.renameSync(folder, dir);
   const inspected = JSON.parse(cli('inspect', dir, '--json'));
   const cliDir = path.join(out, 'cli');
   cli('prune', 'models/SmolLM2-135M-Instruct.Q4_1.gguf', '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--calib-precision', 'f32', '--out', cliDir);
@@ -194,6 +214,9 @@ try {
   msg = await waitStatus(/cancelled/, 300_000);
   log('cancel:', msg);
   assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), true);
+  // What the cancelled job did not measure reads "—", not "…" as if it were still running.
+  const cancelledTable = await page.locator('#ppl tbody').innerText();
+  assert.ok(!cancelledTable.includes('…') && cancelledTable.includes('—'), cancelledTable);
   // After the job the page refreshes its plan and token count: neither may read the Cancel.
   await page.waitForTimeout(1500);
   assert.equal(await page.getByRole('button', { name: 'Prune' }).isEnabled(), true);

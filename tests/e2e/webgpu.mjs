@@ -65,7 +65,11 @@ try {
   const zip = path.join(out, 'model.zip');
   await download.saveAs(zip);
   const dir = path.join(out, 'page');
-  execFileSync('python3', ['-m', 'zipfile', '-e', zip, dir]);
+  // The archive holds one folder, named as it is.
+  const folder = path.join(path.dirname(dir), download.suggestedFilename().replace(/\.zip$/, ''));
+  for (const d of [dir, folder]) fs.rmSync(d, { recursive: true, force: true });
+  execFileSync('python3', ['-m', 'zipfile', '-e', zip, path.dirname(dir)]);
+  fs.renameSync(folder, dir);
   const cliDir = path.join(out, 'cli');
   cli('prune', 'models/SmolLM2-135M-Instruct.Q4_1.gguf', '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--calib-precision', 'f32', '--out', cliDir);
   const kept = (d) => JSON.parse(fs.readFileSync(path.join(d, 'podar-report.json'))).kept_mlp_neurons;
