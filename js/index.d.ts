@@ -190,6 +190,16 @@ export interface ExportOptions extends CallOptions {
   evals?: { name: string; before: number; after: number }[];
 }
 
+export interface Importance {
+  score: Score;
+  /** Tokens read. */
+  tokens: number;
+  /** Per layer: 1 − cos(input, output) of its residual stream on the text. */
+  layerInfluence: number[];
+  /** Per layer, per MLP neuron: its score (higher is kept first). */
+  neurons: number[][];
+}
+
 export interface PruneReport {
   parametersBefore: number;
   parametersAfter: number;
@@ -243,6 +253,8 @@ export class Model {
   readonly cache: { hits: number; stored: number; error: string | null } | null;
   /** A domain text counted in this model's tokens. */
   text(text: string | Blob, options?: { calibSamples?: number; calibLen?: number; signal?: AbortSignal }): Promise<Domain>;
+  /** Per-layer influence and per-neuron scores on the text, without pruning (not for score "obs"). */
+  importance(text: string | Blob, options?: CallOptions & { score?: Score; calibSamples?: number; calibLen?: number }): Promise<Importance>;
   /** Sizes after pruning, before any work; rejects with the reason when the options cannot be done. */
   plan(options?: PruneOptions, output?: { format?: 'hf' | 'gguf'; dtype?: ExportOptions['dtype'] }): Promise<Plan>;
   /** Prunes for the domain text: its first calibSamples × calibLen tokens calibrate. */

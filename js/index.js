@@ -362,6 +362,20 @@ export class Model {
     return { text: s, tokens: r.tokens, complete: r.complete, need, enough: r.tokens >= need };
   }
 
+  /**
+   * What the model does with `text`, without pruning it: per layer, how much it changes the
+   * residual stream (1 − cos(in, out)), and per layer and MLP neuron, its score (`score`, as in
+   * the pruning options; higher is kept first). Reads the first calibSamples × calibLen tokens.
+   */
+  async importance(text, { score = 'energy', calibSamples = DEFAULTS.calibSamples, calibLen = DEFAULTS.calibLen,
+    onProgress, signal } = {}) {
+    this.check();
+    const s = await textOf(text);
+    const r = await this.engine.run('importance', { text: s, score, samples: calibSamples, len: calibLen },
+      { signal, onProgress });
+    return { score: r.score, tokens: r.tokens, layerInfluence: r.layer_influence, neurons: r.mlp };
+  }
+
   /** Sizes after pruning with `options`, and in the export's format, before any work. */
   async plan(options = {}, { format = 'hf', dtype = 'f32' } = {}) {
     this.check();

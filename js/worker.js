@@ -243,6 +243,8 @@ async function run(m) {
       if (m.on && !bridge) throw new Error(`WebGPU is not available: ${gpuReason}`);
       session.set_gpu(m.on ? bridge : undefined);
       return gpuState();
+    case 'importance':
+      return session.importance(m.text, m.score, m.samples, m.len, progress);
     case 'textInfo':
       return session.text_info(m.text, m.calibLen, m.limit);
     case 'plan':

@@ -422,6 +422,30 @@ impl Session {
         Ok(())
     }
 
+    /// Per-layer influence and per-neuron scores of the original model on `text` (its first
+    /// `samples × len` tokens), without pruning; `score` as in the pruning options (not `obs`).
+    /// `progress("load" | "calibrate", layer, layers)`.
+    pub fn importance(
+        &mut self,
+        text: &str,
+        score: &str,
+        samples: usize,
+        len: usize,
+        progress: &Function,
+    ) -> std::result::Result<JsValue, JsValue> {
+        let score = prune::Score::parse(score).map_err(js_err)?;
+        self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
+        let b = self.bundle()?;
+        crate::prune::calib::check_len(&b.model.cfg, len).map_err(js_err)?;
+        let ids = b.tokenizer().and_then(|t| t.encode_prefix(text, samples.saturating_mul(len))).map_err(js_err)?.0;
+        let ids = crate::prune::calib::windows(&ids, samples, len).map_err(js_err)?;
+        let imp = prune::importance(&b.model, &ids, samples, len, score, prune::Precision::F32, &mut |d, t| {
+            ask(progress, "calibrate", d, t)
+        })
+        .map_err(js_err)?;
+        to_js(&imp)
+    }
+
     /// Tokens in `text` (counted up to `limit` at least: a long text is not tokenized beyond what
     /// a job can use), and how many calibration windows of `calib_len` they fill.
     pub fn text_info(&self, text: &str, calib_len: usize, limit: usize) -> std::result::Result<JsValue, JsValue> {

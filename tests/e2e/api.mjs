@@ -55,6 +55,35 @@ try {
   const after = Number(/→ ([\d.]+)/.exec(said)[1]);
   assert.ok(after > 1 && after < 100, `perplexity after ${after}`);
 
+  // The teaching example: layer influence and neuron scores for the reader's text, and a slider that
+  // prunes and shows the perplexity.
+  const explain = await (await page.context()).newPage();
+  explain.on('pageerror', (e) => log('explain page error:', e.message));
+  await explain.goto(`${app.url}examples/explain/`);
+  await explain.waitForFunction(() => /Ready|Failed/.test(document.getElementById('status').textContent), null, { timeout: 120_000 });
+  await explain.getByRole('button', { name: 'Measure' }).click();
+  await explain.waitForFunction(() => /Measured|Failed/.test(document.getElementById('status').textContent), null, { timeout: 300_000 });
+  assert.match(await explain.locator('#status').textContent(), /^Measured on 512 tokens\.$/);
+  assert.equal(await explain.locator('#layers rect').count(), 30);
+  assert.equal(await explain.locator('#neurons rect').count(), 1536);
+  assert.equal(await explain.locator('#neurons rect.cut').count(), 1536 - 1229);
+  await explain.waitForFunction(() => /with 20%|Failed/.test(document.getElementById('cost').textContent), null, { timeout: 300_000 });
+  const at20 = await explain.locator('#cost').textContent();
+  // Two moves in a row: the first prune is aborted, the second one's number shows.
+  const slide = (v) => explain.locator('#prune').evaluate((e, v) => {
+    e.value = v;
+    e.dispatchEvent(new Event('input'));
+    e.dispatchEvent(new Event('change'));
+  }, v);
+  await slide('30');
+  await slide('40');
+  await explain.waitForFunction(() => /with 40%|Failed/.test(document.getElementById('cost').textContent), null, { timeout: 300_000 });
+  const at40 = await explain.locator('#cost').textContent();
+  log('explain:', at20, '|', at40);
+  const ppl = (t) => Number(/([\d.]+) with/.exec(t)[1]);
+  assert.ok(ppl(at40) > ppl(at20), 'pruning 40% costs less than 20%');
+  await explain.close();
+
   // The API itself, in the same page (its import map names the package).
   const r = await page.evaluate(async ({ text }) => {
     const { Podar, PodarError } = await import('podar');
