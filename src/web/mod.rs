@@ -68,11 +68,30 @@ impl BlobReader {
         Ok(BlobReader { blob, reader, size, pos: 0, buf: Vec::new(), buf_at: 0 })
     }
 
+    /// Bytes `start..end` of the blob. Chromium now and then refuses a read of a blob it holds
+    /// (NotReadableError) and serves the same read a moment later: a few tries, each with a fresh
+    /// reader, before the error is reported.
+    fn read_range(&mut self, start: u64, end: u64) -> std::io::Result<js_sys::ArrayBuffer> {
+        let slice =
+            self.blob.slice_with_f64_and_f64(start as f64, end as f64).map_err(|e| io_err("slicing a file", e))?;
+        let mut tries = 0;
+        loop {
+            match self.reader.read_as_array_buffer(&slice) {
+                Ok(ab) => return Ok(ab),
+                Err(e) if tries >= 3 => return Err(io_err("reading a file", e)),
+                Err(_) => {
+                    tries += 1;
+                    if let Ok(r) = FileReaderSync::new() {
+                        self.reader = r;
+                    }
+                }
+            }
+        }
+    }
+
     fn fill(&mut self) -> std::io::Result<()> {
         let end = (self.pos + SLICE).min(self.size);
-        let slice =
-            self.blob.slice_with_f64_and_f64(self.pos as f64, end as f64).map_err(|e| io_err("slicing a file", e))?;
-        let ab = self.reader.read_as_array_buffer(&slice).map_err(|e| io_err("reading a file", e))?;
+        let ab = self.read_range(self.pos, end)?;
         self.buf = Uint8Array::new(&ab).to_vec();
         self.buf_at = self.pos;
         Ok(())
@@ -89,11 +108,7 @@ impl Read for BlobReader {
             if out.len() as u64 >= SLICE {
                 // Large reads (tensor data) go straight into the caller's buffer.
                 let end = (self.pos + out.len() as u64).min(self.size);
-                let slice = self
-                    .blob
-                    .slice_with_f64_and_f64(self.pos as f64, end as f64)
-                    .map_err(|e| io_err("slicing a file", e))?;
-                let ab = self.reader.read_as_array_buffer(&slice).map_err(|e| io_err("reading a file", e))?;
+                let ab = self.read_range(self.pos, end)?;
                 let arr = Uint8Array::new(&ab);
                 let n = arr.length() as usize;
                 arr.copy_to(&mut out[..n]);
@@ -246,6 +261,19 @@ fn read_model(files: &[File], progress: &mut dyn FnMut(usize, usize) -> bool) ->
     let bundle = load::load_named(named(files)?, progress)?;
     bundle.tokenizer()?;
     Ok(bundle)
+}
+
+/// A model with `cfg`'s configuration and no weights: what the bundle holds while the original
+/// is not in memory (its tokenizer and configuration are still needed).
+fn hollow(cfg: &crate::model::config::ModelConfig) -> Result<crate::model::transformer::Model> {
+    let zeros = |shape: &[usize]| candle_core::Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu);
+    Ok(crate::model::transformer::Model {
+        cfg: cfg.clone(),
+        embed_tokens: zeros(&[0, cfg.hidden_size])?,
+        layers: Vec::new(),
+        norm: zeros(&[cfg.hidden_size])?,
+        lm_head: None,
+    })
 }
 
 /// One model loaded in the page, and the last prune of it.
@@ -484,31 +512,21 @@ impl Session {
         // the original is consumed layer by layer.
         self.done = None;
         if let (false, Some(b)) = (self.source_alive, self.bundle.as_mut()) {
-            b.model.layers = Vec::new();
-            b.model.lm_head = None;
-            b.model.embed_tokens = candle_core::Tensor::zeros(
-                (0, b.model.cfg.hidden_size),
-                candle_core::DType::F32,
-                &candle_core::Device::Cpu,
-            )
-            .map_err(|e| js_err(e.into()))?;
+            b.model = hollow(&b.model.cfg).map_err(js_err)?;
         }
         self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
         let t0 = js_sys::Date::now();
-        let Some(mut b) = self.bundle.take() else {
+        // The original leaves the bundle (which keeps the tokenizer and side files, with a model
+        // without weights) and is consumed layer by layer. Whatever becomes of the prune, the next
+        // call that needs the original reads it again from its files.
+        let Some(b) = self.bundle.as_mut() else {
             return Err(input_err("load a model first"));
         };
-        let source = b.model;
+        let source = std::mem::replace(&mut b.model, hollow(&cfg).map_err(js_err)?);
         self.source_alive = false;
         let parameters_before = source.parameter_count();
-        let pruned = match prune::prune_owned(source, calib_ids, &o, &mut |s, d, t| ask(progress, s, d, t)) {
-            Ok(p) => p,
-            Err(e) => {
-                // The original was partly consumed: read it again so the page stays usable.
-                let _ = self.ensure_source(&mut |_, _| true);
-                return Err(js_err(e));
-            }
-        };
+        let pruned =
+            prune::prune_owned(source, calib_ids, &o, &mut |s, d, t| ask(progress, s, d, t)).map_err(js_err)?;
         let seconds = (js_sys::Date::now() - t0) / 1e3;
         let summary = to_js(&PruneSummary {
             parameters_before,
@@ -524,8 +542,9 @@ impl Session {
             calib_tokens: pruned.calib_tokens,
             seconds,
         })?;
-        b.model = pruned.model.clone();
-        self.bundle = Some(b);
+        if let Some(b) = self.bundle.as_mut() {
+            b.model = pruned.model.clone();
+        }
         self.done = Some(Done { pruned, options: o, calib_ids: calib, prune_seconds: seconds, source_cfg: cfg });
         Ok(summary)
     }
