@@ -404,8 +404,7 @@ export class Model {
     }
     if (this.pruned) this.pruned.gone = true;
     const r = await this.engine.run('prune', { text, options: core }, { signal, onProgress });
-    const calibTokens = (core.calib_samples || DEFAULTS.calibSamples) * (core.calib_len || DEFAULTS.calibLen);
-    this.pruned = new Pruned(this, r, core, calibTokens, this.engine.generation);
+    this.pruned = new Pruned(this, r, core, this.engine.generation);
     return this.pruned;
   }
 
@@ -462,12 +461,13 @@ async function* generate(engine, which, prompt, { maxTokens = 48, chat = false, 
 
 /** A pruned model: the last prune of a Model, until it prunes again or another model is loaded. */
 export class Pruned {
-  constructor(model, r, options, calibTokens, generation) {
+  constructor(model, r, options, generation) {
     this.model = model;
     this.options = options;
     this.engine = model.engine;
     this.generation = generation;
-    this.calibTokens = calibTokens;
+    /** The calibration tokens the prune read: skip them to measure on the held-out rest. */
+    this.calibTokens = r.calib_tokens;
     /** What the prune did: sizes before and after, what was kept, and its seconds. */
     this.report = {
       parametersBefore: r.parameters_before, parametersAfter: r.parameters_after,

@@ -112,8 +112,8 @@ let cache = null; // {on, hits, stored, error} of the loadUrl that runs
 // Reads a response body into a File, reporting bytes as they arrive.
 let lastProgress = 0;
 async function download(url, name, id, required = true) {
-  if (cache?.on) {
-    const store = await caches.open(CACHE);
+  const store = cache?.on ? await caches.open(CACHE) : null;
+  if (store) {
     const hit = await store.match(url);
     if (hit) {
       const body = await hit.blob();
@@ -125,10 +125,10 @@ async function download(url, name, id, required = true) {
     }
   }
   const file = await fetchFile(url, name, id, required);
-  if (file && cache?.on) {
+  if (file && store) {
     try {
       const headers = { 'content-type': 'application/octet-stream', 'x-podar-bytes': String(file.size), 'x-podar-stored': new Date().toISOString() };
-      await (await caches.open(CACHE)).put(url, new Response(file, { headers }));
+      await store.put(url, new Response(file, { headers }));
       cache.stored++;
     } catch (e) {
       cache.error = e && e.name === 'QuotaExceededError'

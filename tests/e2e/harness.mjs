@@ -2,6 +2,7 @@
 // (never a downloaded browser), and waiting on the page's status line.
 import { chromium } from 'playwright-core';
 import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 
 export const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
@@ -9,6 +10,14 @@ export const podar = path.join(root, 'target/release/podar');
 
 /** Runs the CLI from the repository root; its stdout as a string. */
 export const cli = (...args) => execFileSync(podar, args, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+
+/** Unpacks the page's zip `zip` (one folder inside, named as the archive `name`) into `dir`. */
+export function unzipFolder(zip, name, dir) {
+  const folder = path.join(path.dirname(dir), name.replace(/\.zip$/, ''));
+  for (const d of [dir, folder]) fs.rmSync(d, { recursive: true, force: true });
+  execFileSync('python3', ['-m', 'zipfile', '-e', zip, path.dirname(dir)]);
+  fs.renameSync(folder, dir);
+}
 
 /** `podar serve --port 0 --root dir [...extra]`; resolves to {proc, url} once it listens. */
 export function serve(dir, extra = []) {

@@ -7,11 +7,10 @@
 // saved in target/e2e/.
 //
 // Usage: node tests/e2e/page.mjs   (after `make build`; env PODAR_E2E_SAMPLES, default 8 windows)
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import assert from 'node:assert/strict';
-import { root, cli, serve, launch, statusWaiter, openPage } from './harness.mjs';
+import { root, cli, serve, launch, statusWaiter, openPage, unzipFolder } from './harness.mjs';
 
 const out = path.join(root, 'target/e2e');
 const samples = Number(process.env.PODAR_E2E_SAMPLES || 8);
@@ -173,11 +172,7 @@ try {
 
   // Unzip and check with podar's own loader against the CLI's run of the same job.
   const dir = path.join(out, 'page');
-  // The archive holds one folder, named as it is.
-  const folder = path.join(path.dirname(dir), download.suggestedFilename().replace(/\.zip$/, ''));
-  for (const d of [dir, folder]) fs.rmSync(d, { recursive: true, force: true });
-  execFileSync('python3', ['-m', 'zipfile', '-e', zip, path.dirname(dir)]);
-  fs.renameSync(folder, dir);
+  unzipFolder(zip, download.suggestedFilename(), dir);
   const inspected = JSON.parse(cli('inspect', dir, '--json'));
   const cliDir = path.join(out, 'cli');
   cli('prune', 'models/SmolLM2-135M-Instruct.Q4_1.gguf', '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--calib-precision', 'f32', '--out', cliDir);

@@ -9,11 +9,10 @@
 //
 // Usage: node tests/e2e/webgpu.mjs   (after `make build`; env PODAR_E2E_SAMPLES, default 2 windows,
 // and PODAR_E2E_EVAL, evaluation tokens per text, default 0)
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import assert from 'node:assert/strict';
-import { root, cli, serve, launch, statusWaiter, openPage } from './harness.mjs';
+import { root, cli, serve, launch, statusWaiter, openPage, unzipFolder } from './harness.mjs';
 
 const out = path.join(root, 'target/e2e-webgpu');
 const samples = Number(process.env.PODAR_E2E_SAMPLES || 2);
@@ -65,11 +64,7 @@ try {
   const zip = path.join(out, 'model.zip');
   await download.saveAs(zip);
   const dir = path.join(out, 'page');
-  // The archive holds one folder, named as it is.
-  const folder = path.join(path.dirname(dir), download.suggestedFilename().replace(/\.zip$/, ''));
-  for (const d of [dir, folder]) fs.rmSync(d, { recursive: true, force: true });
-  execFileSync('python3', ['-m', 'zipfile', '-e', zip, path.dirname(dir)]);
-  fs.renameSync(folder, dir);
+  unzipFolder(zip, download.suggestedFilename(), dir);
   const cliDir = path.join(out, 'cli');
   cli('prune', 'models/SmolLM2-135M-Instruct.Q4_1.gguf', '--calib', domainFile, '--mlp', '0.2', '--calib-samples', String(samples), '--calib-precision', 'f32', '--out', cliDir);
   const kept = (d) => JSON.parse(fs.readFileSync(path.join(d, 'podar-report.json'))).kept_mlp_neurons;
