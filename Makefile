@@ -41,8 +41,8 @@ test: setup setup-test models
 	$(MAKE) --no-print-directory fuzz-smoke
 
 ## The same test bodies in Chromium (wasm-bindgen-test, in a worker), then the page end to end and
-## the JavaScript API (api.mjs: the package, examples/minimal/, an abort at every stage; vite.mjs:
-## the packed tarball installed into an empty project and built by Vite; site.mjs: dist/ served with
+## the JavaScript API (api.mjs: the package, examples/minimal/, an abort at every stage; bundlers.mjs:
+## the packed tarball installed into an empty project and built by Vite and by webpack; site.mjs: dist/ served with
 ## no COOP/COEP, made cross-origin isolated by the service worker):
 ## in Chromium, on WebGPU, under 50 cancels at random moments and a killed engine (soak.mjs), and
 ## in Firefox ESR and WebKitGTK (WebKit needs a display: Xvfb).
@@ -50,7 +50,7 @@ test-browser: build-native build-wasm site
 	$(CARGO) test --release --target wasm32-unknown-unknown --test portable --test web --test fuzz_findings
 	node tests/e2e/page.mjs
 	node tests/e2e/api.mjs
-	node tests/e2e/vite.mjs
+	node tests/e2e/bundlers.mjs
 	node tests/e2e/site.mjs
 	node tests/e2e/webgpu.mjs
 	node tests/e2e/soak.mjs
@@ -99,9 +99,10 @@ package: build-wasm
 	cd pkg && npm pack --pack-destination ../target
 
 ## Each threaded build is written beside pkg/ and moved in whole, so a page loaded meanwhile never
-## sees half of one. wasm-bindgen-rayon's worker helper calls the init function the old way
-## (positional arguments, which wasm-bindgen reports as deprecated on the console): sed gives it the
-## object form.
+## sees half of one. wasm-bindgen-rayon's worker helper (its bundler form: it starts each pool
+## worker with `new Worker(new URL(…, import.meta.url))`, which Vite and webpack follow, and which
+## browsers run as it is) imports the build by its folder, which only bundlers resolve: sed names
+## the file.
 build-wasm-threads:
 	@if rustup run $(NIGHTLY) rustc --version >/dev/null 2>&1; then \
 	  for v in threads threads-relaxed; do \
@@ -110,8 +111,8 @@ build-wasm-threads:
 	      --no-default-features --features threads -Z build-std=panic_abort,std --target-dir target/$$v && \
 	    rm -rf pkg/.$$v.new && \
 	    wasm-bindgen --target web --out-dir pkg/.$$v.new target/$$v/wasm32-unknown-unknown/release/podar.wasm || exit 1; \
-	    sed -i 's/await pkg.default(data.module, data.memory);/await pkg.default({ module_or_path: data.module, memory: data.memory });/' \
-	      pkg/.$$v.new/snippets/wasm-bindgen-rayon-*/src/workerHelpers*.js || exit 1; \
+	    grep -q "import('../../..')" pkg/.$$v.new/snippets/wasm-bindgen-rayon-*/src/workerHelpers.js && \
+	    sed -i "s|import('../../..')|import('../../../podar.js')|" pkg/.$$v.new/snippets/wasm-bindgen-rayon-*/src/workerHelpers.js || exit 1; \
 	    rm -rf pkg/$$v && mv pkg/.$$v.new pkg/$$v || exit 1; \
 	  done; \
 	else \

@@ -56,6 +56,28 @@ export interface CreateOptions {
   gpu?: 'auto' | 'any' | false;
   /** "auto": relaxed SIMD (fused multiply-add) where the browser validates it; "plain": never. */
   simd?: 'auto' | 'plain';
+  /** false: start on the CPU even where a GPU is at hand (`setGpu` switches later). Default true. */
+  useGpu?: boolean;
+  /** A cap on the engine's heap, in bytes: a test knob, to see "out-of-memory" handled on a small model. */
+  memoryLimit?: number;
+}
+
+/** The WebGPU adapter at hand. */
+export interface WebGpuState {
+  /** The adapter's name (vendor, architecture, description). */
+  adapter: string;
+  /** Whether the large matrix products run on it now. */
+  inUse: boolean;
+  /** Whether it failed during a call (the CPU then took over, and keeps the work). */
+  failed: boolean;
+  /** Its last error, if any. */
+  error: string | null;
+  /** Matrix products it has computed. */
+  products: number;
+  /** One product ([512, 1024] · [1024, 1024]ᵀ) timed on the CPU and on the GPU when the engine
+   * started: with gpu "auto", the GPU is used only where it was faster. Null where not timed
+   * (useGpu false). */
+  trial: { cpuMs: number | null; gpuMs: number | null; error?: string } | null;
 }
 
 export interface Capabilities {
@@ -67,7 +89,7 @@ export interface Capabilities {
   threadsUnavailable: string | null;
   crossOriginIsolated: boolean;
   /** The WebGPU adapter in use or available, or null. */
-  webgpu: { adapter: string; inUse: boolean } | null;
+  webgpu: WebGpuState | null;
   /** Why there is no WebGPU, when there is none. */
   webgpuUnavailable: string | null;
   /** The most memory the engine can use (WebAssembly's 4 GiB). */
@@ -100,6 +122,8 @@ export interface Domain {
   tokens: number;
   /** Whether `tokens` counts the whole text. */
   complete: boolean;
+  /** Calibration windows of calibLen the counted tokens fill. */
+  windows: number;
   /** Tokens the calibration needs: calibSamples × calibLen. */
   need: number;
   enough: boolean;
@@ -238,6 +262,15 @@ export class Podar {
   readonly capabilities: Capabilities;
   /** Bytes of wasm memory the engine holds (also its peak: wasm memory never shrinks). */
   readonly memoryBytes: number;
+  /** Whether the engine stopped (a crash, or an abort where the page is not cross-origin isolated):
+   * the next call starts a fresh one and reads the model again. */
+  readonly stopped: boolean;
+  /** Starts a fresh engine now and reads the loaded model into it again; whether a model was read. */
+  restart(options?: CallOptions): Promise<boolean>;
+  /** Large matrix products on WebGPU (true) or the CPU (false); rejects with code "gpu" without an adapter. */
+  setGpu(on: boolean): Promise<WebGpuState | null>;
+  /** A model's summary from its headers alone (local files only), for a model of any size. */
+  inspect(source: Exclude<ModelSource, string | URL>, options?: { signal?: AbortSignal }): Promise<ModelSummary>;
   /** Loads a model, replacing the one loaded before. */
   load(source: ModelSource, options?: LoadOptions): Promise<Model>;
   /** The models kept by `load(url, {cache: true})`. */
@@ -252,7 +285,7 @@ export class Model {
    * could not be stored (e.g. a full storage quota), or null. */
   readonly cache: { hits: number; stored: number; error: string | null } | null;
   /** A domain text counted in this model's tokens. */
-  text(text: string | Blob, options?: { calibSamples?: number; calibLen?: number; signal?: AbortSignal }): Promise<Domain>;
+  text(text: string | Blob, options?: { calibSamples?: number; calibLen?: number; limit?: number; signal?: AbortSignal }): Promise<Domain>;
   /** Per-layer influence and per-neuron scores on the text, without pruning (not for score "obs"). */
   importance(text: string | Blob, options?: CallOptions & { score?: Score; calibSamples?: number; calibLen?: number }): Promise<Importance>;
   /** Sizes after pruning, before any work; rejects with the reason when the options cannot be done. */

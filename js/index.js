@@ -52,6 +52,13 @@ const apiWords = (msg) => String(msg).replace(/--[a-z][a-z-]*/g, (f) => (OPTION_
 
 const aborted = () => new PodarError('aborted', 'aborted');
 
+/** Out of memory: `failed` bytes could not be had with `live` in use (under `limit`, if set). */
+const outOfMemory = ({ failed, live }, limit) => {
+  const size = (b) => (b >= 1e6 ? `${(b / 1e6).toFixed(0)} MB` : `${Math.ceil(b / 1e3)} KB`);
+  return new PodarError(`out of memory: the engine could not get ${size(failed)} more with ${size(live)} in use ` +
+    (limit ? `(its memoryLimit is ${size(limit)})` : '(a browser gives WebAssembly at most 4 GiB)'), 'out-of-memory');
+};
+
 /** The pruning options of the API, in the core's names (only those given: the core has defaults). */
 function coreOptions(o = {}) {
   const known = ['mlp', 'mlpSize', 'divisor', 'score', 'recover', 'ridge', 'calibSamples', 'calibLen', 'heads',
@@ -139,7 +146,16 @@ class Engine {
     this.flag = this.flagBuf ? new Int32Array(this.flagBuf) : null;
     this.generation = 0; // counts workers: a Model or Pruned of an earlier worker is gone
     this.reload = null; // how to read the model again in a new worker
+    this.modelIn = 0; // the worker (generation) that holds the model
     this.memory = 0;
+    // An allocation that fails on one of the engine's threads is said on this channel, with the
+    // token of the engine's worker: a thread of the pool that stops leaves the engine silent.
+    this.channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel('podar-engine') : null;
+    if (this.channel) {
+      this.channel.onmessage = (e) => {
+        if (this.worker && e.data?.token === this.token) this.died(outOfMemory(e.data, this.options.memoryLimit));
+      };
+    }
   }
 
   async start() {
@@ -153,8 +169,11 @@ class Engine {
       const why = e instanceof ErrorEvent ? e.message : 'its script did not load (module workers unsupported, or files missing)';
       this.died(new PodarError(`the engine stopped: ${why}`, 'engine-crashed'));
     };
-    const { threads, simd, gpu } = this.options;
-    this.info = await this.send('init', { flag: this.flagBuf, threads: threads !== false, simd, gpu });
+    const { threads, simd, gpu, useGpu, memoryLimit } = this.options;
+    this.token = (Math.random() * 2 ** 32) >>> 0;
+    this.info = await this.send('init', { flag: this.flagBuf, threads: threads !== false, simd, gpu, useGpu, memoryLimit,
+      token: this.token });
+    this.gpu = this.info.gpu;
     return this.info;
   }
 
@@ -167,7 +186,7 @@ class Engine {
     if (m.text !== undefined) return p.onText && p.onText(m.text);
     this.pending.delete(m.id);
     if (m.error === undefined) return p.resolve(m.ok);
-    p.reject(new PodarError(apiWords(m.error), m.code || 'failed'));
+    p.reject(m.failed ? outOfMemory(m.failed, this.options.memoryLimit) : new PodarError(apiWords(m.error), m.code || 'failed'));
     // A trap (out of memory, or a bug) leaves the engine unusable: the next call starts a new one.
     if (m.fatal) this.restart();
   }
@@ -193,18 +212,23 @@ class Engine {
     this.worker = null;
   }
 
-  /** Runs `cmd` after the calls before it; `signal` aborts it (or drops it, if it has not begun). */
+  /** Whether the engine stopped (a crash, or an abort without cross-origin isolation): the next
+   * call starts a fresh one, and reads the model into it again. */
+  get stopped() {
+    return !this.worker && !this.disposed;
+  }
+
+  /**
+   * Runs `cmd` after the calls before it; `signal` aborts it (or drops it, if it has not begun). A
+   * stopped engine is started first, and a call that needs the model reads it again (with its
+   * progress, and under its signal).
+   */
   run(cmd, args, { signal, onProgress, onText, needsModel = true } = {}) {
     const go = async () => {
       if (this.disposed) throw new PodarError('this podar instance was disposed', 'disposed');
       if (signal?.aborted) throw aborted();
-      if (!this.worker) {
-        await this.start();
-        if (needsModel && this.reload) await this.send(this.reload.cmd, this.reload.args);
-      }
-      if (this.flag) Atomics.store(this.flag, 0, 0);
       const onAbort = () => {
-        if (this.flag) {
+        if (this.flag && this.worker) {
           Atomics.store(this.flag, 0, 1);
           this.worker.postMessage({ cmd: 'cancel' });
         } else {
@@ -212,8 +236,21 @@ class Engine {
         }
       };
       signal?.addEventListener('abort', onAbort);
+      const hooks = { onProgress: progressWithEta(onProgress), onText };
       try {
-        return await this.send(cmd, args, { onProgress: progressWithEta(onProgress), onText });
+        if (this.flag) Atomics.store(this.flag, 0, 0);
+        if (!this.worker) await this.start();
+        if (needsModel && this.reload && this.modelIn !== this.generation) {
+          try {
+            await this.send(this.reload.cmd, this.reload.args, hooks);
+            this.modelIn = this.generation;
+          } catch (e) {
+            // A worker without the model is of no use to the calls after this one: they start again.
+            this.restart();
+            throw e;
+          }
+        }
+        return await this.send(cmd, args, hooks);
       } catch (e) {
         throw signal?.aborted ? aborted() : e;
       } finally {
@@ -229,6 +266,7 @@ class Engine {
   dispose() {
     this.died(new PodarError('this podar instance was disposed', 'disposed'));
     this.disposed = true;
+    this.channel?.close();
   }
 }
 
@@ -238,10 +276,12 @@ export class Podar {
    * Starts the engine. `threads`: "auto" (wasm threads where the page is cross-origin isolated) or
    * false; `gpu`: "auto" (WebGPU's matrix products on a hardware adapter), "any" (a software
    * adapter too: for tests, it is slower than the CPU) or false; `simd`:
-   * "auto" (relaxed SIMD where the browser validates it) or "plain".
+   * "auto" (relaxed SIMD where the browser validates it) or "plain"; `useGpu: false` starts on the
+   * CPU with the adapter at hand (`setGpu` switches). `memoryLimit` (bytes) caps the engine's heap:
+   * a test knob, to see out-of-memory handled on a small model.
    */
-  static async create({ threads = 'auto', gpu = 'auto', simd = 'auto' } = {}) {
-    const engine = new Engine({ threads, gpu, simd });
+  static async create({ threads = 'auto', gpu = 'auto', simd = 'auto', useGpu = true, memoryLimit } = {}) {
+    const engine = new Engine({ threads, gpu, simd, useGpu, memoryLimit });
     await engine.start();
     return new Podar(engine);
   }
@@ -261,7 +301,9 @@ export class Podar {
       threads: i.threads,
       threadsUnavailable: i.threadsFailed || (this.engine.flag ? null : 'the page is not cross-origin isolated'),
       crossOriginIsolated: !!self.crossOriginIsolated,
-      webgpu: g && g.available ? { adapter: g.info, inUse: g.on } : null,
+      webgpu: g && g.available
+        ? { adapter: g.info, inUse: g.on && !g.failed, failed: g.failed, error: g.error, products: g.products, trial: g.trial }
+        : null,
       webgpuUnavailable: g && !g.available ? g.info : null,
       maxMemoryBytes: 4 * 2 ** 30,
     };
@@ -270,6 +312,41 @@ export class Podar {
   /** Bytes of wasm memory the engine holds (wasm memory never shrinks: also its peak). */
   get memoryBytes() {
     return this.engine.memory;
+  }
+
+  /** Whether the engine stopped (a crash, or an abort where the page is not cross-origin
+   * isolated). The next call starts a fresh engine and reads the model into it again; `restart`
+   * does so now. */
+  get stopped() {
+    return this.engine.stopped;
+  }
+
+  /**
+   * Starts a fresh engine now and reads the loaded model into it again (with progress, under
+   * `signal`); calls in flight reject with code "aborted". The model stays usable; a pruned model
+   * does not (prune again). Resolves to whether a model was read again.
+   */
+  async restart({ onProgress, signal } = {}) {
+    this.engine.died(new PodarError('the engine was restarted', 'aborted'));
+    await this.engine.run('ping', {}, { onProgress, signal });
+    return this.engine.reload !== null;
+  }
+
+  /**
+   * Runs the large matrix products on WebGPU (`on`), or on the CPU; kept across restarts. Rejects
+   * with code "gpu" where no adapter is at hand. Resolves to `capabilities.webgpu`.
+   */
+  async setGpu(on) {
+    await this.engine.run('setGpu', { on: !!on });
+    this.engine.options.useGpu = !!on;
+    return this.capabilities.webgpu;
+  }
+
+  /** A model's summary from its headers alone, before any weight is read: local files only (see
+   * `load`), of any size (`load` refuses one too large for the engine). */
+  async inspect(source, { signal } = {}) {
+    const r = await this.engine.run('inspect', { files: await filesOf(source) }, { signal, needsModel: false });
+    return summaryOf(r, []);
   }
 
   /**
@@ -291,6 +368,7 @@ export class Podar {
     if (this.model) this.model.gone = true;
     const r = await this.engine.run(cmd, args, { signal, onProgress, needsModel: false });
     this.engine.reload = { cmd, args };
+    this.engine.modelIn = this.engine.generation;
     this.model = new Model(this.engine, r.summary, r.names);
     if (r.cache) this.model.cache = r.cache;
     return this.model;
@@ -328,18 +406,21 @@ const modelCache = {
   },
 };
 
+/** The core's summary of a model, in the API's names. */
+const summaryOf = (s, files) => ({
+  architecture: s.architecture, format: s.format, dtype: s.dtype,
+  layers: s.num_hidden_layers, hidden: s.hidden_size, mlp: s.intermediate_size,
+  heads: s.num_attention_heads, kvHeads: s.num_key_value_heads, headDim: s.head_dim,
+  vocabulary: s.vocab_size, parameters: s.parameters, tiedEmbeddings: s.tie_word_embeddings,
+  files,
+});
+
 /** A loaded model. Only the most recently loaded model of a Podar is usable. */
 export class Model {
   constructor(engine, summary, files) {
     this.engine = engine;
     /** Architecture, sizes and parameters, from the headers. */
-    this.summary = {
-      architecture: summary.architecture, format: summary.format, dtype: summary.dtype,
-      layers: summary.num_hidden_layers, hidden: summary.hidden_size, mlp: summary.intermediate_size,
-      heads: summary.num_attention_heads, kvHeads: summary.num_key_value_heads, headDim: summary.head_dim,
-      vocabulary: summary.vocab_size, parameters: summary.parameters, tiedEmbeddings: summary.tie_word_embeddings,
-      files,
-    };
+    this.summary = summaryOf(summary, files);
     this.pruned = null;
     /** For a URL loaded with {cache: true}: files read from the cache, files stored, and why a file
      * could not be stored (a full quota, say), or null. */
@@ -352,14 +433,16 @@ export class Model {
 
   /**
    * A domain text, counted in this model's tokens: `tokens`, and `enough` for calibration with
-   * `calibSamples` windows of `calibLen` tokens (the pruning options' defaults unless given).
+   * `calibSamples` windows of `calibLen` tokens (the pruning options' defaults unless given);
+   * `windows` of calibLen it holds. A long text is counted up to `limit` tokens (default: what the
+   * calibration needs); `complete` says whether the count reached its end.
    */
-  async text(text, { calibSamples = DEFAULTS.calibSamples, calibLen = DEFAULTS.calibLen, signal } = {}) {
+  async text(text, { calibSamples = DEFAULTS.calibSamples, calibLen = DEFAULTS.calibLen, limit, signal } = {}) {
     this.check();
     const s = await textOf(text);
     const need = calibSamples * calibLen;
-    const r = await this.engine.run('textInfo', { text: s, calibLen, limit: need }, { signal });
-    return { text: s, tokens: r.tokens, complete: r.complete, need, enough: r.tokens >= need };
+    const r = await this.engine.run('textInfo', { text: s, calibLen, limit: Math.max(need, limit || 0) }, { signal });
+    return { text: s, tokens: r.tokens, complete: r.complete, windows: r.windows, need, enough: r.tokens >= need };
   }
 
   /**

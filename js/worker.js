@@ -1,5 +1,5 @@
 // All of podar's Rust runs here, in a module Web Worker: the engine behind the JavaScript API
-// (index.js starts it; the page in www/ still speaks its protocol directly).
+// (index.js starts it and is the only one to speak its protocol; the page in www/ uses the API).
 // Protocol: {id, cmd, ...args} in; {id, progress: {stage, done, total}}, {id, text}, and finally
 // {id, ok, memory} or {id, error, code, fatal} out (code: see PodarError in index.js). A shared
 // Int32Array flag (set on abort) makes every progress callback answer "stop", and the running call
@@ -11,7 +11,9 @@
 // `init`'s options: {threads: false} forces the single-threaded build, {simd: 'plain'} plain SIMD.
 // WebGPU: when the page is cross-origin isolated and an adapter exists, a GPU worker
 // (gpu-worker.js, started through gpu-bridge.js) runs the large matrix products; {gpu: false} skips
-// it, and {gpu: 'any'} accepts a software adapter too (for tests: it is slower than the CPU).
+// it, and {gpu: 'any'} accepts a software adapter too (for tests: it is slower than the CPU). With
+// {gpu: 'auto'} one matrix product is timed on both, and the GPU is used only where it was faster
+// ({useGpu: false} starts on the CPU in any case; setGpu switches later).
 import { GpuBridge } from './gpu-bridge.js';
 
 // An Error with a code (see PodarError in index.js).
@@ -92,10 +94,12 @@ const start = async (options) => {
   }
 };
 
-// What the page shows about the GPU: in use, its adapter, and the last failure if any.
+// The GPU as the API reports it: in use, its adapter, the last failure if any, and the timed
+// product that chose between it and the CPU.
+let trial = null;
 function gpuState() {
   const s = session ? session.gpu_state() : { on: false, failed: false, products: 0 };
-  return { ...s, available: bridge !== null, info: bridge ? bridge.info : gpuReason, error: bridge?.lastError || null };
+  return { ...s, available: bridge !== null, info: bridge ? bridge.info : gpuReason, error: bridge?.lastError || null, trial };
 }
 let session = null;
 let flag = null;
@@ -239,8 +243,10 @@ async function run(m) {
       cache = null;
       return { summary: session.load(files, progress), names: files.map((f) => f.name), cache: { hits, stored, error } };
     }
+    case 'ping':
+      return null;
     case 'setGpu':
-      if (m.on && !bridge) throw new Error(`WebGPU is not available: ${gpuReason}`);
+      if (m.on && !bridge) throw coded(`WebGPU is not available: ${gpuReason}`, 'gpu');
       session.set_gpu(m.on ? bridge : undefined);
       return gpuState();
     case 'importance':
@@ -283,9 +289,26 @@ self.onmessage = async (e) => {
     await ready;
     if (m.cmd === 'init') {
       flag = m.flag ? new Int32Array(m.flag) : null;
+      // A cap on the engine's heap: a test knob, for running out of memory on a small model.
+      if (m.memoryLimit) podar.Session.set_memory_limit(m.memoryLimit);
+      // An allocation that fails on a thread of the pool stops the engine without an answer: it
+      // says so on a BroadcastChannel, under this engine's token, for index.js.
+      podar.Session.tell_failed_allocations(m.token >>> 0);
       session = new podar.Session();
-      // useGpu: false starts on the CPU with WebGPU at hand (setGpu switches later).
-      if (bridge && m.useGpu !== false) session.set_gpu(bridge);
+      // useGpu: false starts on the CPU with WebGPU at hand (setGpu switches later). "auto" takes the
+      // GPU only where one product ran faster there than on the CPU; "any" (for tests) takes it in
+      // any case, but times it all the same.
+      let useGpu = bridge !== null && m.useGpu !== false;
+      if (useGpu) {
+        try {
+          const t = podar.Session.time_gpu(bridge);
+          trial = { cpuMs: t.cpu_ms, gpuMs: t.gpu_ms };
+        } catch (e) {
+          trial = { cpuMs: null, gpuMs: null, error: String(e.message || e) };
+        }
+        if (m.gpu !== 'any') useGpu = trial.gpuMs !== null && trial.cpuMs !== null && trial.gpuMs < trial.cpuMs;
+      }
+      if (useGpu) session.set_gpu(bridge);
       postMessage({ id: m.id, ok: { threads: podar.Session.threads(), simd, threadsFailed, gpu: gpuState() }, memory: podar.Session.memory_bytes() });
       return;
     }
@@ -293,6 +316,7 @@ self.onmessage = async (e) => {
       if (fetchAbort) fetchAbort.abort();
       return;
     }
+    podar.Session.take_failed_allocation();
     const ok = await run(m);
     // A call that stopped early because of Cancel (generation, an export) did not finish its work.
     if (cancelled()) throw new Error('cancelled');
@@ -301,9 +325,12 @@ self.onmessage = async (e) => {
     const stopped = cancelled() || (err && err.name === 'AbortError');
     const msg = stopped ? 'cancelled' : String((err && err.message) || err);
     // A trap (out of memory, or a bug) leaves the engine's state undefined: the page restarts it.
-    const oom = err instanceof RangeError && /memory/i.test(err.message);
+    // Rust aborts with a bare trap when an allocation fails; the engine's allocator noted it.
+    // (index.js words it: `failed` bytes could not be had with `live` in use.)
+    const failed = err instanceof WebAssembly.RuntimeError ? podar.Session.take_failed_allocation() : null;
+    const oom = (err instanceof RangeError && /memory/i.test(err.message)) || failed !== null;
     const fatal = err instanceof WebAssembly.RuntimeError || oom;
     const code = stopped ? 'aborted' : oom ? 'out-of-memory' : fatal ? 'engine-crashed' : (err && err.code) || 'failed';
-    postMessage({ id: m.id, error: msg, code, fatal, memory: podar ? podar.Session.memory_bytes() : 0 });
+    postMessage({ id: m.id, error: msg, code, fatal, failed, memory: podar ? podar.Session.memory_bytes() : 0 });
   }
 };

@@ -23,6 +23,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
 fi
 if [ ! -f node_modules/playwright-core/package.json ] || [ ! -f node_modules/puppeteer-core/package.json ] ||
   [ ! -f node_modules/typescript/package.json ] || [ ! -f node_modules/vite/package.json ] ||
+  [ ! -f node_modules/webpack/package.json ] ||
   [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi

@@ -20,6 +20,7 @@ pub mod formats;
 #[cfg(all(target_arch = "wasm32", feature = "gpu"))]
 pub mod gpu;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod prune;
 #[cfg(target_arch = "wasm32")]

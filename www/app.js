@@ -1,6 +1,6 @@
-// The page: draws, and talks to the engine's worker (pkg/worker.js, from js/), where all of podar runs.
-import { noSharedMemory } from './pkg/gpu-bridge.js';
-import { isolate } from './pkg/index.js';
+// The page: draws, and runs podar through its public JavaScript API (pkg/index.js, from js/), as any
+// page that embeds the package does.
+import { Podar, isolate } from './pkg/index.js';
 import { drawLayers, drawPpl, drawRatio } from './results.js';
 
 const $ = (id) => document.getElementById(id);
@@ -10,96 +10,47 @@ const PRESETS = ['code-python.txt', 'english-vimtutor.txt', 'german-vimtutor.txt
 const DTYPES = { hf: ['f32', 'f16', 'bf16'], gguf: ['f32', 'f16', 'q8_0'] };
 const EVAL_CTX = 256;
 
-// ---- worker and its protocol ---------------------------------------------------------------
-const flagBuf = typeof SharedArrayBuffer === 'function' && self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
-const flag = flagBuf ? new Int32Array(flagBuf) : null;
-let worker = null;
-let nextId = 1;
-const pending = new Map();
-let lastModel = null; // how the current model was loaded, to reload after a worker restart
+// ---- the engine, through podar's public API ------------------------------------------------
+let podar = null; // the Podar instance: its worker runs all of podar
+let model = null; // the loaded Model
+let pruned = null; // the last prune's Pruned
+let job = null; // the running job's AbortController: Cancel aborts it
 
-function startWorker() {
-  worker = new Worker(new URL('./pkg/worker.js', import.meta.url), { type: 'module' });
-  worker.onmessage = (e) => {
-    const m = e.data;
-    const p = pending.get(m.id);
-    if (!p) return;
-    if (m.memory) {
-      state.peakMemory = Math.max(state.peakMemory, m.memory);
-      // The engine's wasm memory as last reported, readable by tests and the curious.
-      document.body.dataset.engineMemory = String(m.memory);
-    }
-    if (m.gpu) showGpu(m.gpu);
-    if (m.progress) return p.onProgress && p.onProgress(m.progress);
-    if (m.text !== undefined) return p.onText && p.onText(m.text);
-    pending.delete(m.id);
-    if (m.error !== undefined) p.reject(new Error(m.error));
-    else p.resolve(m.ok);
-    // A trap in the engine (out of memory, or a bug) leaves it unusable: start a fresh one.
-    if (m.fatal) workerDied(`it failed: ${m.error}; perhaps out of memory`);
-  };
-  worker.onerror = (e) => {
-    e.preventDefault();
-    // A module worker whose script cannot load fires a plain Event: restarting cannot help.
-    if (!(e instanceof ErrorEvent)) {
-      return workerDied('its script did not load: this browser may not run module workers, or files are missing', false);
-    }
-    workerDied(e.message || 'the engine stopped');
-  };
-  // The page's engine switches pass on to the worker: ?threads=0, ?simd=plain, ?gpu=0 or ?gpu=any.
+// The page's engine switches: ?threads=0, ?simd=plain, ?gpu=0 or ?gpu=any.
+function engineOptions() {
   const q = new URLSearchParams(location.search);
-  return call('init', {
-    flag: flagBuf, threads: q.get('threads') !== '0', simd: q.get('simd') === 'plain' ? 'plain' : 'auto',
+  return {
+    threads: q.get('threads') === '0' ? false : 'auto', simd: q.get('simd') === 'plain' ? 'plain' : 'auto',
     gpu: q.get('gpu') === '0' ? false : q.get('gpu') === 'any' ? 'any' : 'auto', useGpu: !$('force-cpu').checked,
-  });
+  };
 }
 
-function call(cmd, args = {}, hooks = {}) {
-  const id = nextId++;
-  return new Promise((resolve, reject) => {
-    pending.set(id, { resolve, reject, ...hooks });
-    worker.postMessage({ id, cmd, ...args });
-  });
-}
-
+// The engine stopped (it crashed, ran out of memory, or was stopped by a Cancel where the page has no
+// shared memory): a fresh one starts and reads the model again, so the page stays as it was. After
+// three fresh engines failed one after another, the page asks for a reload instead.
 let restarts = 0;
-// The engine failed or was stopped: pending calls fail with `why`, and a fresh engine starts,
-// unless `retry` is false (a restart cannot help) or engines failed one after another too often.
-function workerDied(why, retry = true) {
-  const said = why === 'cancelled' ? 'cancelled' : retry ? `the engine stopped (${why}); it was restarted` : `the engine could not start (${why})`;
-  for (const p of pending.values()) p.reject(new Error(said));
-  pending.clear();
-  worker.terminate();
-  state.loaded = false;
+async function revive(why) {
   state.pruned = false;
-  state.download = null;
-  if (!retry) {
-    $('engine').textContent = `The engine could not start: ${why}.`;
-    setStatus(`The engine could not start: ${why}.`);
-    refresh();
-    return;
-  }
-  // An engine that cannot start at all (module workers unsupported, files missing) is not retried forever.
-  // (Counted from the last engine that started.)
+  pruned = null;
   if (++restarts > 3) {
     $('engine').textContent = `The engine stopped (${why}) too often and was not restarted; reload the page.`;
-    refresh();
     return;
   }
-  startWorker().then(async (r) => {
-    showEngine(r);
-    const again = lastModel;
-    if (again) {
-      // The model the engine held is read again, so the page stays as it was.
-      setStatus(`The engine was restarted (${why}); loading the model again…`);
-      await loadModel(again.kind, again.payload, `The engine was restarted (${why}). The model is loaded again.`, true);
-    } else {
-      setStatus(`The engine was restarted (${why}).`);
-    }
-    refresh();
-  }).catch((e) => {
-    $('engine').textContent = `The engine did not start again: ${e.message}`;
-  });
+  const what = state.loaded ? `The engine was restarted (${why}); loading the model again` : null;
+  // Cancel stops the reading too.
+  job = new AbortController();
+  try {
+    if (what) setStatus(`${what}…`);
+    const clock = { stage: null };
+    const reread = await podar.restart({ onProgress: what ? (p) => progressText(p, clock, what) : undefined, signal: job.signal });
+    restarts = 0;
+    setStatus(reread ? `The engine was restarted (${why}). The model is loaded again.` : `The engine was restarted (${why}).`);
+  } catch (e) {
+    state.loaded = false;
+    setStatus(e.code === 'aborted' ? `The engine was restarted (${why}); reading the model again was cancelled: load it again.`
+      : `The engine was restarted (${why}), but it failed again: ${pageWords(e.message)}`);
+  }
+  showEngine();
 }
 
 // ---- state and drawing ---------------------------------------------------------------------
@@ -109,26 +60,26 @@ const state = {
 };
 
 function setStatus(msg) { $('status').textContent = msg; }
-// The core's messages name the command line's flags; the page shows its own controls' labels.
-const FLAG_LABELS = {
-  '--calib-samples': 'Calibration windows', '--calib-len': 'Window length', '--mlp-size': 'MLP pruning (%)',
-  '--mlp': 'MLP pruning (%)', '--heads': 'Heads to remove (%)', '--drop-layers-at': 'Layers to drop',
-  '--drop-layers': 'Layers to drop', '--drop-block': 'Layers to drop', '--divisor': 'Divisor',
-  '--correct': 'Error correction', '--error-estimate': 'Error correction', '--no-recover': 'Recovery off', '--ctx': 'the evaluation window',
+// The API's messages name its options (`mlp`, `calibLen`…); the page shows its own controls' labels.
+const OPTION_LABELS = {
+  calibSamples: 'Calibration windows', calibLen: 'Window length', mlpSize: 'MLP pruning (%)', mlp: 'MLP pruning (%)',
+  heads: 'Heads to remove (%)', dropLayersAt: 'Layers to drop', dropLayers: 'Layers to drop', dropBlock: 'Layers to drop',
+  divisor: 'Divisor', correct: 'Error correction', 'recover: false': 'Recovery off', ctx: 'the evaluation window',
 };
 function pageWords(msg) {
-  // The core speaks of --heads as a fraction; the page's field is in percent.
+  // The API speaks of `heads` as a fraction; the page's field is in percent.
   const pct = (f) => `${+(Number(f) * 100).toFixed(1)}%`;
-  msg = msg.replace(/--heads ([\d.]+)/g, (_, f) => `--heads of ${pct(f)}`)
-    .replace(/give at least ([\d.]+), or leave --heads out/, (_, f) => `give at least ${Math.ceil(Number(f) * 100)}%, or 0`);
-  return msg.replace(/--[a-z][a-z-]*/g, (f) => (FLAG_LABELS[f] ? `“${FLAG_LABELS[f]}”` : f))
-    .replace(/; raise “?--ridge”?/, '; the text may be too short or too repetitive for recovery: add text, or turn Recovery off');
+  msg = msg.replace(/`heads` ([\d.]+)/g, (_, f) => `\`heads\` of ${pct(f)}`)
+    .replace(/give at least ([\d.]+), or leave `heads` out/, (_, f) => `give at least ${Math.ceil(Number(f) * 100)}%, or 0`)
+    .replace(/; raise `ridge`/, '; the text may be too short or too repetitive for recovery: add text, or turn Recovery off');
+  return msg.replace(/`([^`]+)`/g, (all, name) => (OPTION_LABELS[name] ? `“${OPTION_LABELS[name]}”` : all));
 }
 function fmtParams(n) { return n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : `${(n / 1e6).toFixed(2)}M`; }
 function fmtBytes(n) { return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`; }
 
 function refresh() {
-  const idle = !state.busy;
+  // Nothing runs before the engine has started.
+  const idle = !state.busy && podar !== null;
   for (const id of ['load-example', 'load-url', 'model-files', 'model-folder']) $(id).disabled = !idle;
   // A plan the core refuses cannot be pruned; the plan line says why.
   // Nor can a text the page already says is too short for the calibration.
@@ -136,17 +87,17 @@ function refresh() {
   $('cancel').disabled = idle;
   $('download').disabled = !idle || !state.download;
   $('generate').disabled = !idle || !state.pruned;
-  $('force-cpu').disabled = !idle || !(state.gpu && state.gpu.available);
+  $('force-cpu').disabled = !idle || !state.gpu;
 }
 
-// `clock` holds the start of the current stage: each stage (download, load, calibrate…) counts
-// its own fraction from 0, so the time estimate starts again with it.
+// Each stage (download, load, calibrate…) counts its own fraction from 0, and the API estimates its
+// time left; `clock` holds when the current stage began, so that an estimate shows after 2 s.
 function progressText(p, clock, what) {
   const frac = p.total > 0 ? p.done / p.total : 0;
   $('bar').value = frac;
   if (clock.stage !== p.stage) { clock.stage = p.stage; clock.t0 = performance.now(); }
   const secs = (performance.now() - clock.t0) / 1e3;
-  const eta = frac > 0.02 && frac < 1 && secs >= 2 ? `, about ${Math.ceil(secs / frac - secs)} s left` : '';
+  const eta = p.eta !== null && secs >= 2 ? `, about ${Math.ceil(p.eta)} s left` : '';
   const big = p.total > 1e5 || p.stage.startsWith('download') || p.stage === 'write';
   const unit = p.stage === 'load' || p.stage === 'calibrate' || p.stage === 'score' ? 'layer ' : '';
   const count = big ? `${fmtBytes(p.done)}${p.total ? ' of ' + fmtBytes(p.total) : ''}`
@@ -154,20 +105,32 @@ function progressText(p, clock, what) {
   setStatus(`${what}: ${p.stage} ${count}${eta}`);
 }
 
-// Runs a worker call with progress, Cancel and error reporting; resolves to null when it failed.
-async function task(what, cmd, args, extra = {}) {
+// Runs one call of the API as part of the running job: `fn({onProgress, signal})`, with the job's
+// progress and Cancel, its error said in the page's words (with the API's code kept), and the
+// engine's memory noted.
+async function task(what, fn) {
   const clock = { stage: null, t0: performance.now() };
   try {
-    return await call(cmd, args, { onProgress: (p) => progressText(p, clock, what), ...extra });
+    return await fn({ onProgress: (p) => progressText(p, clock, what), signal: job.signal });
   } catch (e) {
-    throw new Error(e.message === 'cancelled' ? `${what}: cancelled` : `${what} failed: ${pageWords(e.message)}`);
+    const said = e.code === 'aborted' ? `${what}: cancelled` : `${what} failed: ${pageWords(e.message)}`;
+    throw Object.assign(new Error(said), { code: e.code });
+  } finally {
+    noteMemory();
   }
+}
+
+// The engine's wasm memory as last reported (readable by tests and the curious), and its peak.
+function noteMemory() {
+  if (!podar) return;
+  state.peakMemory = Math.max(state.peakMemory, podar.memoryBytes);
+  document.body.dataset.engineMemory = String(podar.memoryBytes);
 }
 
 async function busy(fn) {
   if (state.busy) return;
   state.busy = true;
-  if (flag) Atomics.store(flag, 0, 0);
+  job = new AbortController();
   setStatus('Working…');
   // The control that started the job is disabled while it runs: keyboard focus goes to Cancel,
   // and comes back afterwards.
@@ -176,13 +139,18 @@ async function busy(fn) {
   if (from && from.disabled) $('cancel').focus();
   try {
     await fn();
+    document.body.dataset.lastError = '';
   } catch (e) {
     setStatus(e.message);
+    // The API's code of the job's error, for tests: "model-too-large", "aborted"…
+    document.body.dataset.lastError = e.code || 'failed';
     $('bar').value = 0;
+    // An engine that crashed, or that a Cancel stopped: a fresh one, with the model read again.
+    if (podar && podar.stopped) await revive(e.code === 'aborted' ? 'cancelled' : e.message.replace(/^.*?failed: /, ''));
   } finally {
-    // A Cancel ends with the job: the calls below must not read its flag.
-    if (flag) Atomics.store(flag, 0, 0);
+    job = null;
     state.busy = false;
+    showEngine();
     refresh();
     if (document.activeElement === $('cancel') || document.activeElement === document.body) {
       if (from && !from.disabled && from !== document.body) from.focus();
@@ -208,44 +176,40 @@ function showSummary(s, names) {
   state.summary = s;
   const el = $('summary');
   el.hidden = false;
-  el.textContent = `${names.join(', ')}: ${s.architecture} (${s.format}, ${s.dtype}) — ${s.num_hidden_layers} layers, ` +
-    `hidden ${s.hidden_size}, MLP ${s.intermediate_size}, heads ${s.num_attention_heads} / ${s.num_key_value_heads} KV, ` +
-    `vocabulary ${s.vocab_size}, ${fmtParams(s.parameters)} parameters.`;
+  el.textContent = `${names.join(', ')}: ${s.architecture} (${s.format}, ${s.dtype}) — ${s.layers} layers, ` +
+    `hidden ${s.hidden}, MLP ${s.mlp}, heads ${s.heads} / ${s.kvHeads} KV, ` +
+    `vocabulary ${s.vocabulary}, ${fmtParams(s.parameters)} parameters.`;
 }
 
-async function loadModel(kind, payload, doneMessage, reload = false) {
+// `source`: a URL, or the chosen or dropped files.
+async function loadModel(source) {
   await busy(async () => {
     state.loaded = false; state.pruned = false; state.download = null;
-    if (!reload) {
-      // The engine drops the model it holds when another load starts, so whatever happens to this
-      // one, the earlier model's summary, plan and results are gone. (A reload after an engine
-      // restart reads the same model again, and the page stays as it was.)
-      state.beforeCache.clear(); state.runs = [];
-      $('summary').hidden = true; $('summary').textContent = '';
-      state.plan = null;
-      $('plan').textContent = 'Load a model to see the plan.';
-      clearResults();
-      drawRatio($('chart-ratio'), state.runs);
-    }
+    model = null; pruned = null;
+    // The engine drops the model it holds when another load starts, so whatever happens to this
+    // one, the earlier model's summary, plan and results are gone.
+    state.beforeCache.clear(); state.runs = [];
+    $('summary').hidden = true; $('summary').textContent = '';
+    state.plan = null;
+    $('plan').textContent = 'Load a model to see the plan.';
+    clearResults();
+    drawRatio($('chart-ratio'), state.runs);
     refresh();
-    let r;
-    if (kind === 'files') {
-      const files = payload;
-      const s = await task('Reading headers', 'inspect', { files });
-      showSummary(s, files.map((f) => f.name));
-      r = await task('Loading', 'load', { files });
-    } else {
-      r = await task('Loading', 'loadUrl', { url: payload });
+    if (Array.isArray(source)) {
+      // The headers first: what the model is shows while its weights are read, and a model too
+      // large for the page is refused before.
+      const s = await task('Reading headers', (o) => podar.inspect(source, o));
+      showSummary(s, source.map((f) => f.name));
     }
-    showSummary(r.summary, r.names);
-    lastModel = { kind, payload };
+    model = await task('Loading', (o) => podar.load(source, o));
+    showSummary(model.summary, model.summary.files);
     state.loaded = true;
-    setStatus(doneMessage || `Model loaded: ${fmtParams(r.summary.parameters)} parameters. Choose a domain text and press Prune.`);
+    setStatus(`Model loaded: ${fmtParams(model.summary.parameters)} parameters. Choose a domain text and press Prune.`);
     $('bar').value = 0;
   });
 }
 
-$('load-example').onclick = () => loadModel('url', new URL(EXAMPLE, location.href).href);
+$('load-example').onclick = () => loadModel(new URL(EXAMPLE, location.href).href);
 $('load-url').onclick = () => {
   const u = $('model-url').value.trim();
   if (!u) return setStatus('Type a model URL first.');
@@ -254,14 +218,14 @@ $('load-url').onclick = () => {
   if (!url || !['http:', 'https:'].includes(url.protocol)) {
     return setStatus(`“${u}” is not a web address: give an http:// or https:// link to a .gguf file or a Hugging Face model.`);
   }
-  loadModel('url', url.href);
+  loadModel(url.href);
 };
 // Each input is cleared once read, so that choosing the same files again (after a cancel or an
 // error) starts a new load.
 const takeFiles = (e) => {
   const files = [...e.target.files];
   e.target.value = '';
-  if (files.length) loadModel('files', files);
+  if (files.length) loadModel(files);
 };
 $('model-files').onchange = takeFiles;
 $('model-folder').onchange = takeFiles;
@@ -298,7 +262,7 @@ drop.ondrop = async (e) => {
   }
   // Hidden files (macOS ._ resource forks, .git…) are never model files.
   files = files.filter((f) => !f.name.startsWith('.'));
-  if (files.length) loadModel('files', files);
+  if (files.length) loadModel(files);
 };
 // Without folder picking (iOS Safari before 18.4) the folder input would pick one file: hidden.
 if (!('webkitdirectory' in HTMLInputElement.prototype)) {
@@ -340,7 +304,7 @@ async function updateText() {
   const need = samples * len;
   // A long text is counted only as far as a job reads it: calibration, then the held-out score.
   const evalMax = Math.max(0, Number($('eval-tokens').value) || 0);
-  const info = await call('textInfo', { text, calibLen: len, limit: need + evalMax });
+  const info = await model.text(text, { calibSamples: samples, calibLen: len, limit: need + evalMax });
   state.textTokens = info.tokens;
   // Static scores without recovery, heads or dropped layers read no text.
   const readsText = !STATIC_SCORES.includes($('score').value) || $('recover').checked ||
@@ -396,6 +360,7 @@ function field(id, { integer = false } = {}) {
   return v;
 }
 
+// The controls as the API's pruning options.
 function options() {
   const mlp = field('mlp') / 100;
   const drop = field('drop-layers', { integer: true });
@@ -403,22 +368,20 @@ function options() {
   const calibSamples = field('calib-samples', { integer: true });
   const calibLen = field('calib-len', { integer: true });
   field('eval-tokens', { integer: true }); // read by the job itself; checked here with the rest
-  const divisor = $('divisor').value ? Number($('divisor').value) : null;
   const block = $('drop-mode').value === 'block';
-  const score = $('score').value;
   return {
-    mlp_fraction: mlp > 0 ? mlp : null,
-    divisor,
-    score,
+    mlp: mlp > 0 ? mlp : undefined,
+    divisor: $('divisor').value ? Number($('divisor').value) : undefined,
+    score: $('score').value,
     recover: $('recover').checked,
-    calib_samples: calibSamples,
-    calib_len: calibLen,
-    drop_layers: drop > 0 && !block ? drop : null,
-    drop_block: drop > 0 && block ? drop : null,
-    heads: heads > 0 ? heads : null,
+    calibSamples,
+    calibLen,
+    dropLayers: drop > 0 && !block ? drop : undefined,
+    dropBlock: drop > 0 && block ? drop : undefined,
+    heads: heads > 0 ? heads : undefined,
     sequential: true,
-    // On: the core's default strength, with the error estimated (the default) or measured; or off.
-    ...({ residuals: {}, stream: { error_estimate: 'stream' }, off: { correct: 0 } })[$('correct').value],
+    // On: the default strength, with the error estimated from residuals (the default) or measured; or off.
+    correct: $('correct').value,
   };
 }
 const STATIC_SCORES = ['maw', 'l2', 'vow', 'pon'];
@@ -433,13 +396,13 @@ fillDtypes();
 async function updatePlan() {
   if (!state.loaded || state.busy) return;
   try {
-    const p = await call('plan', { options: options(), format: $('format').value, dtype: $('dtype').value });
+    const p = await model.plan(options(), { format: $('format').value, dtype: $('dtype').value });
     state.planError = false;
     state.plan = p;
-    $('plan').textContent = `Parameters ${fmtParams(p.parameters_before)} → ${fmtParams(p.parameters_after)} ` +
-      `(−${(100 * (1 - p.parameters_after / p.parameters_before)).toFixed(1)}%); layers ${p.layers_before} → ${p.layers_after}, ` +
-      `MLP ${p.intermediate_before} → ${p.intermediate_after}, KV heads ${p.kv_heads_before} → ${p.kv_heads_after}; ` +
-      `download about ${fmtBytes(p.bytes_after)}; calibration needs ${p.calib_tokens} tokens.` +
+    $('plan').textContent = `Parameters ${fmtParams(p.parametersBefore)} → ${fmtParams(p.parametersAfter)} ` +
+      `(−${(100 * (1 - p.parametersAfter / p.parametersBefore)).toFixed(1)}%); layers ${p.layersBefore} → ${p.layersAfter}, ` +
+      `MLP ${p.mlpBefore} → ${p.mlpAfter}, KV heads ${p.kvHeadsBefore} → ${p.kvHeadsAfter}; ` +
+      `download about ${fmtBytes(p.fileBytes)}; calibration needs ${p.calibrationTokens} tokens.` +
       p.warnings.map((w) => ` Note: ${w}.`).join('');
   } catch (e) {
     state.plan = null;
@@ -478,8 +441,9 @@ function textHash(s) {
   return h.toString(16);
 }
 
-async function perplexityOf(which, t, what) {
-  return (await task(what, 'eval', { which, text: t.text, skip: t.skip, maxTokens: t.max, ctx: EVAL_CTX })).perplexity;
+// `of`: the Model or the Pruned.
+async function perplexityOf(of, t, what) {
+  return (await task(what, (o) => of.perplexity(t.text, { skip: t.skip, maxTokens: t.max, ctx: EVAL_CTX, ...o }))).perplexity;
 }
 
 async function prune() {
@@ -494,37 +458,36 @@ async function prune() {
     // Everything the job uses is read now: changing a control while it runs changes the next job only.
     const opts = options();
     const format = $('format').value, dtype = $('dtype').value, mlpPercent = field('mlp');
-    if (STATIC_SCORES.includes(opts.score) && !opts.recover && !opts.heads && !opts.drop_layers && !opts.drop_block) {
+    if (STATIC_SCORES.includes(opts.score) && !opts.recover && !opts.heads && !opts.dropLayers && !opts.dropBlock) {
       setStatus('Static weight scores damage small models badly; prefer a data-driven method.');
     }
-    const skip = opts.calib_samples * opts.calib_len;
+    const skip = opts.calibSamples * opts.calibLen;
     const texts = await evalTexts(text, skip);
     const rows = [];
     for (const t of texts) {
       const key = `${t.name}|${t.skip}|${t.max}|${t.text.length}|${textHash(t.text)}`;
-      if (!state.beforeCache.has(key)) state.beforeCache.set(key, await perplexityOf('source', t, `Scoring the original on ${t.name}`));
+      if (!state.beforeCache.has(key)) state.beforeCache.set(key, await perplexityOf(model, t, `Scoring the original on ${t.name}`));
       rows.push({ name: t.name, before: state.beforeCache.get(key) });
     }
     drawPpl($('ppl'), rows);
     let r, out;
     try {
-      r = await task('Pruning', 'prune', { text, options: opts });
+      pruned = await task('Pruning', (o) => model.prune(text, opts, o));
+      r = pruned.report;
       state.pruned = true;
-      drawLayers($('chart-layers'), r);
+      drawLayers($('chart-layers'), pruned.layerInfluence, r.keptLayers);
       for (const [i, t] of texts.entries()) {
-        rows[i].after = await perplexityOf('pruned', t, `Scoring the pruned model on ${t.name}`);
+        rows[i].after = await perplexityOf(pruned, t, `Scoring the pruned model on ${t.name}`);
         drawPpl($('ppl'), rows);
       }
       const held = rows.find((x) => x.name.startsWith('your text'));
-      const more = [r.kept_layers.length < r.layers_before ? `${r.layers_before - r.kept_layers.length} layers dropped` : '',
-        r.kept_kv_heads.some((k) => k.length < r.kv_heads_before) ? 'heads removed' : ''].filter(Boolean).join(', ');
+      const more = [r.keptLayers.length < r.layersBefore ? `${r.layersBefore - r.keptLayers.length} layers dropped` : '',
+        r.keptKvHeads.some((k) => k.length < r.kvHeadsBefore) ? 'heads removed' : ''].filter(Boolean).join(', ');
       state.runs.push({ mlp: mlpPercent, score: opts.score, recover: opts.recover, more,
         ppl: held && held.after, base: held && held.before });
       drawRatio($('chart-ratio'), state.runs);
-      out = await task('Writing the download', 'export', {
-        format, dtype, evals: rows.map((x) => ({ name: x.name, before: x.before, after: x.after })),
-        expectBytes: state.plan ? state.plan.bytes_after : 0,
-      });
+      const evals = rows.map((x) => ({ name: x.name, before: x.before, after: x.after }));
+      out = await task('Writing the download', (o) => pruned.export({ format, dtype, evals, ...o }));
     } catch (e) {
       // Cancelled or failed: what was not measured says so, instead of "…".
       for (const row of rows) if (row.after === undefined) row.after = null;
@@ -533,14 +496,15 @@ async function prune() {
     }
     state.download = out;
     const secs = (performance.now() - t0) / 1e3;
-    $('sizes').textContent = `Parameters ${fmtParams(r.parameters_before)} → ${fmtParams(r.parameters_after)}; ` +
-      `layers ${r.layers_before} → ${r.kept_layers.length}; MLP ${r.intermediate_before} → ${r.intermediate_after}; ` +
-      `calibrated on ${r.calib_tokens} tokens; prune ${r.seconds.toFixed(1)} s, whole job ${secs.toFixed(1)} s; ` +
-      `download ${out.name}, ${fmtBytes(out.blob.size)}; peak engine memory ${fmtBytes(state.peakMemory)}.`;
+    $('sizes').textContent = `Parameters ${fmtParams(r.parametersBefore)} → ${fmtParams(r.parametersAfter)}; ` +
+      `layers ${r.layersBefore} → ${r.keptLayers.length}; MLP ${r.mlpBefore} → ${r.mlpAfter}; ` +
+      `calibrated on ${r.calibrationTokens} tokens; prune ${r.seconds.toFixed(1)} s, whole job ${secs.toFixed(1)} s; ` +
+      `download ${out.name}, ${fmtBytes(out.size)}; peak engine memory ${fmtBytes(state.peakMemory)}.`;
     $('bar').value = 1;
-    state.lastJob = { seconds: secs, pruneSeconds: r.seconds, peakMemory: state.peakMemory, bytes: out.blob.size,
-      engine: state.gpu && state.gpu.on && !state.gpu.failed ? 'webgpu' : 'cpu', gpuProducts: state.gpu ? state.gpu.products : 0 };
-    setStatus(`Pruned to ${fmtParams(r.parameters_after)} parameters in ${secs.toFixed(1)} s. Done`);
+    const gpu = podar.capabilities.webgpu;
+    state.lastJob = { seconds: secs, pruneSeconds: r.seconds, peakMemory: state.peakMemory, bytes: out.size,
+      engine: gpu && gpu.inUse ? 'webgpu' : 'cpu', gpuProducts: gpu ? gpu.products : 0 };
+    setStatus(`Pruned to ${fmtParams(r.parametersAfter)} parameters in ${secs.toFixed(1)} s. Done`);
   });
 }
 $('prune').onclick = prune;
@@ -549,7 +513,7 @@ $('download').onclick = () => {
   const d = state.download;
   if (!d) return;
   const a = document.createElement('a');
-  a.href = URL.createObjectURL(d.blob);
+  a.href = URL.createObjectURL(d);
   a.download = d.name;
   document.body.appendChild(a);
   a.click();
@@ -557,74 +521,76 @@ $('download').onclick = () => {
   setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
 };
 
+// Where the page has no shared memory, the API stops the engine, and the page starts a new one.
 $('cancel').onclick = () => {
-  if (!state.busy) return;
-  if (flag) {
-    Atomics.store(flag, 0, 1);
-    worker.postMessage({ cmd: 'cancel' });
-    setStatus('Cancelling…');
-  } else {
-    // Without cross-origin isolation there is no shared flag: stop the engine and start a new one.
-    workerDied('cancelled');
-  }
+  if (!state.busy || !job) return;
+  job.abort();
+  setStatus('Cancelling…');
 };
 
 $('generate').onclick = () => busy(async () => {
   const prompt = $('prompt').value;
   const chat = $('chat').checked;
-  for (const which of ['source', 'pruned']) {
-    const out = $(which === 'source' ? 'gen-source' : 'gen-pruned');
+  for (const [of, id, name] of [[model, 'gen-source', 'original'], [pruned, 'gen-pruned', 'pruned']]) {
+    const out = $(id);
     out.textContent = '';
-    await task(`Generating (${which === 'source' ? 'original' : 'pruned'})`, 'generate',
-      { which, prompt, maxTokens: 48, chat }, { onText: (piece) => { out.textContent += piece; } });
+    await task(`Generating (${name})`, async ({ signal }) => {
+      for await (const piece of of.generate(prompt, { maxTokens: 48, chat, signal })) out.textContent += piece;
+    });
   }
   setStatus('Generated with both models. Done');
 });
 
 // ---- start -----------------------------------------------------------------------------------
-// The engine line: CPU threads, and whether the matrix products run on WebGPU.
+// The engine line, from the API's capabilities: CPU threads, and whether the matrix products run
+// on WebGPU (and if not, why not).
 function engineText() {
-  const t = state.threads || 1;
-  const cpu = `CPU, WebAssembly ${state.simd || 'SIMD'}, ${t} thread${t > 1 ? 's' : ''}`;
-  const g = state.gpu;
+  const c = podar.capabilities;
+  const cpu = `CPU, WebAssembly ${c.relaxedSimd ? 'relaxed SIMD' : 'SIMD'}, ${c.threads} thread${c.threads > 1 ? 's' : ''}`;
+  const g = c.webgpu;
+  const ms = (x) => (x === null ? 'failed' : `${x.toFixed(0)} ms`);
   let gpu;
-  if (!g || !g.available) gpu = `no GPU (${g ? g.info : 'not checked'})`;
+  if (!g) gpu = `no GPU (${c.webgpuUnavailable || 'not checked'})`;
   else if (g.failed) gpu = `WebGPU failed (${g.error || 'unknown error'}); the CPU took over`;
-  else if (g.on) gpu = `matrix products on WebGPU: ${g.info}`;
-  else gpu = `WebGPU available (${g.info}), CPU forced`;
-  return `Engine ready: ${cpu}; ${gpu}.` + (state.threadsFailed ? ` (One thread: ${state.threadsFailed}.)` : '') +
-    (flag ? '' : ` (Cancel restarts the engine: ${noSharedMemory()}.)`);
+  else if (g.inUse) gpu = `matrix products on WebGPU: ${g.adapter}`;
+  else if (state.forcedCpu || !g.trial) gpu = `WebGPU available (${g.adapter}), CPU forced`;
+  else gpu = `WebGPU available (${g.adapter}), the CPU is faster (one product: CPU ${ms(g.trial.cpuMs)}, GPU ${ms(g.trial.gpuMs)})`;
+  // Without shared memory nothing can stop a running call but the end of its engine.
+  const shared = c.crossOriginIsolated && typeof SharedArrayBuffer === 'function';
+  const noShared = c.crossOriginIsolated ? 'this browser gives the page no SharedArrayBuffer' : 'the page is not cross-origin isolated';
+  return `Engine ready: ${cpu}; ${gpu}.` + (shared && c.threadsUnavailable ? ` (One thread: ${c.threadsUnavailable}.)` : '') +
+    (shared ? '' : ` (Cancel restarts the engine: ${noShared}.)`);
 }
 
-function showGpu(g) {
+function showEngine() {
+  if (!podar || podar.stopped) return;
+  const g = podar.capabilities.webgpu;
+  // Ticked whenever the CPU runs everything: no adapter, the engine found the CPU faster, the GPU
+  // failed, or the reader ticked it.
+  if (!g || !g.inUse) $('force-cpu').checked = true;
   state.gpu = g;
-  if (!g.available) $('force-cpu').checked = true;
   $('engine').textContent = engineText();
   refresh();
 }
 
 $('force-cpu').onchange = () => busy(async () => {
-  await task('Switching engine', 'setGpu', { on: !$('force-cpu').checked });
+  state.forcedCpu = $('force-cpu').checked;
+  await task('Switching engine', () => podar.setGpu(!$('force-cpu').checked));
   setStatus($('force-cpu').checked ? 'The CPU runs everything. Done' : 'Matrix products run on WebGPU. Done');
 });
-
-function showEngine(r) {
-  restarts = 0; // this engine started: only engines that fail one after another stop the restarts
-  state.threads = r.threads;
-  state.simd = r.simd;
-  state.threadsFailed = r.threadsFailed;
-  showGpu(r.gpu);
-  refresh();
-}
 
 (async () => {
   try {
     // On a host that sends no COOP/COEP headers (the static site, `make site`), podar's service
     // worker makes the page cross-origin isolated, for threads: this reloads the page once.
+    refresh();
     await isolate('./coi-sw.js').catch((e) => console.warn(`podar: no cross-origin isolation (${e.message})`));
-    showEngine(await startWorker());
+    podar = await Podar.create(engineOptions());
+    noteMemory();
+    showEngine();
   } catch (e) {
-    $('engine').textContent = `The engine did not start: ${e.message}`;
+    $('engine').textContent = `The engine could not start: ${e.message}.`;
+    setStatus(`The engine could not start: ${e.message}.`);
   }
 })();
 

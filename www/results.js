@@ -48,10 +48,10 @@ function hatch(svg) {
   return `url(#${svg.id}-hatch)`;
 }
 
-export function drawLayers(svg, r) {
+// `inf`: each layer's influence on the domain text; `keptLayers`: the layers the prune kept.
+export function drawLayers(svg, inf, keptLayers) {
   const W = 640, H = 190, L = 44, B = 34;
   frame(svg, W, H);
-  const inf = r.layer_influence;
   if (!inf.length) { svg.appendChild(el('text', { x: 10, y: 20 }, 'Static scores: no calibration, no influence measured.')); return; }
   const dropped = hatch(svg);
   const max = Math.max(...inf) || 1;
@@ -63,7 +63,7 @@ export function drawLayers(svg, r) {
     svg.appendChild(el('text', { x: L - 4, y: ys(v) + 3, 'text-anchor': 'end', class: 'tick' }, v.toFixed(3)));
   }
   inf.forEach((v, i) => {
-    const kept = r.kept_layers.includes(i);
+    const kept = keptLayers.includes(i);
     const rect = el('rect', { x: L + i * bw + 1, y: ys(v), width: Math.max(1, bw - 2), height: H - B - ys(v),
       class: kept ? 'bar' : 'bar dropped', ...(kept ? {} : { fill: dropped }) });
     rect.appendChild(el('title', {}, `layer ${i}: ${v.toFixed(4)}${kept ? '' : ' (dropped)'}`));
@@ -71,7 +71,7 @@ export function drawLayers(svg, r) {
     if (inf.length <= 40 || i % 5 === 0) svg.appendChild(el('text', { x: L + i * bw + bw / 2, y: H - B + 13, 'text-anchor': 'middle', class: 'tick' }, i));
   });
   svg.appendChild(el('text', { x: (L + W) / 2, y: H - 4, 'text-anchor': 'middle', class: 'tick' }, 'layer'));
-  if (r.kept_layers.length < inf.length) {
+  if (keptLayers.length < inf.length) {
     svg.appendChild(el('rect', { x: W - 120, y: 6, width: 12, height: 10, fill: dropped, class: 'bar dropped' }));
     svg.appendChild(el('text', { x: W - 104, y: 15, class: 'tick' }, 'dropped layer'));
   }

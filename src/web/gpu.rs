@@ -73,6 +73,38 @@ impl BridgeOffload {
     }
 }
 
+/// Times one matrix product of the calibration's kind (`[512, 1024] · [1024, 1024]ᵀ`, f32) on the
+/// CPU kernels and on the GPU behind `bridge`, each after one untimed run (which, on the GPU, uploads
+/// the weight and builds the pipeline): milliseconds on each, the GPU's `None` where it failed. The
+/// kernels' offload is left unset.
+pub fn time_product(bridge: GpuBridge) -> crate::error::Result<(f64, Option<f64>)> {
+    const ROWS: usize = 512;
+    const K: usize = 1024;
+    const N: usize = 1024;
+    // Values of no particular pattern, all finite, so that no path can shortcut them.
+    let fill = |len: usize, seed: u32| -> Vec<f32> {
+        (0..len as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+    };
+    let x = Tensor::from_vec(fill(ROWS * K, 7), (ROWS, K), &candle_core::Device::Cpu)?;
+    let w = Tensor::from_vec(fill(N * K, 11), (N, K), &candle_core::Device::Cpu)?;
+    let timed = || -> crate::error::Result<f64> {
+        crate::kernels::linear(&x, &w, None)?;
+        let t0 = js_sys::Date::now();
+        crate::kernels::linear(&x, &w, None)?;
+        Ok(js_sys::Date::now() - t0)
+    };
+    crate::kernels::set_offload(None);
+    let cpu = timed()?;
+    let gpu = std::rc::Rc::new(BridgeOffload::new(bridge));
+    crate::kernels::set_offload(Some(gpu.clone() as std::rc::Rc<dyn Offload>));
+    let on_gpu = timed();
+    crate::kernels::set_offload(None);
+    gpu.forget();
+    // Both runs must have gone to the GPU: after a failure the CPU kernels answer instead.
+    let on_gpu = on_gpu?;
+    Ok((cpu, (gpu.calls.get() == 2 && !gpu.failed()).then_some(on_gpu)))
+}
+
 impl Offload for BridgeOffload {
     fn linear(&self, x: &[f32], rows: usize, k: usize, w: &Tensor, n: usize) -> Option<Vec<f32>> {
         if self.failed.get() {

@@ -32,6 +32,26 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
+#[wasm_bindgen(inline_js = "let channel = null;
+export function podar_failed_allocation(token, failed, live) {
+  try {
+    channel ??= new BroadcastChannel('podar-engine');
+    channel.postMessage({ token, failed, live });
+  } catch (e) {}
+}")]
+extern "C" {
+    /// Posts `{token, failed, live}` on the BroadcastChannel "podar-engine" (see
+    /// [`Session::tell_failed_allocations`]). Passes only numbers: nothing is allocated in wasm.
+    fn podar_failed_allocation(token: u32, failed: f64, live: f64);
+}
+
+static ENGINE_TOKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn tell_failed_allocation(size: usize) {
+    let token = ENGINE_TOKEN.load(std::sync::atomic::Ordering::Relaxed);
+    podar_failed_allocation(token, size as f64, crate::memory::live() as f64);
+}
+
 /// A JavaScript `Error` with the message, and the kind of error as its `code` ([`Error::code`]).
 fn js_err(e: Error) -> JsValue {
     let err = js_sys::Error::new(&e.to_string());
@@ -338,6 +358,52 @@ impl Session {
         let _ = js_sys::Reflect::set(&o, &"failed".into(), &failed.into());
         let _ = js_sys::Reflect::set(&o, &"products".into(), &(calls as f64).into());
         o.into()
+    }
+
+    /// One matrix product timed on the CPU and on the GPU behind `bridge` (see
+    /// [`gpu::time_product`]): `{cpu_ms, gpu_ms}`, `gpu_ms` null where the GPU failed. Run before
+    /// a session takes the bridge: it leaves the kernels on the CPU.
+    pub fn time_gpu(bridge: GpuBridge) -> std::result::Result<JsValue, JsValue> {
+        #[derive(Serialize)]
+        struct Trial {
+            cpu_ms: f64,
+            gpu_ms: Option<f64>,
+        }
+        let (cpu_ms, gpu_ms) = gpu::time_product(bridge).map_err(js_err)?;
+        to_js(&Trial { cpu_ms, gpu_ms })
+    }
+
+    /// Names this engine `token` in what it says when an allocation fails: on any of its threads,
+    /// before that thread aborts, `{token, failed, live}` (bytes) goes out on the BroadcastChannel
+    /// "podar-engine". A worker of the thread pool that aborts leaves the engine waiting for it
+    /// for ever; this message is how the page learns why, and ends the engine.
+    pub fn tell_failed_allocations(token: u32) {
+        ENGINE_TOKEN.store(token, std::sync::atomic::Ordering::Relaxed);
+        crate::memory::on_failed_allocation(tell_failed_allocation);
+    }
+
+    /// Caps the engine's heap at `bytes` (a test knob: out of memory on a small model), or lifts
+    /// the cap (`undefined`).
+    pub fn set_memory_limit(bytes: Option<f64>) {
+        crate::memory::set_cap(bytes.map(|b| b.max(0.0) as usize));
+    }
+
+    /// After a trap: `{failed, live, limit}` in bytes when an allocation failed since the last
+    /// call of this (the engine ran out of memory), else null (the trap was a bug). Read before
+    /// each call, to start it with nothing noted.
+    pub fn take_failed_allocation() -> JsValue {
+        #[derive(Serialize)]
+        struct Failed {
+            failed: usize,
+            live: usize,
+            limit: Option<usize>,
+        }
+        let failed = crate::memory::failed_allocation();
+        crate::memory::clear_failed_allocation();
+        if failed == 0 {
+            return JsValue::NULL;
+        }
+        to_js(&Failed { failed, live: crate::memory::live(), limit: crate::memory::cap() }).unwrap_or(JsValue::NULL)
     }
 
     /// Threads the CPU kernels use (1 unless the page runs wasm threads).

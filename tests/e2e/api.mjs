@@ -147,6 +147,16 @@ try {
     const again = await model.prune(text, { mlp: 0.1, calibSamples: 2 });
     res.replacedPrune = await outcome(pruned.perplexity(text, held));
     res.again = again.report.mlpAfter;
+    // A count that goes past the calibration's need, to know a held-out part is left.
+    res.limited = await model.text(text, { calibSamples: 2, limit: 3000 });
+    // Headers alone, from a Blob; the GPU switch without an adapter (no WebGPU here) says why.
+    res.inspected = await podar.inspect(await (await fetch(url)).blob());
+    res.noGpu = await outcome(podar.setGpu(true));
+    // A fresh engine: the model is read again and measures the same; the pruned model is gone.
+    res.restarted = await podar.restart();
+    res.stoppedAfter = podar.stopped;
+    res.afterRestart = (await model.perplexity(text, held)).perplexity;
+    res.prunedAfterRestart = await outcome(again.perplexity(text, held));
     // Two instances side by side; disposing one leaves the other.
     const other = await Podar.create({ threads: false });
     res.otherThreads = other.capabilities.threads;
@@ -202,6 +212,36 @@ try {
   assert.equal(q.list.length, 0, 'a half-stored entry is left');
   assert.equal(q.parameters, 134515008);
 
+  // Out of memory, on a small model: with the engine's heap capped at what loading the model took
+  // (the wasm memory after a load, which holds the heap's peak) and so below what pruning it takes,
+  // the prune fails with its code and says why, on two threads (where a thread of the pool runs out)
+  // as on one; the engine is restarted with the model read again, and the instance measures as before.
+  const oom = (threads) => page.evaluate(async ({ text, threads }) => {
+    const { Podar } = await import('podar');
+    const url = new URL('../../models/SmolLM2-135M-Instruct.Q4_1.gguf', location.href);
+    const free = await Podar.create({ threads });
+    await free.load(url);
+    const limit = free.memoryBytes;
+    free.dispose();
+    const podar = await Podar.create({ memoryLimit: limit, threads });
+    const model = await podar.load(url);
+    const res = { before: (await model.perplexity(text, { maxTokens: 512 })).perplexity };
+    res.prune = await model.prune(text, { mlp: 0.2, calibSamples: 8 }).then(() => 'resolved', (e) => `${e.code}: ${e.message}`);
+    res.stopped = podar.stopped;
+    res.after = (await model.perplexity(text, { maxTokens: 512 })).perplexity;
+    res.stoppedAfter = podar.stopped;
+    podar.dispose();
+    return res;
+  }, { text, threads });
+  for (const threads of ['auto', false]) {
+    const o = await oom(threads);
+    log(`out of memory (threads ${threads}):`, JSON.stringify(o));
+    assert.match(o.prune, /^out-of-memory: out of memory: the engine could not get \d+ [KM]B more with \d+ MB in use \(its memoryLimit is \d+ MB\)$/);
+    assert.equal(o.stopped, true);
+    assert.equal(o.after, o.before, 'the model read again after running out of memory measures otherwise');
+    assert.equal(o.stoppedAfter, false);
+  }
+
   log('capabilities:', JSON.stringify(r.capabilities));
   log(`load stages ${r.loadStages.join(', ')}; domain ${r.domain.tokens} tokens (need ${r.domain.need}); ` +
     `plan ${r.plan.parametersAfter} parameters, ${r.plan.fileBytes} bytes`);
@@ -232,6 +272,15 @@ try {
   assert.equal(r.file.name, 'SmolLM2-135M-Instruct.Q4_1-podar.gguf');
   assert.equal(r.replacedPrune, 'PodarError PodarError superseded');
   assert.equal(r.again, 1383);
+  assert.ok(r.limited.tokens >= 3000 && r.limited.need === 256 && r.limited.windows === Math.floor(r.limited.tokens / 128),
+    JSON.stringify({ ...r.limited, text: undefined }));
+  assert.equal(r.inspected.parameters, 134515008);
+  assert.equal(r.inspected.mlp, 1536);
+  assert.equal(r.noGpu, 'PodarError PodarError gpu');
+  assert.equal(r.restarted, true);
+  assert.equal(r.stoppedAfter, false);
+  assert.equal(r.afterRestart, r.before, 'the model read again after a restart measures otherwise');
+  assert.equal(r.prunedAfterRestart, 'PodarError PodarError superseded');
   assert.equal(r.otherThreads, 1);
   assert.equal(r.otherPpl.toFixed(4), r.before.toFixed(4), 'the second, single-threaded instance measures otherwise');
   assert.equal(r.disposed, 'PodarError PodarError disposed');

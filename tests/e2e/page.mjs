@@ -99,6 +99,8 @@ try {
   msg = await waitStatus(/failed/, 60_000);
   log('model too big:', msg);
   assert.match(msg, /1\.07B parameters: pruning it in the page needs about 6\.3 GB/);
+  // The page runs on the public API: the refusal came with the API's error code.
+  assert.equal(await page.evaluate(() => document.body.dataset.lastError), 'model-too-large');
 
   // The example model.
   let t0 = Date.now();

@@ -54,6 +54,10 @@ try {
   log(`job in ${((Date.now() - t0) / 1e3).toFixed(1)} s:`, msg);
   assert.match(msg, /Done$/);
   const job = await page.evaluate(() => window.podar.state.lastJob);
+  // The product the engine timed on both when it started (gpu "any" takes the GPU whatever it says).
+  const trial = await page.evaluate(() => window.podar.state.gpu.trial);
+  log(`one product ([512, 1024] · [1024, 1024]ᵀ): CPU ${trial.cpuMs} ms, WebGPU ${trial.gpuMs} ms`);
+  assert.ok(trial.cpuMs > 0 && trial.gpuMs > 0, JSON.stringify(trial));
   const shown = await page.locator('#engine').textContent();
   log(`engine ${job.engine}, ${job.gpuProducts} products on the GPU; ${shown}`);
   assert.equal(job.engine, 'webgpu', shown);
