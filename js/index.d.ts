@@ -262,6 +262,8 @@ export class Podar {
   readonly capabilities: Capabilities;
   /** Bytes of wasm memory the engine holds (also its peak: wasm memory never shrinks). */
   readonly memoryBytes: number;
+  /** The engine's heap after the last call, in bytes: in use, and the most in use at once since it started. */
+  readonly heap: { live: number; peak: number };
   /** Whether the engine stopped (a crash, or an abort where the page is not cross-origin isolated):
    * the next call starts a fresh one and reads the model again. */
   readonly stopped: boolean;

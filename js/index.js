@@ -179,6 +179,7 @@ class Engine {
 
   receive(m) {
     if (m.memory) this.memory = m.memory;
+    if (m.heap) this.heap = m.heap;
     const p = this.pending.get(m.id);
     if (!p) return;
     if (m.gpu) this.gpu = m.gpu;
@@ -312,6 +313,13 @@ export class Podar {
   /** Bytes of wasm memory the engine holds (wasm memory never shrinks: also its peak). */
   get memoryBytes() {
     return this.engine.memory;
+  }
+
+  /** The engine's heap after the last call: `{live, peak}`, the bytes in use and the most in use at
+   * once since the engine started. They live inside `memoryBytes`, which only grows: a `live` that
+   * stays flat from job to job while `memoryBytes` grows is fragmentation, not a leak. */
+  get heap() {
+    return this.engine.heap || { live: 0, peak: 0 };
   }
 
   /** Whether the engine stopped (a crash, or an abort where the page is not cross-origin

@@ -309,7 +309,8 @@ self.onmessage = async (e) => {
         if (m.gpu !== 'any') useGpu = trial.gpuMs !== null && trial.cpuMs !== null && trial.gpuMs < trial.cpuMs;
       }
       if (useGpu) session.set_gpu(bridge);
-      postMessage({ id: m.id, ok: { threads: podar.Session.threads(), simd, threadsFailed, gpu: gpuState() }, memory: podar.Session.memory_bytes() });
+      postMessage({ id: m.id, ok: { threads: podar.Session.threads(), simd, threadsFailed, gpu: gpuState() }, memory: podar.Session.memory_bytes(),
+        heap: podar.Session.heap() });
       return;
     }
     if (m.cmd === 'cancel') {
@@ -320,7 +321,7 @@ self.onmessage = async (e) => {
     const ok = await run(m);
     // A call that stopped early because of Cancel (generation, an export) did not finish its work.
     if (cancelled()) throw new Error('cancelled');
-    postMessage({ id: m.id, ok, memory: podar.Session.memory_bytes(), gpu: gpuState() });
+    postMessage({ id: m.id, ok, memory: podar.Session.memory_bytes(), heap: podar.Session.heap(), gpu: gpuState() });
   } catch (err) {
     const stopped = cancelled() || (err && err.name === 'AbortError');
     const msg = stopped ? 'cancelled' : String((err && err.message) || err);
@@ -331,6 +332,7 @@ self.onmessage = async (e) => {
     const oom = (err instanceof RangeError && /memory/i.test(err.message)) || failed !== null;
     const fatal = err instanceof WebAssembly.RuntimeError || oom;
     const code = stopped ? 'aborted' : oom ? 'out-of-memory' : fatal ? 'engine-crashed' : (err && err.code) || 'failed';
-    postMessage({ id: m.id, error: msg, code, fatal, failed, memory: podar ? podar.Session.memory_bytes() : 0 });
+    postMessage({ id: m.id, error: msg, code, fatal, failed, memory: podar ? podar.Session.memory_bytes() : 0,
+      heap: podar && !fatal ? podar.Session.heap() : null });
   }
 };

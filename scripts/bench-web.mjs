@@ -1,6 +1,8 @@
 // `make bench-web`: the whole in-page job for SmolLM2-135M in headless Chromium — load the GGUF,
 // calibrate 64×128 on code, prune 20% MLP, recover, build the zip — with its seconds and the peak
-// wasm memory. Prints numbers; asserts nothing.
+// wasm memory; then the same prune again (BENCH_JOBS in all, default 3) in the same page, with the
+// wasm memory and the engine's heap in use after each, to see whether memory grows from job to job.
+// Prints numbers; asserts nothing.
 // Calibration text: ../shared/corpora/code_calib.txt when present, else the page's code preset.
 // BENCH_MODEL=DIR loads a Hugging Face folder instead of the example model (e.g. one made by
 // scripts/random-model.py); BENCH_SAMPLES sets the calibration windows (default 64);
@@ -13,6 +15,7 @@ const shared = path.join(root, '../shared/corpora/code_calib.txt');
 const calib = fs.existsSync(shared) ? shared : path.join(root, 'www/presets/code-python.txt');
 const samples = Number(process.env.BENCH_SAMPLES || 64);
 const modelDir = process.env.BENCH_MODEL;
+const jobs = Math.max(1, Number(process.env.BENCH_JOBS || 3));
 
 const app = await serve(root);
 const browser = await launch();
@@ -49,6 +52,18 @@ try {
   console.log(`bench-web: calibration text ${path.relative(root, calib)}, ${samples}×128 tokens, 20% MLP, ${score} + recovery${correct}, zip f32`);
   console.log(`bench-web: load ${load.toFixed(1)} s, prune ${r.pruneSeconds.toFixed(1)} s, prune+zip ${job.toFixed(1)} s, whole job ${(load + job).toFixed(1)} s`);
   console.log(`bench-web: peak wasm memory ${(r.peakMemory / 2 ** 20).toFixed(0)} MiB = ${(r.peakMemory / f32Bytes).toFixed(2)}× the f32 model (${(f32Bytes / 2 ** 20).toFixed(0)} MiB); zip ${(r.bytes / 1e6).toFixed(1)} MB`);
+  const mib = (b) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+  const line = (i, j) => console.log(`bench-web: job ${i}: ${j.seconds.toFixed(1)} s; after it wasm memory ${mib(j.memory)}, ` +
+    `heap in use ${mib(j.heapLive)}, heap peak so far ${mib(j.heapPeak)}`);
+  line(1, r);
+  for (let i = 2; i <= jobs; i++) {
+    await page.evaluate(() => { document.getElementById('status').textContent = ''; });
+    await page.getByRole('button', { name: 'Prune' }).click();
+    await page.waitForFunction(() => /Done$|failed/.test(document.getElementById('status').textContent), null, { timeout: 3_600_000 });
+    const again = await page.locator('#status').textContent();
+    if (!/Done$/.test(again)) throw new Error(again);
+    line(i, await page.evaluate(() => window.podar.state.lastJob));
+  }
 } finally {
   await browser.close();
   app.proc.kill();

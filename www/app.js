@@ -125,6 +125,7 @@ function noteMemory() {
   if (!podar) return;
   state.peakMemory = Math.max(state.peakMemory, podar.memoryBytes);
   document.body.dataset.engineMemory = String(podar.memoryBytes);
+  document.body.dataset.engineHeap = String(podar.heap.live);
 }
 
 async function busy(fn) {
@@ -503,6 +504,7 @@ async function prune() {
     $('bar').value = 1;
     const gpu = podar.capabilities.webgpu;
     state.lastJob = { seconds: secs, pruneSeconds: r.seconds, peakMemory: state.peakMemory, bytes: out.size,
+      memory: podar.memoryBytes, heapLive: podar.heap.live, heapPeak: podar.heap.peak,
       engine: gpu && gpu.inUse ? 'webgpu' : 'cpu', gpuProducts: gpu ? gpu.products : 0 };
     setStatus(`Pruned to ${fmtParams(r.parametersAfter)} parameters in ${secs.toFixed(1)} s. Done`);
   });

@@ -382,6 +382,17 @@ impl Session {
         crate::memory::on_failed_allocation(tell_failed_allocation);
     }
 
+    /// The engine's heap: `{live, peak}`, the bytes in use now and the most in use at once since
+    /// the engine started (inside wasm memory, which only grows: the difference is free space).
+    pub fn heap() -> JsValue {
+        #[derive(Serialize)]
+        struct Heap {
+            live: usize,
+            peak: usize,
+        }
+        to_js(&Heap { live: crate::memory::live(), peak: crate::memory::peak() }).unwrap_or(JsValue::NULL)
+    }
+
     /// Caps the engine's heap at `bytes` (a test knob: out of memory on a small model), or lifts
     /// the cap (`undefined`).
     pub fn set_memory_limit(bytes: Option<f64>) {

@@ -21,6 +21,11 @@ for (const f of ['index.js', 'index.d.ts', 'worker.js', 'gpu-bridge.js', 'gpu-wo
   'threads/podar.js', 'threads/podar_bg.wasm', 'threads-relaxed/podar.js', 'threads-relaxed/podar_bg.wasm', 'README.md', 'LICENSE']) {
   assert.ok(files.includes(f), `npm pack leaves out ${f}`);
 }
+// The JavaScript of each build's own snippets (named by a hash): whatever each build imports.
+for (const build of ['', 'threads/', 'threads-relaxed/']) {
+  const js = fs.readFileSync(path.join(root, 'pkg', build, 'podar.js'), 'utf8');
+  for (const [, f] of js.matchAll(/from '\.\/(snippets\/[^']+)'/g)) assert.ok(files.includes(build + f), `npm pack leaves out ${build + f}`);
+}
 const manifest = JSON.parse(fs.readFileSync(path.join(root, 'pkg/package.json'), 'utf8'));
 assert.deepEqual(manifest.dependencies || {}, {}, 'the package has runtime dependencies');
 log(`npm pack: ${packed.filename}, ${files.length} files, ${(packed.size / 1e6).toFixed(1)} MB packed`);

@@ -29,6 +29,8 @@ try {
   log(await openPage(page, app.url));
   const status = () => page.locator('#status').textContent();
   const memory = () => page.evaluate(() => Number(document.body.dataset.engineMemory || 0));
+  // The engine's heap in use after the last call: what a leak would grow.
+  const heap = () => page.evaluate(() => Number(document.body.dataset.engineHeap || 0));
   // Clears the status line, runs `act`, and waits for the status to match `re`.
   const until = async (re, ms, act = async () => {}) => {
     await page.evaluate(() => { document.getElementById('status').textContent = ''; });
@@ -62,7 +64,9 @@ try {
   const jobMs = Date.now() - t;
   assert.equal(await result(), want, 'two uninterrupted jobs differ');
   const m0 = await memory();
-  log(`load ${(loadMs / 1e3).toFixed(1)} s, job ${(jobMs / 1e3).toFixed(1)} s, wasm memory ${(m0 / 2 ** 20).toFixed(0)} MiB; perplexity ${want}`);
+  const h0 = await heap();
+  log(`load ${(loadMs / 1e3).toFixed(1)} s, job ${(jobMs / 1e3).toFixed(1)} s, wasm memory ${(m0 / 2 ** 20).toFixed(0)} MiB, ` +
+    `heap in use ${(h0 / 2 ** 20).toFixed(0)} MiB; perplexity ${want}`);
 
   // Cancels at random moments: every tenth during the load, the rest during the job.
   const stages = {};
@@ -102,6 +106,10 @@ try {
   assert.equal(await result(), want, 'a prune after the cancels differs from the uninterrupted one');
   const after = await memory();
   assert.ok(after <= bound, `the job after the cancels grew the wasm memory to ${after} bytes, more than an eighth over ${m0}`);
+  // After the same job the engine holds the same things: its heap in use may differ by little.
+  const h1 = await heap();
+  log(`heap in use after the job after the cancels ${(h1 / 2 ** 20).toFixed(1)} MiB (after the second job ${(h0 / 2 ** 20).toFixed(1)} MiB)`);
+  assert.ok(h0 > 0 && Math.abs(h1 - h0) <= 8 * 2 ** 20, `the heap in use went from ${h0} to ${h1} bytes over the cancels`);
   log('the job after the cancels gives the same perplexities');
 
   // An engine killed in the middle of a job: restarted, the model loaded again, and said so.
