@@ -6,7 +6,8 @@
 // Calibration text: ../shared/corpora/code_calib.txt when present, else the page's code preset.
 // BENCH_MODEL=DIR loads a Hugging Face folder instead of the example model (e.g. one made by
 // scripts/random-model.py); BENCH_SAMPLES sets the calibration windows (default 64);
-// BENCH_CORRECT sets the page's "Error correction" (residuals, the default; stream; off).
+// BENCH_CORRECT sets the page's "Error correction" (residuals, the default; stream; off);
+// BENCH_EVAL the page's "Evaluation tokens per text" (default 0: no perplexities).
 import fs from 'node:fs';
 import path from 'node:path';
 import { root, serve, launch, statusWaiter, openPage } from '../tests/e2e/harness.mjs';
@@ -35,7 +36,7 @@ try {
   const f32Bytes = (await page.evaluate(() => window.podar.state.summary.parameters)) * 4;
   await page.getByLabel('Domain text file').setInputFiles(calib);
   await page.getByLabel('Calibration windows').fill(String(samples));
-  await page.getByLabel('Evaluation tokens per text').fill('0');
+  await page.getByLabel('Evaluation tokens per text').fill(process.env.BENCH_EVAL || '0');
   await page.getByLabel('MLP pruning (%)').fill('20');
   await page.getByLabel('Error correction').selectOption(process.env.BENCH_CORRECT || 'residuals');
   await page.waitForFunction(() => /tokens: enough/.test(document.getElementById('text-info').textContent), null, { timeout: 60_000 });
