@@ -76,7 +76,7 @@ export interface WebGpuState {
   products: number;
   /** One product ([512, 1024] · [1024, 1024]ᵀ) timed on the CPU and on the GPU when the engine
    * started: with gpu "auto", the GPU is used only where it was faster. Null where not timed
-   * (useGpu false). */
+   * (useGpu false, or a restart after setGpu). */
   trial: { cpuMs: number | null; gpuMs: number | null; error?: string } | null;
 }
 

@@ -172,7 +172,7 @@ class Engine {
     const { threads, simd, gpu, useGpu, memoryLimit } = this.options;
     this.token = (Math.random() * 2 ** 32) >>> 0;
     this.info = await this.send('init', { flag: this.flagBuf, threads: threads !== false, simd, gpu, useGpu, memoryLimit,
-      token: this.token });
+      token: this.token, gpuChoice: this.gpuChoice ?? null });
     this.gpu = this.info.gpu;
     return this.info;
   }
@@ -283,7 +283,13 @@ export class Podar {
    */
   static async create({ threads = 'auto', gpu = 'auto', simd = 'auto', useGpu = true, memoryLimit } = {}) {
     const engine = new Engine({ threads, gpu, simd, useGpu, memoryLimit });
-    await engine.start();
+    try {
+      await engine.start();
+    } catch (e) {
+      // (Its worker and channel go with it.)
+      engine.dispose();
+      throw e;
+    }
     return new Podar(engine);
   }
 
@@ -345,8 +351,9 @@ export class Podar {
    * with code "gpu" where no adapter is at hand. Resolves to `capabilities.webgpu`.
    */
   async setGpu(on) {
-    await this.engine.run('setGpu', { on: !!on });
-    this.engine.options.useGpu = !!on;
+    // (A stopped engine starts again without reading the model for this: the next call that needs it does.)
+    await this.engine.run('setGpu', { on: !!on }, { needsModel: false });
+    this.engine.gpuChoice = !!on;
     return this.capabilities.webgpu;
   }
 

@@ -298,12 +298,15 @@ self.onmessage = async (e) => {
       // useGpu: false starts on the CPU with WebGPU at hand (setGpu switches later). "auto" takes the
       // GPU only where one product ran faster there than on the CPU; "any" (for tests) takes it in
       // any case, but times it all the same.
-      let useGpu = bridge !== null && m.useGpu !== false;
-      if (useGpu) {
+      // (gpuChoice: the last setGpu, kept across restarts: true uses the GPU without a new trial.)
+      let useGpu = bridge !== null && m.useGpu !== false && m.gpuChoice !== false;
+      if (useGpu && m.gpuChoice !== true) {
         try {
           const t = podar.Session.time_gpu(bridge);
           trial = { cpuMs: t.cpu_ms, gpuMs: t.gpu_ms };
         } catch (e) {
+          // A trap leaves the engine's state undefined: the engine does not start.
+          if (e instanceof WebAssembly.RuntimeError) throw e;
           trial = { cpuMs: null, gpuMs: null, error: String(e.message || e) };
         }
         if (m.gpu !== 'any') useGpu = trial.gpuMs !== null && trial.cpuMs !== null && trial.gpuMs < trial.cpuMs;
@@ -328,11 +331,23 @@ self.onmessage = async (e) => {
     // A trap (out of memory, or a bug) leaves the engine's state undefined: the page restarts it.
     // Rust aborts with a bare trap when an allocation fails; the engine's allocator noted it.
     // (index.js words it: `failed` bytes could not be had with `live` in use.)
-    const failed = err instanceof WebAssembly.RuntimeError ? podar.Session.take_failed_allocation() : null;
+    let failed = null;
+    try {
+      if (podar && err instanceof WebAssembly.RuntimeError) failed = podar.Session.take_failed_allocation();
+    } catch {
+      // The engine did not start far enough to say: a trap it stays.
+    }
     const oom = (err instanceof RangeError && /memory/i.test(err.message)) || failed !== null;
     const fatal = err instanceof WebAssembly.RuntimeError || oom;
     const code = stopped ? 'aborted' : oom ? 'out-of-memory' : fatal ? 'engine-crashed' : (err && err.code) || 'failed';
-    postMessage({ id: m.id, error: msg, code, fatal, failed, memory: podar ? podar.Session.memory_bytes() : 0,
-      heap: podar && !fatal ? podar.Session.heap() : null });
+    let memory = 0;
+    let heap = null;
+    try {
+      memory = podar ? podar.Session.memory_bytes() : 0;
+      heap = podar && !fatal ? podar.Session.heap() : null;
+    } catch {
+      // (As above: an answer goes out in any case.)
+    }
+    postMessage({ id: m.id, error: msg, code, fatal, failed, memory, heap });
   }
 };

@@ -22,13 +22,16 @@ pub struct Counted;
 impl Counted {
     /// Counts `size` more bytes in use, or refuses them where they would pass the cap.
     fn take(size: usize) -> bool {
-        let before = LIVE.fetch_add(size, Relaxed);
-        if before.saturating_add(size) > CAP.load(Relaxed) {
-            LIVE.fetch_sub(size, Relaxed);
-            return false;
+        let cap = CAP.load(Relaxed);
+        // (A sum past usize::MAX, possible on wasm32, is refused like one past the cap.)
+        let taken = LIVE.fetch_update(Relaxed, Relaxed, |live| live.checked_add(size).filter(|&n| n <= cap));
+        match taken {
+            Ok(before) => {
+                PEAK.fetch_max(before + size, Relaxed);
+                true
+            }
+            Err(_) => false,
         }
-        PEAK.fetch_max(before + size, Relaxed);
-        true
     }
 
     fn failed(size: usize) -> *mut u8 {

@@ -33,6 +33,9 @@ async function revive(why) {
   state.pruned = false;
   pruned = null;
   if (++restarts > 3) {
+    // Nothing may start it again behind the reader's back (the token count, the plan).
+    state.loaded = false;
+    model = null;
     $('engine').textContent = `The engine stopped (${why}) too often and was not restarted; reload the page.`;
     return;
   }
