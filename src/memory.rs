@@ -22,15 +22,18 @@ pub struct Counted;
 impl Counted {
     /// Counts `size` more bytes in use, or refuses them where they would pass the cap.
     fn take(size: usize) -> bool {
-        let cap = CAP.load(Relaxed);
-        // (A sum past usize::MAX, possible on wasm32, is refused like one past the cap.)
-        let taken = LIVE.fetch_update(Relaxed, Relaxed, |live| live.checked_add(size).filter(|&n| n <= cap));
-        match taken {
-            Ok(before) => {
-                PEAK.fetch_max(before + size, Relaxed);
+        // One atomic add on the way that succeeds (atomics wrap, they do not panic); a sum past
+        // usize::MAX, possible on wasm32, is refused like one past the cap.
+        let before = LIVE.fetch_add(size, Relaxed);
+        match before.checked_add(size).filter(|&n| n <= CAP.load(Relaxed)) {
+            Some(after) => {
+                PEAK.fetch_max(after, Relaxed);
                 true
             }
-            Err(_) => false,
+            None => {
+                LIVE.fetch_sub(size, Relaxed);
+                false
+            }
         }
     }
 
@@ -135,11 +138,6 @@ pub fn clear_failed_allocation() {
 /// hook is how it says why. `hook` must not allocate.
 pub fn on_failed_allocation(hook: fn(usize)) {
     HOOK.store(hook as usize, Relaxed);
-}
-
-/// The cap set, if any.
-pub fn cap() -> Option<usize> {
-    Some(CAP.load(Relaxed)).filter(|&c| c != usize::MAX)
 }
 
 #[cfg(test)]

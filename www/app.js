@@ -27,7 +27,8 @@ function engineOptions() {
 
 // The engine stopped (it crashed, ran out of memory, or was stopped by a Cancel where the page has no
 // shared memory): a fresh one starts and reads the model again, so the page stays as it was. After
-// three fresh engines failed one after another, the page asks for a reload instead.
+// three fresh engines failed one after another, the page asks for a reload instead. (Called from
+// busy(), which shows the new engine's line when the job ends.)
 let restarts = 0;
 async function revive(why) {
   state.pruned = false;
@@ -53,7 +54,6 @@ async function revive(why) {
     setStatus(e.code === 'aborted' ? `The engine was restarted (${why}); reading the model again was cancelled: load it again.`
       : `The engine was restarted (${why}), but it failed again: ${pageWords(e.message)}`);
   }
-  showEngine();
 }
 
 // ---- state and drawing ---------------------------------------------------------------------
