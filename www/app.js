@@ -88,7 +88,7 @@ function refresh() {
   // Nor can a text the page already says is too short for the calibration.
   $('prune').disabled = !idle || !state.loaded || state.planError === true || state.textShort === true;
   $('cancel').disabled = idle;
-  $('download').disabled = !idle || !state.download;
+  $('download').disabled = !idle || !state.pruned;
   $('generate').disabled = !idle || !state.pruned;
   $('force-cpu').disabled = !idle || !state.gpu;
 }
@@ -474,7 +474,7 @@ async function prune() {
       rows.push({ name: t.name, before: state.beforeCache.get(key) });
     }
     drawPpl($('ppl'), rows);
-    let r, out;
+    let r;
     try {
       pruned = await task('Pruning', (o) => model.prune(text, opts, o));
       r = pruned.report;
@@ -490,23 +490,21 @@ async function prune() {
       state.runs.push({ mlp: mlpPercent, score: opts.score, recover: opts.recover, more,
         ppl: held && held.after, base: held && held.before });
       drawRatio($('chart-ratio'), state.runs);
-      const evals = rows.map((x) => ({ name: x.name, before: x.before, after: x.after }));
-      out = await task('Writing the download', (o) => pruned.export({ format, dtype, evals, ...o }));
+      state.evals = rows.map((x) => ({ name: x.name, before: x.before, after: x.after }));
     } catch (e) {
       // Cancelled or failed: what was not measured says so, instead of "…".
       for (const row of rows) if (row.after === undefined) row.after = null;
       drawPpl($('ppl'), rows);
       throw e;
     }
-    state.download = out;
     const secs = (performance.now() - t0) / 1e3;
     $('sizes').textContent = `Parameters ${fmtParams(r.parametersBefore)} → ${fmtParams(r.parametersAfter)}; ` +
       `layers ${r.layersBefore} → ${r.keptLayers.length}; MLP ${r.mlpBefore} → ${r.mlpAfter}; ` +
       `calibrated on ${r.calibrationTokens} tokens; prune ${r.seconds.toFixed(1)} s, whole job ${secs.toFixed(1)} s; ` +
-      `download ${out.name}, ${fmtBytes(out.size)}; peak engine memory ${fmtBytes(state.peakMemory)}.`;
+      `peak engine memory ${fmtBytes(state.peakMemory)}.`;
     $('bar').value = 1;
     const gpu = podar.capabilities.webgpu;
-    state.lastJob = { seconds: secs, pruneSeconds: r.seconds, peakMemory: state.peakMemory, bytes: out.size,
+    state.lastJob = { seconds: secs, pruneSeconds: r.seconds, peakMemory: state.peakMemory,
       memory: podar.memoryBytes, heapLive: podar.heap.live, heapPeak: podar.heap.peak,
       engine: gpu && gpu.inUse ? 'webgpu' : 'cpu', gpuProducts: gpu ? gpu.products : 0 };
     setStatus(`Pruned to ${fmtParams(r.parametersAfter)} parameters in ${secs.toFixed(1)} s. Done`);
@@ -514,8 +512,26 @@ async function prune() {
 }
 $('prune').onclick = prune;
 
-$('download').onclick = () => {
-  const d = state.download;
+// The download is written when it is asked for, in the format and dtype chosen then. A prune keeps
+// no copy of its output: a browser holds a written file until the page lets go of it and its
+// garbage is collected, so a page that wrote one per prune could hold several models' worth.
+$('download').onclick = async () => {
+  if (!state.pruned) return;
+  const format = $('format').value, dtype = $('dtype').value;
+  const key = `${format}|${dtype}`;
+  if (state.download?.key !== key) {
+    state.download = null;
+    await busy(async () => {
+      const t0 = performance.now();
+      const out = await task('Writing the download', (o) => pruned.export({ format, dtype, evals: state.evals, ...o }));
+      state.download = { key, file: out };
+      const secs = (performance.now() - t0) / 1e3;
+      if (state.lastJob) Object.assign(state.lastJob, { bytes: out.size, writeSeconds: secs, peakMemory: state.peakMemory });
+      $('sizes').textContent += ` Download ${out.name}, ${fmtBytes(out.size)}, written in ${secs.toFixed(1)} s.`;
+      setStatus(`Wrote ${out.name} (${fmtBytes(out.size)}); if the browser did not save it, press Download again.`);
+    });
+  }
+  const d = state.download?.file;
   if (!d) return;
   const a = document.createElement('a');
   a.href = URL.createObjectURL(d);

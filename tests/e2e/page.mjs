@@ -167,7 +167,7 @@ try {
   assert.ok(wide.page <= 390 && wide.charts.every((r) => r <= 390), JSON.stringify(wide));
   await page.setViewportSize({ width: 1100, height: 1800 });
 
-  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download' }).click()]);
+  const [download] = await Promise.all([page.waitForEvent('download', { timeout: 300_000 }), page.getByRole('button', { name: 'Download' }).click()]);
   const zip = path.join(out, 'model.zip');
   await download.saveAs(zip);
   log('downloaded', download.suggestedFilename(), fs.statSync(zip).size, 'bytes');

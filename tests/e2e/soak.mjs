@@ -5,7 +5,8 @@
 // and the job after them it may grow by at most an eighth of what one job used (the model alone is
 // more than half of that, so a job that kept anything of the size of a model would fail this).
 // An engine killed in the middle of a job is restarted, and the page says so.
-// PODAR_SOAK_CANCELS (default 50) sets the number of cancels; PODAR_SOAK_SEED the random moments.
+// PODAR_SOAK_CANCELS (default 50) sets the number of cancels; PODAR_SOAK_SEED the random moments;
+// PODAR_SOAK_BLOBS=1 logs the browser's blobs (chrome://blob-internals) after each cancel.
 import path from 'node:path';
 import assert from 'node:assert/strict';
 import { root, serve, launch, openPage } from './harness.mjs';
@@ -19,6 +20,7 @@ const app = await serve(root);
 const browser = await launch();
 let failed = false;
 let shown = null;
+let blobs = async () => {};
 try {
   const page = await (await browser.newContext({ acceptDownloads: true })).newPage();
   shown = () => page.evaluate(() => ({
@@ -27,6 +29,15 @@ try {
     plan: document.getElementById('plan').textContent, engine: document.getElementById('engine').textContent }));
   page.on('pageerror', (e) => log('page error:', e.message));
   log(await openPage(page, app.url));
+  // PODAR_SOAK_BLOBS=1: the browser's blobs (chrome://blob-internals) after each job, to see what holds them.
+  const blobPage = process.env.PODAR_SOAK_BLOBS ? await page.context().newPage() : null;
+  blobs = async (when) => {
+    if (!blobPage) return;
+    await blobPage.goto('chrome://blob-internals');
+    const t = await blobPage.textContent('body');
+    const sizes = [...t.matchAll(/Length: ([\d,]+)/g)].map((m) => Number(m[1].replace(/,/g, '')));
+    log(`blobs ${when}: ${sizes.length} items, ${(sizes.reduce((a, b) => a + b, 0) / 2 ** 20).toFixed(0)} MiB`);
+  };
   const status = () => page.locator('#status').textContent();
   const memory = () => page.evaluate(() => Number(document.body.dataset.engineMemory || 0));
   // The engine's heap in use after the last call: what a leak would grow.
@@ -63,20 +74,26 @@ try {
   assert.match(await prune(), /Done$/);
   const jobMs = Date.now() - t;
   assert.equal(await result(), want, 'two uninterrupted jobs differ');
+  // The download, written when asked for: its time is what cancels during it span.
+  t = Date.now();
+  await until(/^Wrote |failed/, 300_000, () => page.getByRole('button', { name: 'Download' }).click());
+  const writeMs = Date.now() - t;
   const m0 = await memory();
   const h0 = await heap();
-  log(`load ${(loadMs / 1e3).toFixed(1)} s, job ${(jobMs / 1e3).toFixed(1)} s, wasm memory ${(m0 / 2 ** 20).toFixed(0)} MiB, ` +
+  log(`load ${(loadMs / 1e3).toFixed(1)} s, job ${(jobMs / 1e3).toFixed(1)} s, download ${(writeMs / 1e3).toFixed(1)} s, wasm memory ${(m0 / 2 ** 20).toFixed(0)} MiB, ` +
     `heap in use ${(h0 / 2 ** 20).toFixed(0)} MiB; perplexity ${want}`);
 
-  // Cancels at random moments: every tenth during the load, the rest during the job.
+  // Cancels at random moments: every tenth during the load, every tenth while the download is
+  // written (where the last job left a pruned model), the rest during the job.
   const stages = {};
   const bound = m0 + m0 / 8;
   let last = m0;
   let grew = 0;
   for (let i = 0; i < CANCELS; i++) {
     const duringLoad = i % 10 === 5;
-    const button = duringLoad ? 'Load example model' : 'Prune';
-    const wait = Math.floor(random() * (duringLoad ? loadMs : jobMs));
+    const duringWrite = i % 10 === 8 && !(await page.locator('#download').isDisabled());
+    const button = duringLoad ? 'Load example model' : duringWrite ? 'Download' : 'Prune';
+    const wait = Math.floor(random() * (duringLoad ? loadMs : duringWrite ? writeMs : jobMs));
     await page.evaluate(() => { document.getElementById('status').textContent = ''; });
     await page.getByRole('button', { name: button }).click();
     await page.waitForTimeout(wait);
@@ -88,11 +105,12 @@ try {
     // The job has ended when Cancel is disabled again; then its last word is on the status line.
     await idle();
     const said = await status();
-    assert.match(said, /cancelled|Done$|Model loaded/, `cancel ${i} (${stage}) ended the job with: ${said}`);
+    assert.match(said, /cancelled|Done$|Model loaded|^Wrote /, `cancel ${i} (${stage}) ended the job with: ${said}`);
     const key = /cancelled/.test(said) ? stage : `${stage} (ended before the cancel)`;
     stages[key] = (stages[key] || 0) + 1;
     if (duringLoad && !/Model loaded/.test(said)) assert.match(await load(), /Model loaded/);
     const m = await memory();
+    await blobs(`after cancel ${i}`);
     if (process.env.PODAR_SOAK_VERBOSE) log(`cancel ${i}: ${key}, wasm memory ${(m / 2 ** 20).toFixed(1)} MiB`);
     if (m > last) grew++;
     assert.ok(m <= bound, `wasm memory grew from ${m0} to ${m} bytes by cancel ${i} (${stage}), more than an eighth`);

@@ -64,7 +64,7 @@ try {
   assert.ok(job.gpuProducts > 100, `only ${job.gpuProducts} products ran on the GPU`);
   log('perplexity:', (await page.locator('#ppl tbody').innerText()).replace(/\s+/g, ' '));
 
-  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download' }).click()]);
+  const [download] = await Promise.all([page.waitForEvent('download', { timeout: 300_000 }), page.getByRole('button', { name: 'Download' }).click()]);
   const zip = path.join(out, 'model.zip');
   await download.saveAs(zip);
   const dir = path.join(out, 'page');
