@@ -49,6 +49,22 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
     for f in sys.argv[2:]:
         z.write(f, "model/" + f.split("/")[-1])
 PY
+# The zip64 records the page's download has past 4 GiB (end record, locator, an offset in the
+# directory entry's zip64 extra field), on a small archive.
+python3 - "$c/zip/zip64.zip" <<'PY'
+import struct, sys, zlib
+name, data = b"model/config.json", b'{"model_type": "llama"}'
+crc, n = zlib.crc32(data), len(data)
+local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, crc, n, n, len(name), 0) + name + data
+extra = struct.pack("<HHQ", 1, 8, 0)
+central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, 0, 0x21, crc, n, n, len(name), len(extra),
+                      0, 0, 0, 0, 0xFFFFFFFF) + name + extra
+start, size = len(local), len(central)
+end64 = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, 1, 1, size, start)
+locator = struct.pack("<IIQI", 0x07064B50, 0, start + size, 1)
+end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, size, 0xFFFFFFFF, 0)
+open(sys.argv[1], "wb").write(local + central + end64 + locator + end)
+PY
 printf 'GET /models/m.gguf HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nRange: bytes=0-1023\r\nOrigin: http://localhost:3000\r\n\r\n' > $c/http/range.txt
 printf 'GET /%%2e%%2e/index.html?x=1#y HTTP/1.0\r\nHost: [::1]:8080\r\n\r\n' > $c/http/traversal.txt
 printf 'OPTIONS / HTTP/1.1\r\nHost: localhost\r\nRange: bytes=-5\r\n\r\n' > $c/http/options.txt

@@ -481,3 +481,52 @@ fn prune_guards_its_output_folder() {
     fails(&args, &g, "no longer alternate");
     assert!(!gone.exists(), "the refused job left {}", gone.display());
 }
+
+#[test]
+fn a_streamed_prune_writes_what_a_loaded_one_writes() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let calib = root.join("src/model/transformer.rs");
+    let eval = root.join("src/prune/mod.rs");
+    let model = tiny("llama");
+    for format in ["hf", "gguf"] {
+        let run = |stream: &str| {
+            let out = tmp(&format!("streamed_{format}_{stream}"));
+            let (code, stdout, err) = podar(&[
+                "prune",
+                model.to_str().unwrap(),
+                "--calib",
+                calib.to_str().unwrap(),
+                "--calib-samples",
+                "4",
+                "--calib-len",
+                "32",
+                "--mlp",
+                "0.25",
+                "--heads",
+                "0.5",
+                "--drop-layers",
+                "1",
+                "--format",
+                format,
+                "--out",
+                out.to_str().unwrap(),
+                "--eval",
+                eval.to_str().unwrap(),
+                "--stream",
+                stream,
+                "--json",
+            ]);
+            assert_eq!(code, 0, "--stream {stream}: {err}");
+            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            let weights = if format == "hf" { "model.safetensors" } else { "model.gguf" };
+            (std::fs::read(out.join(weights)).unwrap(), v["perplexity"].clone())
+        };
+        let (loaded, ppl_loaded) = run("off");
+        let (streamed, ppl_streamed) = run("on");
+        assert!(loaded == streamed, "{format}: the streamed prune wrote other weights");
+        assert_eq!(ppl_loaded, ppl_streamed, "{format}");
+    }
+    let (code, _, err) = podar(&["prune", model.to_str().unwrap(), "--mlp", "0.2", "--out", "x", "--stream", "maybe"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--stream must be auto, on or off"), "{err}");
+}

@@ -31,7 +31,7 @@ fn gguf_round_trip_keeps_logits() {
     ] {
         let m = load(name);
         let mut buf = Vec::new();
-        write_gguf(&m, &[], dtype, &mut buf).unwrap();
+        write_gguf(&m, &mut m.layers.clone(), &[], dtype, &mut buf).unwrap();
         let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| true).unwrap();
         assert_eq!(back.model.cfg.arch.gguf_name(), m.cfg.arch.gguf_name());
         // Llama 3 rope scaling goes out as `rope_freqs.weight` and comes back as the same scaling.
@@ -56,7 +56,7 @@ fn gemma_layouts_gguf_cannot_record_are_refused() {
     m.layers.remove(0);
     m.cfg.layer_types.remove(0);
     m.cfg.num_hidden_layers -= 1;
-    let err = write_gguf(&m, &[], GgufDtype::F32, &mut Vec::new()).unwrap_err().to_string();
+    let err = write_gguf(&m, &mut m.layers.clone(), &[], GgufDtype::F32, &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("--format hf"), "{err}");
     // Gemma 3 with a layout of no period (full, sliding, full over its first layers) is refused; one
     // that has a period is written with it and read back with the same layout.
@@ -64,10 +64,10 @@ fn gemma_layouts_gguf_cannot_record_are_refused() {
     let n = m.cfg.layer_types.len();
     assert!(n >= 3);
     m.cfg.layer_types = (0..n).map(|i| if i == 1 { LayerType::Sliding } else { LayerType::Full }).collect();
-    assert!(write_gguf(&m, &[], GgufDtype::F32, &mut Vec::new()).is_err());
+    assert!(write_gguf(&m, &mut m.layers.clone(), &[], GgufDtype::F32, &mut Vec::new()).is_err());
     m.cfg.layer_types = vec![LayerType::Sliding; n];
     let mut buf = Vec::new();
-    write_gguf(&m, &[], GgufDtype::F32, &mut buf).unwrap();
+    write_gguf(&m, &mut m.layers.clone(), &[], GgufDtype::F32, &mut buf).unwrap();
     let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| true).unwrap();
     assert_eq!(back.model.cfg.layer_types, m.cfg.layer_types);
 }
@@ -76,7 +76,7 @@ fn gemma_layouts_gguf_cannot_record_are_refused() {
 fn q8_0_weights_stay_within_one_quantization_step() {
     let m = load("llama");
     let mut buf = Vec::new();
-    write_gguf(&m, &[], GgufDtype::Q8_0, &mut buf).unwrap();
+    write_gguf(&m, &mut m.layers.clone(), &[], GgufDtype::Q8_0, &mut buf).unwrap();
     let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| true).unwrap().model;
     for ((name, a), (_, b)) in m.named_tensors().iter().zip(back.named_tensors().iter()) {
         let (a, b): (Vec<f32>, Vec<f32>) =
@@ -104,7 +104,7 @@ fn q8_0_rows_of_other_lengths_are_stored_as_f16_with_a_warning() {
     assert!(plan(&m.cfg, &PruneOptions { mlp_size: Some(96), ..o.clone() }, fmt).unwrap().warnings.is_empty());
     let p = prune_mlp(&m, None, &o, &mut |_, _, _| true).unwrap();
     let mut buf = Vec::new();
-    write_gguf(&p.model, &[], GgufDtype::Q8_0, &mut buf).unwrap();
+    write_gguf(&p.model, &mut p.model.layers.clone(), &[], GgufDtype::Q8_0, &mut buf).unwrap();
     let (src, _) = podar::model::gguf::GgufSource::new(Cursor::new(buf)).unwrap();
     use candle_core::quantized::GgmlDType;
     assert_eq!(src.ggml_dtype("model.layers.0.mlp.down_proj.weight"), Some(GgmlDType::F16));
@@ -117,7 +117,7 @@ fn default_model_gguf_export_keeps_tokenizer_and_perplexity() {
     let b = podar::load_gguf(Cursor::new(std::fs::read(p).unwrap()), &mut |_, _| true).unwrap();
     let meta = b.gguf_tokenizer_metadata().unwrap();
     let mut buf = Vec::new();
-    write_gguf(&b.model, &meta, GgufDtype::F32, &mut buf).unwrap();
+    write_gguf(&b.model, &mut b.model.layers.clone(), &meta, GgufDtype::F32, &mut buf).unwrap();
     let back = podar::load_gguf(Cursor::new(buf), &mut |_, _| true).unwrap();
     let text = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n";
     let ids = b.tokenizer().unwrap().encode(text, false).unwrap();

@@ -97,7 +97,8 @@ fn prune_export_zip_reload() {
         total_seconds: 0.0,
     };
     let mut z = ZipWriter::new(Vec::new());
-    job::write_model(&b, &pruned.model, OutputFormat::Hf(StorageDtype::F32), &mut z).unwrap();
+    job::write_model(&b, &pruned.model, &mut pruned.model.layers.clone(), OutputFormat::Hf(StorageDtype::F32), &mut z)
+        .unwrap();
     job::write_record(&record, &mut z).unwrap();
     let zip = z.finish().unwrap();
     let files = read_stored(&zip).unwrap();

@@ -295,7 +295,7 @@ fn residual_error_estimate_is_the_carried_refit_residual() {
     let (m, _) = load("llama");
     let (samples, len) = (6, 16);
     let ids = calib(samples * len);
-    let mut model = m.clone();
+    let model = m.clone();
     let mut seen = None;
     let mut on_layer = |l: usize, layer: &Layer, st: &LayerStats| -> podar::Result<Option<Replacement>> {
         if l == 1 {
@@ -306,7 +306,7 @@ fn residual_error_estimate_is_the_carried_refit_residual() {
     };
     let want =
         Want { gram: true, track_error: true, mlp_only: true, error: ErrorEstimate::Residuals, ..Default::default() };
-    collect(&mut model, &ids, samples, len, want, &mut on_layer, &mut |_, _| true).unwrap();
+    collect(&model, &mut model.layers.clone(), &ids, samples, len, want, &mut on_layer, &mut |_, _| true).unwrap();
     let got = seen.expect("layer 1 got no error cross-product");
     // By hand: both versions of layer 0 on the embeddings, then layer 1's activations on the pruned output.
     let x0 = m.embed(&ids, samples, len).unwrap();
@@ -335,7 +335,7 @@ fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
     let (samples, len) = (70, 16); // 1024-token chunks: 64 windows, then 6
     let ids = calib(samples * len);
     let run = |mlp_only: bool, error: ErrorEstimate| {
-        let mut model = m.clone();
+        let model = m.clone();
         let mut errs = Vec::new();
         let mut on_layer = |_l: usize, layer: &Layer, st: &LayerStats| -> podar::Result<Option<Replacement>> {
             let (out, kept) = thinned(layer);
@@ -355,7 +355,8 @@ fn calibration_rebuilds_pruned_outputs_as_a_rerun_would() {
             Ok(Some(Replacement { layer: out, kept, attention_changed: false, continue_pruned: true }))
         };
         let want = Want { gram: true, attn_gram: true, track_error: true, mlp_only, error, ..Default::default() };
-        let st = collect(&mut model, &ids, samples, len, want, &mut on_layer, &mut |_, _| true).unwrap();
+        let st = collect(&model, &mut model.layers.clone(), &ids, samples, len, want, &mut on_layer, &mut |_, _| true)
+            .unwrap();
         (st, errs)
     };
     for error in [ErrorEstimate::Stream, ErrorEstimate::Residuals] {
@@ -395,7 +396,7 @@ fn kept_gram_parts_give_the_full_systems_rows() {
     let ids = calib(samples * len);
     let alpha = 0.4;
     let run = |kept_gram: bool| {
-        let mut model = m.clone();
+        let model = m.clone();
         let mut systems = Vec::new();
         let mut on_layer = |_l: usize, layer: &Layer, st: &LayerStats| -> podar::Result<Option<Replacement>> {
             let (out, kept) = thinned(layer);
@@ -430,7 +431,8 @@ fn kept_gram_parts_give_the_full_systems_rows() {
             kept_gram,
             ..Default::default()
         };
-        let st = collect(&mut model, &ids, samples, len, want, &mut on_layer, &mut |_, _| true).unwrap();
+        let st = collect(&model, &mut model.layers.clone(), &ids, samples, len, want, &mut on_layer, &mut |_, _| true)
+            .unwrap();
         (st, systems)
     };
     let ((full, full_sys), (parts, parts_sys)) = (run(false), run(true));
@@ -463,9 +465,9 @@ fn energy_scores_are_each_neurons_output_energy() {
     let (m, _) = load("llama");
     let (samples, len) = (4, 16);
     let ids = calib(samples * len);
-    let mut mc = m.clone();
     let st = podar::prune::calib::collect(
-        &mut mc,
+        &m,
+        &mut m.layers.clone(),
         &ids,
         samples,
         len,

@@ -264,6 +264,35 @@ fn load(path: &Path) -> Result<Bundle, Failure> {
     Ok(b)
 }
 
+/// Loads the model at `path` with its layers left in the file, read (not mapped, so that they do
+/// not stay in the process's memory) as each is used; replaced layers go to a temporary file.
+fn load_streamed(path: &Path) -> Result<(Bundle, Box<dyn podar::model::LayerStore>), Failure> {
+    use podar::model::load::{stream_gguf, stream_hf};
+    let spill = |at: &Path| podar::model::store::FileSpill::new().map(|s| Box::new(s) as _).at(at);
+    Ok(match resolve(path)? {
+        ModelPath::Gguf(p) => stream_gguf(File::open(&p).at(&p)?, spill(&p)?).at(&p)?,
+        ModelPath::Hf { dir, shards } => {
+            let cfg_path = dir.join("config.json");
+            let files = HfFiles {
+                config: std::fs::read(&cfg_path).at(&cfg_path)?,
+                tokenizer_json: read_opt(dir.join("tokenizer.json"))?,
+                tokenizer_config: read_opt(dir.join("tokenizer_config.json"))?,
+                generation_config: read_opt(dir.join("generation_config.json"))?,
+                shards: shards.iter().map(|s| File::open(s).at(s)).collect::<Result<Vec<_>, _>>()?,
+            };
+            stream_hf(files, spill(&dir)?).at(path)?
+        }
+    })
+}
+
+/// Memory the system could give this process now (Linux: MemAvailable), if known.
+fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Peak resident memory of this process (Linux: VmHWM), if known.
 fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -1,6 +1,7 @@
 //! `podar prune`: its arguments, the job from files to an output folder, and the folder's checks.
 
 use super::*;
+use podar::model::LayerStore;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -92,6 +93,28 @@ pub(super) struct PruneArgs {
     /// the --eval perplexities).
     #[arg(long)]
     json: bool,
+    /// on: read the model's layers from its files as they are used (what must fit in memory is
+    /// then about one layer, the calibration streams and recovery's matrices, not the model);
+    /// off: load the whole model first; auto: on when the model in f32 would take more than half
+    /// the memory the system has available now. The results are the same either way.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    stream: String,
+}
+
+/// Whether to stream the model's layers, from `--stream` and, for auto, the model's f32 size
+/// against the memory available now.
+fn streaming(a: &PruneArgs) -> Result<bool, Failure> {
+    match a.stream.as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        "auto" => {
+            let f32_bytes = inspect(&a.model)?.parameters.saturating_mul(4);
+            Ok(available_memory().is_some_and(|free| f32_bytes > free / 2))
+        }
+        other => {
+            Err(Failure { file: None, err: Error::Input(format!("--stream must be auto, on or off, not {other:?}")) })
+        }
+    }
 }
 
 /// SHA-256 of the model's weight files (the GGUF, or the safetensors shards in order).
@@ -110,11 +133,11 @@ fn source_sha256(path: &Path) -> Result<String, Failure> {
 }
 
 /// Perplexity (ctx 512 or the model's context) of `m` on ids read from `file` (for error messages).
-fn ppl_of(m: &podar::Model, ids: &[u32], file: &Path) -> Result<f64, Failure> {
+fn ppl_of(m: &podar::Model, layers: &mut dyn LayerStore, ids: &[u32], file: &Path) -> Result<f64, Failure> {
     let pb = bar(0, "eval");
     // 512 tokens, or the model's context if shorter.
     let ctx = m.cfg.max_position_embeddings.clamp(2, 512);
-    let r = podar::perplexity(m, ids, ctx, &mut |d, n| {
+    let r = podar::model::eval::perplexity_layered(m, layers, ids, ctx, &mut |d, n| {
         pb.set_length(n as u64);
         pb.set_position(d as u64);
         true
@@ -251,7 +274,14 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         let p = a.model.clone();
         std::thread::spawn(move || source_sha256(&p))
     };
-    let mut b = load(&a.model)?;
+    // The model's layers, in memory or read from its files as they are used; `b.model` holds the rest.
+    let (mut b, mut layers): (_, Box<dyn LayerStore>) = if streaming(a)? {
+        load_streamed(&a.model)?
+    } else {
+        let mut b = load(&a.model)?;
+        let layers = std::mem::take(&mut b.model.layers);
+        (b, Box::new(layers))
+    };
     // Every size and layer choice is checked before any long computation, and so is what a
     // GGUF needs from the source (its tokenizer).
     for w in podar::export::job::plan(&b.model.cfg, &opts, format).at(&a.model)?.warnings {
@@ -304,14 +334,18 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
             b.tokenizer().at(&a.model)?.encode(&text, false).at(f)
         })
         .collect::<Result<_, _>>()?;
-    let before: Vec<f64> =
-        a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(&b.model, ids, f)).collect::<Result<_, _>>()?;
+    let before: Vec<f64> = a
+        .eval
+        .iter()
+        .zip(&eval_ids)
+        .map(|(f, ids)| ppl_of(&b.model, layers.as_mut(), ids, f))
+        .collect::<Result<_, _>>()?;
     let t_prune = Instant::now();
     let pb = bar(0, "prune");
     // The original is consumed layer by layer: only its configuration is needed afterwards.
     let source_cfg = b.model.cfg.clone();
     let source = b.model;
-    let pruned = podar::prune::prune_owned(source, calib_ids.as_deref(), &opts, &mut |stage, d, n| {
+    let pruned = podar::prune::prune_in(source, layers.as_mut(), calib_ids.as_deref(), &opts, &mut |stage, d, n| {
         pb.set_message(stage.to_string());
         pb.set_length(n as u64);
         pb.set_position(d as u64);
@@ -331,9 +365,13 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     for f in stale_model_files(&a.out)? {
         std::fs::remove_file(&f).at(&f)?;
     }
-    podar::export::job::write_model(&b, &pruned.model, format, &mut DirSink(&a.out)).at(&a.out)?;
-    let after: Vec<f64> =
-        a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(&pruned.model, ids, f)).collect::<Result<_, _>>()?;
+    podar::export::job::write_model(&b, &pruned.model, layers.as_mut(), format, &mut DirSink(&a.out)).at(&a.out)?;
+    let after: Vec<f64> = a
+        .eval
+        .iter()
+        .zip(&eval_ids)
+        .map(|(f, ids)| ppl_of(&pruned.model, layers.as_mut(), ids, f))
+        .collect::<Result<_, _>>()?;
     let evals: Vec<EvalPair> = a
         .eval
         .iter()

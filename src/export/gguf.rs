@@ -5,7 +5,8 @@ use crate::error::{bail, Result};
 use crate::export::hf::write_values;
 use crate::formats::source::StorageDtype;
 use crate::model::gguf::{name_map, permute_qk};
-use crate::model::transformer::Model;
+use crate::model::store::LayerStore;
+use crate::model::transformer::{expected_tensors, Model};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
@@ -154,9 +155,11 @@ pub fn arch_metadata(model: &Model) -> Vec<(String, Value)> {
     v
 }
 
-/// Writes `model` as GGUF v3 with `extra` metadata (tokenizer keys) appended.
+/// Writes `model` (its layers in `layers`, read one at a time) as GGUF v3 with `extra` metadata
+/// (tokenizer keys) appended. The tensor table comes from the config's shapes, before any weight.
 pub fn write_gguf<W: Write + ?Sized>(
     model: &Model,
+    layers: &mut dyn LayerStore,
     extra: &[(String, Value)],
     dtype: GgufDtype,
     w: &mut W,
@@ -170,14 +173,13 @@ pub fn write_gguf<W: Write + ?Sized>(
     meta.extend(extra.iter().cloned());
     meta.push(("general.alignment".into(), Value::U32(ALIGN as u32)));
     // Tensor directory first: names, shapes (reversed, innermost first), types, offsets.
-    let tensors = model.named_tensors();
+    let tensors = expected_tensors(c);
     let mut plan = Vec::with_capacity(tensors.len());
     let mut offset = 0u64;
-    for (name, t) in &tensors {
-        let Some(g) = names.get(name) else {
+    for (name, dims) in tensors {
+        let Some(g) = names.get(&name) else {
             bail!(Gguf, "no llama.cpp name for tensor `{name}`");
         };
-        let dims = t.dims().to_vec();
         let row = *dims.last().unwrap_or(&1);
         // Quantize matrices only; norms and biases stay F32 as llama.cpp expects. Q8_0 blocks are
         // 32 values of a row: rows of other lengths go out as F16 (the plan warns of it).
@@ -186,21 +188,20 @@ pub fn write_gguf<W: Write + ?Sized>(
             (_, GgufDtype::Q8_0) if row % 32 != 0 => GgufDtype::F16,
             _ => dtype,
         };
-        let n = t.elem_count() as u64;
+        let n = dims.iter().product::<usize>() as u64;
         let size = match dt {
             GgufDtype::F32 => n * 4,
             GgufDtype::F16 => n * 2,
             GgufDtype::Q8_0 => n / 32 * 34,
         };
-        plan.push((name.clone(), g.clone(), t.clone(), dims, dt, offset, size));
+        plan.push((g.clone(), dims, dt, offset, size));
         offset += size.div_ceil(ALIGN) * ALIGN;
     }
     // Llama 3 rope scaling travels as llama.cpp's per-frequency factors.
-    if let Some(f) = c.rope_scaling.as_ref().and_then(|r| r.llama3_factors(c.rope_theta, c.head_dim)) {
+    let rope_freqs = c.rope_scaling.as_ref().and_then(|r| r.llama3_factors(c.rope_theta, c.head_dim));
+    if let Some(f) = &rope_freqs {
         let n = f.len();
-        let size = 4 * n as u64;
-        let t = candle_core::Tensor::from_vec(f, n, &candle_core::Device::Cpu)?;
-        plan.push(("rope_freqs.weight".into(), "rope_freqs.weight".into(), t, vec![n], GgufDtype::F32, offset, size));
+        plan.push(("rope_freqs.weight".into(), vec![n], GgufDtype::F32, offset, 4 * n as u64));
     }
     let mut h = Vec::new();
     h.extend_from_slice(&0x46554747u32.to_le_bytes());
@@ -212,7 +213,7 @@ pub fn write_gguf<W: Write + ?Sized>(
         h.extend_from_slice(&type_id(v).to_le_bytes());
         put_value(&mut h, v)?;
     }
-    for (_, g, _, dims, dt, off, _) in &plan {
+    for (g, dims, dt, off, _) in &plan {
         put_str(&mut h, g);
         h.extend_from_slice(&(dims.len() as u32).to_le_bytes());
         for d in dims.iter().rev() {
@@ -226,8 +227,12 @@ pub fn write_gguf<W: Write + ?Sized>(
     }
     w.write_all(&h)?;
     let llama = c.arch.gguf_name() == "llama";
-    for (name, _, t, _, dt, _, size) in plan {
-        let mut t = t;
+    let mut sizes = plan.iter().map(|p| (p.2, p.4));
+    let mut put = |name: &str, t: &Tensor| -> Result<()> {
+        let Some((dt, size)) = sizes.next() else {
+            bail!(Gguf, "tensor `{name}` is past the planned table");
+        };
+        let mut t = t.clone();
         if llama && name.contains("self_attn.q_proj.") {
             t = permute_qk(&t, c.num_attention_heads, true)?;
         } else if llama && name.contains("self_attn.k_proj.") {
@@ -246,6 +251,12 @@ pub fn write_gguf<W: Write + ?Sized>(
         }
         let pad = size.div_ceil(ALIGN) * ALIGN - size;
         w.write_all(&vec![0u8; pad as usize])?;
+        Ok(())
+    };
+    model.each_tensor(layers, 0..usize::MAX, &mut put)?;
+    if let Some(f) = rope_freqs {
+        let n = f.len();
+        put("rope_freqs.weight", &candle_core::Tensor::from_vec(f, n, &candle_core::Device::Cpu)?)?;
     }
     Ok(())
 }

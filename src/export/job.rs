@@ -4,11 +4,12 @@
 
 use crate::error::{bail, Result};
 use crate::export::gguf::{write_gguf, GgufDtype};
-use crate::export::hf::{hf_side_files, write_safetensors};
+use crate::export::hf::{hf_side_files, write_weights, SHARD_BYTES};
 use crate::formats::source::StorageDtype;
 use crate::formats::zip::FileSink;
 use crate::model::config::ModelConfig;
 use crate::model::load::Bundle;
+use crate::model::store::LayerStore;
 use crate::model::transformer::{expected_tensors, Model};
 use crate::prune::{heads_target, ids_sha256, mlp_target, PruneOptions, Pruned};
 use serde_json::{json, Value};
@@ -16,7 +17,7 @@ use serde_json::{json, Value};
 /// What the pruned model is written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
-    /// A Hugging Face folder with `model.safetensors` in this dtype.
+    /// A Hugging Face folder with `model.safetensors` in this dtype (shards past 2 GB).
     Hf(StorageDtype),
     /// One `model.gguf` for llama.cpp.
     Gguf(GgufDtype),
@@ -39,7 +40,8 @@ impl OutputFormat {
         })
     }
 
-    /// Bytes the weights take in this format (headers and small files not counted).
+    /// Bytes of tensor data the weights take in this format: the files' headers, a sharded folder's
+    /// index and the small files are not counted (well under 1 MB for the models podar runs).
     pub fn weight_bytes(&self, cfg: &ModelConfig) -> u64 {
         expected_tensors(cfg)
             .iter()
@@ -70,7 +72,7 @@ pub struct Plan {
     pub intermediate_after: usize,
     pub kv_heads_before: usize,
     pub kv_heads_after: usize,
-    /// Weight bytes of the output file(s) in the chosen format.
+    /// Tensor data bytes of the output file(s) in the chosen format, headers and index not counted.
     pub bytes_after: u64,
     /// Calibration tokens the job needs (`calib_samples × calib_len`).
     pub calib_tokens: usize,
@@ -236,11 +238,19 @@ impl Record<'_> {
     }
 }
 
-/// Writes the model files: `model.safetensors` and the tokenizer/config files, or `model.gguf`.
-pub fn write_model(bundle: &Bundle, model: &Model, fmt: OutputFormat, sink: &mut dyn FileSink) -> Result<()> {
+/// Writes the model files: `model.safetensors` (shards of 2 GB and their index past that) and the
+/// tokenizer/config files, or `model.gguf`; the model's layers are read from `layers` as they are
+/// written.
+pub fn write_model(
+    bundle: &Bundle,
+    model: &Model,
+    layers: &mut dyn LayerStore,
+    fmt: OutputFormat,
+    sink: &mut dyn FileSink,
+) -> Result<()> {
     match fmt {
         OutputFormat::Hf(dtype) => {
-            sink.file("model.safetensors", &mut |w| write_safetensors(model, dtype, w))?;
+            write_weights(model, layers, dtype, SHARD_BYTES, sink)?;
             let side = hf_side_files(model, bundle.tokenizer.as_ref(), bundle.generation_config.as_ref(), dtype)?;
             for (name, bytes) in side {
                 sink.file(&name, &mut |w| Ok(w.write_all(&bytes)?))?;
@@ -248,7 +258,7 @@ pub fn write_model(bundle: &Bundle, model: &Model, fmt: OutputFormat, sink: &mut
         }
         OutputFormat::Gguf(dtype) => {
             let meta = bundle.gguf_tokenizer_metadata()?;
-            sink.file("model.gguf", &mut |w| write_gguf(model, &meta, dtype, w))?;
+            sink.file("model.gguf", &mut |w| write_gguf(model, layers, &meta, dtype, w))?;
         }
     }
     Ok(())

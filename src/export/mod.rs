@@ -2,7 +2,8 @@
 //! plan shown before any work, the report and the model card), into any `FileSink` — a folder on
 //! disk, or a zip streamed to the browser.
 //!
-//! - [`hf`]: config.json, model.safetensors and tokenizer files from the model itself;
+//! - [`hf`]: config.json, model.safetensors (shards and their index past 2 GB) and tokenizer files
+//!   from the model itself;
 //! - [`gguf`]: llama.cpp's keys, names and layouts, streamed one tensor at a time;
 //! - [`job`]: output formats, the plan, the report and model card.
 //!

@@ -2,7 +2,9 @@
 //! no BOS, mean NLL of tokens 2..ctx given the earlier tokens of the same window.
 
 use crate::error::{bail, Result};
+use crate::model::store::LayerStore;
 use crate::model::transformer::Model;
+use candle_core::Tensor;
 
 /// Largest context podar accepts for evaluation.
 pub const MAX_CTX: usize = 32_768;
@@ -49,6 +51,45 @@ pub fn perplexity(
         total += nll.iter().map(|&x| x as f64).sum::<f64>();
         n += nll.len();
         crate::error::go_on(progress(k + 1, wins.len()))?;
+    }
+    let mean = total / n as f64;
+    Ok(Perplexity { perplexity: mean.exp(), tokens: ids.len(), predictions: n, nll: mean })
+}
+
+/// Tokens of the windows that go through the layers together in [`perplexity_layered`].
+const GROUP_TOKENS: usize = 16_384;
+
+/// [`perplexity`] of a model whose layers are in `layers` (read from the model's file as they are
+/// used, [`crate::model::Streamed`]), layer by layer: a group of windows goes through layer 1, then
+/// through layer 2, and so on, each layer read once per group. The same products as [`perplexity`]
+/// on the same windows, so the same result. `progress(done, total)` after each layer of each group.
+pub fn perplexity_layered(
+    model: &Model,
+    layers: &mut dyn LayerStore,
+    ids: &[u32],
+    ctx: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Perplexity> {
+    let wins = windows(ids, ctx, MAX_CTX)?;
+    let per_group = (GROUP_TOKENS / ctx).max(1);
+    let n_layers = layers.count();
+    let steps = wins.len().div_ceil(per_group) * n_layers;
+    let mut total = 0f64;
+    let mut n = 0usize;
+    for (g, group) in wins.chunks(per_group).enumerate() {
+        let mut xs: Vec<Tensor> = group.iter().map(|w| model.embed(w, 1, ctx)).collect::<Result<_>>()?;
+        for l in 0..n_layers {
+            let layer = layers.layer(l)?;
+            for x in xs.iter_mut() {
+                *x = model.layer_forward_with(&layer, l, x, 1, ctx, None, None)?;
+            }
+            crate::error::go_on(progress(g * n_layers + l + 1, steps))?;
+        }
+        for (w, h) in group.iter().zip(&xs) {
+            let nll = model.nll(&h.narrow(0, 0, ctx - 1)?, &w[1..])?;
+            total += nll.iter().map(|&x| x as f64).sum::<f64>();
+            n += nll.len();
+        }
     }
     let mean = total / n as f64;
     Ok(Perplexity { perplexity: mean.exp(), tokens: ids.len(), predictions: n, nll: mean })

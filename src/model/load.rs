@@ -5,6 +5,7 @@ use crate::formats::safetensors::SafetensorsSource;
 use crate::formats::source::TensorSource;
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufSource;
+use crate::model::store::{LayerStore, Spill, Streamed};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::transformer::{check_source, Model};
 use candle_core::quantized::GgmlDType;
@@ -137,9 +138,9 @@ pub fn inspect_hf<R: Read + Seek>(config: &[u8], shards: Vec<R>) -> Result<Summa
     Ok(st_summary(&src, &cfg))
 }
 
-/// Loads a GGUF model and its tokenizer; `progress(layer, layers)`.
-pub fn load_gguf<R: Read + Seek>(reader: R, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Bundle> {
-    let (mut src, cfg) = GgufSource::new(reader)?;
+/// A GGUF's source, config, tokenizer and side data, before any weight is read.
+fn open_gguf<R: Read + Seek>(reader: R) -> Result<(GgufSource<R>, Bundle)> {
+    let (src, cfg) = GgufSource::new(reader)?;
     let tokenizer = match src.header().get("tokenizer.ggml.tokens") {
         Some(_) => Some(Tokenizer::from_gguf(src.header())?),
         None => None,
@@ -154,12 +155,12 @@ pub fn load_gguf<R: Read + Seek>(reader: R, progress: &mut dyn FnMut(usize, usiz
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     gguf_tokenizer.sort_by(|a, b| a.0.cmp(&b.0));
-    let model = Model::load(cfg, &mut src, progress)?;
-    Ok(Bundle { model, tokenizer, generation_config: None, summary, gguf_tokenizer: Some(gguf_tokenizer) })
+    let model = Model::empty(cfg)?;
+    Ok((src, Bundle { model, tokenizer, generation_config: None, summary, gguf_tokenizer: Some(gguf_tokenizer) }))
 }
 
-/// Loads a Hugging Face model from its files; `progress(layer, layers)`.
-pub fn load_hf<R: Read + Seek>(files: HfFiles<R>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Bundle> {
+/// A Hugging Face folder's source, config, tokenizer and side files, before any weight is read.
+fn open_hf<R: Read + Seek>(files: HfFiles<R>) -> Result<(SafetensorsSource<R>, Bundle)> {
     let cfg = ModelConfig::from_hf_json(&files.config)?;
     let tokenizer = match files.tokenizer_json.as_deref() {
         Some(tj) => Some(Tokenizer::from_hf(tj, files.tokenizer_config.as_deref())?),
@@ -169,10 +170,57 @@ pub fn load_hf<R: Read + Seek>(files: HfFiles<R>, progress: &mut dyn FnMut(usize
     if files.shards.is_empty() {
         bail!(Safetensors, "no safetensors file given");
     }
-    let mut src = SafetensorsSource::new(files.shards)?;
+    let src = SafetensorsSource::new(files.shards)?;
     let summary = st_summary(&src, &cfg);
-    let model = Model::load(cfg, &mut src, progress)?;
-    Ok(Bundle { model, tokenizer, generation_config, summary, gguf_tokenizer: None })
+    let model = Model::empty(cfg)?;
+    Ok((src, Bundle { model, tokenizer, generation_config, summary, gguf_tokenizer: None }))
+}
+
+/// Loads the embedding, final norm and LM head into `b.model` and leaves the layers in `src`, to be
+/// read as they are used, with replaced layers kept in `spill`.
+fn stream_layers<S: TensorSource + 'static>(
+    b: &mut Bundle,
+    mut src: S,
+    spill: Box<dyn Spill>,
+) -> Result<Box<dyn LayerStore>> {
+    let cfg = b.model.cfg.clone();
+    b.model = Model::load_shell(cfg.clone(), &mut src)?;
+    Ok(Box::new(Streamed::new(&cfg, src, spill)))
+}
+
+/// Loads a GGUF model and its tokenizer; `progress(layer, layers)`.
+pub fn load_gguf<R: Read + Seek>(reader: R, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Bundle> {
+    let (mut src, mut b) = open_gguf(reader)?;
+    b.model = Model::load(b.model.cfg.clone(), &mut src, progress)?;
+    Ok(b)
+}
+
+/// Loads a Hugging Face model from its files; `progress(layer, layers)`.
+pub fn load_hf<R: Read + Seek>(files: HfFiles<R>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Bundle> {
+    let (mut src, mut b) = open_hf(files)?;
+    b.model = Model::load(b.model.cfg.clone(), &mut src, progress)?;
+    Ok(b)
+}
+
+/// A GGUF model whose layers stay in `reader`, read as they are used (see [`Streamed`]): the
+/// bundle holds the rest of the model, the store its layers.
+pub fn stream_gguf<R: Read + Seek + 'static>(
+    reader: R,
+    spill: Box<dyn Spill>,
+) -> Result<(Bundle, Box<dyn LayerStore>)> {
+    let (src, mut b) = open_gguf(reader)?;
+    let layers = stream_layers(&mut b, src, spill)?;
+    Ok((b, layers))
+}
+
+/// A Hugging Face model whose layers stay in its shards (see [`stream_gguf`]).
+pub fn stream_hf<R: Read + Seek + 'static>(
+    files: HfFiles<R>,
+    spill: Box<dyn Spill>,
+) -> Result<(Bundle, Box<dyn LayerStore>)> {
+    let (src, mut b) = open_hf(files)?;
+    let layers = stream_layers(&mut b, src, spill)?;
+    Ok((b, layers))
 }
 
 /// Loads only the weights of a Hugging Face model (no tokenizer needed), e.g. for fixtures.

@@ -6,6 +6,7 @@
 //! - [`tokenizer`]: the model's own tokenizer and chat template;
 //! - [`load`]: whole models from readers (a GGUF file, a Hugging Face folder's files);
 //! - [`transformer`]: the forward pass, layer by layer;
+//! - [`store`]: where the layers live while a job runs: in memory, or read from the source when used;
 //! - [`eval`], [`generate`]: perplexity and greedy generation.
 //!
 //! To add an architecture: its keys in `config`, its tensor names in `gguf`, its layer in
@@ -16,7 +17,9 @@ pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod load;
+pub mod store;
 pub mod tokenizer;
 pub mod transformer;
 
+pub use store::{LayerStore, Streamed};
 pub use transformer::{KvCache, Layer, LayerTrace, Linear, Model};

@@ -5,6 +5,7 @@ use crate::error::{bail, Error, Result};
 use crate::formats::source::TensorSource;
 use crate::kernels::{add, attention, silu_mul, to_heads, AttnShape, Rope};
 use crate::model::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
+use crate::model::store::LayerStore;
 use candle_core::{Device, Tensor};
 
 /// A linear map `y = x Wᵀ + b` with `W` stored `[out, in]` as in transformers.
@@ -46,6 +47,133 @@ pub struct Layer {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+}
+
+impl Layer {
+    /// Layer `l` of a model shaped `cfg`, each tensor from `get(name, shape)` (transformers' names).
+    pub fn read(cfg: &ModelConfig, l: usize, get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<Layer> {
+        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        let p = format!("model.layers.{l}.");
+        let mut one = |n: &str, shape: &[usize]| get(&format!("{p}{n}"), shape);
+        let mut lin = |n: &str, o: usize, i: usize, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                weight: one(&format!("{n}.weight"), &[o, i])?,
+                bias: if bias { Some(one(&format!("{n}.bias"), &[o])?) } else { None },
+            })
+        };
+        let q_proj = lin("self_attn.q_proj", q, h, cfg.qkv_bias)?;
+        let k_proj = lin("self_attn.k_proj", kv, h, cfg.qkv_bias)?;
+        let v_proj = lin("self_attn.v_proj", kv, h, cfg.qkv_bias)?;
+        let o_proj = lin("self_attn.o_proj", h, q, cfg.o_bias)?;
+        let gate_proj = lin("mlp.gate_proj", i, h, false)?;
+        let up_proj = lin("mlp.up_proj", i, h, false)?;
+        let down_proj = lin("mlp.down_proj", h, i, false)?;
+        let input_layernorm = one("input_layernorm.weight", &[h])?;
+        let post_attention_layernorm = one("post_attention_layernorm.weight", &[h])?;
+        let (gemma, qk_norm) = (cfg.arch.is_gemma(), cfg.arch.has_qk_norm());
+        let mut opt = |on: bool, n: &str, len: usize| if on { one(n, &[len]).map(Some) } else { Ok(None) };
+        let pre_feedforward_layernorm = opt(gemma, "pre_feedforward_layernorm.weight", h)?;
+        let post_feedforward_layernorm = opt(gemma, "post_feedforward_layernorm.weight", h)?;
+        let q_norm = opt(qk_norm, "self_attn.q_norm.weight", hd)?;
+        let k_norm = opt(qk_norm, "self_attn.k_norm.weight", hd)?;
+        Ok(Layer {
+            input_layernorm,
+            post_attention_layernorm,
+            pre_feedforward_layernorm,
+            post_feedforward_layernorm,
+            q_norm,
+            k_norm,
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            gate_proj,
+            up_proj,
+            down_proj,
+        })
+    }
+
+    /// The layer whose weights `take(name)` gives by [`Layer::named`]'s names, shaped as they are;
+    /// the optional ones (biases, Gemma's and Qwen3's extra norms) where given.
+    pub fn from_named(take: &mut dyn FnMut(&str) -> Option<Tensor>) -> Result<Layer> {
+        let mut need = |n: &str| take(n).ok_or_else(|| Error::MissingTensor(n.to_string()));
+        let input_layernorm = need("input_layernorm.weight")?;
+        let post_attention_layernorm = need("post_attention_layernorm.weight")?;
+        let q = need("self_attn.q_proj.weight")?;
+        let k = need("self_attn.k_proj.weight")?;
+        let v = need("self_attn.v_proj.weight")?;
+        let o = need("self_attn.o_proj.weight")?;
+        let gate = need("mlp.gate_proj.weight")?;
+        let up = need("mlp.up_proj.weight")?;
+        let down = need("mlp.down_proj.weight")?;
+        let lin = |weight: Tensor, bias: Option<Tensor>| Linear { weight, bias };
+        Ok(Layer {
+            input_layernorm,
+            post_attention_layernorm,
+            pre_feedforward_layernorm: take("pre_feedforward_layernorm.weight"),
+            post_feedforward_layernorm: take("post_feedforward_layernorm.weight"),
+            q_proj: lin(q, take("self_attn.q_proj.bias")),
+            k_proj: lin(k, take("self_attn.k_proj.bias")),
+            v_proj: lin(v, take("self_attn.v_proj.bias")),
+            o_proj: lin(o, take("self_attn.o_proj.bias")),
+            q_norm: take("self_attn.q_norm.weight"),
+            k_norm: take("self_attn.k_norm.weight"),
+            gate_proj: lin(gate, None),
+            up_proj: lin(up, None),
+            down_proj: lin(down, None),
+        })
+    }
+
+    /// The number of tensors [`Layer::named`] gives for a layer of a model shaped `cfg`.
+    pub fn count_named(cfg: &ModelConfig) -> usize {
+        let biases = if cfg.qkv_bias { 3 } else { 0 } + usize::from(cfg.o_bias);
+        let norms = if cfg.arch.has_qk_norm() { 2 } else { 0 } + if cfg.arch.is_gemma() { 2 } else { 0 };
+        9 + biases + norms
+    }
+
+    /// Every weight of the layer by its name within the layer (`self_attn.q_proj.weight`…), in
+    /// `expected_tensors` order. (Clones share storage.)
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = Vec::new();
+        let mut add = |n: &str, t: &Tensor| v.push((n.to_string(), t.clone()));
+        add("input_layernorm.weight", &self.input_layernorm);
+        add("self_attn.q_proj.weight", &self.q_proj.weight);
+        add("self_attn.k_proj.weight", &self.k_proj.weight);
+        add("self_attn.v_proj.weight", &self.v_proj.weight);
+        add("self_attn.o_proj.weight", &self.o_proj.weight);
+        for (n, lin) in
+            [("q_proj", &self.q_proj), ("k_proj", &self.k_proj), ("v_proj", &self.v_proj), ("o_proj", &self.o_proj)]
+        {
+            if let Some(b) = &lin.bias {
+                add(&format!("self_attn.{n}.bias"), b);
+            }
+        }
+        if let (Some(q), Some(k)) = (&self.q_norm, &self.k_norm) {
+            add("self_attn.q_norm.weight", q);
+            add("self_attn.k_norm.weight", k);
+        }
+        add("post_attention_layernorm.weight", &self.post_attention_layernorm);
+        if let (Some(a), Some(b)) = (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
+            add("pre_feedforward_layernorm.weight", a);
+            add("post_feedforward_layernorm.weight", b);
+        }
+        add("mlp.gate_proj.weight", &self.gate_proj.weight);
+        add("mlp.up_proj.weight", &self.up_proj.weight);
+        add("mlp.down_proj.weight", &self.down_proj.weight);
+        v
+    }
+}
+
+/// Reads tensors from `src` in f32, refusing a shape other than the one expected and values that
+/// are not finite.
+pub(crate) fn checked_reader(src: &mut dyn TensorSource) -> impl FnMut(&str, &[usize]) -> Result<Tensor> + '_ {
+    move |name: &str, shape: &[usize]| {
+        let t = src.load(name)?;
+        expect_shape(name, &t, shape)?;
+        expect_finite(name, &t)?;
+        Ok(t)
+    }
 }
 
 /// A loaded model.
@@ -183,60 +311,50 @@ impl Model {
     ) -> Result<Self> {
         cfg.validate()?;
         check_source(&cfg, src)?;
-        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-        let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let t = src.load(name)?;
-            expect_shape(name, &t, shape)?;
-            expect_finite(name, &t)?;
-            Ok(t)
-        };
+        let h = cfg.hidden_size;
+        let mut get = checked_reader(src);
         let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let total = cfg.num_hidden_layers;
         let mut layers = Vec::with_capacity(total);
         for l in 0..total {
-            let p = format!("model.layers.{l}.");
-            let lin = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
-                       n: &str,
-                       o: usize,
-                       i: usize,
-                       bias: bool|
-             -> Result<Linear> {
-                Ok(Linear {
-                    weight: get(&format!("{p}{n}.weight"), &[o, i])?,
-                    bias: if bias { Some(get(&format!("{p}{n}.bias"), &[o])?) } else { None },
-                })
-            };
-            let gemma = cfg.arch.is_gemma();
-            let qk_norm = cfg.arch.has_qk_norm();
-            layers.push(Layer {
-                input_layernorm: get(&format!("{p}input_layernorm.weight"), &[h])?,
-                post_attention_layernorm: get(&format!("{p}post_attention_layernorm.weight"), &[h])?,
-                pre_feedforward_layernorm: if gemma {
-                    Some(get(&format!("{p}pre_feedforward_layernorm.weight"), &[h])?)
-                } else {
-                    None
-                },
-                post_feedforward_layernorm: if gemma {
-                    Some(get(&format!("{p}post_feedforward_layernorm.weight"), &[h])?)
-                } else {
-                    None
-                },
-                q_proj: lin(&mut get, "self_attn.q_proj", q, h, cfg.qkv_bias)?,
-                k_proj: lin(&mut get, "self_attn.k_proj", kv, h, cfg.qkv_bias)?,
-                v_proj: lin(&mut get, "self_attn.v_proj", kv, h, cfg.qkv_bias)?,
-                o_proj: lin(&mut get, "self_attn.o_proj", h, q, cfg.o_bias)?,
-                q_norm: if qk_norm { Some(get(&format!("{p}self_attn.q_norm.weight"), &[hd])?) } else { None },
-                k_norm: if qk_norm { Some(get(&format!("{p}self_attn.k_norm.weight"), &[hd])?) } else { None },
-                gate_proj: lin(&mut get, "mlp.gate_proj", i, h, false)?,
-                up_proj: lin(&mut get, "mlp.up_proj", i, h, false)?,
-                down_proj: lin(&mut get, "mlp.down_proj", h, i, false)?,
-            });
+            layers.push(Layer::read(&cfg, l, &mut get)?);
             crate::error::go_on(progress(l + 1, total))?;
         }
         let norm = get("model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[cfg.vocab_size, h])?) };
         Ok(Model { cfg, embed_tokens, layers, norm, lm_head })
+    }
+
+    /// A model shaped `cfg` with no weights yet (empty tensors).
+    pub(crate) fn empty(cfg: ModelConfig) -> Result<Self> {
+        let none = || Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu);
+        Ok(Model { cfg, embed_tokens: none()?, layers: Vec::new(), norm: none()?, lm_head: None })
+    }
+
+    /// The embedding, final norm and LM head of the model shaped `cfg` in `src`, without its layers:
+    /// the rest of a model whose layers are read as they are used ([`crate::model::store::Streamed`]).
+    pub fn load_shell(cfg: ModelConfig, src: &mut dyn TensorSource) -> Result<Self> {
+        cfg.validate()?;
+        check_source(&cfg, src)?;
+        let h = cfg.hidden_size;
+        let mut get = checked_reader(src);
+        let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let norm = get("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[cfg.vocab_size, h])?) };
+        Ok(Model { cfg, embed_tokens, layers: Vec::new(), norm, lm_head })
+    }
+
+    /// Refuses to run a model whose layers are not all in memory.
+    fn check_resident(&self) -> Result<()> {
+        if self.layers.len() != self.cfg.num_hidden_layers {
+            bail!(
+                Input,
+                "this model's layers are read from its file as they are used; this step needs them in memory ({} of {})",
+                self.layers.len(),
+                self.cfg.num_hidden_layers
+            );
+        }
+        Ok(())
     }
 
     /// Total parameter count (tied embeddings once).
@@ -473,6 +591,7 @@ impl Model {
 
     /// Runs every layer on token ids laid out `[b, t]`, continuing `cache` if given; `[b·t, hidden]`.
     fn run_layers(&self, ids: &[u32], b: usize, t: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.check_resident()?;
         let mut x = self.embed(ids, b, t)?;
         for l in 0..self.layers.len() {
             x = self.layer_forward(l, &x, b, t, cache.as_deref_mut(), None)?;
@@ -502,41 +621,62 @@ impl Model {
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = vec![("model.embed_tokens.weight".into(), self.embed_tokens.clone())];
         for (l, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}.");
-            let mut add = |n: &str, t: &Tensor| v.push((format!("{p}{n}"), t.clone()));
-            add("input_layernorm.weight", &layer.input_layernorm);
-            add("self_attn.q_proj.weight", &layer.q_proj.weight);
-            add("self_attn.k_proj.weight", &layer.k_proj.weight);
-            add("self_attn.v_proj.weight", &layer.v_proj.weight);
-            add("self_attn.o_proj.weight", &layer.o_proj.weight);
-            for (n, lin) in [
-                ("q_proj", &layer.q_proj),
-                ("k_proj", &layer.k_proj),
-                ("v_proj", &layer.v_proj),
-                ("o_proj", &layer.o_proj),
-            ] {
-                if let Some(b) = &lin.bias {
-                    add(&format!("self_attn.{n}.bias"), b);
-                }
-            }
-            if let (Some(q), Some(k)) = (&layer.q_norm, &layer.k_norm) {
-                add("self_attn.q_norm.weight", q);
-                add("self_attn.k_norm.weight", k);
-            }
-            add("post_attention_layernorm.weight", &layer.post_attention_layernorm);
-            if let (Some(a), Some(b)) = (&layer.pre_feedforward_layernorm, &layer.post_feedforward_layernorm) {
-                add("pre_feedforward_layernorm.weight", a);
-                add("post_feedforward_layernorm.weight", b);
-            }
-            add("mlp.gate_proj.weight", &layer.gate_proj.weight);
-            add("mlp.up_proj.weight", &layer.up_proj.weight);
-            add("mlp.down_proj.weight", &layer.down_proj.weight);
+            v.extend(layer.named().into_iter().map(|(n, t)| (format!("model.layers.{l}.{n}"), t)));
         }
         v.push(("model.norm.weight".into(), self.norm.clone()));
         if let Some(h) = &self.lm_head {
             v.push(("lm_head.weight".into(), h.clone()));
         }
         v
+    }
+
+    /// The tensors numbered `range` of the model's tensors in `expected_tensors` order (the layers'
+    /// from `layers`, each layer read once and only when one of its tensors is in `range`), each
+    /// checked against its expected name and shape and then given to `f(name, tensor)`.
+    pub fn each_tensor(
+        &self,
+        layers: &mut dyn LayerStore,
+        range: std::ops::Range<usize>,
+        f: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let expected = expected_tensors(&self.cfg);
+        if layers.count() != self.cfg.num_hidden_layers {
+            bail!(Config, "the model has {} layers, its config {}", layers.count(), self.cfg.num_hidden_layers);
+        }
+        let per_layer = Layer::count_named(&self.cfg);
+        let mut at = 0usize;
+        let mut give = |name: &str, t: &Tensor, at: &mut usize| -> Result<()> {
+            let i = *at;
+            *at += 1;
+            if !range.contains(&i) {
+                return Ok(());
+            }
+            match expected.get(i) {
+                Some((e, shape)) if e == name && t.dims() == shape.as_slice() => f(name, t),
+                Some((e, shape)) => {
+                    Err(Error::Shape { name: e.clone(), expected: shape.clone(), got: t.dims().to_vec() })
+                }
+                None => bail!(Config, "tensor `{name}` is not in the config's list"),
+            }
+        };
+        give("model.embed_tokens.weight", &self.embed_tokens, &mut at)?;
+        for l in 0..layers.count() {
+            if range.start >= at + per_layer || range.end <= at {
+                at += per_layer;
+                continue;
+            }
+            for (n, t) in layers.layer(l)?.named() {
+                give(&format!("model.layers.{l}.{n}"), &t, &mut at)?;
+            }
+        }
+        give("model.norm.weight", &self.norm, &mut at)?;
+        if let Some(h) = &self.lm_head {
+            give("lm_head.weight", h, &mut at)?;
+        }
+        if at != expected.len() {
+            bail!(Config, "the model holds {at} tensors, its config implies {}", expected.len());
+        }
+        Ok(())
     }
 
     /// Hidden states after the last layer, `[b·t, hidden]`, for ids laid out `[b, t]`.

@@ -5,6 +5,7 @@
 use super::stats::{last_tokens, stats_of, sum_cosine, sum_cosine_of_sum, ErrorCross, LayerStats, RefitParts};
 use crate::error::{bail, Result};
 use crate::kernels::Accum;
+use crate::model::store::LayerStore;
 use crate::model::transformer::{Layer, LayerTrace, Model};
 use candle_core::Tensor;
 
@@ -122,8 +123,10 @@ impl ErrorEstimate {
 ///
 /// The streams are kept as chunks of windows (one forward pass each), so nothing is ever
 /// concatenated into a second copy, and chunks are freed as soon as they are used.
+#[allow(clippy::too_many_arguments)]
 pub fn collect(
-    model: &mut Model,
+    model: &Model,
+    layers: &mut dyn LayerStore,
     ids: &[u32],
     samples: usize,
     len: usize,
@@ -133,21 +136,23 @@ pub fn collect(
 ) -> Result<CalibStats> {
     check_len(&model.cfg, len)?;
     let _products = crate::kernels::bf16_products(want.bf16);
-    let n_layers = model.layers.len();
+    let n_layers = layers.count();
     let mut streams = Streams::start(model, ids, samples, len, want)?;
-    let mut layers = Vec::with_capacity(n_layers);
+    let mut stats = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
-        let how = streams.how(&model.layers[l], want);
-        let mut pass = streams.gather(model, l, how, want)?;
-        let rep = on_layer(l, &model.layers[l], &pass.stats)?;
-        streams.carry_on(model, l, how, want, &mut pass, rep.as_ref())?;
+        let layer = layers.layer(l)?;
+        let how = streams.how(&layer, want);
+        let mut pass = streams.gather(model, &layer, l, how, want)?;
+        let rep = on_layer(l, &layer, &pass.stats)?;
+        streams.carry_on(model, &layer, l, how, want, &mut pass, rep.as_ref())?;
+        drop(layer);
         if let Some(r) = rep {
-            model.layers[l] = r.layer;
+            layers.replace(l, r.layer)?;
         }
-        layers.push(pass.stats);
+        stats.push(pass.stats);
         crate::error::go_on(progress(l + 1, n_layers))?;
     }
-    Ok(CalibStats { layers, tokens: ids.len(), boundary: streams.boundary })
+    Ok(CalibStats { layers: stats, tokens: ids.len(), boundary: streams.boundary })
 }
 
 /// The calibration text between layers, as chunks of windows (one forward pass each): the pruned
@@ -239,10 +244,9 @@ impl Streams {
 
     /// Runs layer `l` over every chunk, summing its statistics: per-neuron sums, the Gram matrices
     /// and the error's cross-product (or their parts) as wanted, and the input/output cosine.
-    fn gather(&mut self, model: &Model, l: usize, how: How, want: Want) -> Result<Pass> {
+    fn gather(&mut self, model: &Model, lay: &Layer, l: usize, how: How, want: Want) -> Result<Pass> {
         let How { lazy, split_error, keep_outs } = how;
         let (stream, residuals, len) = (self.stream, self.residuals, self.len);
-        let lay = &model.layers[l];
         let mut st: Option<LayerStats> = None;
         let mut cos_sum = 0f64;
         let mut outs = Vec::with_capacity(self.chunks.len());
@@ -275,7 +279,7 @@ impl Streams {
                     u = Some(m);
                     None
                 }
-                _ => Some(model.layer_forward(l, &xc, wn, len, None, Some(&mut tr))?),
+                _ => Some(model.layer_forward_with(lay, l, &xc, wn, len, None, Some(&mut tr))?),
             };
             let (Some(p), Some((residual, mid, attn))) = (part, mlp) else {
                 bail!(Input, "layer {l} produced no statistics");
@@ -292,7 +296,7 @@ impl Streams {
                 let Some(xoc) = xo[c].take() else {
                     bail!(Input, "unpruned stream chunk {c} is missing at layer {l}");
                 };
-                let yo = model.layer_forward(l, &xoc, wn, len, None, None)?;
+                let yo = model.layer_forward_with(lay, l, &xoc, wn, len, None, None)?;
                 match &yc {
                     Some(yc) => err_cross.add_cross(&mid, &crate::kernels::sub(&yo, yc)?)?,
                     None => {
@@ -362,9 +366,11 @@ impl Streams {
     /// residual and activations when only the MLP changed, else the layer re-run), the unpruned
     /// stream where the two part, and the residual estimate of the error after this layer. Frees the
     /// layer's Gram matrices and what was saved.
+    #[allow(clippy::too_many_arguments)]
     fn carry_on(
         &mut self,
         model: &Model,
+        layer: &Layer,
         l: usize,
         how: How,
         want: Want,
@@ -430,7 +436,7 @@ impl Streams {
             }
             _ if keep_outs => (std::mem::take(outs), Vec::new()),
             // The layer stays as it was: its output, rebuilt from what was saved.
-            _ => rebuilt(&model.layers[l], None)?,
+            _ => rebuilt(layer, None)?,
         };
         drop(targets);
         if residuals {

@@ -14,6 +14,7 @@
 use crate::error::{bail, Result};
 use crate::kernels::{par_for, select_cols, select_rows};
 use crate::model::config::ModelConfig;
+use crate::model::store::LayerStore;
 use crate::model::transformer::{Layer, Linear, Model};
 use candle_core::Tensor;
 use stats::LayerStats;
@@ -109,18 +110,31 @@ pub fn prune_owned(
     o: &PruneOptions,
     progress: &mut dyn FnMut(&str, usize, usize) -> bool,
 ) -> Result<Pruned> {
+    let mut layers = std::mem::take(&mut model.layers);
+    let mut pruned = prune_in(model, &mut layers, calib_ids, o, progress)?;
+    pruned.model.layers = layers;
+    Ok(pruned)
+}
+
+/// [`prune_owned`] on a model whose layers are in `layers` (in memory, or read from the model's
+/// file as they are used, [`crate::model::Streamed`]): each layer is read, pruned, and its
+/// replacement put back in `layers`, one at a time. The model returned has the pruned shape and no
+/// layers of its own: they are the ones `layers` then holds.
+pub fn prune_in(
+    mut model: Model,
+    layers: &mut dyn LayerStore,
+    calib_ids: Option<&[u32]>,
+    o: &PruneOptions,
+    progress: &mut dyn FnMut(&str, usize, usize) -> bool,
+) -> Result<Pruned> {
+    model.layers.clear();
     let t = Targets::of(&model.cfg, o, calib_ids.is_some())?;
     let found = match calib_ids {
-        Some(ids) => prune_while_calibrating(&mut model, ids, &t, o, progress)?,
-        None => Found::unmeasured(score_statically(&model, &t, o, progress)?, &t, model.cfg.num_hidden_layers),
+        Some(ids) => prune_while_calibrating(&model, layers, ids, &t, o, progress)?,
+        None => Found::unmeasured(prune_statically(layers, &t, o, progress)?, &t, model.cfg.num_hidden_layers),
     };
     let drop = layers_to_drop(model.cfg.num_hidden_layers, o, &found.influence, &found.block)?;
-    if calib_ids.is_none() && t.pruning() {
-        for (layer, kept) in model.layers.iter_mut().zip(&found.kept) {
-            *layer = slice_layer(layer, kept, None)?;
-        }
-    }
-    Ok(found.into_pruned(model, &t, &drop))
+    found.into_pruned(model, layers, &t, &drop)
 }
 
 /// What every layer keeps, from the options and the model's shape; checked before any work.
@@ -179,8 +193,8 @@ impl Found {
         Self { kept, kept_heads, calib_tokens: 0, influence: vec![], block: vec![] }
     }
 
-    /// The pruned model (its layers already sliced) less the dropped layers, with what was kept.
-    fn into_pruned(self, mut model: Model, t: &Targets, drop: &[usize]) -> Pruned {
+    /// The pruned model's shape, and `layers` (already sliced) less the dropped ones, with what was kept.
+    fn into_pruned(self, mut model: Model, layers: &mut dyn LayerStore, t: &Targets, drop: &[usize]) -> Result<Pruned> {
         let Found { mut kept, mut kept_heads, calib_tokens, influence, block } = self;
         let n = model.cfg.num_hidden_layers;
         model.cfg.intermediate_size = t.keep;
@@ -190,13 +204,13 @@ impl Found {
         }
         let kept_layers: Vec<usize> = (0..n).filter(|l| !drop.contains(l)).collect();
         if !drop.is_empty() {
-            model.layers = kept_layers.iter().map(|&l| model.layers[l].clone()).collect();
+            layers.retain(&kept_layers)?;
             model.cfg.layer_types = kept_layers.iter().map(|&l| model.cfg.layer_types[l]).collect();
             model.cfg.num_hidden_layers = kept_layers.len();
             kept = kept_layers.iter().map(|&l| std::mem::take(&mut kept[l])).collect();
             kept_heads = kept_layers.iter().map(|&l| std::mem::take(&mut kept_heads[l])).collect();
         }
-        Pruned {
+        Ok(Pruned {
             model,
             kept,
             kept_layers,
@@ -204,29 +218,38 @@ impl Found {
             layer_influence: influence,
             block_distances: block,
             calib_tokens,
-        }
+        })
     }
 }
 
-/// Scores every layer's neurons from its weights alone, the layers in parallel; the kept ones.
-fn score_statically(
-    model: &Model,
+/// Scores every layer's neurons from its weights alone and slices each layer to the kept ones, a
+/// few layers at a time (as many as there are threads), those in parallel; the kept neurons.
+fn prune_statically(
+    layers: &mut dyn LayerStore,
     t: &Targets,
     o: &PruneOptions,
     progress: &mut dyn FnMut(&str, usize, usize) -> bool,
 ) -> Result<Vec<Vec<usize>>> {
-    let n = model.cfg.num_hidden_layers;
-    let results: Vec<Mutex<Option<Result<Vec<usize>>>>> = (0..n).map(|_| Mutex::new(None)).collect();
-    par_for(n, &|l| {
-        let r = score_layer(model, l, o.score, None).map(|s| top_k(&s, t.keep));
-        if let Ok(mut slot) = results[l].lock() {
-            *slot = Some(r);
-        }
-    });
+    let n = layers.count();
+    let batch = crate::kernels::threads().max(1);
     let mut kept = Vec::with_capacity(n);
-    for (l, r) in results.into_iter().enumerate() {
-        kept.push(r.into_inner().ok().flatten().unwrap_or_else(|| Ok(vec![]))?);
-        crate::error::go_on(progress("score", l + 1, n))?;
+    for l0 in (0..n).step_by(batch) {
+        let group: Vec<Layer> = (l0..n.min(l0 + batch)).map(|l| layers.layer(l)).collect::<Result<_>>()?;
+        let results: Vec<Mutex<Option<Result<Vec<usize>>>>> = group.iter().map(|_| Mutex::new(None)).collect();
+        par_for(group.len(), &|i| {
+            let r = score_of(&group[i], o.score, None).map(|s| top_k(&s, t.keep));
+            if let Ok(mut slot) = results[i].lock() {
+                *slot = Some(r);
+            }
+        });
+        for (i, (layer, r)) in group.into_iter().zip(results).enumerate() {
+            let k = r.into_inner().ok().flatten().unwrap_or_else(|| Ok(vec![]))?;
+            if t.pruning() {
+                layers.replace(l0 + i, slice_layer(&layer, &k, None)?)?;
+            }
+            kept.push(k);
+            crate::error::go_on(progress("score", l0 + i + 1, n))?;
+        }
     }
     Ok(kept)
 }
@@ -235,7 +258,8 @@ fn score_statically(
 /// reach it (`prune_layer`); the pruned layer replaces the original in `model` and, with
 /// `o.sequential`, its output is what the next layer sees.
 fn prune_while_calibrating(
-    model: &mut Model,
+    model: &Model,
+    layers: &mut dyn LayerStore,
     ids: &[u32],
     t: &Targets,
     o: &PruneOptions,
@@ -272,9 +296,10 @@ fn prune_while_calibrating(
         // Obs selects on the full Gram matrix.
         kept_gram: o.score != Score::Obs,
     };
-    let stats = calib::collect(model, ids, o.calib_samples, o.calib_len, want, &mut on_layer, &mut |d, total| {
-        progress("calibrate", d, total)
-    })?;
+    let stats =
+        calib::collect(model, layers, ids, o.calib_samples, o.calib_len, want, &mut on_layer, &mut |d, total| {
+            progress("calibrate", d, total)
+        })?;
     let mut block = Vec::new();
     if let Some(k) = o.drop_block {
         if k > 0 && k < n {
@@ -406,13 +431,13 @@ pub fn importance(
              score per neuron to show; `energy` is the closest that has one"
         );
     }
-    let mut mlp = vec![Vec::new(); model.layers.len()];
+    let mut mlp = vec![Vec::new(); model.cfg.num_hidden_layers];
     let mut on_layer = |l: usize, layer: &Layer, st: &LayerStats| -> Result<Option<calib::Replacement>> {
         mlp[l] = score_of(layer, score, Some(st))?;
         Ok(None)
     };
     let want = calib::Want { bf16: precision == Precision::Bf16, ..Default::default() };
-    let stats = calib::collect(&mut model.clone(), ids, samples, len, want, &mut on_layer, progress)?;
+    let stats = calib::collect(model, &mut model.layers.clone(), ids, samples, len, want, &mut on_layer, progress)?;
     Ok(Importance {
         score,
         tokens: stats.tokens,

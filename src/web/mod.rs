@@ -602,7 +602,14 @@ impl Session {
                 // One folder inside, named as the archive: unpacking it spills no loose files.
                 let folder = format!("{stem}-podar");
                 let mut z = ZipWriter::new(&mut w);
-                job::write_model(b, &d.pruned.model, fmt, &mut InFolder(&folder, &mut z)).map_err(js_err)?;
+                job::write_model(
+                    b,
+                    &d.pruned.model,
+                    &mut d.pruned.model.layers.clone(),
+                    fmt,
+                    &mut InFolder(&folder, &mut z),
+                )
+                .map_err(js_err)?;
                 job::write_record(&record, &mut InFolder(&folder, &mut z)).map_err(js_err)?;
                 z.finish().map_err(js_err)?;
                 format!("{folder}.zip")
@@ -614,7 +621,8 @@ impl Session {
                         body(self.0)
                     }
                 }
-                job::write_model(b, &d.pruned.model, fmt, &mut One(&mut w)).map_err(js_err)?;
+                job::write_model(b, &d.pruned.model, &mut d.pruned.model.layers.clone(), fmt, &mut One(&mut w))
+                    .map_err(js_err)?;
                 format!("{stem}-podar.gguf")
             }
         };
