@@ -117,17 +117,26 @@ fn streaming(a: &PruneArgs) -> Result<bool, Failure> {
     }
 }
 
-/// SHA-256 of the model's weight files (the GGUF, or the safetensors shards in order).
+/// SHA-256 of the model's weight files (the GGUF, or the safetensors shards in order), read in
+/// pieces (a mapped file would count towards this process's memory as it is read).
 fn source_sha256(path: &Path) -> Result<String, Failure> {
     use sha2::{Digest, Sha256};
+    use std::io::Read;
     let files = match resolve(path)? {
         ModelPath::Gguf(p) => vec![p],
         ModelPath::Hf { shards, .. } => shards,
     };
     let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
     for f in files {
-        let m = map(&f)?;
-        h.update(&m[..]);
+        let mut file = File::open(&f).at(&f)?;
+        loop {
+            let n = file.read(&mut buf).at(&f)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
     }
     Ok(format!("{:x}", h.finalize()))
 }
