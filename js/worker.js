@@ -183,7 +183,10 @@ async function fetchFile(url, name, id, required) {
     }
     if (cancelled()) throw new Error('cancelled');
   }
-  return new File(parts, name);
+  // The engine reads the model from these bytes, not from the File's slices: Chromium copies every
+  // slice of a Blob built in memory into a new Blob, kept until garbage collection, and a few
+  // reads of a model filled its Blob storage (blob.rs).
+  return Object.assign(new File(parts, name), { podarBytes: parts });
 }
 
 // A URL names either one .gguf, or a Hugging Face repository (…/resolve/main/ or the repo page).

@@ -187,3 +187,37 @@ async fn webgpu_products_equal_the_cpu_kernels() {
     assert!(gpu.linear(99, &x, rows, k).await.is_err());
     assert!(gpu.linear(7, &x[..10], rows, k).await.is_err());
 }
+
+/// A Blob whose bytes the worker holds as parts (`podarBytes`, as worker.js sets on a downloaded
+/// model) reads the same bytes as the Blob's own slices, across part boundaries and in every size.
+#[wasm_bindgen_test]
+fn a_blob_read_from_its_parts_gives_its_bytes() {
+    use std::io::{Read, Seek, SeekFrom};
+    let bytes: Vec<u8> = (0..9_000_017u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let cuts = [0, 1, 65_536, 4_194_303, 4_194_304, 7_000_000, bytes.len()];
+    let parts = Array::new();
+    for w in cuts.windows(2) {
+        parts.push(&Uint8Array::from(&bytes[w[0]..w[1]]));
+    }
+    let blob: web_sys::Blob = web_sys::File::new_with_u8_array_sequence(&parts, "m.gguf").unwrap().into();
+    let plain = podar::web::BlobReader::new(blob.clone()).unwrap();
+    js_sys::Reflect::set(&blob, &JsValue::from_str("podarBytes"), &parts).unwrap();
+    let held = podar::web::BlobReader::new(blob).unwrap();
+    for mut r in [plain, held] {
+        for (at, len) in [(0usize, 10usize), (65_530, 20), (4_194_300, 8 << 20), (8_999_000, 5_000), (3, 4_194_304)] {
+            r.seek(SeekFrom::Start(at as u64)).unwrap();
+            let mut out = vec![0u8; len];
+            let mut got = 0;
+            while got < len {
+                let n = r.read(&mut out[got..]).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            let want = &bytes[at..(at + len).min(bytes.len())];
+            assert_eq!(got, want.len(), "read at {at}");
+            assert!(&out[..got] == want, "bytes at {at} differ");
+        }
+    }
+}

@@ -12,9 +12,17 @@ fn io_err(what: &str, e: JsValue) -> std::io::Error {
 }
 
 /// `Read + Seek` over a `Blob`, reading slices of up to 4 MiB through `FileReaderSync`.
+///
+/// A `Blob` whose bytes the page also holds in memory (a downloaded model: the worker sets its
+/// `podarBytes` to the downloaded `Uint8Array`s, in order) is read from those instead. Chromium
+/// copies the bytes of every slice of a Blob built in memory into a new Blob, which stays until
+/// garbage collection: reading a model that way a few times filled the browser's Blob storage,
+/// after which reads failed (`NotReadableError`).
 pub struct BlobReader {
     blob: Blob,
     reader: FileReaderSync,
+    /// The Blob's bytes as the page holds them, and where each part starts.
+    parts: Option<(Vec<Uint8Array>, Vec<u64>)>,
     size: u64,
     pos: u64,
     buf: Vec<u8>,
@@ -24,23 +32,67 @@ pub struct BlobReader {
 /// The most a `BlobReader` reads in one slice.
 pub(super) const SLICE: u64 = 4 << 20;
 
+/// The `Uint8Array`s a worker attached to a Blob as its bytes, if they add up to its size.
+fn parts_of(blob: &Blob) -> Option<(Vec<Uint8Array>, Vec<u64>)> {
+    let v = js_sys::Reflect::get(blob, &JsValue::from_str("podarBytes")).ok()?;
+    let arr: js_sys::Array = v.dyn_into().ok()?;
+    let mut parts = Vec::with_capacity(arr.length() as usize);
+    let mut starts = Vec::with_capacity(parts.capacity());
+    let mut at = 0u64;
+    for p in arr.iter() {
+        let p: Uint8Array = p.dyn_into().ok()?;
+        starts.push(at);
+        at += p.length() as u64;
+        parts.push(p);
+    }
+    (at == blob.size() as u64).then_some((parts, starts))
+}
+
 impl BlobReader {
     pub fn new(blob: Blob) -> std::result::Result<Self, JsValue> {
         let reader = FileReaderSync::new().map_err(|_| super::input_err("FileReaderSync needs a Web Worker"))?;
         let size = blob.size() as u64;
-        Ok(BlobReader { blob, reader, size, pos: 0, buf: Vec::new(), buf_at: 0 })
+        let parts = parts_of(&blob);
+        Ok(BlobReader { blob, reader, parts, size, pos: 0, buf: Vec::new(), buf_at: 0 })
     }
 
-    /// Bytes `start..end` of the blob. Chromium now and then refuses a read of a blob it holds
-    /// (NotReadableError) and serves the same read a moment later: a few tries, each with a fresh
-    /// reader, before the error is reported.
-    fn read_range(&mut self, start: u64, end: u64) -> std::io::Result<js_sys::ArrayBuffer> {
+    /// Bytes `start..start + out.len()` of the blob, into `out`. Chromium now and then refuses a
+    /// read of a blob it holds (NotReadableError) and serves the same read a moment later: a few
+    /// tries, each with a fresh reader, before the error is reported.
+    fn read_range(&mut self, start: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let end = start + out.len() as u64;
+        if let Some((parts, starts)) = &self.parts {
+            let first = starts.partition_point(|&s| s <= start).saturating_sub(1);
+            let mut done = 0usize;
+            for (p, &at) in parts.iter().zip(starts).skip(first) {
+                if at >= end {
+                    break;
+                }
+                let from = start.max(at) - at;
+                let to = (end.min(at + p.length() as u64) - at) as u32;
+                let n = (to as u64 - from) as usize;
+                p.subarray(from as u32, to).copy_to(&mut out[done..done + n]);
+                done += n;
+            }
+            return if done == out.len() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("reading past the end of a file"))
+            };
+        }
         let slice =
             self.blob.slice_with_f64_and_f64(start as f64, end as f64).map_err(|e| io_err("slicing a file", e))?;
         let mut tries = 0;
         loop {
             match self.reader.read_as_array_buffer(&slice) {
-                Ok(ab) => return Ok(ab),
+                Ok(ab) => {
+                    let arr = Uint8Array::new(&ab);
+                    if arr.length() as usize != out.len() {
+                        return Err(std::io::Error::other("a file was shorter than it said"));
+                    }
+                    arr.copy_to(out);
+                    return Ok(());
+                }
                 Err(e) if tries >= 3 => return Err(io_err("reading a file", e)),
                 Err(_) => {
                     tries += 1;
@@ -54,8 +106,10 @@ impl BlobReader {
 
     fn fill(&mut self) -> std::io::Result<()> {
         let end = (self.pos + SLICE).min(self.size);
-        let ab = self.read_range(self.pos, end)?;
-        self.buf = Uint8Array::new(&ab).to_vec();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize((end - self.pos) as usize, 0);
+        self.read_range(self.pos, &mut buf)?;
+        self.buf = buf;
         self.buf_at = self.pos;
         Ok(())
     }
@@ -70,11 +124,8 @@ impl Read for BlobReader {
         if !in_buf {
             if out.len() as u64 >= SLICE {
                 // Large reads (tensor data) go straight into the caller's buffer.
-                let end = (self.pos + out.len() as u64).min(self.size);
-                let ab = self.read_range(self.pos, end)?;
-                let arr = Uint8Array::new(&ab);
-                let n = arr.length() as usize;
-                arr.copy_to(&mut out[..n]);
+                let n = (out.len() as u64).min(self.size - self.pos) as usize;
+                self.read_range(self.pos, &mut out[..n])?;
                 self.pos += n as u64;
                 return Ok(n);
             }
