@@ -32,22 +32,11 @@ fn random_model_file() -> (Vec<u8>, std::path::PathBuf) {
         "rope_theta": 10000.0, "tie_word_embeddings": true, "vocab_size": 256}"#
         .to_vec();
     let shapes = podar::model::transformer::expected_tensors(&podar::ModelConfig::from_hf_json(&cfg).unwrap());
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, shape) in &shapes {
-        let bytes = shape.iter().product::<usize>() * 4;
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
-        );
-        offset += bytes;
-    }
-    let h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+    let header = podar::export::hf::safetensors_header(&shapes, podar::StorageDtype::F32).unwrap();
     let path = std::env::temp_dir().join(format!("podar-capped-{}.safetensors", std::process::id()));
     let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     use std::io::Write;
-    w.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
-    w.write_all(&h).unwrap();
+    w.write_all(&header).unwrap();
     let mut x = 99u64;
     for (name, shape) in &shapes {
         let norm = name.ends_with("norm.weight");

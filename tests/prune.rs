@@ -1,6 +1,8 @@
 //! Pruning on tiny models: 0% is byte-identical, shapes always match the config, recovery helps,
 //! and bad requests are refused with a clear message.
 
+mod common;
+
 use podar::formats::safetensors::SafetensorsSource;
 use podar::prune::calib::ErrorEstimate;
 use podar::prune::{prune_mlp, PruneOptions, Score};
@@ -26,15 +28,9 @@ fn export(m: &podar::Model, dtype: StorageDtype) -> (Vec<u8>, Vec<u8>) {
     (cfg, st)
 }
 
-/// Calibration ids: a deterministic pseudo-random walk over the tiny vocabulary.
+/// Token ids over the tiny vocabulary.
 fn calib(n: usize) -> Vec<u32> {
-    let mut x = 12345u64;
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 33) % 256) as u32
-        })
-        .collect()
+    common::pseudo_ids(n)
 }
 
 #[test]

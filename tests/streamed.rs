@@ -4,6 +4,8 @@
 //! spill file and the fixtures are on disk.)
 #![cfg(not(target_arch = "wasm32"))]
 
+mod common;
+
 use podar::formats::safetensors::SafetensorsSource;
 use podar::model::eval::perplexity_layered;
 use podar::model::store::{FileSpill, LayerStore, MemorySpill, Spill};
@@ -26,15 +28,9 @@ fn streamed(cfg: &[u8], st: &[u8], spill: Box<dyn Spill>) -> (Model, Streamed<Sa
     (shell, Streamed::new(&cfg, src, spill))
 }
 
-/// A deterministic pseudo-random walk over the tiny vocabulary.
+/// Token ids over the tiny vocabulary.
 fn ids(n: usize) -> Vec<u32> {
-    let mut x = 12345u64;
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 33) % 256) as u32
-        })
-        .collect()
+    common::pseudo_ids(n)
 }
 
 fn same_layers(a: &Layer, b: &Layer, what: &str) {

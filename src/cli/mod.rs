@@ -248,20 +248,25 @@ fn load(path: &Path) -> Result<Bundle, Failure> {
             podar::load_gguf(Cursor::new(&m[..]), &mut progress).at(&p)?
         }
         ModelPath::Hf { dir, shards } => {
-            let cfg_path = dir.join("config.json");
             let maps = shards.iter().map(|s| map(s)).collect::<Result<Vec<_>, _>>()?;
-            let files = HfFiles {
-                config: std::fs::read(&cfg_path).at(&cfg_path)?,
-                tokenizer_json: read_opt(dir.join("tokenizer.json"))?,
-                tokenizer_config: read_opt(dir.join("tokenizer_config.json"))?,
-                generation_config: read_opt(dir.join("generation_config.json"))?,
-                shards: maps.iter().map(|m| Cursor::new(&m[..])).collect(),
-            };
+            let files = hf_files(&dir, maps.iter().map(|m| Cursor::new(&m[..])).collect())?;
             podar::load_hf(files, &mut progress).at(path)?
         }
     };
     pb.finish_and_clear();
     Ok(b)
+}
+
+/// A Hugging Face folder's small files, read, with `shards` as its weights.
+fn hf_files<R>(dir: &Path, shards: Vec<R>) -> Result<HfFiles<R>, Failure> {
+    let cfg_path = dir.join("config.json");
+    Ok(HfFiles {
+        config: std::fs::read(&cfg_path).at(&cfg_path)?,
+        tokenizer_json: read_opt(dir.join("tokenizer.json"))?,
+        tokenizer_config: read_opt(dir.join("tokenizer_config.json"))?,
+        generation_config: read_opt(dir.join("generation_config.json"))?,
+        shards,
+    })
 }
 
 /// Loads the model at `path` with its layers left in the file, read (not mapped, so that they do
@@ -272,15 +277,8 @@ fn load_streamed(path: &Path) -> Result<(Bundle, Box<dyn podar::model::LayerStor
     Ok(match resolve(path)? {
         ModelPath::Gguf(p) => stream_gguf(File::open(&p).at(&p)?, spill(&p)?).at(&p)?,
         ModelPath::Hf { dir, shards } => {
-            let cfg_path = dir.join("config.json");
-            let files = HfFiles {
-                config: std::fs::read(&cfg_path).at(&cfg_path)?,
-                tokenizer_json: read_opt(dir.join("tokenizer.json"))?,
-                tokenizer_config: read_opt(dir.join("tokenizer_config.json"))?,
-                generation_config: read_opt(dir.join("generation_config.json"))?,
-                shards: shards.iter().map(|s| File::open(s).at(s)).collect::<Result<Vec<_>, _>>()?,
-            };
-            stream_hf(files, spill(&dir)?).at(path)?
+            let readers = shards.iter().map(|s| File::open(s).at(s)).collect::<Result<Vec<_>, _>>()?;
+            stream_hf(hf_files(&dir, readers)?, spill(&dir)?).at(path)?
         }
     })
 }

@@ -343,12 +343,11 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
             b.tokenizer().at(&a.model)?.encode(&text, false).at(f)
         })
         .collect::<Result<_, _>>()?;
-    let before: Vec<f64> = a
-        .eval
-        .iter()
-        .zip(&eval_ids)
-        .map(|(f, ids)| ppl_of(&b.model, layers.as_mut(), ids, f))
-        .collect::<Result<_, _>>()?;
+    // The --eval texts' perplexities under a model whose layers are in `layers`.
+    let ppls = |m: &podar::Model, layers: &mut dyn LayerStore| -> Result<Vec<f64>, Failure> {
+        a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(m, layers, ids, f)).collect()
+    };
+    let before = ppls(&b.model, layers.as_mut())?;
     let t_prune = Instant::now();
     let pb = bar(0, "prune");
     // The original is consumed layer by layer: only its configuration is needed afterwards.
@@ -375,12 +374,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         std::fs::remove_file(&f).at(&f)?;
     }
     podar::export::job::write_model(&b, &pruned.model, layers.as_mut(), format, &mut DirSink(&a.out)).at(&a.out)?;
-    let after: Vec<f64> = a
-        .eval
-        .iter()
-        .zip(&eval_ids)
-        .map(|(f, ids)| ppl_of(&pruned.model, layers.as_mut(), ids, f))
-        .collect::<Result<_, _>>()?;
+    let after = ppls(&pruned.model, layers.as_mut())?;
     let evals: Vec<EvalPair> = a
         .eval
         .iter()

@@ -5,6 +5,7 @@
 //! - [`gguf`]: what a GGUF file means as a model (config from llama.cpp's keys, transformers' names);
 //! - [`tokenizer`]: the model's own tokenizer and chat template;
 //! - [`load`]: whole models from readers (a GGUF file, a Hugging Face folder's files);
+//! - [`layer`]: one block's weights, their names and shapes;
 //! - [`transformer`]: the forward pass, layer by layer;
 //! - [`store`]: where the layers live while a job runs: in memory, or read from the source when used;
 //! - [`eval`], [`generate`]: perplexity and greedy generation.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod eval;
 pub mod generate;
 pub mod gguf;
+pub mod layer;
 pub mod load;
 pub mod store;
 pub mod tokenizer;

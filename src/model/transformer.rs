@@ -5,164 +5,15 @@ use crate::error::{bail, Error, Result};
 use crate::formats::source::TensorSource;
 use crate::kernels::{add, attention, silu_mul, to_heads, AttnShape, Rope};
 use crate::model::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
+pub use crate::model::layer::{layer_tensors, Layer, Linear};
 use crate::model::store::LayerStore;
 use candle_core::{Device, Tensor};
-
-/// A linear map `y = x Wᵀ + b` with `W` stored `[out, in]` as in transformers.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// `x` is `[n, in]`; returns `[n, out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::kernels::linear(x, &self.weight, self.bias.as_ref())
-    }
-}
 
 /// Several linear maps of one input (see [`crate::kernels::linears`]).
 fn projections<const N: usize>(x: &Tensor, maps: [&Linear; N]) -> Result<[Tensor; N]> {
     let pairs = maps.map(|l| (&l.weight, l.bias.as_ref()));
     let outs = crate::kernels::linears(x, &pairs)?;
     outs.try_into().map_err(|_| Error::Input("a projection went missing".into()))
-}
-
-/// One transformer block.
-#[derive(Debug, Clone)]
-pub struct Layer {
-    pub input_layernorm: Tensor,
-    pub post_attention_layernorm: Tensor,
-    /// Gemma only.
-    pub pre_feedforward_layernorm: Option<Tensor>,
-    /// Gemma only.
-    pub post_feedforward_layernorm: Option<Tensor>,
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
-    pub q_norm: Option<Tensor>,
-    pub k_norm: Option<Tensor>,
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
-}
-
-impl Layer {
-    /// Layer `l` of a model shaped `cfg`, each tensor from `get(name, shape)` (transformers' names).
-    pub fn read(cfg: &ModelConfig, l: usize, get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<Layer> {
-        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-        let p = format!("model.layers.{l}.");
-        let mut one = |n: &str, shape: &[usize]| get(&format!("{p}{n}"), shape);
-        let mut lin = |n: &str, o: usize, i: usize, bias: bool| -> Result<Linear> {
-            Ok(Linear {
-                weight: one(&format!("{n}.weight"), &[o, i])?,
-                bias: if bias { Some(one(&format!("{n}.bias"), &[o])?) } else { None },
-            })
-        };
-        let q_proj = lin("self_attn.q_proj", q, h, cfg.qkv_bias)?;
-        let k_proj = lin("self_attn.k_proj", kv, h, cfg.qkv_bias)?;
-        let v_proj = lin("self_attn.v_proj", kv, h, cfg.qkv_bias)?;
-        let o_proj = lin("self_attn.o_proj", h, q, cfg.o_bias)?;
-        let gate_proj = lin("mlp.gate_proj", i, h, false)?;
-        let up_proj = lin("mlp.up_proj", i, h, false)?;
-        let down_proj = lin("mlp.down_proj", h, i, false)?;
-        let input_layernorm = one("input_layernorm.weight", &[h])?;
-        let post_attention_layernorm = one("post_attention_layernorm.weight", &[h])?;
-        let (gemma, qk_norm) = (cfg.arch.is_gemma(), cfg.arch.has_qk_norm());
-        let mut opt = |on: bool, n: &str, len: usize| if on { one(n, &[len]).map(Some) } else { Ok(None) };
-        let pre_feedforward_layernorm = opt(gemma, "pre_feedforward_layernorm.weight", h)?;
-        let post_feedforward_layernorm = opt(gemma, "post_feedforward_layernorm.weight", h)?;
-        let q_norm = opt(qk_norm, "self_attn.q_norm.weight", hd)?;
-        let k_norm = opt(qk_norm, "self_attn.k_norm.weight", hd)?;
-        Ok(Layer {
-            input_layernorm,
-            post_attention_layernorm,
-            pre_feedforward_layernorm,
-            post_feedforward_layernorm,
-            q_norm,
-            k_norm,
-            q_proj,
-            k_proj,
-            v_proj,
-            o_proj,
-            gate_proj,
-            up_proj,
-            down_proj,
-        })
-    }
-
-    /// The layer whose weights `take(name)` gives by [`Layer::named`]'s names, shaped as they are;
-    /// the optional ones (biases, Gemma's and Qwen3's extra norms) where given.
-    pub fn from_named(take: &mut dyn FnMut(&str) -> Option<Tensor>) -> Result<Layer> {
-        let mut need = |n: &str| take(n).ok_or_else(|| Error::MissingTensor(n.to_string()));
-        let input_layernorm = need("input_layernorm.weight")?;
-        let post_attention_layernorm = need("post_attention_layernorm.weight")?;
-        let q = need("self_attn.q_proj.weight")?;
-        let k = need("self_attn.k_proj.weight")?;
-        let v = need("self_attn.v_proj.weight")?;
-        let o = need("self_attn.o_proj.weight")?;
-        let gate = need("mlp.gate_proj.weight")?;
-        let up = need("mlp.up_proj.weight")?;
-        let down = need("mlp.down_proj.weight")?;
-        let lin = |weight: Tensor, bias: Option<Tensor>| Linear { weight, bias };
-        Ok(Layer {
-            input_layernorm,
-            post_attention_layernorm,
-            pre_feedforward_layernorm: take("pre_feedforward_layernorm.weight"),
-            post_feedforward_layernorm: take("post_feedforward_layernorm.weight"),
-            q_proj: lin(q, take("self_attn.q_proj.bias")),
-            k_proj: lin(k, take("self_attn.k_proj.bias")),
-            v_proj: lin(v, take("self_attn.v_proj.bias")),
-            o_proj: lin(o, take("self_attn.o_proj.bias")),
-            q_norm: take("self_attn.q_norm.weight"),
-            k_norm: take("self_attn.k_norm.weight"),
-            gate_proj: lin(gate, None),
-            up_proj: lin(up, None),
-            down_proj: lin(down, None),
-        })
-    }
-
-    /// The number of tensors [`Layer::named`] gives for a layer of a model shaped `cfg`.
-    pub fn count_named(cfg: &ModelConfig) -> usize {
-        let biases = if cfg.qkv_bias { 3 } else { 0 } + usize::from(cfg.o_bias);
-        let norms = if cfg.arch.has_qk_norm() { 2 } else { 0 } + if cfg.arch.is_gemma() { 2 } else { 0 };
-        9 + biases + norms
-    }
-
-    /// Every weight of the layer by its name within the layer (`self_attn.q_proj.weight`…), in
-    /// `expected_tensors` order. (Clones share storage.)
-    pub fn named(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = Vec::new();
-        let mut add = |n: &str, t: &Tensor| v.push((n.to_string(), t.clone()));
-        add("input_layernorm.weight", &self.input_layernorm);
-        add("self_attn.q_proj.weight", &self.q_proj.weight);
-        add("self_attn.k_proj.weight", &self.k_proj.weight);
-        add("self_attn.v_proj.weight", &self.v_proj.weight);
-        add("self_attn.o_proj.weight", &self.o_proj.weight);
-        for (n, lin) in
-            [("q_proj", &self.q_proj), ("k_proj", &self.k_proj), ("v_proj", &self.v_proj), ("o_proj", &self.o_proj)]
-        {
-            if let Some(b) = &lin.bias {
-                add(&format!("self_attn.{n}.bias"), b);
-            }
-        }
-        if let (Some(q), Some(k)) = (&self.q_norm, &self.k_norm) {
-            add("self_attn.q_norm.weight", q);
-            add("self_attn.k_norm.weight", k);
-        }
-        add("post_attention_layernorm.weight", &self.post_attention_layernorm);
-        if let (Some(a), Some(b)) = (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
-            add("pre_feedforward_layernorm.weight", a);
-            add("post_feedforward_layernorm.weight", b);
-        }
-        add("mlp.gate_proj.weight", &self.gate_proj.weight);
-        add("mlp.up_proj.weight", &self.up_proj.weight);
-        add("mlp.down_proj.weight", &self.down_proj.weight);
-        v
-    }
 }
 
 /// Reads tensors from `src` in f32, refusing a shape other than the one expected and values that
@@ -224,37 +75,11 @@ fn expect_finite(name: &str, t: &Tensor) -> Result<()> {
 
 /// Every tensor the config implies, with its shape, in transformers' names and order.
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    let h = cfg.hidden_size;
     let mut v = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    let layer = layer_tensors(cfg);
     for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}.");
-        let mut add = |n: &str, s: Vec<usize>| v.push((format!("{p}{n}"), s));
-        add("input_layernorm.weight", vec![h]);
-        add("self_attn.q_proj.weight", vec![q, h]);
-        add("self_attn.k_proj.weight", vec![kv, h]);
-        add("self_attn.v_proj.weight", vec![kv, h]);
-        add("self_attn.o_proj.weight", vec![h, q]);
-        if cfg.qkv_bias {
-            add("self_attn.q_proj.bias", vec![q]);
-            add("self_attn.k_proj.bias", vec![kv]);
-            add("self_attn.v_proj.bias", vec![kv]);
-        }
-        if cfg.o_bias {
-            add("self_attn.o_proj.bias", vec![h]);
-        }
-        if cfg.arch.has_qk_norm() {
-            add("self_attn.q_norm.weight", vec![hd]);
-            add("self_attn.k_norm.weight", vec![hd]);
-        }
-        add("post_attention_layernorm.weight", vec![h]);
-        if cfg.arch.is_gemma() {
-            add("pre_feedforward_layernorm.weight", vec![h]);
-            add("post_feedforward_layernorm.weight", vec![h]);
-        }
-        add("mlp.gate_proj.weight", vec![i, h]);
-        add("mlp.up_proj.weight", vec![i, h]);
-        add("mlp.down_proj.weight", vec![h, i]);
+        v.extend(layer.iter().map(|(n, s)| (format!("model.layers.{l}.{n}"), s.clone())));
     }
     v.push(("model.norm.weight".to_string(), vec![h]));
     if !cfg.tie_word_embeddings {
@@ -309,20 +134,14 @@ impl Model {
         src: &mut dyn TensorSource,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Self> {
-        cfg.validate()?;
-        check_source(&cfg, src)?;
-        let h = cfg.hidden_size;
+        let mut model = Model::load_shell(cfg, src)?;
+        let total = model.cfg.num_hidden_layers;
         let mut get = checked_reader(src);
-        let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let total = cfg.num_hidden_layers;
-        let mut layers = Vec::with_capacity(total);
         for l in 0..total {
-            layers.push(Layer::read(&cfg, l, &mut get)?);
+            model.layers.push(Layer::read(&model.cfg, l, &mut get)?);
             crate::error::go_on(progress(l + 1, total))?;
         }
-        let norm = get("model.norm.weight", &[h])?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[cfg.vocab_size, h])?) };
-        Ok(Model { cfg, embed_tokens, layers, norm, lm_head })
+        Ok(model)
     }
 
     /// A model shaped `cfg` with no weights yet (empty tensors).

@@ -155,19 +155,6 @@ fn read_model(files: &[File], progress: &mut dyn FnMut(usize, usize) -> bool) ->
     Ok(bundle)
 }
 
-/// A model with `cfg`'s configuration and no weights: what the bundle holds while the original
-/// is not in memory (its tokenizer and configuration are still needed).
-fn hollow(cfg: &crate::model::config::ModelConfig) -> Result<crate::model::transformer::Model> {
-    let zeros = |shape: &[usize]| candle_core::Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu);
-    Ok(crate::model::transformer::Model {
-        cfg: cfg.clone(),
-        embed_tokens: zeros(&[0, cfg.hidden_size])?,
-        layers: Vec::new(),
-        norm: zeros(&[cfg.hidden_size])?,
-        lm_head: None,
-    })
-}
-
 /// One model loaded in the page, and the last prune of it.
 ///
 /// Pruning consumes the loaded model layer by layer (`prune::prune_owned`), so the page never holds
@@ -460,7 +447,7 @@ impl Session {
         // the original is consumed layer by layer.
         self.done = None;
         if let (false, Some(b)) = (self.source_alive, self.bundle.as_mut()) {
-            b.model = hollow(&b.model.cfg).map_err(js_err)?;
+            b.model = crate::model::transformer::Model::empty(b.model.cfg.clone()).map_err(js_err)?;
         }
         self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
         let t0 = js_sys::Date::now();
@@ -470,7 +457,8 @@ impl Session {
         let Some(b) = self.bundle.as_mut() else {
             return Err(input_err("load a model first"));
         };
-        let source = std::mem::replace(&mut b.model, hollow(&cfg).map_err(js_err)?);
+        let source =
+            std::mem::replace(&mut b.model, crate::model::transformer::Model::empty(cfg.clone()).map_err(js_err)?);
         self.source_alive = false;
         let parameters_before = source.parameter_count();
         let pruned =
