@@ -60,6 +60,10 @@ export interface CreateOptions {
   useGpu?: boolean;
   /** A cap on the engine's heap, in bytes: a test knob, to see "out-of-memory" handled on a small model. */
   memoryLimit?: number;
+  /** How many starts of the threaded engine freeze in the thread pool's start, as Firefox's now and
+   * then did: a test knob, to see such a start replaced (after 2 s here; 10 s otherwise), and after
+   * two, the engine started without threads. */
+  freezePool?: number;
 }
 
 /** The WebGPU adapter at hand. */

@@ -133,6 +133,11 @@ function progressWithEta(onProgress) {
   };
 }
 
+// Starts of the threaded engine whose pool does not start within POOL_START_MS before one without
+// threads (Engine.start).
+const POOL_TRIES = 2;
+const POOL_START_MS = 10_000;
+
 /** One worker and the calls it runs, one at a time. */
 class Engine {
   constructor(options) {
@@ -159,22 +164,57 @@ class Engine {
   }
 
   async start() {
+    // A thread pool that has not started in time is a frozen worker: another one is started, and
+    // after POOL_TRIES such starts, one without threads.
+    for (let attempt = 1; ; attempt++) {
+      const threads = this.options.threads !== false && attempt <= POOL_TRIES;
+      try {
+        this.info = await this.startWorker(threads, attempt <= (this.options.freezePool || 0));
+      } catch (e) {
+        if (e.code !== 'pool-frozen') throw e;
+        console.warn(`podar: ${e.message}; starting the engine again${attempt < POOL_TRIES ? '' : ' without threads'}`);
+        continue;
+      }
+      if (attempt > POOL_TRIES) this.info.threadsFailed = `threads unavailable: the thread pool did not start in ${POOL_TRIES} tries`;
+      this.gpu = this.info.gpu;
+      return this.info;
+    }
+  }
+
+  // One worker, started with or without threads. Firefox has now and then frozen the engine's
+  // worker while it created its pool's workers (about one start in 30 on a busy 2-core machine,
+  // found by a test that only started the engine): no timer in a frozen worker fires, so the
+  // time limit on that step is kept here, from the moment the worker says it began it.
+  async startWorker(threads, freezePool) {
     // Written out in this one form, which bundlers recognise: they bundle the worker and copy its files.
     this.worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
     this.generation++;
-    this.worker.onmessage = (e) => this.receive(e.data);
+    let poolTimer = null;
+    // (The test knob freezePool makes the wait short.)
+    const limit = this.options.freezePool ? 2_000 : POOL_START_MS;
+    this.worker.onmessage = (e) => {
+      if (e.data?.starting === 'threads') {
+        poolTimer = setTimeout(() => {
+          this.died(new PodarError(`the thread pool did not start within ${limit / 1e3} s`, 'pool-frozen'));
+        }, limit);
+        return;
+      }
+      this.receive(e.data);
+    };
     this.worker.onerror = (e) => {
       e.preventDefault();
       // A module worker whose script cannot load fires a plain Event.
       const why = e instanceof ErrorEvent ? e.message : 'its script did not load (module workers unsupported, or files missing)';
       this.died(new PodarError(`the engine stopped: ${why}`, 'engine-crashed'));
     };
-    const { threads, simd, gpu, useGpu, memoryLimit } = this.options;
+    const { simd, gpu, useGpu, memoryLimit } = this.options;
     this.token = (Math.random() * 2 ** 32) >>> 0;
-    this.info = await this.send('init', { flag: this.flagBuf, threads: threads !== false, simd, gpu, useGpu, memoryLimit,
-      token: this.token, gpuChoice: this.gpuChoice ?? null });
-    this.gpu = this.info.gpu;
-    return this.info;
+    try {
+      return await this.send('init', { flag: this.flagBuf, threads, simd, gpu, useGpu, memoryLimit, freezePool,
+        token: this.token, gpuChoice: this.gpuChoice ?? null });
+    } finally {
+      clearTimeout(poolTimer);
+    }
   }
 
   receive(m) {
@@ -281,8 +321,8 @@ export class Podar {
    * CPU with the adapter at hand (`setGpu` switches). `memoryLimit` (bytes) caps the engine's heap:
    * a test knob, to see out-of-memory handled on a small model.
    */
-  static async create({ threads = 'auto', gpu = 'auto', simd = 'auto', useGpu = true, memoryLimit } = {}) {
-    const engine = new Engine({ threads, gpu, simd, useGpu, memoryLimit });
+  static async create({ threads = 'auto', gpu = 'auto', simd = 'auto', useGpu = true, memoryLimit, freezePool } = {}) {
+    const engine = new Engine({ threads, gpu, simd, useGpu, memoryLimit, freezePool });
     try {
       await engine.start();
     } catch (e) {

@@ -64,6 +64,11 @@ const start = async (options) => {
       // A pool worker that fails to start leaves initThreadPool waiting for ever (it listens for
       // their "ready" only): a time limit lets the single-threaded build take over.
       if (name !== 'single') {
+        // index.js restarts an engine whose pool has not started within its time: Firefox has frozen
+        // this worker inside the pool's start (in creating a pool worker), where no timer here fires.
+        postMessage({ starting: 'threads' });
+        // A test knob: this start freezes here, as Firefox's did.
+        if (options.freezePool) for (;;);
         await withTimeout(build.initThreadPool(navigator.hardwareConcurrency || 2), 60_000, 'the thread pool did not start within 60 s');
       }
       podar = build;
