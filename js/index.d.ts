@@ -244,6 +244,9 @@ export interface PruneReport {
 export interface LoadOptions extends CallOptions {
   /** For a URL: keep the downloaded files with the Cache API and read them from there next time. */
   cache?: boolean;
+  /** "auto" (the default): a model too large to hold in the page's memory is read from its files
+   * a layer at a time as it is used; true: always so; false: never (a large model is refused). */
+  stream?: 'auto' | boolean;
 }
 
 export interface CachedFile {
@@ -287,6 +290,9 @@ export class Podar {
 
 export class Model {
   readonly summary: ModelSummary;
+  /** Whether its layers and tables are read from its files as they are used (too large to hold,
+   * or `load(…, {stream: true})`): prune, perplexity and export work, generate and importance do not. */
+  readonly streamed: boolean;
   /** For a URL loaded with {cache: true}: files read from the cache, files stored, and why a file
    * could not be stored (e.g. a full storage quota), or null. */
   readonly cache: { hits: number; stored: number; error: string | null } | null;

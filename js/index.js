@@ -409,22 +409,24 @@ export class Podar {
    * tokenizer.json and *.safetensors), or files (see `filesOf`). Reads the headers first, so a model
    * too large for the page is refused before its weights are read. Replaces the model loaded before.
    */
-  async load(source, { onProgress, signal, cache = false } = {}) {
+  async load(source, { onProgress, signal, cache = false, stream = 'auto' } = {}) {
     let cmd, args;
+    // (undefined: the engine streams a model only when it is too large to hold.)
+    const streamArg = stream === true || stream === false ? stream : undefined;
     if (source instanceof URL || typeof source === 'string') {
       const url = new URL(String(source), self.location.href).href;
       cmd = 'loadUrl';
-      args = { url, cache };
+      args = { url, cache, stream: streamArg };
     } else {
       cmd = 'load';
-      args = { files: await filesOf(source) };
+      args = { files: await filesOf(source), stream: streamArg };
     }
     this.engine.reload = null;
     if (this.model) this.model.gone = true;
     const r = await this.engine.run(cmd, args, { signal, onProgress, needsModel: false });
     this.engine.reload = { cmd, args };
     this.engine.modelIn = this.engine.generation;
-    this.model = new Model(this.engine, r.summary, r.names);
+    this.model = new Model(this.engine, r.summary, r.names, r.streamed);
     if (r.cache) this.model.cache = r.cache;
     return this.model;
   }
@@ -472,10 +474,13 @@ const summaryOf = (s, files) => ({
 
 /** A loaded model. Only the most recently loaded model of a Podar is usable. */
 export class Model {
-  constructor(engine, summary, files) {
+  constructor(engine, summary, files, streamed = false) {
     this.engine = engine;
     /** Architecture, sizes and parameters, from the headers. */
     this.summary = summaryOf(summary, files);
+    /** Whether its layers are read from its files as they are used (too large to hold, or asked
+     * for with `load(…, {stream: true})`): pruning, perplexity and export work; generate does not. */
+    this.streamed = streamed;
     this.pruned = null;
     /** For a URL loaded with {cache: true}: files read from the cache, files stored, and why a file
      * could not be stored (a full quota, say), or null. */

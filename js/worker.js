@@ -241,7 +241,7 @@ async function run(m) {
     case 'inspect':
       return session.inspect(m.files);
     case 'load':
-      return { summary: session.load(m.files, progress), names: m.files.map((f) => f.name) };
+      return { summary: session.load(m.files, progress, m.stream), names: m.files.map((f) => f.name), streamed: session.streamed };
     case 'loadUrl': {
       fetchAbort = new AbortController();
       cache = { on: m.cache === true && typeof caches === 'object', hits: 0, stored: 0, error: null };
@@ -249,7 +249,8 @@ async function run(m) {
       const files = await fetchModel(m.url, m.id);
       const { hits, stored, error } = cache;
       cache = null;
-      return { summary: session.load(files, progress), names: files.map((f) => f.name), cache: { hits, stored, error } };
+      return { summary: session.load(files, progress, m.stream), names: files.map((f) => f.name), streamed: session.streamed,
+        cache: { hits, stored, error } };
     }
     case 'ping':
       return null;

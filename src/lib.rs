@@ -14,6 +14,7 @@
 //! ```
 
 // The layers, bottom up: a module imports only from the ones listed before it.
+pub mod clock;
 pub mod error;
 pub mod export;
 pub mod formats;

@@ -524,7 +524,14 @@ fn a_streamed_prune_writes_what_a_loaded_one_writes() {
         let (loaded, ppl_loaded) = run("off");
         let (streamed, ppl_streamed) = run("on");
         assert!(loaded == streamed, "{format}: the streamed prune wrote other weights");
-        assert_eq!(ppl_loaded, ppl_streamed, "{format}");
+        // Streamed, the LM head is read by blocks of the vocabulary, its log-sum-exp folded block by
+        // block: the same perplexities within rounding.
+        let (a, b) = (ppl_loaded[0].clone(), ppl_streamed[0].clone());
+        assert_eq!(a["name"], b["name"]);
+        for k in ["before", "after"] {
+            let (x, y) = (a[k].as_f64().unwrap(), b[k].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-6 * x, "{format}: perplexity {k} {x} loaded, {y} streamed");
+        }
     }
     let (code, _, err) = podar(&["prune", model.to_str().unwrap(), "--mlp", "0.2", "--out", "x", "--stream", "maybe"]);
     assert_ne!(code, 0);

@@ -1,6 +1,7 @@
 //! The heap's cap (podar::memory), alone in its test binary: a cap applies to every thread, and
 //! other tests' allocations would fail under it. Also where a streamed prune shows it holds one
-//! layer at a time, not the model (its peak, under a cap of a quarter of the model).
+//! layer at a time, not the model (its peak, under a cap of a quarter of the model, with the
+//! embedding left in the file too).
 
 /// The cap and the counts are the process's: one test at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -24,12 +25,13 @@ fn an_allocation_past_the_cap_is_refused_and_noted() {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-/// A Llama-shaped model of 16 layers of 4 MiB each (f32) with random weights, as a safetensors file.
+/// A Llama-shaped model of 16 layers of 4 MiB each (f32) and an embedding of 4 MiB (tied), with
+/// random weights, as a safetensors file.
 fn random_model_file() -> (Vec<u8>, std::path::PathBuf) {
     let cfg = br#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
         "intermediate_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 8, "num_key_value_heads": 4,
         "head_dim": 32, "hidden_act": "silu", "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "tie_word_embeddings": true, "vocab_size": 256}"#
+        "rope_theta": 10000.0, "tie_word_embeddings": true, "vocab_size": 4096}"#
         .to_vec();
     let shapes = podar::model::transformer::expected_tensors(&podar::ModelConfig::from_hf_json(&cfg).unwrap());
     let header = podar::export::hf::safetensors_header(&shapes, podar::StorageDtype::F32).unwrap();
@@ -59,28 +61,47 @@ fn a_streamed_prune_holds_one_layer_not_the_model() {
     let (cfg_json, path) = random_model_file();
     let cfg = podar::ModelConfig::from_hf_json(&cfg_json).unwrap();
     let model_bytes = std::fs::metadata(&path).unwrap().len() as usize;
-    let ids: Vec<u32> = (0..8 * 32).map(|i| (i * 37 % 256) as u32).collect();
+    let ids: Vec<u32> = (0..8 * 32).map(|i| (i * 997 % 4096) as u32).collect();
     let o = PruneOptions { mlp_fraction: Some(0.25), calib_samples: 8, calib_len: 32, ..Default::default() };
     let open = || podar::SafetensorsSource::new(vec![std::fs::File::open(&path).unwrap()]).unwrap();
 
-    // Streamed, under a cap of a quarter of the model above what the heap holds now.
-    let mut src = open();
-    let shell = podar::Model::load_shell(cfg.clone(), &mut src).unwrap();
-    let mut layers = podar::model::Streamed::new(&cfg, src, Box::new(FileSpill::new().unwrap()));
+    // Streamed, layers and tables, under a cap of a quarter of the model above what the heap held
+    // before: the perplexity before, the prune, and the perplexity after.
     let base = podar::memory::live();
     podar::memory::reset_peak();
     podar::memory::set_cap(Some(base + model_bytes / 4));
-    let streamed = prune_in(shell, &mut layers, Some(&ids), &o, &mut |_, _, _| true);
+    let streamed = (|| {
+        let mut src = open();
+        let shell = podar::Model::load_shell_without_tables(cfg.clone(), &mut src)?;
+        let mut layers = podar::model::Streamed::new(&cfg, src, Box::new(FileSpill::new()?)).tables_from_source();
+        let eval = |m: &podar::Model, layers: &mut dyn LayerStore| {
+            podar::model::eval::perplexity_layered(m, layers, &ids, 64, &mut |_, _| true)
+        };
+        let before = eval(&shell, &mut layers)?;
+        let pruned = prune_in(shell, &mut layers, Some(&ids), &o, &mut |_, _, _| true)?;
+        let after = eval(&pruned.model, &mut layers)?;
+        podar::Result::Ok((pruned, layers, before, after))
+    })();
     podar::memory::set_cap(None);
     let streamed_peak = podar::memory::peak() - base;
-    let streamed = streamed.unwrap();
+    let (streamed, mut layers, before, after) = streamed.unwrap();
 
     // The same prune with the model in memory: its peak holds the model.
     let model = podar::load_hf_weights(&cfg_json, vec![std::fs::File::open(&path).unwrap()]).unwrap();
     let base = podar::memory::live();
     podar::memory::reset_peak();
+    let want_before = podar::perplexity(&model, &ids, 64, &mut |_, _| true).unwrap();
     let whole = prune_owned(model, Some(&ids), &o, &mut |_, _, _| true).unwrap();
     let whole_peak = podar::memory::peak() - base;
+    let want_after = podar::perplexity(&whole.model, &ids, 64, &mut |_, _| true).unwrap();
+    for (got, want) in [(before, want_before), (after, want_after)] {
+        assert!(
+            (got.nll - want.nll).abs() <= 1e-6 * want.nll,
+            "perplexity {} streamed, {} in memory",
+            got.nll,
+            want.nll
+        );
+    }
     std::fs::remove_file(&path).unwrap();
     eprintln!(
         "model {:.1} MiB; peak above the start: streamed {:.1} MiB, in memory {:.1} MiB",

@@ -93,8 +93,7 @@ fn prune_export_zip_reload() {
         options: &o,
         calib_ids: Some(&calib),
         evals: &evals,
-        prune_seconds: 0.0,
-        total_seconds: 0.0,
+        seconds: job::Seconds::default(),
     };
     let mut z = ZipWriter::new(Vec::new());
     job::write_model(&b, &pruned.model, &mut pruned.model.layers.clone(), OutputFormat::Hf(StorageDtype::F32), &mut z)

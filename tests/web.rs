@@ -49,7 +49,7 @@ fn load_plan_prune_eval_export() {
     let mut s = Session::new();
     let summary = json(s.inspect(files()).unwrap());
     assert_eq!(summary["num_hidden_layers"], 3);
-    let summary = json(s.load(files(), &yes()).unwrap());
+    let summary = json(s.load(files(), &yes(), None).unwrap());
     assert_eq!(summary["intermediate_size"], 128);
     let info = json(s.text_info(&text(), 32, usize::MAX).unwrap());
     assert_eq!(info["tokens"].as_u64().unwrap() as usize, text().len());
@@ -103,13 +103,58 @@ fn load_plan_prune_eval_export() {
     assert_eq!(after2, after);
 }
 
+/// The export of the last prune, its chunks put together.
+fn exported(s: &mut Session, format: &str, dtype: &str) -> Vec<u8> {
+    let chunks = Array::new();
+    let push = Closure::<dyn FnMut(Uint8Array)>::new({
+        let chunks = chunks.clone();
+        move |c: Uint8Array| {
+            chunks.push(&c);
+        }
+    });
+    s.export(format, dtype, JsValue::NULL, push.as_ref().unchecked_ref()).unwrap();
+    chunks.iter().flat_map(|c| c.dyn_into::<Uint8Array>().unwrap().to_vec()).collect()
+}
+
+#[wasm_bindgen_test]
+fn a_streamed_model_prunes_scores_and_exports_as_the_one_in_memory() {
+    let ppl = |s: &mut Session, which: &str| {
+        json(s.perplexity(which, &text(), 256, 256, 64, &yes()).unwrap())["perplexity"].as_f64().unwrap()
+    };
+    let mut held = Session::new();
+    held.load(files(), &yes(), Some(false)).unwrap();
+    assert!(!held.streamed());
+    let mut streamed = Session::new();
+    streamed.load(files(), &yes(), Some(true)).unwrap();
+    assert!(streamed.streamed());
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() <= 1e-6 * a, "{what}: {a} held, {b} streamed");
+    close(ppl(&mut held, "source"), ppl(&mut streamed, "source"), "perplexity before");
+    let a = json(held.prune(&text(), options(0.5), &yes()).unwrap());
+    let b = json(streamed.prune(&text(), options(0.5), &yes()).unwrap());
+    assert_eq!(a["parameters_after"], b["parameters_after"]);
+    assert_eq!(a["layer_influence"], b["layer_influence"]);
+    close(ppl(&mut held, "pruned"), ppl(&mut streamed, "pruned"), "perplexity after");
+    // The original again after the prune (read from its files again), then the same downloads.
+    close(ppl(&mut held, "source"), ppl(&mut streamed, "source"), "perplexity before, after the prune");
+    assert!(exported(&mut held, "gguf", "q8_0") == exported(&mut streamed, "gguf", "q8_0"), "the GGUFs differ");
+    let weights = |zip: Vec<u8>| {
+        let files = podar::formats::zip::read_stored(&zip).unwrap();
+        files.into_iter().find(|(n, _)| n.ends_with("/model.safetensors")).unwrap().1
+    };
+    let (a, b) = (weights(exported(&mut held, "hf", "bf16")), weights(exported(&mut streamed, "hf", "bf16")));
+    assert!(a == b, "the safetensors differ");
+    // What needs the layers in memory says so.
+    let no = streamed.generate("pruned", "fn f", 5, false, &Function::new_with_args("piece", "return true"));
+    assert!(format!("{:?}", no.unwrap_err()).contains("read from its files"));
+}
+
 #[wasm_bindgen_test]
 fn errors_are_messages_and_cancel_keeps_the_session() {
     let mut s = Session::new();
     assert!(s.prune("x", options(0.5), &yes()).is_err(), "no model yet");
     let bad = Array::of1(&file(b"GGUF\x03\x00\x00\x00garbage", "broken.gguf"));
-    assert!(s.load(bad, &yes()).is_err());
-    s.load(files(), &yes()).unwrap();
+    assert!(s.load(bad, &yes(), None).is_err());
+    s.load(files(), &yes(), None).unwrap();
     assert!(s.prune("too short", options(0.5), &yes()).is_err());
     let no = Function::new_with_args("stage, done, total", "return false");
     assert!(s.prune(&text(), options(0.5), &no).is_err());

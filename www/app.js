@@ -89,7 +89,8 @@ function refresh() {
   $('prune').disabled = !idle || !state.loaded || state.planError === true || state.textShort === true;
   $('cancel').disabled = idle;
   $('download').disabled = !idle || !state.pruned;
-  $('generate').disabled = !idle || !state.pruned;
+  // A model read from its files a layer at a time cannot generate (each token would read it all).
+  $('generate').disabled = !idle || !state.pruned || state.streamed === true;
   $('force-cpu').disabled = !idle || !state.gpu;
 }
 
@@ -208,7 +209,10 @@ async function loadModel(source) {
     model = await task('Loading', (o) => podar.load(source, o));
     showSummary(model.summary, model.summary.files);
     state.loaded = true;
-    setStatus(`Model loaded: ${fmtParams(model.summary.parameters)} parameters. Choose a domain text and press Prune.`);
+    state.streamed = model.streamed;
+    setStatus(`Model loaded: ${fmtParams(model.summary.parameters)} parameters` +
+      (model.streamed ? ', read from its files a layer at a time as it is used (too large to hold in the page; ' +
+        'generation is off for it)' : '') + '. Choose a domain text and press Prune.');
     $('bar').value = 0;
   });
 }

@@ -227,7 +227,7 @@ pub(super) fn prune(a: PruneArgs) -> Result<(), Failure> {
 }
 
 fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
-    use podar::export::job::{EvalPair, OutputFormat, Record};
+    use podar::export::job::{EvalPair, OutputFormat, Record, Seconds};
     use podar::prune::{PruneOptions, Score};
     let t0 = Instant::now();
     let bad = |p: &Path, m: String| Failure { file: Some(p.to_path_buf()), err: Error::Input(m) };
@@ -284,6 +284,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         std::thread::spawn(move || source_sha256(&p))
     };
     // The model's layers, in memory or read from its files as they are used; `b.model` holds the rest.
+    let t_load = Instant::now();
     let (mut b, mut layers): (_, Box<dyn LayerStore>) = if streaming(a)? {
         load_streamed(&a.model)?
     } else {
@@ -293,6 +294,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     };
     // Every size and layer choice is checked before any long computation, and so is what a
     // GGUF needs from the source (its tokenizer).
+    let load_secs = t_load.elapsed().as_secs_f64();
     for w in podar::export::job::plan(&b.model.cfg, &opts, format).at(&a.model)?.warnings {
         eprintln!("podar: warning: {w}");
     }
@@ -347,7 +349,9 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     let ppls = |m: &podar::Model, layers: &mut dyn LayerStore| -> Result<Vec<f64>, Failure> {
         a.eval.iter().zip(&eval_ids).map(|(f, ids)| ppl_of(m, layers, ids, f)).collect()
     };
+    let t_eval = Instant::now();
     let before = ppls(&b.model, layers.as_mut())?;
+    let mut eval_secs = t_eval.elapsed().as_secs_f64();
     let t_prune = Instant::now();
     let pb = bar(0, "prune");
     // The original is consumed layer by layer: only its configuration is needed afterwards.
@@ -373,8 +377,12 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     for f in stale_model_files(&a.out)? {
         std::fs::remove_file(&f).at(&f)?;
     }
+    let t_write = Instant::now();
     podar::export::job::write_model(&b, &pruned.model, layers.as_mut(), format, &mut DirSink(&a.out)).at(&a.out)?;
+    let write_secs = t_write.elapsed().as_secs_f64();
+    let t_eval = Instant::now();
     let after = ppls(&pruned.model, layers.as_mut())?;
+    eval_secs += t_eval.elapsed().as_secs_f64();
     let evals: Vec<EvalPair> = a
         .eval
         .iter()
@@ -386,6 +394,13 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         })
         .collect();
     let secs = t0.elapsed().as_secs_f64();
+    let seconds = Seconds {
+        load: Some(load_secs),
+        eval: (!a.eval.is_empty()).then_some(eval_secs),
+        write: Some(write_secs),
+        total: secs,
+        ..Seconds::of_prune(prune_secs, pruned.recovery_seconds)
+    };
     let source_name = a.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let record = Record {
         source_name: &source_name,
@@ -395,15 +410,14 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         options: &opts,
         calib_ids: calib_ids.as_deref(),
         evals: &evals,
-        prune_seconds: prune_secs,
-        total_seconds: secs,
+        seconds,
     };
     podar::export::job::write_record(&record, &mut DirSink(&a.out)).at(&a.out)?;
     let (pb_, pa) = (source_cfg.parameter_count(), pruned.model.parameter_count());
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"parameters_before": pb_, "parameters_after": pa, "seconds": secs, "out": a.out,
+            serde_json::json!({"parameters_before": pb_, "parameters_after": pa, "seconds": secs, "stages": seconds, "out": a.out,
                 "peak_rss_bytes": peak_rss(), "perplexity": evals})
         );
     } else {
@@ -411,10 +425,14 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
             eprintln!("perplexity {}: {:.3} -> {:.3}", e.name, e.before, e.after);
         }
         eprintln!(
-            "wrote {} ({:.2}M -> {:.2}M parameters) in {secs:.1} s",
+            "wrote {} ({:.2}M -> {:.2}M parameters) in {secs:.1} s: load {load_secs:.1} s, calibration {:.1} s, \
+             recovery {:.1} s, write {write_secs:.1} s{}",
             a.out.display(),
             pb_ as f64 / 1e6,
-            pa as f64 / 1e6
+            pa as f64 / 1e6,
+            seconds.calibration,
+            seconds.recovery,
+            seconds.eval.map(|e| format!(", scoring --eval {e:.1} s")).unwrap_or_default()
         );
     }
     Ok(())

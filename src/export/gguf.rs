@@ -228,9 +228,21 @@ pub fn write_gguf<W: Write + ?Sized>(
     w.write_all(&h)?;
     let llama = c.arch.gguf_name() == "llama";
     let mut sizes = plan.iter().map(|p| (p.2, p.4));
-    let mut put = |name: &str, t: &Tensor| -> Result<()> {
-        let Some((dt, size)) = sizes.next() else {
-            bail!(Gguf, "tensor `{name}` is past the planned table");
+    // The tensor being written (its type and planned bytes) and the bytes written of it so far:
+    // a table kept in the model's file comes in parts.
+    let mut current: Option<(GgufDtype, u64)> = None;
+    let mut written = 0u64;
+    let mut put = |name: &str, t: &Tensor, last: bool| -> Result<()> {
+        let (dt, size) = match current {
+            Some(planned) => planned,
+            None => {
+                let Some(planned) = sizes.next() else {
+                    bail!(Gguf, "tensor `{name}` is past the planned table");
+                };
+                current = Some(planned);
+                written = 0;
+                planned
+            }
         };
         let mut t = t.clone();
         if llama && name.contains("self_attn.q_proj.") {
@@ -241,11 +253,15 @@ pub fn write_gguf<W: Write + ?Sized>(
         if c.arch.is_gemma() && name.ends_with("norm.weight") {
             t = t.affine(1.0, 1.0)?; // llama.cpp stores Gemma norms as 1 + w
         }
-        let written = match dt {
+        written += match dt {
             GgufDtype::F32 => write_values(&t, StorageDtype::F32, w)?,
             GgufDtype::F16 => write_values(&t, StorageDtype::F16, w)?,
             GgufDtype::Q8_0 => write_q8_0(&t, Q8_ROWS, w)?,
         };
+        if !last {
+            return Ok(());
+        }
+        current = None;
         if written != size {
             bail!(Gguf, "tensor `{name}`: encoded {written} bytes, planned {size}");
         }
@@ -256,7 +272,7 @@ pub fn write_gguf<W: Write + ?Sized>(
     model.each_tensor(layers, 0..usize::MAX, &mut put)?;
     if let Some(f) = rope_freqs {
         let n = f.len();
-        put("rope_freqs.weight", &candle_core::Tensor::from_vec(f, n, &candle_core::Device::Cpu)?)?;
+        put("rope_freqs.weight", &candle_core::Tensor::from_vec(f, n, &candle_core::Device::Cpu)?, true)?;
     }
     Ok(())
 }

@@ -145,7 +145,7 @@ fn write_file<W: Write + ?Sized>(
         bail!(Config, "tensors {range:?} lie outside the model's {}", expected.len());
     };
     w.write_all(&safetensors_header(shapes, dtype)?)?;
-    model.each_tensor(layers, range, &mut |_, t| write_values(t, dtype, w).map(|_| ()))
+    model.each_tensor(layers, range, &mut |_, t, _| write_values(t, dtype, w).map(|_| ()))
 }
 
 /// Streams the whole model (its layers in memory) as one `model.safetensors` into `w`, in

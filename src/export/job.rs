@@ -178,8 +178,35 @@ pub struct Record<'a> {
     pub options: &'a PruneOptions,
     pub calib_ids: Option<&'a [u32]>,
     pub evals: &'a [EvalPair],
-    pub prune_seconds: f64,
-    pub total_seconds: f64,
+    pub seconds: Seconds,
+}
+
+/// Where a job's time went, in seconds. `prune` is calibration and recovery together (and static
+/// scoring, without calibration); the stages a caller did not time are left out of the report.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Seconds {
+    /// Reading the model (its tables and norm only, where its layers are read as they are used).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<f64>,
+    /// Scoring the evaluation texts on the original and on the pruned model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<f64>,
+    /// Calibration's forward passes and statistics, layer by layer.
+    pub calibration: f64,
+    /// Choosing neurons and heads, re-fitting and slicing the layers ([`Pruned::recovery_seconds`]).
+    pub recovery: f64,
+    /// Writing the pruned model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write: Option<f64>,
+    pub prune: f64,
+    pub total: f64,
+}
+
+impl Seconds {
+    /// A prune of `prune` seconds, `recovery` of them choosing and re-fitting.
+    pub fn of_prune(prune: f64, recovery: f64) -> Self {
+        Seconds { calibration: (prune - recovery).max(0.0), recovery, prune, total: prune, ..Default::default() }
+    }
 }
 
 impl Record<'_> {
@@ -205,7 +232,7 @@ impl Record<'_> {
             "layer_influence": self.pruned.layer_influence,
             "block_distances": self.pruned.block_distances,
             "kept_mlp_neurons": self.pruned.kept,
-            "seconds": {"prune": self.prune_seconds, "total": self.total_seconds},
+            "seconds": self.seconds,
             "perplexity": self.evals,
         })
     }

@@ -232,6 +232,29 @@ impl<R: Read + Seek> GgufFile<R> {
             .map_err(|e| Error::Gguf(format!("tensor `{gguf_name}`: {}", first_line(&e))))?;
         dequantize(&q)
     }
+    /// Rows `rows` of a tensor (along its first dimension, a run of whole blocks each) dequantized
+    /// to f32, read without the rest of it.
+    pub fn tensor_rows(&mut self, gguf_name: &str, rows: std::ops::Range<usize>) -> Result<Tensor> {
+        let Some(info) = self.header.content.tensor_infos.get(gguf_name) else {
+            return Err(Error::MissingTensor(gguf_name.to_string()));
+        };
+        let dims = info.shape.dims().to_vec();
+        let (n, per_row) = (dims.first().copied().unwrap_or(1), dims.iter().skip(1).product::<usize>());
+        let (bs, ts) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
+        if rows.start > rows.end || rows.end > n || bs == 0 || !per_row.is_multiple_of(bs) {
+            bail!(Gguf, "rows {rows:?} of `{gguf_name}` ({dims:?}, {:?}) cannot be read apart", info.ggml_dtype);
+        }
+        let row_bytes = (per_row / bs * ts) as u64;
+        let mut raw = vec![0u8; (rows.len() as u64 * row_bytes) as usize];
+        let at = self.header.content.tensor_data_offset + info.offset + rows.start as u64 * row_bytes;
+        self.reader.seek(SeekFrom::Start(at))?;
+        self.reader.read_exact(&mut raw)?;
+        let mut shape = dims;
+        shape[0] = rows.len();
+        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(info.ggml_dtype, &raw, shape, &Device::Cpu)
+            .map_err(|e| Error::Gguf(format!("tensor `{gguf_name}`: {}", first_line(&e))))?;
+        dequantize(&q)
+    }
 }
 
 /// Refuses a file whose tensor data does not fit its header: a tensor that runs past the end of

@@ -150,6 +150,22 @@ impl<R: Read + Seek> TensorSource for SafetensorsSource<R> {
         let meta = &self.files[i].1.tensors[name];
         to_f32_tensor(&buf, meta.dtype, &meta.shape)
     }
+    fn load_rows(&mut self, name: &str, rows: std::ops::Range<usize>) -> Result<Tensor> {
+        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let (r, h) = &mut self.files[i];
+        let meta = &h.tensors[name];
+        let n = meta.shape.first().copied().unwrap_or(1);
+        if rows.start > rows.end || rows.end > n {
+            bail!(Safetensors, "rows {rows:?} of `{name}`, which has {n}");
+        }
+        let row_bytes = (meta.end - meta.start) / n.max(1) as u64;
+        let mut buf = vec![0u8; (rows.len() as u64 * row_bytes) as usize];
+        r.seek(SeekFrom::Start(meta.start + rows.start as u64 * row_bytes))?;
+        r.read_exact(&mut buf)?;
+        let mut shape = meta.shape.clone();
+        shape[0] = rows.len();
+        to_f32_tensor(&buf, meta.dtype, &shape)
+    }
     fn load_raw(&mut self, name: &str) -> Result<Vec<u8>> {
         let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let (r, h) = &mut self.files[i];

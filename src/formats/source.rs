@@ -51,6 +51,16 @@ pub trait TensorSource {
     fn load(&mut self, name: &str) -> Result<Tensor>;
     /// The tensor's stored bytes, unconverted (little-endian, in canonical layout).
     fn load_raw(&mut self, name: &str) -> Result<Vec<u8>>;
+    /// Rows `rows` of a tensor (along its first dimension) in f32. The formats read only those
+    /// rows; this default reads the whole tensor.
+    fn load_rows(&mut self, name: &str, rows: std::ops::Range<usize>) -> Result<Tensor> {
+        let t = self.load(name)?;
+        let n = t.dims().first().copied().unwrap_or(0);
+        if rows.start > rows.end || rows.end > n {
+            bail!(Input, "rows {rows:?} of `{name}`, which has {n}");
+        }
+        Ok(t.narrow(0, rows.start, rows.len())?)
+    }
 }
 
 /// Converts little-endian stored bytes to an f32 tensor.

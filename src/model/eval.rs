@@ -77,7 +77,7 @@ pub fn perplexity_layered(
     let mut total = 0f64;
     let mut n = 0usize;
     for (g, group) in wins.chunks(per_group).enumerate() {
-        let mut xs: Vec<Tensor> = group.iter().map(|w| model.embed(w, 1, ctx)).collect::<Result<_>>()?;
+        let mut xs: Vec<Tensor> = group.iter().map(|w| model.embed_in(layers, w, 1, ctx)).collect::<Result<_>>()?;
         for l in 0..n_layers {
             let layer = layers.layer(l)?;
             for x in xs.iter_mut() {
@@ -85,8 +85,16 @@ pub fn perplexity_layered(
             }
             crate::error::go_on(progress(g * n_layers + l + 1, steps))?;
         }
-        for (w, h) in group.iter().zip(&xs) {
-            let nll = model.nll(&h.narrow(0, 0, ctx - 1)?, &w[1..])?;
+        let nlls = if model.tables_in_store() {
+            // The LM head read from the model's file once for the whole group.
+            let hs: Vec<Tensor> = xs.iter().map(|h| h.narrow(0, 0, ctx - 1)).collect::<candle_core::Result<_>>()?;
+            let targets: Vec<u32> = group.iter().flat_map(|w| w[1..].iter().copied()).collect();
+            vec![model.nll_in(layers, &Tensor::cat(&hs, 0)?, &targets)?]
+        } else {
+            group.iter().zip(&xs).map(|(w, h)| model.nll(&h.narrow(0, 0, ctx - 1)?, &w[1..])).collect::<Result<_>>()?
+        };
+        drop(xs);
+        for nll in nlls {
             total += nll.iter().map(|&x| x as f64).sum::<f64>();
             n += nll.len();
         }

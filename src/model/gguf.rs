@@ -319,6 +319,15 @@ impl<R: Read + Seek> TensorSource for GgufSource<R> {
         }
         Ok(t)
     }
+    fn load_rows(&mut self, name: &str, rows: std::ops::Range<usize>) -> Result<Tensor> {
+        // Rows are read apart only where no conversion applies to the whole tensor (the tables).
+        let g = self.names.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        if name.contains("self_attn.q_proj.") || name.contains("self_attn.k_proj.") || name.ends_with("norm.weight") {
+            let t = self.load(name)?;
+            return Ok(t.narrow(0, rows.start, rows.len())?);
+        }
+        self.file.tensor_rows(g, rows)
+    }
     fn load_raw(&mut self, name: &str) -> Result<Vec<u8>> {
         let t = self.load(name)?;
         let v: Vec<f32> = t.flatten_all()?.to_vec1()?;

@@ -176,16 +176,16 @@ fn open_hf<R: Read + Seek>(files: HfFiles<R>) -> Result<(SafetensorsSource<R>, B
     Ok((src, Bundle { model, tokenizer, generation_config, summary, gguf_tokenizer: None }))
 }
 
-/// Loads the embedding, final norm and LM head into `b.model` and leaves the layers in `src`, to be
-/// read as they are used, with replaced layers kept in `spill`.
+/// Loads the final norm into `b.model` and leaves the layers and the tables (embedding, LM head) in
+/// `src`, to be read as they are used, with replaced layers kept in `spill`.
 fn stream_layers<S: TensorSource + 'static>(
     b: &mut Bundle,
     mut src: S,
     spill: Box<dyn Spill>,
 ) -> Result<Box<dyn LayerStore>> {
     let cfg = b.model.cfg.clone();
-    b.model = Model::load_shell(cfg.clone(), &mut src)?;
-    Ok(Box::new(Streamed::new(&cfg, src, spill)))
+    b.model = Model::load_shell_without_tables(cfg.clone(), &mut src)?;
+    Ok(Box::new(Streamed::new(&cfg, src, spill).tables_from_source()))
 }
 
 /// Loads a GGUF model and its tokenizer; `progress(layer, layers)`.
@@ -354,6 +354,18 @@ pub fn load_named<R: Read + Seek>(
     }
 }
 
+/// A model among named readers (one `.gguf`, or a Hugging Face folder's files) whose layers and
+/// tables stay in the readers, read as they are used, with replaced layers kept in `spill`.
+pub fn stream_named<R: Read + Seek + 'static>(
+    files: Vec<(String, R)>,
+    spill: Box<dyn Spill>,
+) -> Result<(Bundle, Box<dyn LayerStore>)> {
+    match open_named(files)? {
+        Named::Gguf(r) => stream_gguf(r, spill),
+        Named::Hf(f) => stream_hf(f, spill),
+    }
+}
+
 /// The memory a browser gives WebAssembly (wasm32's whole address space).
 pub const PAGE_MEMORY: u64 = 4 << 30;
 /// The page's peak memory during a prune, in f32 bytes of the model: 1.38–1.46× measured
@@ -382,6 +394,42 @@ pub fn fits_in_page(parameters: u64) -> Result<()> {
     Ok(())
 }
 
+/// Calibration tokens the page's streamed bound counts on (its default, 64 windows of 128).
+const PAGE_STREAM_CALIB_TOKENS: f64 = 8192.0;
+
+/// The page's peak memory for a prune with the layers and tables read from the files as they are
+/// used ([`stream_named`]), from the model's shapes: one layer in f32 (and the slices of it being
+/// pruned), the calibration streams and MLP activations (64×128 tokens), and recovery's matrices
+/// over the kept neurons (an f32 Gram matrix and its f64 copy in the solve). Counted for 20% of
+/// the MLP pruned; a prune that keeps more needs more.
+pub fn page_stream_need(s: &Summary) -> f64 {
+    let (h, i) = (s.hidden_size as f64, s.intermediate_size as f64);
+    let attn = h * s.head_dim as f64 * (2.0 * s.num_attention_heads as f64 + 2.0 * s.num_key_value_heads as f64);
+    let layer = 4.0 * (attn + 3.0 * h * i);
+    let kept = 0.8 * i;
+    1.8 * layer + PAGE_STREAM_CALIB_TOKENS * 4.0 * (i + 3.0 * h) + 12.0 * kept * kept + (96 << 20) as f64
+}
+
+/// Refuses, before any weight is read, a model the page cannot prune even with its layers read as
+/// they are used: [`page_stream_need`] above [`PAGE_MEMORY`].
+pub fn fits_streamed_in_page(s: &Summary) -> Result<()> {
+    let need = page_stream_need(s);
+    if need > PAGE_MEMORY as f64 {
+        bail!(
+            TooLarge,
+            "this model has {:.2}B parameters with layers of {} × {} MLP neurons: even read from its files a layer at \
+             a time, pruning it in the page needs about {:.1} GB of memory, more than the {} GiB a browser gives \
+             WebAssembly. The command-line tool (podar prune) has no such limit",
+            s.parameters as f64 / 1e9,
+            s.hidden_size,
+            s.intermediate_size,
+            need / 1e9,
+            PAGE_MEMORY >> 30
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +442,39 @@ mod tests {
         let e = fits_in_page(1_235_814_400).unwrap_err().to_string();
         assert!(e.contains("1.24B parameters") && e.contains("7.2 GB") && e.contains("4 GiB"), "{e}");
         assert!(e.contains("735M"), "{e}");
+    }
+
+    fn summary(hidden: usize, mlp: usize, layers: usize, heads: (usize, usize, usize), vocab: usize) -> Summary {
+        Summary {
+            architecture: "llama".into(),
+            num_hidden_layers: layers,
+            hidden_size: hidden,
+            intermediate_size: mlp,
+            num_attention_heads: heads.0,
+            num_key_value_heads: heads.1,
+            head_dim: heads.2,
+            vocab_size: vocab,
+            parameters: (layers * (3 * hidden * mlp + hidden * heads.2 * (2 * heads.0 + 2 * heads.1)) + vocab * hidden)
+                as u64,
+            dtype: "bf16".into(),
+            tie_word_embeddings: true,
+            format: "safetensors".into(),
+        }
+    }
+
+    #[test]
+    fn streamed_the_page_takes_models_by_their_layers_not_their_size() {
+        // Llama-3.2-1B and 3B: refused whole, taken streamed (their layers need 1.5 and 1.9 GB).
+        for (s, gb) in
+            [(summary(2048, 8192, 16, (32, 8, 64), 128256), 1.5), (summary(3072, 8192, 28, (24, 8, 128), 128256), 1.9)]
+        {
+            assert!(fits_in_page(s.parameters).is_err());
+            assert!(fits_streamed_in_page(&s).is_ok());
+            assert!((page_stream_need(&s) / 1e9 - gb).abs() < 0.1, "{} GB", page_stream_need(&s) / 1e9);
+        }
+        // Llama-3.1-70B's layers do not fit: refused with the numbers.
+        let e = fits_streamed_in_page(&summary(8192, 28672, 80, (64, 8, 128), 128256)).unwrap_err().to_string();
+        assert!(e.contains("8192 × 28672") && e.contains("4 GiB"), "{e}");
     }
 
     fn names(v: &[&str]) -> Vec<String> {

@@ -20,6 +20,7 @@ pub mod gguf;
 pub mod layer;
 pub mod load;
 pub mod store;
+pub mod tables;
 pub mod tokenizer;
 pub mod transformer;
 

@@ -19,6 +19,31 @@ pub trait LayerStore {
     fn replace(&mut self, l: usize, layer: Layer) -> Result<()>;
     /// Keeps only the layers `kept` (ascending), renumbered from 0.
     fn retain(&mut self, kept: &[usize]) -> Result<()>;
+    /// Rows `rows` of the embedding table or of the LM head, in f32, where this store keeps the
+    /// tables (a streamed model's stay in its file: [`Streamed::tables_from_source`]); `None` where
+    /// the model holds them.
+    fn table_rows(&mut self, _table: Table, _rows: std::ops::Range<usize>) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+/// The model's two tables of vocabulary rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `model.embed_tokens.weight`.
+    Embedding,
+    /// `lm_head.weight`, or the embedding where the two are tied.
+    Head,
+}
+
+impl Table {
+    /// The table's tensor in a model shaped `cfg`.
+    pub fn tensor_name(self, cfg: &ModelConfig) -> &'static str {
+        match self {
+            Table::Head if !cfg.tie_word_embeddings => "lm_head.weight",
+            _ => "model.embed_tokens.weight",
+        }
+    }
 }
 
 fn check_index(l: usize, n: usize) -> Result<()> {
@@ -189,13 +214,22 @@ pub struct Streamed<S> {
     spill: Box<dyn Spill>,
     /// For each layer now: `(source layer, replaced)`: where its weights are read from.
     map: Vec<(usize, bool)>,
+    /// The embedding and LM head are read from `src` too, by rows ([`LayerStore::table_rows`]).
+    tables: bool,
 }
 
 impl<S: TensorSource> Streamed<S> {
     /// The layers of the model shaped `cfg` in `src` (checked against it already).
     pub fn new(cfg: &ModelConfig, src: S, spill: Box<dyn Spill>) -> Self {
         let map = (0..cfg.num_hidden_layers).map(|l| (l, false)).collect();
-        Streamed { cfg: cfg.clone(), src, spill, map }
+        Streamed { cfg: cfg.clone(), src, spill, map, tables: false }
+    }
+
+    /// The same, and the embedding table and LM head stay in `src` as well: they are read by rows
+    /// when used, for a model loaded without them ([`crate::Model::load_shell_without_tables`]).
+    pub fn tables_from_source(mut self) -> Self {
+        self.tables = true;
+        self
     }
 }
 
@@ -215,6 +249,19 @@ impl<S: TensorSource> LayerStore for Streamed<S> {
         self.spill.put(l, &layer)?;
         self.map[l].1 = true;
         Ok(())
+    }
+    fn table_rows(&mut self, table: Table, rows: std::ops::Range<usize>) -> Result<Option<Tensor>> {
+        if !self.tables {
+            return Ok(None);
+        }
+        let name = table.tensor_name(&self.cfg);
+        if rows.start > rows.end || rows.end > self.cfg.vocab_size {
+            bail!(Input, "rows {rows:?} of `{name}`, which has {}", self.cfg.vocab_size);
+        }
+        let t = self.src.load_rows(name, rows.clone())?;
+        crate::model::transformer::expect_shape(name, &t, &[rows.len(), self.cfg.hidden_size])?;
+        crate::model::transformer::expect_finite(name, &t)?;
+        Ok(Some(t))
     }
     fn retain(&mut self, kept: &[usize]) -> Result<()> {
         let mut map = Vec::with_capacity(kept.len());

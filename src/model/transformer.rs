@@ -6,7 +6,7 @@ use crate::formats::source::TensorSource;
 use crate::kernels::{add, attention, silu_mul, to_heads, AttnShape, Rope};
 use crate::model::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
 pub use crate::model::layer::{layer_tensors, Layer, Linear};
-use crate::model::store::LayerStore;
+use crate::model::store::{LayerStore, Table};
 use candle_core::{Device, Tensor};
 
 /// Several linear maps of one input (see [`crate::kernels::linears`]).
@@ -27,6 +27,9 @@ pub(crate) fn checked_reader(src: &mut dyn TensorSource) -> impl FnMut(&str, &[u
     }
 }
 
+/// Bytes (in f32) of each part in which [`Model::each_tensor`] gives a table kept in the store.
+pub const TABLE_PART_BYTES: usize = 32 << 20;
+
 /// A loaded model.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -46,7 +49,7 @@ pub struct KvCache {
     pub len: usize,
 }
 
-fn expect_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
+pub(crate) fn expect_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
     if t.dims() != expected {
         return Err(Error::Shape { name: name.to_string(), expected: expected.to_vec(), got: t.dims().to_vec() });
     }
@@ -55,7 +58,7 @@ fn expect_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
 
 /// Refuses a tensor with NaN or infinite values (a corrupt file, or data laid out other than its
 /// header says): scores, recovery and perplexity would all be meaningless.
-fn expect_finite(name: &str, t: &Tensor) -> Result<()> {
+pub(crate) fn expect_finite(name: &str, t: &Tensor) -> Result<()> {
     // Blocks scanned without an early exit (so the scan vectorizes), then the first bad one searched.
     let bad = crate::kernels::with_slice(t, |v| {
         let block_bad = |c: &[f32]| c.iter().fold(false, |b, x| b | !x.is_finite());
@@ -163,6 +166,21 @@ impl Model {
         Ok(Model { cfg, embed_tokens, layers: Vec::new(), norm, lm_head })
     }
 
+    /// The final norm of the model shaped `cfg` in `src`, without its layers or its tables (the
+    /// embedding and LM head): they stay in `src`, read by rows as they are used (a
+    /// [`crate::model::store::Streamed`] store [`tables_from_source`](crate::model::store::Streamed::tables_from_source)).
+    pub fn load_shell_without_tables(cfg: ModelConfig, src: &mut dyn TensorSource) -> Result<Self> {
+        cfg.validate()?;
+        check_source(&cfg, src)?;
+        let norm = checked_reader(src)("model.norm.weight", &[cfg.hidden_size])?;
+        Ok(Model { norm, ..Model::empty(cfg)? })
+    }
+
+    /// Whether the embedding and LM head are not in memory but in the store of the model's layers.
+    pub fn tables_in_store(&self) -> bool {
+        self.embed_tokens.elem_count() == 0
+    }
+
     /// Refuses to run a model whose layers are not all in memory.
     fn check_resident(&self) -> Result<()> {
         if self.layers.len() != self.cfg.num_hidden_layers {
@@ -190,7 +208,7 @@ impl Model {
         Ok(v)
     }
 
-    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    pub(crate) fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         crate::kernels::rms_norm(x, &self.norm_weight(w)?, self.cfg.rms_norm_eps as f32)
     }
 
@@ -246,14 +264,23 @@ impl Model {
 
     /// Embeds token ids `[b, t]` into `[b·t, hidden]`.
     pub fn embed(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
+        self.embed_in(&mut Vec::new(), ids, b, t)
+    }
+
+    /// [`Model::embed`], with the table's rows read from `layers` where it keeps the tables.
+    pub fn embed_in(&self, layers: &mut dyn LayerStore, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
         if ids.len() != b * t {
             bail!(Input, "expected {} ids, got {}", b * t, ids.len());
         }
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
             bail!(Input, "token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size);
         }
-        let idx = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
-        let x = self.embed_tokens.index_select(&idx, 0)?;
+        let x = if self.tables_in_store() {
+            crate::model::tables::gather_rows(layers, ids, self.cfg.hidden_size)?
+        } else {
+            let idx = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
+            self.embed_tokens.index_select(&idx, 0)?
+        };
         Ok(if self.cfg.arch.is_gemma() {
             // transformers rounds the normalizer to the compute dtype (f32 here).
             x.affine((self.cfg.hidden_size as f32).sqrt() as f64, 0.0)?
@@ -262,7 +289,7 @@ impl Model {
         })
     }
 
-    fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
+    pub(crate) fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
         Ok(((x / cap)?.tanh()? * cap)?)
     }
 
@@ -451,46 +478,80 @@ impl Model {
 
     /// The tensors numbered `range` of the model's tensors in `expected_tensors` order (the layers'
     /// from `layers`, each layer read once and only when one of its tensors is in `range`), each
-    /// checked against its expected name and shape and then given to `f(name, tensor)`.
+    /// checked against its expected name and shape and then given to `f(name, part, last)`: whole
+    /// (`last` true), except tables kept in `layers`, given in blocks of rows ([`TABLE_PART_BYTES`]),
+    /// `last` true on the last.
     pub fn each_tensor(
         &self,
         layers: &mut dyn LayerStore,
         range: std::ops::Range<usize>,
-        f: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+        f: &mut dyn FnMut(&str, &Tensor, bool) -> Result<()>,
     ) -> Result<()> {
         let expected = expected_tensors(&self.cfg);
         if layers.count() != self.cfg.num_hidden_layers {
             bail!(Config, "the model has {} layers, its config {}", layers.count(), self.cfg.num_hidden_layers);
         }
         let per_layer = Layer::count_named(&self.cfg);
-        let mut at = 0usize;
-        let mut give = |name: &str, t: &Tensor, at: &mut usize| -> Result<()> {
+        // The expected shape of tensor `name`, numbered `at`, if it is in `range`.
+        let take = |name: &str, at: &mut usize| -> Result<Option<Vec<usize>>> {
             let i = *at;
             *at += 1;
             if !range.contains(&i) {
-                return Ok(());
+                return Ok(None);
             }
             match expected.get(i) {
-                Some((e, shape)) if e == name && t.dims() == shape.as_slice() => f(name, t),
-                Some((e, shape)) => {
-                    Err(Error::Shape { name: e.clone(), expected: shape.clone(), got: t.dims().to_vec() })
-                }
+                Some((e, shape)) if e == name => Ok(Some(shape.clone())),
+                Some((e, _)) => bail!(Config, "tensor `{name}` is where the config's list has `{e}`"),
                 None => bail!(Config, "tensor `{name}` is not in the config's list"),
             }
         };
-        give("model.embed_tokens.weight", &self.embed_tokens, &mut at)?;
+        let whole =
+            |name: &str, t: &Tensor, shape: Vec<usize>, f: &mut dyn FnMut(&str, &Tensor, bool) -> Result<()>| {
+                if t.dims() != shape.as_slice() {
+                    return Err(Error::Shape { name: name.to_string(), expected: shape, got: t.dims().to_vec() });
+                }
+                f(name, t, true)
+            };
+        let table = |layers: &mut dyn LayerStore,
+                     table: Table,
+                     resident: Option<&Tensor>,
+                     shape: Vec<usize>,
+                     f: &mut dyn FnMut(&str, &Tensor, bool) -> Result<()>| {
+            let name = table.tensor_name(&self.cfg);
+            match resident.filter(|_| !self.tables_in_store()) {
+                Some(t) => whole(name, t, shape, f),
+                None => {
+                    let vocab = shape[0];
+                    let rows = crate::model::tables::rows_per_block(TABLE_PART_BYTES, self.cfg.hidden_size, vocab);
+                    crate::model::tables::each_block(layers, table, vocab, rows, &mut |v0, t| {
+                        f(name, t, v0 + t.dims()[0] >= vocab)
+                    })
+                }
+            }
+        };
+        let mut at = 0usize;
+        if let Some(shape) = take("model.embed_tokens.weight", &mut at)? {
+            table(layers, Table::Embedding, Some(&self.embed_tokens), shape, f)?;
+        }
         for l in 0..layers.count() {
             if range.start >= at + per_layer || range.end <= at {
                 at += per_layer;
                 continue;
             }
             for (n, t) in layers.layer(l)?.named() {
-                give(&format!("model.layers.{l}.{n}"), &t, &mut at)?;
+                let name = format!("model.layers.{l}.{n}");
+                if let Some(shape) = take(&name, &mut at)? {
+                    whole(&name, &t, shape, f)?;
+                }
             }
         }
-        give("model.norm.weight", &self.norm, &mut at)?;
-        if let Some(h) = &self.lm_head {
-            give("lm_head.weight", h, &mut at)?;
+        if let Some(shape) = take("model.norm.weight", &mut at)? {
+            whole("model.norm.weight", &self.norm, shape, f)?;
+        }
+        if !self.cfg.tie_word_embeddings {
+            if let Some(shape) = take("lm_head.weight", &mut at)? {
+                table(layers, Table::Head, self.lm_head.as_ref(), shape, f)?;
+            }
         }
         if at != expected.len() {
             bail!(Config, "the model holds {at} tensors, its config implies {}", expected.len());
@@ -501,6 +562,16 @@ impl Model {
     /// Hidden states after the last layer, `[b·t, hidden]`, for ids laid out `[b, t]`.
     pub fn hidden(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
         self.run_layers(ids, b, t, None)
+    }
+
+    /// [`Model::nll`], with the LM head read from `layers` by blocks of rows where it keeps the
+    /// tables ([`crate::model::tables`]).
+    pub fn nll_in(&self, layers: &mut dyn LayerStore, x: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+        if self.tables_in_store() {
+            crate::model::tables::nll_by_blocks(self, layers, x, targets)
+        } else {
+            self.nll(x, targets)
+        }
     }
 
     /// Negative log-likelihood of each `targets[i]` given hidden row `i` of `x` (`[n, hidden]`).

@@ -137,7 +137,7 @@ pub fn collect(
     check_len(&model.cfg, len)?;
     let _products = crate::kernels::bf16_products(want.bf16);
     let n_layers = layers.count();
-    let mut streams = Streams::start(model, ids, samples, len, want)?;
+    let mut streams = Streams::start(model, layers, ids, samples, len, want)?;
     let mut stats = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         let layer = layers.layer(l)?;
@@ -204,11 +204,18 @@ impl Streams {
     /// The embedded windows, cut into chunks of about `CHUNK_TOKENS` tokens: one pass's temporaries
     /// are alive at a time, whatever the calibration size; the statistics are sums, gathered chunk by
     /// chunk.
-    fn start(model: &Model, ids: &[u32], samples: usize, len: usize, want: Want) -> Result<Self> {
+    fn start(
+        model: &Model,
+        layers: &mut dyn LayerStore,
+        ids: &[u32],
+        samples: usize,
+        len: usize,
+        want: Want,
+    ) -> Result<Self> {
         let per = (CHUNK_TOKENS / len.max(1)).clamp(1, samples.max(1));
         let chunks: Vec<(usize, usize)> = (0..samples).step_by(per).map(|w| (w, per.min(samples - w))).collect();
         let x: Vec<Option<Tensor>> = {
-            let x0 = model.embed(ids, samples, len)?;
+            let x0 = model.embed_in(layers, ids, samples, len)?;
             chunks
                 .iter()
                 .map(|&(w0, wn)| Ok(Some(x0.narrow(0, w0 * len, wn * len)?.contiguous()?)))

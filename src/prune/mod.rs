@@ -83,6 +83,9 @@ pub struct Pruned {
     /// With `drop_block`: the angular distance of the block starting at each layer.
     pub block_distances: Vec<f64>,
     pub calib_tokens: usize,
+    /// Seconds spent choosing neurons and heads, re-fitting and slicing the layers (recovery);
+    /// the rest of a calibrated prune is calibration's forward passes and statistics.
+    pub recovery_seconds: f64,
 }
 
 /// Prunes MLP width uniformly. `calib_ids` (already cut into `calib_samples × calib_len`) enables
@@ -179,6 +182,7 @@ impl Targets {
 
 /// What pruning found for each source layer, and what calibration measured.
 struct Found {
+    recovery_seconds: f64,
     kept: Vec<Vec<usize>>,
     kept_heads: Vec<Vec<usize>>,
     calib_tokens: usize,
@@ -190,12 +194,12 @@ impl Found {
     /// Kept neurons from static scores: every head kept, nothing measured.
     fn unmeasured(kept: Vec<Vec<usize>>, t: &Targets, n: usize) -> Self {
         let kept_heads = vec![(0..t.kv_heads).collect(); n];
-        Self { kept, kept_heads, calib_tokens: 0, influence: vec![], block: vec![] }
+        Self { recovery_seconds: 0.0, kept, kept_heads, calib_tokens: 0, influence: vec![], block: vec![] }
     }
 
     /// The pruned model's shape, and `layers` (already sliced) less the dropped ones, with what was kept.
     fn into_pruned(self, mut model: Model, layers: &mut dyn LayerStore, t: &Targets, drop: &[usize]) -> Result<Pruned> {
-        let Found { mut kept, mut kept_heads, calib_tokens, influence, block } = self;
+        let Found { recovery_seconds, mut kept, mut kept_heads, calib_tokens, influence, block } = self;
         let n = model.cfg.num_hidden_layers;
         model.cfg.intermediate_size = t.keep;
         if t.heads_pruning() {
@@ -218,6 +222,7 @@ impl Found {
             layer_influence: influence,
             block_distances: block,
             calib_tokens,
+            recovery_seconds,
         })
     }
 }
@@ -270,12 +275,15 @@ fn prune_while_calibrating(
     let recover = o.recover && t.pruning();
     let mut kept: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut kept_heads: Vec<Vec<usize>> = vec![(0..t.kv_heads).collect(); n];
+    let mut recovery_seconds = 0.0;
     let mut on_layer = |l: usize, layer: &Layer, st: &LayerStats| -> Result<Option<calib::Replacement>> {
         if !t.pruning() && !t.heads_pruning() {
             kept[l] = (0..t.intermediate).collect();
             return Ok(None);
         }
+        let t0 = crate::clock::seconds();
         let (neurons, heads, layer) = prune_layer(layer, st, t, o)?;
+        recovery_seconds += crate::clock::seconds() - t0;
         kept[l] = neurons;
         kept_heads[l] = heads;
         Ok(Some(calib::Replacement {
@@ -307,6 +315,7 @@ fn prune_while_calibrating(
         }
     }
     Ok(Found {
+        recovery_seconds,
         kept,
         kept_heads,
         calib_tokens: stats.tokens,

@@ -7,10 +7,11 @@
 //! when it returns `false` the call stops with "cancelled" and the session stays usable.
 
 use crate::error::{Error, Result};
-use crate::export::job::{self, EvalPair, OutputFormat, Record};
+use crate::export::job::{self, EvalPair, OutputFormat, Record, Seconds};
 use crate::formats::zip::{FileSink, InFolder, ZipWriter};
 use crate::model::eval::perplexity;
 use crate::model::load::{self, Bundle, Picked};
+use crate::model::LayerStore;
 use crate::prune::{self, PruneOptions, Pruned};
 use js_sys::Function;
 use serde::Serialize;
@@ -20,6 +21,7 @@ use web_sys::File;
 
 mod blob;
 mod gpu;
+mod spill;
 pub use blob::BlobReader;
 use blob::{ChunkWriter, SLICE};
 pub use gpu::GpuBridge;
@@ -155,6 +157,22 @@ fn read_model(files: &[File], progress: &mut dyn FnMut(usize, usize) -> bool) ->
     Ok(bundle)
 }
 
+/// Opens the model in `files` with its layers and tables left in them, read as they are used;
+/// pruned layers go to JavaScript arrays ([`spill::JsSpill`]).
+fn open_streamed(files: &[File]) -> Result<(Bundle, Box<dyn LayerStore>)> {
+    let (bundle, layers) = load::stream_named(named(files)?, Box::<spill::JsSpill>::default())?;
+    bundle.tokenizer()?;
+    Ok((bundle, layers))
+}
+
+/// What a streamed model cannot do in the page.
+fn needs_memory(what: &str) -> JsValue {
+    input_err(&format!(
+        "{what} needs the model's layers in memory, and this model is read from its files a layer at a time (it is too \
+         large for the page to hold whole); pruning, scoring and the download work"
+    ))
+}
+
 /// One model loaded in the page, and the last prune of it.
 ///
 /// Pruning consumes the loaded model layer by layer (`prune::prune_owned`), so the page never holds
@@ -164,6 +182,12 @@ fn read_model(files: &[File], progress: &mut dyn FnMut(usize, usize) -> bool) ->
 #[wasm_bindgen]
 pub struct Session {
     files: Vec<File>,
+    /// The model is read from its files as it is used ([`load::stream_named`]): too large to hold
+    /// in the page, or asked for. Its layers are in `source_layers` and, after a prune, the pruned
+    /// model's in `pruned_layers`; held in memory, both are `None`.
+    streamed: bool,
+    source_layers: Option<Box<dyn LayerStore>>,
+    pruned_layers: Option<Box<dyn LayerStore>>,
     /// Tokenizer and side files; its `model` is the original while `source_alive`, else the pruned one.
     bundle: Option<Bundle>,
     source_alive: bool,
@@ -186,6 +210,9 @@ impl Session {
     pub fn new() -> Session {
         Session {
             files: Vec::new(),
+            streamed: false,
+            source_layers: None,
+            pruned_layers: None,
             bundle: None,
             source_alive: false,
             source_name: String::new(),
@@ -300,11 +327,20 @@ impl Session {
     }
 
     /// Loads a model (one `.gguf`, or a Hugging Face folder's files): hashes the weights for the
-    /// report, then reads every tensor; `progress("hash" | "load", done, total)`.
-    pub fn load(&mut self, files: js_sys::Array, progress: &Function) -> std::result::Result<JsValue, JsValue> {
+    /// report, then reads every tensor; `progress("hash" | "load", done, total)`. `stream`: `true`
+    /// leaves the layers and tables in the files, read as they are used; `false` reads them into
+    /// memory; `undefined` streams only a model too large to hold.
+    pub fn load(
+        &mut self,
+        files: js_sys::Array,
+        progress: &Function,
+        stream: Option<bool>,
+    ) -> std::result::Result<JsValue, JsValue> {
         self.bundle = None;
         self.done = None;
         self.source_alive = false;
+        self.source_layers = None;
+        self.pruned_layers = None;
         if let Some(g) = &self.gpu {
             g.forget();
         }
@@ -319,7 +355,12 @@ impl Session {
         // Headers only, before the weights are hashed or read: a model too big for the page is
         // refused with its numbers instead of running out of memory partway through.
         let summary = load::inspect_named(named(&files).map_err(js_err)?).map_err(js_err)?;
-        load::fits_in_page(summary.parameters).map_err(js_err)?;
+        let streamed = stream.unwrap_or_else(|| load::fits_in_page(summary.parameters).is_err());
+        match streamed {
+            true => load::fits_streamed_in_page(&summary),
+            false => load::fits_in_page(summary.parameters),
+        }
+        .map_err(js_err)?;
         let total: f64 = weights.iter().map(|f| f.size()).sum();
         let mut hashed = 0f64;
         let mut h = <sha2::Sha256 as sha2::Digest>::new();
@@ -346,14 +387,27 @@ impl Session {
                 names[*config].rsplit_once('/').and_then(|(d, _)| d.rsplit('/').next()).unwrap_or("model").to_string()
             }
         };
-        let bundle = read_model(&files, &mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
+        let bundle = if streamed {
+            let (bundle, layers) = open_streamed(&files).map_err(js_err)?;
+            self.source_layers = Some(layers);
+            bundle
+        } else {
+            read_model(&files, &mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?
+        };
         let summary = to_js(&bundle.summary)?;
+        self.streamed = streamed;
         self.files = files;
         self.source_name = name;
         self.source_sha256 = Some(sha);
         self.bundle = Some(bundle);
         self.source_alive = true;
         Ok(summary)
+    }
+
+    /// Whether the loaded model is read from its files as it is used (see `load`).
+    #[wasm_bindgen(getter)]
+    pub fn streamed(&self) -> bool {
+        self.streamed
     }
 
     fn bundle(&self) -> std::result::Result<&Bundle, JsValue> {
@@ -380,7 +434,13 @@ impl Session {
         if self.files.is_empty() {
             return Err(Error::Input("load a model first".into()));
         }
-        self.bundle = Some(read_model(&self.files, progress)?);
+        if self.streamed {
+            let (bundle, layers) = open_streamed(&self.files)?;
+            self.bundle = Some(bundle);
+            self.source_layers = Some(layers);
+        } else {
+            self.bundle = Some(read_model(&self.files, progress)?);
+        }
         self.source_alive = true;
         Ok(())
     }
@@ -397,6 +457,9 @@ impl Session {
         progress: &Function,
     ) -> std::result::Result<JsValue, JsValue> {
         let score = prune::Score::parse(score).map_err(js_err)?;
+        if self.streamed {
+            return Err(needs_memory("Scoring neurons without pruning"));
+        }
         self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
         let b = self.bundle()?;
         crate::prune::calib::check_len(&b.model.cfg, len).map_err(js_err)?;
@@ -446,6 +509,7 @@ impl Session {
         // page holds, so that it and the original read again are never in memory together), then
         // the original is consumed layer by layer.
         self.done = None;
+        self.pruned_layers = None;
         if let (false, Some(b)) = (self.source_alive, self.bundle.as_mut()) {
             b.model = crate::model::transformer::Model::empty(b.model.cfg.clone()).map_err(js_err)?;
         }
@@ -461,8 +525,16 @@ impl Session {
             std::mem::replace(&mut b.model, crate::model::transformer::Model::empty(cfg.clone()).map_err(js_err)?);
         self.source_alive = false;
         let parameters_before = source.parameter_count();
-        let pruned =
-            prune::prune_owned(source, calib_ids, &o, &mut |s, d, t| ask(progress, s, d, t)).map_err(js_err)?;
+        let progress = &mut |s: &str, d, t| ask(progress, s, d, t);
+        let pruned = match self.source_layers.take() {
+            // Streamed: the store's layers are replaced by the pruned ones as they are made.
+            Some(mut layers) => {
+                let pruned = prune::prune_in(source, layers.as_mut(), calib_ids, &o, progress).map_err(js_err)?;
+                self.pruned_layers = Some(layers);
+                pruned
+            }
+            None => prune::prune_owned(source, calib_ids, &o, progress).map_err(js_err)?,
+        };
         let seconds = (js_sys::Date::now() - t0) / 1e3;
         let summary = to_js(&PruneSummary {
             parameters_before,
@@ -499,16 +571,24 @@ impl Session {
         if which == "source" {
             self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
         }
-        let b = self.bundle()?;
-        let model = match which {
-            "source" => &b.model,
-            _ => &self.done()?.pruned.model,
+        let Session { bundle, done, source_layers, pruned_layers, .. } = self;
+        let b = bundle.as_ref().ok_or_else(|| input_err("load a model first"))?;
+        let (model, layers) = match which {
+            "source" => (&b.model, source_layers.as_mut()),
+            _ => {
+                (&done.as_ref().ok_or_else(|| input_err("prune the model first"))?.pruned.model, pruned_layers.as_mut())
+            }
         };
         let want = skip.saturating_add(max_tokens);
         let ids = b.tokenizer().and_then(|t| t.encode_prefix(text, want)).map_err(js_err)?.0;
         let rest = ids.get(skip..).unwrap_or_default();
         let rest = &rest[..rest.len().min(max_tokens)];
-        let r = perplexity(model, rest, ctx, &mut |d, t| ask(progress, "eval", d, t)).map_err(js_err)?;
+        let progress = &mut |d, t| ask(progress, "eval", d, t);
+        let r = match layers {
+            Some(layers) => crate::model::eval::perplexity_layered(model, layers.as_mut(), rest, ctx, progress),
+            None => perplexity(model, rest, ctx, progress),
+        }
+        .map_err(js_err)?;
         to_js(&r)
     }
 
@@ -522,6 +602,9 @@ impl Session {
         chat: bool,
         on_text: &Function,
     ) -> std::result::Result<String, JsValue> {
+        if self.streamed {
+            return Err(needs_memory("Generating text"));
+        }
         if which == "source" {
             self.ensure_source(&mut |_, _| true).map_err(js_err)?;
         }
@@ -561,43 +644,42 @@ impl Session {
     /// folder (model, tokenizer files, report, model card), for `"gguf"` the `.gguf` itself.
     /// `evals` (a list of `{name, before, after}`) goes into the report. Returns the file name.
     pub fn export(
-        &self,
+        &mut self,
         format: &str,
         dtype: &str,
         evals: JsValue,
         on_chunk: &Function,
     ) -> std::result::Result<String, JsValue> {
-        let b = self.bundle()?;
-        let d = self.done()?;
+        let Session { bundle, done, pruned_layers, source_name, source_sha256, .. } = self;
+        let b = bundle.as_ref().ok_or_else(|| input_err("load a model first"))?;
+        let d = done.as_ref().ok_or_else(|| input_err("prune the model first"))?;
+        // The pruned layers: streamed, in their store; held, the model's own (shared, not copied).
+        let mut held = d.pruned.model.layers.clone();
+        let layers: &mut dyn LayerStore = match pruned_layers {
+            Some(l) => l.as_mut(),
+            None => &mut held,
+        };
         let fmt = OutputFormat::parse(format, dtype).map_err(js_err)?;
         let evals: Vec<EvalPair> =
             if evals.is_undefined() || evals.is_null() { Vec::new() } else { serde_wasm_bindgen::from_value(evals)? };
-        let stem = self.source_name.rsplit_once('.').map_or(&self.source_name[..], |(s, _)| s);
+        let stem = source_name.rsplit_once('.').map_or(&source_name[..], |(s, _)| s);
         let mut w = ChunkWriter { sink: on_chunk, buf: Vec::with_capacity(8 << 20), cap: 8 << 20 };
         let record = Record {
-            source_name: &self.source_name,
-            source_sha256: self.source_sha256.clone(),
+            source_name,
+            source_sha256: source_sha256.clone(),
             source: &d.source_cfg,
             pruned: &d.pruned,
             options: &d.options,
             calib_ids: Some(&d.calib_ids),
             evals: &evals,
-            prune_seconds: d.prune_seconds,
-            total_seconds: d.prune_seconds,
+            seconds: Seconds::of_prune(d.prune_seconds, d.pruned.recovery_seconds),
         };
         let name = match fmt {
             OutputFormat::Hf(_) => {
                 // One folder inside, named as the archive: unpacking it spills no loose files.
                 let folder = format!("{stem}-podar");
                 let mut z = ZipWriter::new(&mut w);
-                job::write_model(
-                    b,
-                    &d.pruned.model,
-                    &mut d.pruned.model.layers.clone(),
-                    fmt,
-                    &mut InFolder(&folder, &mut z),
-                )
-                .map_err(js_err)?;
+                job::write_model(b, &d.pruned.model, layers, fmt, &mut InFolder(&folder, &mut z)).map_err(js_err)?;
                 job::write_record(&record, &mut InFolder(&folder, &mut z)).map_err(js_err)?;
                 z.finish().map_err(js_err)?;
                 format!("{folder}.zip")
@@ -609,8 +691,7 @@ impl Session {
                         body(self.0)
                     }
                 }
-                job::write_model(b, &d.pruned.model, &mut d.pruned.model.layers.clone(), fmt, &mut One(&mut w))
-                    .map_err(js_err)?;
+                job::write_model(b, &d.pruned.model, layers, fmt, &mut One(&mut w)).map_err(js_err)?;
                 format!("{stem}-podar.gguf")
             }
         };
