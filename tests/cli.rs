@@ -31,8 +31,14 @@ fn tiny_llama_copy(name: &str, files: &[&str]) -> PathBuf {
     dir
 }
 
+/// A path in this test binary's own folder under target/ (emptied once per run, so runs do not
+/// pile up files; they came to 683 MB a run in the system's temporary folder).
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("podar-cli-test-{}", std::process::id()));
+    static EMPTIED: std::sync::Once = std::sync::Once::new();
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-test");
+    EMPTIED.call_once(|| {
+        let _ = std::fs::remove_dir_all(&d);
+    });
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
 }

@@ -153,7 +153,7 @@ fn a_streamed_model_prunes_and_scores_as_the_one_in_memory() {
 }
 
 #[test]
-fn a_spill_file_is_removed_when_dropped() {
+fn a_spill_file_leaves_nothing_behind() {
     let (cfg, st) = files("llama");
     let model = podar::load_hf_weights(&cfg, vec![Cursor::new(st)]).unwrap();
     let mut spill = FileSpill::new().unwrap();
@@ -163,7 +163,8 @@ fn a_spill_file_is_removed_when_dropped() {
     same_layers(&spill.get(0).unwrap(), &model.layers[0], "layer 0");
     assert!(spill.get(2).is_err());
     let path = spill.path().to_path_buf();
-    assert!(path.exists());
+    // On Unix the file has no name from the start: a killed job leaves nothing behind.
+    assert_eq!(path.exists(), cfg!(not(unix)));
     drop(spill);
     assert!(!path.exists(), "the spill file outlived its spill");
 }

@@ -137,8 +137,9 @@ pub fn layer_from_bytes(parts: Vec<TensorBytes>) -> Result<Layer> {
 #[cfg(not(target_arch = "wasm32"))]
 type Spilled = (String, Vec<usize>, u64, u64);
 
-/// Replaced layers kept in a temporary file (deleted when dropped): the CLI's way to hold a pruned
-/// model bigger than its memory.
+/// Replaced layers kept in a temporary file: the CLI's way to hold a pruned model bigger than its
+/// memory. On Unix the file is unlinked as soon as it is open, so its space lives exactly as long as
+/// the spill and a killed job leaves nothing behind; elsewhere it is deleted when dropped.
 #[cfg(not(target_arch = "wasm32"))]
 pub struct FileSpill {
     file: std::fs::File,
@@ -157,10 +158,12 @@ impl FileSpill {
         let name = format!("podar-spill-{}-{}.bin", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let path = std::env::temp_dir().join(name);
         let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        #[cfg(unix)]
+        std::fs::remove_file(&path)?;
         Ok(FileSpill { file, path, index: Vec::new(), end: 0 })
     }
 
-    /// Where the file is.
+    /// Where the file was made (on Unix no name leads to it any more).
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }
