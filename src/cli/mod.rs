@@ -269,8 +269,8 @@ fn hf_files<R>(dir: &Path, shards: Vec<R>) -> Result<HfFiles<R>, Failure> {
     })
 }
 
-/// Loads the model at `path` with its layers left in the file, read (not mapped, so that they do
-/// not stay in the process's memory) as each is used; replaced layers go to a temporary file.
+/// Loads the model at `path` with its layers and tables left in the file, read (not mapped, so that
+/// they do not stay in the process's memory) as each is used; replaced layers go to a temporary file.
 fn load_streamed(path: &Path) -> Result<(Bundle, Box<dyn podar::model::LayerStore>), Failure> {
     use podar::model::load::{stream_gguf, stream_hf};
     let spill = |at: &Path| podar::model::store::FileSpill::new().map(|s| Box::new(s) as _).at(at);

@@ -96,7 +96,8 @@ pub(super) struct PruneArgs {
     /// on: read the model's layers from its files as they are used (what must fit in memory is
     /// then about one layer, the calibration streams and recovery's matrices, not the model);
     /// off: load the whole model first; auto: on when the model in f32 would take more than half
-    /// the memory the system has available now. The results are the same either way.
+    /// the memory the system has available now. The pruned weights are the same either way, the
+    /// perplexities within rounding.
     #[arg(long, value_name = "auto|on|off", default_value = "auto")]
     stream: String,
 }

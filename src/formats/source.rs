@@ -54,13 +54,17 @@ pub trait TensorSource {
     /// Rows `rows` of a tensor (along its first dimension) in f32. The formats read only those
     /// rows; this default reads the whole tensor.
     fn load_rows(&mut self, name: &str, rows: std::ops::Range<usize>) -> Result<Tensor> {
-        let t = self.load(name)?;
-        let n = t.dims().first().copied().unwrap_or(0);
-        if rows.start > rows.end || rows.end > n {
-            bail!(Input, "rows {rows:?} of `{name}`, which has {n}");
-        }
-        Ok(t.narrow(0, rows.start, rows.len())?)
+        rows_of(self.load(name)?, name, rows)
     }
+}
+
+/// Rows `rows` of the whole tensor `t` (named `name`), refusing a range outside it.
+pub(crate) fn rows_of(t: Tensor, name: &str, rows: std::ops::Range<usize>) -> Result<Tensor> {
+    let n = t.dims().first().copied().unwrap_or(0);
+    if rows.start > rows.end || rows.end > n {
+        bail!(Input, "rows {rows:?} of `{name}`, which has {n}");
+    }
+    Ok(t.narrow(0, rows.start, rows.len())?)
 }
 
 /// Converts little-endian stored bytes to an f32 tensor.

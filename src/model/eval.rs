@@ -62,7 +62,9 @@ const GROUP_TOKENS: usize = 16_384;
 /// [`perplexity`] of a model whose layers are in `layers` (read from the model's file as they are
 /// used, [`crate::model::Streamed`]), layer by layer: a group of windows goes through layer 1, then
 /// through layer 2, and so on, each layer read once per group. The same products as [`perplexity`]
-/// on the same windows, so the same result. `progress(done, total)` after each layer of each group.
+/// on the same windows, so the same result; where the store keeps the tables, the LM head's
+/// log-sum-exp is folded by blocks of the vocabulary, equal within rounding. `progress(done, total)`
+/// after each layer of each group.
 pub fn perplexity_layered(
     model: &Model,
     layers: &mut dyn LayerStore,

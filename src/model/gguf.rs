@@ -323,8 +323,7 @@ impl<R: Read + Seek> TensorSource for GgufSource<R> {
         // Rows are read apart only where no conversion applies to the whole tensor (the tables).
         let g = self.names.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         if name.contains("self_attn.q_proj.") || name.contains("self_attn.k_proj.") || name.ends_with("norm.weight") {
-            let t = self.load(name)?;
-            return Ok(t.narrow(0, rows.start, rows.len())?);
+            return crate::formats::source::rows_of(self.load(name)?, name, rows);
         }
         self.file.tensor_rows(g, rows)
     }

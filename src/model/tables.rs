@@ -74,33 +74,39 @@ pub(crate) fn nll_by_blocks(
     let rows_at_once = (LOGIT_BYTES / (4 * block)).max(1);
     // Per row: the largest logit so far, the sum of exp(logit − it), and the target's logit.
     let (mut max, mut sum, mut target) = (vec![f32::NEG_INFINITY; n], vec![0f64; n], vec![0f32; n]);
-    for v0 in (0..vocab).step_by(block) {
-        let vb = block.min(vocab - v0);
-        let w = table_rows(layers, Table::Head, v0..v0 + vb)?;
+    each_block(layers, Table::Head, vocab, block, &mut |v0, w| {
+        let vb = w.dims()[0];
         for r0 in (0..n).step_by(rows_at_once) {
             let r = rows_at_once.min(n - r0);
-            let mut logits = crate::kernels::linear(&h.narrow(0, r0, r)?, &w, None)?;
+            let mut logits = crate::kernels::linear(&h.narrow(0, r0, r)?, w, None)?;
             if let Some(cap) = cfg.final_logit_softcapping {
                 logits = Model::softcap(&logits, cap)?;
             }
             crate::kernels::with_slice(&logits, |l| {
                 for (i, row) in l.chunks_exact(vb).enumerate() {
                     let k = r0 + i;
-                    let m = row.iter().copied().fold(max[k], f32::max);
-                    if m > max[k] {
-                        sum[k] *= ((max[k] - m) as f64).exp();
-                        max[k] = m;
-                    }
-                    sum[k] += row.iter().map(|&z| (z - m).exp() as f64).sum::<f64>();
-                    let t = targets[k] as usize;
-                    if (v0..v0 + vb).contains(&t) {
-                        target[k] = row[t - v0];
-                    }
+                    fold_block(row, v0, targets[k] as usize, &mut max[k], &mut sum[k], &mut target[k]);
                 }
             })?;
         }
-    }
+        Ok(())
+    })?;
     Ok((0..n).map(|k| (sum[k].ln() as f32 + max[k]) - target[k]).collect())
+}
+
+/// Folds one row's logits for the vocabulary from `v0` into its running largest logit `max` and
+/// sum of exp(logit − max) `sum` (rescaled when the largest grows), and takes the logit of `target`
+/// when this block holds it.
+fn fold_block(row: &[f32], v0: usize, target: usize, max: &mut f32, sum: &mut f64, logit: &mut f32) {
+    let m = row.iter().copied().fold(*max, f32::max);
+    if m > *max {
+        *sum *= ((*max - m) as f64).exp();
+        *max = m;
+    }
+    *sum += row.iter().map(|&z| (z - m).exp() as f64).sum::<f64>();
+    if let Some(&z) = target.checked_sub(v0).and_then(|t| row.get(t)) {
+        *logit = z;
+    }
 }
 
 /// The rows of `table` in blocks of at most `rows_at_once`, each handed to `f(first row, block)`.

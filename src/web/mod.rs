@@ -20,10 +20,12 @@ use wasm_bindgen::prelude::*;
 use web_sys::File;
 
 mod blob;
+mod files;
 mod gpu;
 mod spill;
 pub use blob::BlobReader;
 use blob::{ChunkWriter, SLICE};
+use files::{files_of, name_of, named, open_streamed, page_can_use, read_model};
 pub use gpu::GpuBridge;
 #[cfg(feature = "gpu")]
 pub use gpu::GpuKernels;
@@ -81,39 +83,6 @@ fn to_js<T: Serialize>(v: &T) -> std::result::Result<JsValue, JsValue> {
     v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| input_err(&e.to_string()))
 }
 
-fn files_of(files: &js_sys::Array) -> std::result::Result<Vec<File>, JsValue> {
-    files.iter().map(|f| f.dyn_into::<File>().map_err(|_| input_err("expected File objects"))).collect()
-}
-
-/// A file's path within a dropped folder, else its name.
-fn name_of(f: &File) -> String {
-    let rel = js_sys::Reflect::get(f, &JsValue::from_str("webkitRelativePath")).ok().and_then(|v| v.as_string());
-    rel.filter(|r| !r.is_empty()).unwrap_or_else(|| f.name())
-}
-
-/// Each file as a named reader (a folder's files by their relative paths).
-fn named(files: &[File]) -> Result<Vec<(String, BlobReader)>> {
-    files
-        .iter()
-        .map(|f| {
-            let r = BlobReader::new(f.clone().into())
-                .map_err(|_| Error::Input("FileReaderSync needs a Web Worker".into()))?;
-            Ok((name_of(f), r))
-        })
-        .collect()
-}
-
-/// The page reads text with the model's tokenizer: a Hugging Face folder without `tokenizer.json`
-/// is refused before any weight is read (a GGUF carries its tokenizer).
-fn page_can_use(p: &Picked) -> std::result::Result<(), JsValue> {
-    match p {
-        Picked::Hf { tokenizer_json: None, .. } => {
-            Err(input_err("the folder has no tokenizer.json, which podar needs to read your text: add it to the files"))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// The output of the last prune, kept for evaluation, generation and export.
 struct Done {
     pruned: Pruned,
@@ -148,21 +117,6 @@ struct TextInfo {
     windows: usize,
     /// Whether the whole text was counted (else it holds more than `tokens`).
     complete: bool,
-}
-
-/// Reads the model out of `files`; `progress("load", layer, layers)`.
-fn read_model(files: &[File], progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Bundle> {
-    let bundle = load::load_named(named(files)?, progress)?;
-    bundle.tokenizer()?;
-    Ok(bundle)
-}
-
-/// Opens the model in `files` with its layers and tables left in them, read as they are used;
-/// pruned layers go to JavaScript arrays ([`spill::JsSpill`]).
-fn open_streamed(files: &[File]) -> Result<(Bundle, Box<dyn LayerStore>)> {
-    let (bundle, layers) = load::stream_named(named(files)?, Box::<spill::JsSpill>::default())?;
-    bundle.tokenizer()?;
-    Ok((bundle, layers))
 }
 
 /// What a streamed model cannot do in the page.
@@ -355,12 +309,9 @@ impl Session {
         // Headers only, before the weights are hashed or read: a model too big for the page is
         // refused with its numbers instead of running out of memory partway through.
         let summary = load::inspect_named(named(&files).map_err(js_err)?).map_err(js_err)?;
-        let streamed = stream.unwrap_or_else(|| load::fits_in_page(summary.parameters).is_err());
-        match streamed {
-            true => load::fits_streamed_in_page(&summary),
-            false => load::fits_in_page(summary.parameters),
-        }
-        .map_err(js_err)?;
+        let held = load::fits_in_page(summary.parameters);
+        let streamed = stream.unwrap_or(held.is_err());
+        if streamed { load::fits_streamed_in_page(&summary) } else { held }.map_err(js_err)?;
         let total: f64 = weights.iter().map(|f| f.size()).sum();
         let mut hashed = 0f64;
         let mut h = <sha2::Sha256 as sha2::Digest>::new();
