@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'unsupported-browser' // no WebAssembly SIMD
   | 'disposed' // the Podar instance was disposed
   | 'gpu' // WebGPU failed
+  | 'write-failed' // an export's WritableStream refused a chunk (a full disk, say)
   | 'internal' // a bug in podar
   | 'failed'; // anything else
 
@@ -318,6 +319,13 @@ export class Pruned {
   readonly calibTokens: number;
   perplexity(text: string | Blob, options?: PerplexityOptions): Promise<Perplexity>;
   generate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, void, void>;
+  /** The name `export` gives its file in `format` (default "hf"), known before it is written. */
+  fileName(format?: 'hf' | 'gguf'): string;
   /** The pruned model as a File (a .zip or a .gguf). */
-  export(options?: ExportOptions): Promise<File>;
+  export(options?: ExportOptions & { to?: undefined }): Promise<File>;
+  /**
+   * The pruned model written to `to` as it is made, never held whole (for a file of several GB):
+   * the stream is closed when the file is complete, aborted on a failure or an abort.
+   */
+  export(options: ExportOptions & { to: WritableStream }): Promise<{ name: string; size: number }>;
 }

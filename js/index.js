@@ -147,7 +147,8 @@ class Engine {
     this.nextId = 1;
     // Cross-origin isolated: a shared flag stops the running call between two steps. Otherwise an
     // abort ends the worker, and a fresh one reads the model again.
-    this.flagBuf = typeof SharedArrayBuffer === 'function' && self.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
+    // (Its second slot counts an export's chunks on their way to a sink: see Pruned.export.)
+    this.flagBuf = typeof SharedArrayBuffer === 'function' && self.crossOriginIsolated ? new SharedArrayBuffer(8) : null;
     this.flag = this.flagBuf ? new Int32Array(this.flagBuf) : null;
     this.generation = 0; // counts workers: a Model or Pruned of an earlier worker is gone
     this.reload = null; // how to read the model again in a new worker
@@ -225,6 +226,7 @@ class Engine {
     if (m.gpu) this.gpu = m.gpu;
     if (m.progress) return p.onProgress && p.onProgress(m.progress);
     if (m.text !== undefined) return p.onText && p.onText(m.text);
+    if (m.chunk) return p.onChunk && p.onChunk(m.chunk);
     this.pending.delete(m.id);
     if (m.error === undefined) return p.resolve(m.ok);
     p.reject(m.failed ? outOfMemory(m.failed, this.options.memoryLimit) : new PodarError(apiWords(m.error), m.code || 'failed'));
@@ -264,7 +266,7 @@ class Engine {
    * stopped engine is started first, and a call that needs the model reads it again (with its
    * progress, and under its signal).
    */
-  run(cmd, args, { signal, onProgress, onText, needsModel = true } = {}) {
+  run(cmd, args, { signal, onProgress, onText, onChunk, needsModel = true } = {}) {
     const go = async () => {
       if (this.disposed) throw new PodarError('this podar instance was disposed', 'disposed');
       if (signal?.aborted) throw aborted();
@@ -277,9 +279,9 @@ class Engine {
         }
       };
       signal?.addEventListener('abort', onAbort);
-      const hooks = { onProgress: progressWithEta(onProgress), onText };
+      const hooks = { onProgress: progressWithEta(onProgress), onText, onChunk };
       try {
-        if (this.flag) Atomics.store(this.flag, 0, 0);
+        if (this.flag) this.flag.fill(0);
         if (!this.worker) await this.start();
         if (needsModel && this.reload && this.modelIn !== this.generation) {
           try {
@@ -426,7 +428,7 @@ export class Podar {
     const r = await this.engine.run(cmd, args, { signal, onProgress, needsModel: false });
     this.engine.reload = { cmd, args };
     this.engine.modelIn = this.engine.generation;
-    this.model = new Model(this.engine, r.summary, r.names, r.streamed);
+    this.model = new Model(this.engine, r.summary, r.names, r.streamed, r.exportNames);
     if (r.cache) this.model.cache = r.cache;
     return this.model;
   }
@@ -474,8 +476,9 @@ const summaryOf = (s, files) => ({
 
 /** A loaded model. Only the most recently loaded model of a Podar is usable. */
 export class Model {
-  constructor(engine, summary, files, streamed = false) {
+  constructor(engine, summary, files, streamed = false, exportNames = {}) {
     this.engine = engine;
+    this.exportNames = exportNames;
     /** Architecture, sizes and parameters, from the headers. */
     this.summary = summaryOf(summary, files);
     /** Whether its layers are read from its files as they are used (too large to hold, or asked
@@ -646,17 +649,68 @@ export class Pruned {
     yield* generate(this.engine, 'pruned', prompt, options);
   }
 
+  /** The name `export` gives its file in `format`, known before it is written (a suggested name
+   * for `showSaveFilePicker`, say). */
+  fileName(format = 'hf') {
+    return this.model.exportNames[format === 'gguf' ? 'gguf' : 'hf'];
+  }
+
   /**
    * The pruned model as a File: `format: "hf"` a zip of a Hugging Face folder (safetensors,
    * config, tokenizer, report, model card) in `dtype` f32, f16 or bf16; `"gguf"` one .gguf in f32,
    * f16 or q8_0. `evals` (`[{name, before, after}]`) go into the report.
+   *
+   * With `to`, a WritableStream (a file the user picked: `(await showSaveFilePicker()).createWritable()`),
+   * the file is written there as it is made and never held whole: what a model of several GB
+   * needs. The stream is closed when the file is complete (a picked file then appears on disk) and
+   * aborted on any failure or abort; it resolves to `{name, size}`. Cross-origin isolated, the
+   * engine waits for a slow stream, so at most a few 8 MiB chunks are in memory at once.
    */
-  async export({ format = 'hf', dtype = 'f32', evals = [], onProgress, signal } = {}) {
+  async export({ format = 'hf', dtype = 'f32', evals = [], to, onProgress, signal } = {}) {
     this.check();
+    if (to !== undefined && typeof to?.getWriter !== 'function') {
+      throw new PodarError('`to` is a WritableStream (from FileSystemFileHandle.createWritable(), say)', 'bad-input');
+    }
     // The plan's size of the file, for the progress's total.
     const plan = await this.engine.run('plan', { options: this.options, format, dtype }).catch(() => null);
-    const r = await this.engine.run('export', { format, dtype, evals, expectBytes: plan?.bytes_after || 0 },
-      { signal, onProgress });
-    return new File([r.blob], r.name, { type: r.blob.type });
+    const args = { format, dtype, evals, expectBytes: plan?.bytes_after || 0, sink: to !== undefined };
+    if (!to) {
+      const r = await this.engine.run('export', args, { signal, onProgress });
+      return new File([r.blob], r.name, { type: r.blob.type });
+    }
+    return toSink(this.engine, args, to, { signal, onProgress });
+  }
+}
+
+// An export written chunk by chunk to the WritableStream `to`, in order. Each chunk written lowers
+// the engine's count of chunks on their way (flag[1]), which lets the engine go on; a failed write
+// stops the export (as an abort would) and is what the call throws.
+async function toSink(engine, args, to, { signal, onProgress }) {
+  const writer = to.getWriter();
+  let writing = Promise.resolve();
+  let failed = null;
+  const onChunk = (chunk) => {
+    writing = writing.then(() => failed || writer.write(chunk)).then(() => {
+      if (engine.flag) {
+        Atomics.sub(engine.flag, 1, 1);
+        Atomics.notify(engine.flag, 1);
+      }
+    }, (e) => {
+      failed ||= new PodarError(`writing the file failed: ${e?.message || e}`, 'write-failed');
+      if (engine.flag) Atomics.store(engine.flag, 0, 1);
+    });
+  };
+  try {
+    const r = await engine.run('export', args, { signal, onProgress, onChunk });
+    await writing;
+    if (failed) throw failed;
+    await writer.close();
+    return { name: r.name, size: r.size };
+  } catch (e) {
+    await writing;
+    await writer.abort(failed || e).catch(() => {});
+    throw failed || e;
+  } finally {
+    writer.releaseLock();
   }
 }

@@ -1,9 +1,10 @@
 // All of podar's Rust runs here, in a module Web Worker: the engine behind the JavaScript API
 // (index.js starts it and is the only one to speak its protocol; the page in www/ uses the API).
-// Protocol: {id, cmd, ...args} in; {id, progress: {stage, done, total}}, {id, text}, and finally
-// {id, ok, memory} or {id, error, code, fatal} out (code: see PodarError in index.js). A shared
-// Int32Array flag (set on abort) makes every progress callback answer "stop", and the running call
-// ends with "cancelled".
+// Protocol: {id, cmd, ...args} in; {id, progress: {stage, done, total}}, {id, text}, {id, chunk}
+// (an export's bytes, for a sink), and finally {id, ok, memory} or {id, error, code, fatal} out
+// (code: see PodarError in index.js). A shared Int32Array flag (set on abort) makes every progress
+// callback answer "stop", and the running call ends with "cancelled"; its second slot counts an
+// export's chunks on their way to the sink.
 // The threaded build (wasm threads over a pool of workers) when the page is cross-origin isolated
 // and the build exists, else the single-threaded one (podar.js beside this file). Threaded:
 // threads-relaxed/ (relaxed SIMD: fused multiply-adds) where the browser validates relaxed SIMD,
@@ -111,6 +112,15 @@ let flag = null;
 let fetchAbort = null;
 
 const cancelled = () => flag !== null && Atomics.load(flag, 0) === 1;
+// An export to a sink: the chunks (8 MiB each) that may be on their way to it at once; their
+// count is flag[1], which index.js lowers as each is written.
+const SINK_AHEAD = 4;
+// A loaded model as index.js takes it: its summary, its files' names, whether it is streamed, and
+// the names its exports will have.
+const loaded = (summary, files) => ({
+  summary, names: files.map((f) => f.name), streamed: session.streamed,
+  exportNames: { hf: session.export_name('hf'), gguf: session.export_name('gguf') },
+});
 
 // Models loaded by URL with {cache: true} are kept with the Cache API, keyed by URL (index.js lists
 // and deletes them). An entry holds the whole file or nothing (Cache.put stores a response whole or
@@ -241,7 +251,7 @@ async function run(m) {
     case 'inspect':
       return session.inspect(m.files);
     case 'load':
-      return { summary: session.load(m.files, progress, m.stream), names: m.files.map((f) => f.name), streamed: session.streamed };
+      return loaded(session.load(m.files, progress, m.stream), m.files);
     case 'loadUrl': {
       fetchAbort = new AbortController();
       cache = { on: m.cache === true && typeof caches === 'object', hits: 0, stored: 0, error: null };
@@ -249,8 +259,7 @@ async function run(m) {
       const files = await fetchModel(m.url, m.id);
       const { hits, stored, error } = cache;
       cache = null;
-      return { summary: session.load(files, progress, m.stream), names: files.map((f) => f.name), streamed: session.streamed,
-        cache: { hits, stored, error } };
+      return { ...loaded(session.load(files, progress, m.stream), files), cache: { hits, stored, error } };
     }
     case 'ping':
       return null;
@@ -274,14 +283,26 @@ async function run(m) {
         return !cancelled();
       });
     case 'export': {
+      // The file as a Blob, or (m.sink) chunk by chunk to index.js, which writes each where the
+      // caller said (a file the user picked, say). Cross-origin isolated, this worker waits while
+      // SINK_AHEAD chunks are on their way, so the export never runs ahead of a slow disk.
       const parts = [];
       let bytes = 0;
       const name = session.export(m.format, m.dtype, m.evals, (chunk) => {
-        parts.push(chunk);
         bytes += chunk.length;
+        if (m.sink) {
+          postMessage({ id: m.id, chunk }, [chunk.buffer]);
+          if (flag) {
+            Atomics.add(flag, 1, 1);
+            for (let n; (n = Atomics.load(flag, 1)) >= SINK_AHEAD && !cancelled();) Atomics.wait(flag, 1, n, 250);
+          }
+        } else {
+          parts.push(chunk);
+        }
         postMessage({ id: m.id, progress: { stage: 'write', done: bytes, total: m.expectBytes || 0 } });
         return !cancelled();
       });
+      if (m.sink) return { name, size: bytes };
       const type = name.endsWith('.zip') ? 'application/zip' : 'application/octet-stream';
       return { name, blob: new Blob(parts, { type }) };
     }

@@ -14,7 +14,7 @@
 // line says "streamed" then.
 import fs from 'node:fs';
 import path from 'node:path';
-import { root, serve, launch, statusWaiter, openPage } from '../tests/e2e/harness.mjs';
+import { root, serve, launch, statusWaiter, openPage, pickIntoPrivateFiles } from '../tests/e2e/harness.mjs';
 
 const shared = path.join(root, '../shared/corpora/code_calib.txt');
 const calib = fs.existsSync(shared) ? shared : path.join(root, 'www/presets/code-python.txt');
@@ -27,6 +27,9 @@ const browser = await launch();
 try {
   const page = await (await browser.newContext({ acceptDownloads: true })).newPage();
   const waitStatus = statusWaiter(page);
+  // Download saves into a file the picker picks (Chromium's showSaveFilePicker, replaced by one that
+  // picks a file of the origin's private file system): written as it is made, never held whole.
+  await pickIntoPrivateFiles(page);
   const engine = await openPage(page, app.url);
   let t0 = Date.now();
   if (modelDir) {
@@ -54,10 +57,18 @@ try {
   if (!/Done$/.test(msg)) throw new Error(msg);
   // The download is written when asked for.
   const download = async () => {
-    const [d] = await Promise.all([page.waitForEvent('download', { timeout: 3_600_000 }),
-      page.getByRole('button', { name: 'Download' }).click()]);
-    await d.delete();
-    return page.evaluate(() => window.podar.state.lastJob);
+    await page.getByRole('button', { name: 'Download' }).click();
+    const said = await waitStatus(/^Saved|failed/, 3_600_000);
+    if (!/^Saved/.test(said)) throw new Error(said);
+    const size = await page.evaluate(async () => {
+      const dir = await navigator.storage.getDirectory();
+      const size = (await (await dir.getFileHandle(window.picked.suggestedName)).getFile()).size;
+      await dir.removeEntry(window.picked.suggestedName);
+      return size;
+    });
+    const job = await page.evaluate(() => window.podar.state.lastJob);
+    if (size !== job.bytes) throw new Error(`the saved file holds ${size} bytes, the export said ${job.bytes}`);
+    return job;
   };
   const r = await download();
   const job = (Date.now() - t0) / 1e3;
@@ -67,7 +78,7 @@ try {
   console.log(`bench-web: ${engine}`);
   console.log(`bench-web: calibration text ${path.relative(root, calib)}, ${samples}×128 tokens, 20% MLP, ${score} + recovery${correct}, ${format} ${dtype}${streamed ? '; the model streamed (read a layer at a time)' : ''}`);
   console.log(`bench-web: load ${load.toFixed(1)} s, prune ${r.pruneSeconds.toFixed(1)} s, download ${r.writeSeconds.toFixed(1)} s, prune+download ${job.toFixed(1)} s, whole job ${(load + job).toFixed(1)} s`);
-  console.log(`bench-web: peak wasm memory ${(r.peakMemory / 2 ** 20).toFixed(0)} MiB = ${(r.peakMemory / f32Bytes).toFixed(2)}× the f32 model (${(f32Bytes / 2 ** 20).toFixed(0)} MiB); download ${(r.bytes / 1e6).toFixed(1)} MB`);
+  console.log(`bench-web: peak wasm memory ${(r.peakMemory / 2 ** 20).toFixed(0)} MiB = ${(r.peakMemory / f32Bytes).toFixed(2)}× the f32 model (${(f32Bytes / 2 ** 20).toFixed(0)} MiB); download ${(r.bytes / 1e6).toFixed(1)} MB, saved into a picked file`);
   const mib = (b) => `${(b / 2 ** 20).toFixed(0)} MiB`;
   const line = (i, j) => console.log(`bench-web: job ${i}: ${j.seconds.toFixed(1)} s + download ${j.writeSeconds.toFixed(1)} s; after it wasm memory ${mib(j.memory)}, ` +
     `heap in use ${mib(j.heapLive)}, heap peak so far ${mib(j.heapPeak)}`);

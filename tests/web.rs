@@ -72,6 +72,9 @@ fn load_plan_prune_eval_export() {
             chunks.push(&c);
         }
     });
+    // (Its name is known before it is written, for a page that asks where to save it.)
+    assert_eq!(s.export_name("gguf"), "model-podar.gguf");
+    assert_eq!(s.export_name("hf"), "model-podar.zip");
     let name = s.export("hf", "f32", JsValue::NULL, push.as_ref().unchecked_ref()).unwrap();
     assert_eq!(name, "model-podar.zip");
     let mut zip = Vec::new();

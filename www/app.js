@@ -519,9 +519,13 @@ $('prune').onclick = prune;
 // The download is written when it is asked for, in the format and dtype chosen then. A prune keeps
 // no copy of its output: a browser holds a written file until the page lets go of it and its
 // garbage is collected, so a page that wrote one per prune could hold several models' worth.
+// Where the browser lets the page write a file the user picks (Chromium's showSaveFilePicker), the
+// export goes straight there, chunk by chunk, and is never held whole: a 1B model's bf16 zip
+// (2.2 GB) passes what a browser holds in Blobs. Elsewhere it is a File, downloaded.
 $('download').onclick = async () => {
-  if (!state.pruned) return;
+  if (!state.pruned || state.busy) return;
   const format = $('format').value, dtype = $('dtype').value;
+  if (typeof window.showSaveFilePicker === 'function') return saveToPickedFile(format, dtype);
   const key = `${format}|${dtype}`;
   if (state.download?.key !== key) {
     state.download = null;
@@ -545,6 +549,29 @@ $('download').onclick = async () => {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
 };
+
+async function saveToPickedFile(format, dtype) {
+  const types = format === 'gguf'
+    ? [{ description: 'GGUF model', accept: { 'application/octet-stream': ['.gguf'] } }]
+    : [{ description: 'Zip of a Hugging Face folder', accept: { 'application/zip': ['.zip'] } }];
+  let handle;
+  try {
+    // Opened first, while the click's user activation lasts.
+    handle = await window.showSaveFilePicker({ suggestedName: pruned.fileName(format), types });
+  } catch (e) {
+    setStatus(e.name === 'AbortError' ? 'Not saved: no file was chosen.' : `Saving failed: ${e.message}`);
+    return;
+  }
+  await busy(async () => {
+    const t0 = performance.now();
+    const out = await task('Writing the download', async (o) =>
+      pruned.export({ format, dtype, evals: state.evals, to: await handle.createWritable(), ...o }));
+    const secs = (performance.now() - t0) / 1e3;
+    if (state.lastJob) Object.assign(state.lastJob, { bytes: out.size, writeSeconds: secs, peakMemory: state.peakMemory });
+    $('sizes').textContent += ` Saved ${handle.name}, ${fmtBytes(out.size)}, written in ${secs.toFixed(1)} s.`;
+    setStatus(`Saved ${handle.name} (${fmtBytes(out.size)}).`);
+  });
+}
 
 // Where the page has no shared memory, the API stops the engine, and the page starts a new one.
 $('cancel').onclick = () => {

@@ -314,9 +314,33 @@ pub fn sha256_hex(r: &mut dyn std::io::Read) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// The page's export's file name: the source's (a GGUF's file name without `.gguf`, a folder's name as it
+/// is: "Llama-3.2-1B" keeps its dots), then `-podar.zip` or `-podar.gguf`.
+pub fn file_name(source_name: &str, format: &str) -> String {
+    let lower = source_name.to_ascii_lowercase();
+    let stem = [".gguf", ".safetensors"]
+        .iter()
+        .find(|ext| lower.ends_with(*ext))
+        .map_or(source_name, |ext| &source_name[..source_name.len() - ext.len()]);
+    let stem = if stem.is_empty() { "model" } else { stem };
+    if format == "gguf" {
+        format!("{stem}-podar.gguf")
+    } else {
+        format!("{stem}-podar.zip")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_keep_a_folder_s_dots_and_drop_a_file_s_extension() {
+        assert_eq!(file_name("Llama-3.2-1B", "hf"), "Llama-3.2-1B-podar.zip");
+        assert_eq!(file_name("SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"), "SmolLM2-135M-Instruct.Q4_1-podar.gguf");
+        assert_eq!(file_name("m.GGUF", "hf"), "m-podar.zip");
+        assert_eq!(file_name("", "gguf"), "model-podar.gguf");
+    }
 
     #[test]
     fn formats() {

@@ -613,7 +613,7 @@ impl Session {
         let fmt = OutputFormat::parse(format, dtype).map_err(js_err)?;
         let evals: Vec<EvalPair> =
             if evals.is_undefined() || evals.is_null() { Vec::new() } else { serde_wasm_bindgen::from_value(evals)? };
-        let stem = source_name.rsplit_once('.').map_or(&source_name[..], |(s, _)| s);
+        let file_name = job::file_name(source_name, format);
         let mut w = ChunkWriter { sink: on_chunk, buf: Vec::with_capacity(8 << 20), cap: 8 << 20 };
         let record = Record {
             source_name,
@@ -625,15 +625,14 @@ impl Session {
             evals: &evals,
             seconds: Seconds::of_prune(d.prune_seconds, d.pruned.recovery_seconds),
         };
-        let name = match fmt {
+        match fmt {
             OutputFormat::Hf(_) => {
                 // One folder inside, named as the archive: unpacking it spills no loose files.
-                let folder = format!("{stem}-podar");
+                let folder = file_name.trim_end_matches(".zip");
                 let mut z = ZipWriter::new(&mut w);
-                job::write_model(b, &d.pruned.model, layers, fmt, &mut InFolder(&folder, &mut z)).map_err(js_err)?;
-                job::write_record(&record, &mut InFolder(&folder, &mut z)).map_err(js_err)?;
+                job::write_model(b, &d.pruned.model, layers, fmt, &mut InFolder(folder, &mut z)).map_err(js_err)?;
+                job::write_record(&record, &mut InFolder(folder, &mut z)).map_err(js_err)?;
                 z.finish().map_err(js_err)?;
-                format!("{folder}.zip")
             }
             OutputFormat::Gguf(_) => {
                 struct One<'a, 'b>(&'a mut ChunkWriter<'b>);
@@ -643,10 +642,15 @@ impl Session {
                     }
                 }
                 job::write_model(b, &d.pruned.model, layers, fmt, &mut One(&mut w)).map_err(js_err)?;
-                format!("{stem}-podar.gguf")
             }
-        };
+        }
         w.flush().map_err(|e| js_err(e.into()))?;
-        Ok(name)
+        Ok(file_name)
+    }
+
+    /// The name `export` gives its file in `format` ("hf": a zip, "gguf"), known before it is
+    /// written: a page asks where to save it first.
+    pub fn export_name(&self, format: &str) -> String {
+        job::file_name(&self.source_name, format)
     }
 }

@@ -217,6 +217,66 @@ try {
   assert.equal(q.list.length, 0, 'a half-stored entry is left');
   assert.equal(q.parameters, 134515008);
 
+  // An export written to a WritableStream as it is made (what the page does with a file the user
+  // picks in Chromium): the same bytes as the File, into a file of the origin's private file
+  // system; a slow stream holds the engine back (at most four 8 MiB chunks on their way); an abort
+  // or a refused write leaves the file as it was, and the engine usable.
+  const sink = await page.evaluate(async ({ text }) => {
+    const { Podar, PodarError } = await import('podar');
+    const podar = await Podar.create({ gpu: false });
+    const model = await podar.load(new URL('../../models/SmolLM2-135M-Instruct.Q4_1.gguf', location.href));
+    const pruned = await model.prune(text, { mlp: 0.2, calibSamples: 2 });
+    const res = { isolated: self.crossOriginIsolated, name: pruned.fileName('gguf') };
+    const sha = async (blob) => [...new Uint8Array(await crypto.subtle.digest('SHA-256', await blob.arrayBuffer()))]
+      .map((b) => b.toString(16).padStart(2, '0')).join('');
+    const outcome = (p) => p.then(() => 'resolved', (e) => `${e instanceof PodarError ? 'PodarError' : 'other'} ${e.code}`);
+    const file = await pruned.export({ format: 'gguf', dtype: 'q8_0' });
+    res.fileSha = await sha(file);
+    const dir = await navigator.storage.getDirectory();
+    const handle = await dir.getFileHandle(res.name, { create: true });
+    res.written = await pruned.export({ format: 'gguf', dtype: 'q8_0', to: await handle.createWritable() });
+    res.savedSha = await sha(await handle.getFile());
+    // Aborted halfway: the file keeps its earlier bytes.
+    const c = new AbortController();
+    res.aborted = await outcome(pruned.export({ format: 'gguf', dtype: 'q8_0', to: await handle.createWritable(), signal: c.signal,
+      onProgress: (p) => { if (p.done > p.total / 2) c.abort(); } }));
+    res.afterAbortSha = await sha(await handle.getFile());
+    // A stream slower than the export: how far the export runs ahead of what is written.
+    let produced = 0, written = 0, ahead = 0, chunks = 0;
+    const slow = new WritableStream({
+      async write(chunk) {
+        ahead = Math.max(ahead, produced - written);
+        await new Promise((r) => setTimeout(r, 60));
+        written += chunk.length;
+        chunks++;
+      },
+    });
+    res.slow = await pruned.export({ format: 'hf', dtype: 'f32', to: slow, onProgress: (p) => { produced = p.done; } });
+    Object.assign(res, { slowWritten: written, ahead, chunks });
+    // A stream that refuses its third chunk (a full disk, say).
+    let n = 0;
+    const full = new WritableStream({ write() { if (++n === 3) throw new Error('no space left'); } });
+    res.refused = await pruned.export({ format: 'hf', dtype: 'f32', to: full }).then(() => 'resolved', (e) => `${e.code}: ${e.message}`);
+    res.afterRefusal = (await model.plan({ mlp: 0.2 })).parametersAfter > 0;
+    res.notAStream = await outcome(pruned.export({ to: 'model.zip' }));
+    await dir.removeEntry(res.name);
+    podar.dispose();
+    return res;
+  }, { text });
+  log('export to a stream:', JSON.stringify(sink));
+  assert.equal(sink.name, 'SmolLM2-135M-Instruct.Q4_1-podar.gguf');
+  assert.equal(sink.written.name, sink.name);
+  assert.equal(sink.savedSha, sink.fileSha, 'the file written through the stream differs from the File');
+  assert.equal(sink.aborted, 'PodarError aborted');
+  assert.equal(sink.afterAbortSha, sink.fileSha, 'an aborted export changed the file');
+  assert.equal(sink.slowWritten, sink.slow.size);
+  assert.ok(sink.chunks > 40, `${sink.chunks} chunks`);
+  // Cross-origin isolated, the engine waits: four chunks on their way, one more being counted.
+  if (sink.isolated) assert.ok(sink.ahead <= 5 * 8 * 2 ** 20, `the export ran ${sink.ahead} bytes ahead of a slow stream`);
+  assert.match(sink.refused, /^write-failed: writing the file failed: no space left/);
+  assert.ok(sink.afterRefusal, 'the engine did not answer after a refused write');
+  assert.equal(sink.notAStream, 'PodarError bad-input');
+
   // A start that freezes in the thread pool's start (Firefox's did, about once in 30 on this
   // machine) is replaced: after one such start the engine runs with threads, after two without.
   const frozen = await page.evaluate(async () => {

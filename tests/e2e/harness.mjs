@@ -60,3 +60,33 @@ export async function openPage(page, url) {
   await page.waitForFunction(() => /Engine ready/.test(document.getElementById('engine').textContent), null, { timeout: 60_000 });
   return page.locator('#engine').textContent();
 }
+
+/**
+ * Makes the page's Download save into the origin's private file system (OPFS). Chromium has
+ * `showSaveFilePicker`, so the page writes the export into a file the user picks; the picker (a
+ * dialog headless Chromium cannot answer) is replaced, from the next navigation on, by one that
+ * picks a file there, written through the same FileSystemWritableFileStream. `window.picked` keeps
+ * the picker's options.
+ */
+export async function pickIntoPrivateFiles(page) {
+  await page.addInitScript(() => {
+    window.showSaveFilePicker = async (o) => {
+      window.picked = o;
+      const dir = await navigator.storage.getDirectory();
+      return dir.getFileHandle(o.suggestedName, { create: true });
+    };
+  });
+}
+
+/** The file the page last saved through `pickIntoPrivateFiles`' picker, handed over as a download
+ * (Playwright's Download), and its size as the private file system holds it. */
+export async function pickedFile(page) {
+  const [download, size] = await Promise.all([page.waitForEvent('download', { timeout: 300_000 }), page.evaluate(async () => {
+    const dir = await navigator.storage.getDirectory();
+    const file = await (await dir.getFileHandle(window.picked.suggestedName)).getFile();
+    const a = Object.assign(document.createElement('a'), { href: URL.createObjectURL(file), download: file.name });
+    a.click();
+    return file.size;
+  })]);
+  return { download, size };
+}

@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import assert from 'node:assert/strict';
-import { root, cli, serve, launch, statusWaiter, openPage, unzipFolder } from './harness.mjs';
+import { root, cli, serve, launch, statusWaiter, openPage, unzipFolder, pickIntoPrivateFiles, pickedFile } from './harness.mjs';
 
 const out = path.join(root, 'target/e2e');
 const samples = Number(process.env.PODAR_E2E_SAMPLES || 8);
@@ -80,6 +80,7 @@ try {
   page.on('request', (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith('blob:') && !r.url().startsWith('data:')) foreign.push(r.url()); });
   page.on('pageerror', (e) => log('page error:', e.message));
   const waitStatus = statusWaiter(page);
+  await pickIntoPrivateFiles(page);
 
   log(await openPage(page, app.url));
 
@@ -174,10 +175,16 @@ try {
   assert.ok(wide.page <= 390 && wide.charts.every((r) => r <= 390), JSON.stringify(wide));
   await page.setViewportSize({ width: 1100, height: 1800 });
 
-  const [download] = await Promise.all([page.waitForEvent('download', { timeout: 300_000 }), page.getByRole('button', { name: 'Download' }).click()]);
+  // The page writes into the file the (replaced) picker picks: see pickIntoPrivateFiles.
+  await page.getByRole('button', { name: 'Download' }).click();
+  msg = await waitStatus(/^Saved|failed/, 300_000);
+  log(msg);
+  assert.match(msg, /^Saved SmolLM2-135M-Instruct\.Q4_1-podar\.zip/);
+  assert.equal(await page.evaluate(() => window.picked.types[0].accept['application/zip'][0]), '.zip');
+  const { download } = await pickedFile(page);
   const zip = path.join(out, 'model.zip');
   await download.saveAs(zip);
-  log('downloaded', download.suggestedFilename(), fs.statSync(zip).size, 'bytes');
+  log('saved into the picked file', download.suggestedFilename(), fs.statSync(zip).size, 'bytes');
 
   // Unzip and check with podar's own loader against the CLI's run of the same job.
   const dir = path.join(out, 'page');

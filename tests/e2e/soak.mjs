@@ -9,7 +9,7 @@
 // PODAR_SOAK_BLOBS=1 logs the browser's blobs (chrome://blob-internals) after each cancel.
 import path from 'node:path';
 import assert from 'node:assert/strict';
-import { root, serve, launch, openPage } from './harness.mjs';
+import { root, serve, launch, openPage, pickIntoPrivateFiles } from './harness.mjs';
 
 const CANCELS = Number(process.env.PODAR_SOAK_CANCELS || 50);
 let seed = Number(process.env.PODAR_SOAK_SEED || 12345);
@@ -28,6 +28,9 @@ try {
     cancel: document.getElementById('cancel').disabled, text: document.getElementById('text-info').textContent,
     plan: document.getElementById('plan').textContent, engine: document.getElementById('engine').textContent }));
   page.on('pageerror', (e) => log('page error:', e.message));
+  // Download writes into a file of the origin's private file system (Chromium's save picker,
+  // replaced): cancels during it abort that file's stream.
+  await pickIntoPrivateFiles(page);
   log(await openPage(page, app.url));
   // PODAR_SOAK_BLOBS=1: the browser's blobs (chrome://blob-internals) after each job, to see what holds them.
   const blobPage = process.env.PODAR_SOAK_BLOBS ? await page.context().newPage() : null;
@@ -79,8 +82,16 @@ try {
   assert.equal(await result(), want, 'two uninterrupted jobs differ');
   // The download, written when asked for: its time is what cancels during it span.
   t = Date.now();
-  await until(/^Wrote |failed/, 300_000, () => page.getByRole('button', { name: 'Download' }).click());
+  await until(/^Saved |failed/, 300_000, () => page.getByRole('button', { name: 'Download' }).click());
   const writeMs = Date.now() - t;
+  // The saved file's size: a cancelled save leaves the file as it was (its stream is aborted, and
+  // nothing it wrote reaches the file), never cut short.
+  const savedSize = () => page.evaluate(async () => {
+    const dir = await navigator.storage.getDirectory();
+    return (await (await dir.getFileHandle(window.picked.suggestedName)).getFile()).size;
+  });
+  const saved = await savedSize();
+  assert.ok(saved > 1e8, `the saved file holds ${saved} bytes`);
   const m0 = await memory();
   const h0 = await heap();
   log(`load ${(loadMs / 1e3).toFixed(1)} s, job ${(jobMs / 1e3).toFixed(1)} s, download ${(writeMs / 1e3).toFixed(1)} s, wasm memory ${(m0 / 2 ** 20).toFixed(0)} MiB, ` +
@@ -108,7 +119,8 @@ try {
     // The job has ended when Cancel is disabled again; then its last word is on the status line.
     await idle();
     const said = await status();
-    assert.match(said, /cancelled|Done$|Model loaded|^Wrote /, `cancel ${i} (${stage}) ended the job with: ${said}`);
+    assert.match(said, /cancelled|Done$|Model loaded|^Saved /, `cancel ${i} (${stage}) ended the job with: ${said}`);
+    if (duringWrite) assert.equal(await savedSize(), saved, `cancel ${i} (${stage}) left the saved file cut short`);
     const key = /cancelled/.test(said) ? stage : `${stage} (ended before the cancel)`;
     stages[key] = (stages[key] || 0) + 1;
     if (duringLoad && !/Model loaded/.test(said)) assert.match(await load(), /Model loaded/);

@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import assert from 'node:assert/strict';
-import { root, cli, serve, launch, statusWaiter, openPage, unzipFolder } from './harness.mjs';
+import { root, cli, serve, launch, statusWaiter, openPage, unzipFolder, pickIntoPrivateFiles, pickedFile } from './harness.mjs';
 
 const out = path.join(root, 'target/e2e-webgpu');
 const samples = Number(process.env.PODAR_E2E_SAMPLES || 2);
@@ -31,6 +31,7 @@ try {
   page.on('crash', () => log('the page crashed'));
   page.on('console', (m) => { if (m.type() === 'error') log('console:', m.text()); });
   const waitStatus = statusWaiter(page);
+  await pickIntoPrivateFiles(page);
   // SwiftShader is a software adapter, slower than the CPU: the page skips it unless told (?gpu=any).
   const auto = await openPage(page, app.url);
   log(auto);
@@ -64,7 +65,10 @@ try {
   assert.ok(job.gpuProducts > 100, `only ${job.gpuProducts} products ran on the GPU`);
   log('perplexity:', (await page.locator('#ppl tbody').innerText()).replace(/\s+/g, ' '));
 
-  const [download] = await Promise.all([page.waitForEvent('download', { timeout: 300_000 }), page.getByRole('button', { name: 'Download' }).click()]);
+  // Saved into the file the (replaced) picker picks, then handed over: see pickIntoPrivateFiles.
+  await page.getByRole('button', { name: 'Download' }).click();
+  assert.match(await waitStatus(/^Saved|failed/, 300_000), /^Saved/);
+  const { download } = await pickedFile(page);
   const zip = path.join(out, 'model.zip');
   await download.saveAs(zip);
   const dir = path.join(out, 'page');
