@@ -13,6 +13,16 @@ fn podar(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The calibration precision `auto` gives, from the kernels' part of a report: bf16 where a
+/// timed product ran at least 1.15 times as fast in bf16.
+fn auto_precision(kernels: &serde_json::Value) -> &'static str {
+    let t = &kernels["bf16_trial"];
+    match (t["bf16_gflops"].as_f64(), t["f32_gflops"].as_f64()) {
+        (Some(b), Some(f)) if b >= 1.15 * f => "bf16",
+        _ => "f32",
+    }
+}
+
 fn tiny(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name)
 }
@@ -298,9 +308,9 @@ fn prune_writes_a_consistent_hf_folder_and_report() {
     assert_eq!(report["calibration"]["tokens"], 256);
     assert_eq!(report["source_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(report["calibration"]["ids_sha256"].as_str().unwrap().len(), 64);
-    // The calibration's number format by default: bf16 where the CPU's bf16 products are faster.
-    let auto = if podar::kernels::bf16_faster() { "bf16" } else { "f32" };
-    assert_eq!(report["method"]["calib_precision"], auto);
+    // The calibration's number format by default: bf16 where the CPU's bf16 products ran faster
+    // when timed, as the report says.
+    assert_eq!(report["method"]["calib_precision"], auto_precision(&report["kernels"]));
     assert_eq!(report["method"]["error_estimate"], "residuals");
     let ppl = &report["perplexity"][0];
     assert!(ppl["before"].as_f64().unwrap() > 1.0 && ppl["after"].as_f64().unwrap() > 1.0);
@@ -365,13 +375,31 @@ fn importance_json_scores_every_layer_and_neuron() {
         assert!(scores.iter().all(|x| x.is_finite() && *x >= 0.0), "{scores:?}");
         assert!(scores.iter().any(|&x| x != scores[0]), "all neurons scored alike");
     }
-    // The products' number format, as prune's (auto: bf16 where it is faster), stated; f32 on request.
-    let auto = if podar::kernels::bf16_faster() { "bf16" } else { "f32" };
-    assert_eq!(v["calib_precision"], auto);
+    // The products' number format, as prune's (auto: bf16 where it ran faster), stated; f32 on request.
+    assert_eq!(v["calib_precision"], auto_precision(&v["kernels"]));
     let (code, out, err) =
         podar(&[&args[..], &["--calib-samples", "4", "--calib-precision", "f32", "--json"]].concat());
     assert_eq!(code, 0, "{err}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["calib_precision"], "f32");
+    let f32_ = serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    assert_eq!(f32_["calib_precision"], "f32");
+    // Held to AVX2 (the path of a CPU without AVX-512): no bf16 products, so `auto` is f32, and
+    // the same scores within rounding (the products are summed in another order).
+    let (code, out, err) = podar(&[&["--kernels", "avx2"], &args[..], &["--calib-samples", "4", "--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let avx2: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(avx2["calib_precision"], "f32");
+    assert_ne!(avx2["kernels"]["isa"], "avx512");
+    assert!(avx2["kernels"]["bf16_trial"].is_null());
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        let mut xs: Vec<f64> = v["layer_influence"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        for layer in v["mlp"].as_array().unwrap() {
+            xs.extend(layer.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()));
+        }
+        xs
+    };
+    for (a, b) in floats(&avx2).iter().zip(floats(&f32_)) {
+        assert!((a - b).abs() <= 1e-3 * b.abs().max(1e-6), "AVX2 {a} against the default kernels' {b}");
+    }
     // Too little text for the windows asked: the same message as prune's.
     fails(&[&args[..], &["--calib-samples", "1000"]].concat(), &calib, "1000 windows of 32 need");
 }

@@ -17,6 +17,10 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// x86-64 matrix kernels: auto (the widest vectors the CPU has: AVX-512 where it is) or avx2
+    /// (AVX2 and FMA only, the path of a CPU without AVX-512; also PODAR_KERNELS=avx2).
+    #[arg(long, global = true, value_name = "auto|avx2", default_value = "auto", value_parser = ["auto", "avx2"])]
+    kernels: String,
 }
 
 #[derive(Subcommand)]
@@ -316,6 +320,9 @@ fn read_text(p: &Path) -> Result<String, Failure> {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    if cli.kernels == "avx2" {
+        podar::kernels::set_avx2_only(true);
+    }
     match cli.cmd {
         Cmd::Inspect { model, json } => {
             let s = inspect(&model)?;
@@ -441,7 +448,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .at(&model)?;
             pb.finish_and_clear();
             if json {
-                println!("{}", serde_json::to_string(&imp).at(&model)?);
+                let mut v = serde_json::to_value(&imp).at(&model)?;
+                v["kernels"] =
+                    serde_json::json!({"isa": podar::kernels::isa(), "bf16_trial": podar::kernels::bf16_trial()});
+                println!("{v}");
             } else {
                 println!("layer  influence  mean neuron score");
                 for (l, (inf, s)) in imp.layer_influence.iter().zip(&imp.mlp).enumerate() {

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 mod bf16;
-pub(super) use bf16::{bf16_available, bf16_faster, gemm_bf16_bt, gemm_bf16_pairs, to_bf16_pairs, to_bf16_token_pairs};
+pub(super) use bf16::{bf16_available, gemm_bf16_bt, gemm_bf16_pairs, to_bf16_pairs, to_bf16_token_pairs};
 
 /// Rows of a C tile.
 const MR: usize = 12;
@@ -18,9 +18,9 @@ const KC: usize = 256;
 /// Rows of A taken at a time: an `MC × KC` block of A (480 KiB) stays in L2.
 const MC: usize = 40 * MR;
 
-/// Whether this CPU runs [`gemm`].
+/// Whether this CPU runs [`gemm`], and the kernels are not held to AVX2 ([`super::avx2_only`]).
 pub(super) fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
+    !super::avx2_only() && std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// As [`super::strided_gemm`], on a CPU where [`available`] holds, with the product scaled by

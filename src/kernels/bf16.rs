@@ -25,17 +25,56 @@ pub fn bf16_available() -> bool {
     }
 }
 
-/// Whether bf16 products are also faster than f32 ones on this CPU (AMD's AVX-512 BF16; Intel's
-/// runs them at half the rate of its f32 FMAs): the CLI's default calibration precision.
+/// What [`bf16_faster`] measured: calibration's most common product, SmolLM2's MLP up projection
+/// on 8 windows of 128 tokens (`[1024, 576] · [1536, 576]ᵀ`, over the worker threads), in f32 and
+/// in bf16 products, each the best of three runs taken alternately.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Bf16Trial {
+    pub f32_gflops: f64,
+    pub bf16_gflops: f64,
+}
+
+/// bf16 products are chosen where they ran at least this much faster: a near tie keeps f32, so
+/// that noise does not flip the choice (and the result) from one run to the next.
+const BF16_MARGIN: f64 = 1.15;
+
+static TRIAL: std::sync::OnceLock<Option<Bf16Trial>> = std::sync::OnceLock::new();
+
+/// Whether bf16 products are faster than f32 ones on this CPU, as measured once per process (in
+/// about 0.05 s) where the CPU has them natively: AMD's Zen 4 ran them at twice its f32 rate, the
+/// Intel Xeons measured at half. The CLI's `auto` calibration precision.
 pub fn bf16_faster() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512::bf16_faster()
+    let trial = TRIAL.get_or_init(|| if bf16_available() { measure_bf16().ok() } else { None });
+    trial.is_some_and(|t| t.bf16_gflops >= BF16_MARGIN * t.f32_gflops)
+}
+
+/// The trial behind [`bf16_faster`], if it ran in this process.
+pub fn bf16_trial() -> Option<Bf16Trial> {
+    TRIAL.get().copied().flatten()
+}
+
+fn measure_bf16() -> Result<Bf16Trial> {
+    let (m, k, n) = (1024, 576, 1536);
+    // Values spread over [-0.5, 0.5), as activations and weights are.
+    let values = |len: usize, seed: usize| (0..len).map(|i| ((i * 7919 + seed) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let x = Tensor::from_vec::<_, f32>(values(m * k, 1), (m, k), &Device::Cpu)?;
+    let w = Tensor::from_vec::<_, f32>(values(n * k, 2), (n, k), &Device::Cpu)?;
+    let run = |bf16: bool| -> Result<f64> {
+        let _products = bf16_products(bf16);
+        let t0 = crate::clock::seconds();
+        super::linear(&x, &w, None)?;
+        Ok(crate::clock::seconds() - t0)
+    };
+    // A first run of each warms the caches and the worker threads.
+    run(false)?;
+    run(true)?;
+    let (mut f32_best, mut bf16_best) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        f32_best = f32_best.min(run(false)?);
+        bf16_best = bf16_best.min(run(true)?);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    let gflop = 2.0 * (m * k * n) as f64 / 1e9;
+    Ok(Bf16Trial { f32_gflops: gflop / f32_best.max(1e-9), bf16_gflops: gflop / bf16_best.max(1e-9) })
 }
 
 /// While the returned guard lives, [`super::linear`] called on this thread rounds both operands to bf16

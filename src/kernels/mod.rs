@@ -13,7 +13,7 @@ mod bf16;
 mod elementwise;
 pub use accum::{cross, gram, Accum};
 pub use attention::{attention, AttnShape};
-pub use bf16::{bf16_available, bf16_faster, bf16_products, bf16_round, Bf16Products};
+pub use bf16::{bf16_available, bf16_faster, bf16_products, bf16_round, bf16_trial, Bf16Products, Bf16Trial};
 
 pub(crate) use elementwise::par_fill;
 pub use elementwise::{
@@ -43,6 +43,48 @@ const OFFLOAD_MIN_MACS: usize = 1 << 22;
 
 fn offload() -> Option<std::rc::Rc<dyn Offload>> {
     OFFLOAD.with(|slot| slot.borrow().clone())
+}
+
+/// Whether the x86-64 kernels are held to AVX2 (and FMA), the path of a CPU without AVX-512, on
+/// one that has it: `set_avx2_only` (the CLI's `--kernels avx2`), else `PODAR_KERNELS=avx2`.
+pub fn avx2_only() -> bool {
+    match AVX2_ONLY.load(Ordering::Relaxed) {
+        0 => false,
+        1 => true,
+        _ => {
+            let on = std::env::var("PODAR_KERNELS").is_ok_and(|v| v == "avx2");
+            AVX2_ONLY.store(on as usize, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Holds the kernels to AVX2 (`true`) or lets them use the widest vectors the CPU has; set before
+/// any work (a choice made mid-job would mix paths).
+pub fn set_avx2_only(on: bool) {
+    AVX2_ONLY.store(on as usize, Ordering::Relaxed);
+}
+
+/// 0 or 1 once known; 2: not read yet.
+static AVX2_ONLY: AtomicUsize = AtomicUsize::new(2);
+
+/// The instruction set the matrix kernels run here: "avx512", "avx2", "simd128" or "scalar".
+pub fn isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512::available() {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "avx2";
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        return "simd128";
+    }
+    #[allow(unreachable_code)]
+    "scalar"
 }
 
 /// Worker threads for kernels: `PODAR_THREADS`, else the machine's parallelism (1 on wasm32).
@@ -85,7 +127,8 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if std::arch::is_x86_feature_detected!("avx512f")
+        if !avx2_only()
+            && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512dq")

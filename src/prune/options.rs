@@ -56,7 +56,7 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// `f32`, `bf16`, or `auto`: bf16 where the CPU's bf16 products are the faster ones
+    /// `f32`, `bf16`, or `auto`: bf16 where the CPU's bf16 products ran faster when timed
     /// ([`crate::kernels::bf16_faster`]), else f32.
     pub fn parse(s: &str) -> Result<Precision> {
         match s {

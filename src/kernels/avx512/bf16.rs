@@ -8,15 +8,6 @@ pub(in crate::kernels) fn bf16_available() -> bool {
     available() && std::arch::is_x86_feature_detected!("avx512bf16")
 }
 
-/// Whether bf16 products are the faster choice here: AMD's AVX-512 BF16 (Zen 4 and later) runs
-/// `vdpbf16ps` at twice the rate of f32 FMAs (measured: 229 against 114 GFLOP/s per core on an EPYC),
-/// where the Intel Xeons measured run it at half (85 against 174).
-pub(in crate::kernels) fn bf16_faster() -> bool {
-    let v = __cpuid(0);
-    let vendor: Vec<u8> = [v.ebx, v.edx, v.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
-    bf16_available() && vendor == b"AuthenticAMD"
-}
-
 // The pairs kernel packs a tile step of A with one masked 16-lane load.
 const _: () = assert!(MR <= 16);
 
