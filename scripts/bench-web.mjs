@@ -8,13 +8,15 @@
 // scripts/random-model.py); BENCH_SAMPLES sets the calibration windows (default 64);
 // BENCH_CORRECT sets the page's "Error correction" (residuals, the default; stream; off);
 // BENCH_EVAL the page's "Evaluation tokens per text" (default 0: no perplexities);
-// BENCH_FORMAT and BENCH_DTYPE the download's (default hf, f32: a zip of the folder; a 1B model's
-// f32 zip passes the 2 GB of Blobs a test profile holds, so use gguf and q8_0 there).
+// BENCH_FORMAT and BENCH_DTYPE the download's (default hf, f32: a zip of the folder). The page saves
+// it through the save picker (replaced: see pickIntoPrivateFiles) into the origin's private file
+// system, on disk in a temporary profile: a file of several GB never sits in memory.
 // A model too large to hold (BENCH_MODEL of 1B parameters and more) is read a layer at a time: the
 // line says "streamed" then.
 import fs from 'node:fs';
 import path from 'node:path';
-import { root, serve, launch, statusWaiter, openPage, pickIntoPrivateFiles } from '../tests/e2e/harness.mjs';
+import os from 'node:os';
+import { root, serve, launchOnDisk, statusWaiter, openPage, pickIntoPrivateFiles } from '../tests/e2e/harness.mjs';
 
 const shared = path.join(root, '../shared/corpora/code_calib.txt');
 const calib = fs.existsSync(shared) ? shared : path.join(root, 'www/presets/code-python.txt');
@@ -23,9 +25,10 @@ const modelDir = process.env.BENCH_MODEL;
 const jobs = Math.max(1, Number(process.env.BENCH_JOBS || 3));
 
 const app = await serve(root);
-const browser = await launch();
+const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'podar-bench-web-'));
+const browser = await launchOnDisk(profile, { acceptDownloads: true });
 try {
-  const page = await (await browser.newContext({ acceptDownloads: true })).newPage();
+  const page = await browser.newPage();
   const waitStatus = statusWaiter(page);
   // Download saves into a file the picker picks (Chromium's showSaveFilePicker, replaced by one that
   // picks a file of the origin's private file system): written as it is made, never held whole.
@@ -94,4 +97,5 @@ try {
 } finally {
   await browser.close();
   app.proc.kill();
+  fs.rmSync(profile, { recursive: true, force: true });
 }

@@ -413,7 +413,7 @@ fn kept_gram_parts_give_the_full_systems_rows() {
                 (None, Some(parts)) => {
                     assert!(kept_gram);
                     let (g, b) = parts.system(&kept, alpha)?;
-                    (g, b, None)
+                    (g.to_tensor()?, b, None)
                 }
                 other => panic!("kept_gram {kept_gram}: gram {:?}, parts {:?}", other.0.is_some(), other.1.is_some()),
             });

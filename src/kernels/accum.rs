@@ -27,17 +27,43 @@ pub fn cross(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Default)]
 pub struct Accum {
     data: Vec<f32>,
+    /// With [`Accum::wide`]: the sum's f32 values at the start of a buffer of as many f64s, so that
+    /// [`Square::widen`] makes them f64 without a second buffer.
+    wide: Option<Vec<f64>>,
     gram: bool,
 }
 
 impl Accum {
+    /// A sum held where it can later be widened to f64 in place ([`Accum::into_square`]). Natively
+    /// the buffer's second half is never touched unless it is widened, so it takes no memory.
+    pub fn wide() -> Self {
+        Accum { wide: Some(Vec::new()), ..Default::default() }
+    }
+
     fn buffer(&mut self, len: usize) -> Result<*mut f32> {
+        if let Some(w) = self.wide.as_mut() {
+            if w.is_empty() {
+                *w = vec![0f64; len];
+            } else if w.len() != len {
+                return Err(candle_core::Error::Msg(format!("accumulating {len} values into {}", w.len())).into());
+            }
+            return Ok(w.as_mut_ptr().cast());
+        }
         if self.data.is_empty() {
             self.data = vec![0f32; len];
         } else if self.data.len() != len {
             return Err(candle_core::Error::Msg(format!("accumulating {len} values into {}", self.data.len())).into());
         }
         Ok(self.data.as_mut_ptr())
+    }
+
+    /// The sum's values (none before anything was added).
+    fn values(&mut self) -> &mut [f32] {
+        match self.wide.as_mut() {
+            // SAFETY: a buffer of len f64s holds len f32s at its start (f32's alignment is less).
+            Some(w) => unsafe { std::slice::from_raw_parts_mut(w.as_mut_ptr().cast(), w.len()) },
+            None => &mut self.data,
+        }
     }
 
     /// Adds `xᵀx` of `x` (`[tokens, n]`).
@@ -47,7 +73,7 @@ impl Accum {
         if let Some(o) = offload().filter(|_| t * n * n >= OFFLOAD_MIN_MACS) {
             if let Some(v) = with_slice(x, |xs| o.gram(xs, t, n))?.filter(|v| v.len() == n * n) {
                 self.buffer(n * n)?;
-                self.data.iter_mut().zip(&v).for_each(|(a, b)| *a += b);
+                self.values().iter_mut().zip(&v).for_each(|(a, b)| *a += b);
                 return Ok(());
             }
         }
@@ -167,15 +193,34 @@ impl Accum {
 
     /// Whether anything was added.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.data.is_empty() && self.wide.as_ref().is_none_or(|w| w.is_empty())
     }
 
     /// The sum as a `shape` tensor (a Gram sum mirrored into its lower triangle first).
     pub fn into_tensor(mut self, shape: (usize, usize)) -> Result<Tensor> {
-        let n = shape.0;
-        if self.gram {
+        self.mirror(shape.0);
+        let data = match self.wide.take() {
+            // SAFETY: as in `values`.
+            Some(w) => unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<f32>(), w.len()) }.to_vec(),
+            None => self.data,
+        };
+        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+    }
+
+    /// A Gram sum of [`Accum::wide`] as an `n × n` [`Square`], mirrored.
+    pub fn into_square(mut self, n: usize) -> Result<Square> {
+        self.mirror(n);
+        match self.wide.take() {
+            Some(buf) if buf.len() == n * n => Ok(Square { buf, n }),
+            _ => Err(candle_core::Error::Msg(format!("no wide {n}×{n} sum to take")).into()),
+        }
+    }
+
+    /// A Gram sum's lower triangle from its upper one (only the upper is summed).
+    fn mirror(&mut self, n: usize) {
+        if self.gram && !self.is_empty() {
             // The lower triangle from the upper one, row blocks over threads.
-            let optr = SharedMut(self.data.as_mut_ptr());
+            let optr = SharedMut(self.values().as_mut_ptr());
             const B: usize = 256;
             par_for(n.div_ceil(B), &|bi| {
                 let o = optr;
@@ -188,7 +233,40 @@ impl Accum {
                 }
             });
         }
-        Ok(Tensor::from_vec(self.data, shape, &Device::Cpu)?)
+    }
+}
+
+/// An `n × n` matrix of f32 values held at the start of a buffer of `n²` f64s ([`Accum::wide`]):
+/// read as f32, or widened to f64 in that same buffer. Recovery's f64 solve of a large Gram matrix
+/// needs it only as f64, and a second buffer for the conversion was its memory's peak.
+pub struct Square {
+    buf: Vec<f64>,
+    n: usize,
+}
+
+impl Square {
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The values, as f32.
+    pub fn values(&self) -> &[f32] {
+        // SAFETY: the buffer of n² f64s holds the n² f32 values at its start.
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast(), self.n * self.n) }
+    }
+
+    /// The values widened to f64, in place: from the last to the first, so that each f64 (bytes
+    /// 8i..8i+8) covers only f32 values already widened (2i and 2i+1 ≥ i) or the one it is made of.
+    pub fn widen(mut self) -> Vec<f64> {
+        let p = self.buf.as_mut_ptr();
+        for i in (0..self.n * self.n).rev() {
+            // SAFETY: i < n², within the buffer both as f32 and as f64; the read precedes the write.
+            unsafe {
+                let x = *p.cast::<f32>().add(i);
+                *p.add(i) = x as f64;
+            }
+        }
+        self.buf
     }
 }
 

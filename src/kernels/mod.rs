@@ -11,7 +11,7 @@ mod accum;
 mod attention;
 mod bf16;
 mod elementwise;
-pub use accum::{cross, gram, Accum};
+pub use accum::{cross, gram, Accum, Square};
 pub use attention::{attention, AttnShape};
 pub use bf16::{bf16_available, bf16_faster, bf16_products, bf16_round, bf16_trial, Bf16Products, Bf16Trial};
 

@@ -4,7 +4,7 @@
 
 use crate::error::{bail, Result};
 use crate::kernels::{linear, par_for, scaled_gemm, wide};
-use crate::kernels::{select_cols, select_rows};
+use crate::kernels::{select_cols, select_rows, Square};
 use candle_core::{Device, Tensor};
 
 /// Block size of the blocked Cholesky factorisation and triangular solves.
@@ -278,7 +278,7 @@ pub fn refit_down(
     if let Some((c, alpha)) = correct.filter(|&(_, a)| a != 0.0) {
         b = c.steer(kept, b, alpha)?;
     }
-    refit_system(down, kept, gss, b, lambda)
+    refit_system(down, kept, KeptGram::Tensor(gss), b, lambda)
 }
 
 /// The ridge re-fit of [`refit_down`] from its system: the kept neurons' Gram matrix `G[S,S]` and
@@ -287,17 +287,42 @@ pub fn refit_down(
 /// It is solved in f32 where that is accurate enough, else in f64: the system's condition number
 /// is at most `κ = 1 + trace G[S,S] / λ`, and f32 is taken when `κ · ε_f32 ≤` [`F32_SOLVE_ERROR`]
 /// (the default ridge on SmolLM2-135M gives κ in the thousands; a small `--ridge` may not).
-pub fn refit_system(down: &Tensor, kept: &[usize], gss: Tensor, b: Tensor, lambda: f64) -> Result<Tensor> {
+pub fn refit_system(down: &Tensor, kept: &[usize], gss: KeptGram, b: Tensor, lambda: f64) -> Result<Tensor> {
     let k = kept.len();
-    let (h, b) = (b.dim(1)?, b.flatten_all()?.to_vec1::<f32>()?);
+    let h = b.dim(1)?;
+    // (The tensor is moved into the block and freed at its end, not kept to the end of the call.)
+    let b = {
+        let t = b;
+        t.flatten_all()?.to_vec1::<f32>()?
+    };
     let ws = select_cols(down, kept)?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?; // [k, H] = W[:,S]ᵀ
-    let g = gss.flatten_all()?.to_vec1::<f32>()?;
-    drop(gss);
-    let trace: f64 = (0..k).map(|i| g[i * k + i] as f64).sum();
-    let z = if (1.0 + trace / lambda) * f32::EPSILON as f64 <= F32_SOLVE_ERROR {
-        ridge_solve::<f32>(g, k, lambda, &b, &ws)?
-    } else {
-        ridge_solve::<f64>(g, k, lambda, &b, &ws)?
+    let trace_of = |g: &[f32]| -> f64 { (0..k).map(|i| g[i * k + i] as f64).sum() };
+    let trace = match &gss {
+        KeptGram::Tensor(t) => crate::kernels::with_slice(t, trace_of)?,
+        KeptGram::Square(s) => trace_of(s.values()),
+    };
+    let in_f64 = (1.0 + trace / lambda) * f32::EPSILON as f64 > F32_SOLVE_ERROR;
+    // The f64 solve of a large model's system is where recovery's memory peaks: the right-hand
+    // side is made first (B and W freed), then G[S,S] in f64, a Square widened in its own buffer.
+    let z = match (gss, in_f64) {
+        (KeptGram::Square(s), true) => {
+            let z = rhs::<f64>(b, ws, lambda);
+            ridge_solve::<f64>(s.widen(), k, lambda, z)?
+        }
+        (KeptGram::Square(s), false) => {
+            let z = rhs::<f32>(b, ws, lambda);
+            ridge_solve::<f32>(s.values().to_vec(), k, lambda, z)?
+        }
+        (KeptGram::Tensor(t), true) => {
+            let z = rhs::<f64>(b, ws, lambda);
+            let g = crate::kernels::with_slice(&t, |g| g.iter().map(|&x| x as f64).collect())?;
+            drop(t);
+            ridge_solve::<f64>(g, k, lambda, z)?
+        }
+        (KeptGram::Tensor(t), false) => {
+            let z = rhs::<f32>(b, ws, lambda);
+            ridge_solve::<f32>(t.flatten_all()?.to_vec1::<f32>()?, k, lambda, z)?
+        }
     };
     // Z is [k, H]; the new down projection is Zᵀ, [H, k].
     Ok(Tensor::from_vec(z, (k, h), &Device::Cpu)?.t()?.contiguous()?)
@@ -307,14 +332,35 @@ pub fn refit_system(down: &Tensor, kept: &[usize], gss: Tensor, b: Tensor, lambd
 /// is solved in f32 rather than f64.
 pub const F32_SOLVE_ERROR: f64 = 1e-3;
 
-/// `Z = (G + λI)⁻¹ (B + λ W)` in `T`, for `G` `[k, k]` and `B`, `W` `[k, h]`, returned in f32.
-fn ridge_solve<T: Real>(g: Vec<f32>, k: usize, lambda: f64, b: &[f32], w: &[f32]) -> Result<Vec<f32>> {
-    let h = b.len() / k.max(1);
+/// The kept neurons' Gram matrix `G[S,S]` as a re-fit takes it: a tensor, or a [`Square`] summed
+/// where it can be widened to f64 in place.
+pub enum KeptGram {
+    Tensor(Tensor),
+    Square(Square),
+}
+
+impl KeptGram {
+    /// A copy as a `[k, k]` tensor.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        Ok(match self {
+            KeptGram::Tensor(t) => t.clone(),
+            KeptGram::Square(s) => Tensor::from_vec(s.values().to_vec(), (s.n(), s.n()), &Device::Cpu)?,
+        })
+    }
+}
+
+/// The ridge system's right-hand side `B + λ W` in `T`, for `B`, `W` `[k, h]` (consumed).
+fn rhs<T: Real>(b: Vec<f32>, w: Vec<f32>, lambda: f64) -> Vec<T> {
     let lam = T::of_f64(lambda);
-    let mut a: Vec<T> = g.into_iter().map(T::from).collect();
+    b.iter().zip(&w).map(|(&x, &w)| T::from(x) + lam * T::from(w)).collect()
+}
+
+/// `Z = (G + λI)⁻¹ z` in `T`, for `G` `[k, k]` and `z = B + λ W` `[k, h]` ([`rhs`]), returned in f32.
+fn ridge_solve<T: Real>(mut a: Vec<T>, k: usize, lambda: f64, mut z: Vec<T>) -> Result<Vec<f32>> {
+    let h = z.len() / k.max(1);
+    let lam = T::of_f64(lambda);
     (0..k).for_each(|i| a[i * k + i] += lam);
     let l = cholesky(a, k)?;
-    let mut z: Vec<T> = b.iter().zip(w).map(|(&x, &w)| T::from(x) + lam * T::from(w)).collect();
     chol_solve(&l, k, &mut z, h);
     Ok(z.into_iter().map(T::to_f32).collect())
 }
@@ -423,6 +469,64 @@ unsafe impl<T> Sync for Shared<T> {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Gram matrix summed wide and widened in place solves exactly as one summed as a tensor, in
+    /// f64 (a small ridge) and in f32 (a large one).
+    #[test]
+    fn a_gram_widened_in_place_solves_as_a_tensor_does() {
+        use crate::kernels::Accum;
+        let (t, k, h) = (300, 70, 24);
+        let x = Tensor::from_vec(
+            (0..t * k).map(|i| ((i * 7919 % 997) as f32 / 997.0) - 0.5).collect::<Vec<_>>(),
+            (t, k),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let y = Tensor::from_vec(
+            (0..t * h).map(|i| ((i * 31 % 101) as f32 / 101.0) - 0.5).collect::<Vec<_>>(),
+            (t, h),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let down = Tensor::from_vec(
+            (0..h * k).map(|i| ((i * 13 % 53) as f32 / 53.0) - 0.5).collect::<Vec<_>>(),
+            (h, k),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let kept: Vec<usize> = (0..k).collect();
+        let sums = |wide: bool| {
+            let (mut g, mut b) = (if wide { Accum::wide() } else { Accum::default() }, Accum::default());
+            Accum::add_gram_cross(&mut g, &mut b, &x, &y).unwrap();
+            let gram = if wide {
+                KeptGram::Square(g.into_square(k).unwrap())
+            } else {
+                KeptGram::Tensor(g.into_tensor((k, k)).unwrap())
+            };
+            (gram, b.into_tensor((k, h)).unwrap())
+        };
+        let trace: f64 = sums(false)
+            .0
+            .to_tensor()
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r[i] as f64)
+            .sum();
+        for lambda in [trace * 1e-7, trace] {
+            let solved = |wide: bool| {
+                let (g, b) = sums(wide);
+                refit_system(&down, &kept, g, b, lambda).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            assert_eq!(solved(true), solved(false), "lambda {lambda}");
+        }
+        // Widening keeps every value.
+        let KeptGram::Square(s) = sums(true).0 else { unreachable!() };
+        let narrow = s.values().to_vec();
+        assert_eq!(s.widen(), narrow.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    }
 
     #[test]
     fn blocked_cholesky_and_solve_across_several_blocks() {

@@ -4,6 +4,7 @@
 use crate::error::{bail, Result};
 use crate::kernels::{with_slice, Accum};
 use crate::model::transformer::LayerTrace;
+use crate::prune::ridge::KeptGram;
 use candle_core::Tensor;
 
 /// Per-layer statistics of the MLP over all calibration tokens.
@@ -104,11 +105,12 @@ impl RefitParts {
     /// For the kept neurons `S`: their Gram matrix `G[S,S] = Σ a_Sᵀ a_S` (`[|S|, |S|]`) and the
     /// re-fit's right-hand side `Σ a_Sᵀ (u + α e)` (`[|S|, hidden]`): the unpruned output, steered by
     /// `α` times the error.
-    pub fn system(&self, kept: &[usize], alpha: f64) -> Result<(Tensor, Tensor)> {
+    pub fn system(&self, kept: &[usize], alpha: f64) -> Result<(KeptGram, Tensor)> {
         let Some(h) = self.chunks.first().map(|(_, u, _)| u.dim(1)).transpose()? else {
             bail!(Input, "the re-fit of a layer has no calibration chunk");
         };
-        let (mut g, mut b) = (Accum::default(), Accum::default());
+        // The Gram matrix summed where the solve can widen it to f64 in place.
+        let (mut g, mut b) = (Accum::wide(), Accum::default());
         for (a, u, e) in &self.chunks {
             let a = crate::kernels::select_cols(a, kept)?;
             let t = match e {
@@ -118,7 +120,7 @@ impl RefitParts {
             Accum::add_gram_cross(&mut g, &mut b, &a, &t)?;
         }
         let k = kept.len();
-        Ok((g.into_tensor((k, k))?, b.into_tensor((k, h))?))
+        Ok((KeptGram::Square(g.into_square(k)?), b.into_tensor((k, h))?))
     }
 }
 
