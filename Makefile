@@ -126,11 +126,13 @@ models: $(MODEL)
 $(MODEL):
 	@bash scripts/fetch-model.sh
 
-## Numbers, not tests: matrix kernels in GFLOP/s; load time, eval tokens/s and peak RSS; then the pruning table on ../shared/corpora.
+## Numbers, not tests: matrix kernels in GFLOP/s; load time, eval tokens/s and peak RSS; the pruning table on
+## ../shared/corpora; then quality on the ten domains of bench/corpora beside OptiPFair (tuning and held-out halves).
 bench: build-native models
 	@$(CARGO) run --quiet --release --example kernels
 	@bash scripts/bench.sh
 	@bash scripts/bench-prune.sh
+	@python3 scripts/bench-domains.py
 
 ## The page on WebGPU (SwiftShader in headless Chromium): same kept neurons and perplexity as the
 ## CPU. Slow on a software adapter (about 1.3 GFLOP/s here): 2 calibration windows; also run by `make test`.
