@@ -16,7 +16,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
-import { root, serve, launchOnDisk, statusWaiter, openPage, pickIntoPrivateFiles } from '../tests/e2e/harness.mjs';
+import { root, serve, launchOnDisk, statusWaiter, openPage, pickIntoPrivateFiles, pickedSize } from '../tests/e2e/harness.mjs';
 
 const shared = path.join(root, '../shared/corpora/code_calib.txt');
 const calib = fs.existsSync(shared) ? shared : path.join(root, 'www/presets/code-python.txt');
@@ -63,12 +63,7 @@ try {
     await page.getByRole('button', { name: 'Download' }).click();
     const said = await waitStatus(/^Saved|failed/, 3_600_000);
     if (!/^Saved/.test(said)) throw new Error(said);
-    const size = await page.evaluate(async () => {
-      const dir = await navigator.storage.getDirectory();
-      const size = (await (await dir.getFileHandle(window.picked.suggestedName)).getFile()).size;
-      await dir.removeEntry(window.picked.suggestedName);
-      return size;
-    });
+    const size = await pickedSize(page, { remove: true });
     const job = await page.evaluate(() => window.podar.state.lastJob);
     if (size !== job.bytes) throw new Error(`the saved file holds ${size} bytes, the export said ${job.bytes}`);
     return job;

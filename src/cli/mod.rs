@@ -449,8 +449,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             pb.finish_and_clear();
             if json {
                 let mut v = serde_json::to_value(&imp).at(&model)?;
-                v["kernels"] =
-                    serde_json::json!({"isa": podar::kernels::isa(), "bf16_trial": podar::kernels::bf16_trial()});
+                v["kernels"] = serde_json::to_value(podar::kernels::in_use()).at(&model)?;
                 println!("{v}");
             } else {
                 println!("layer  influence  mean neuron score");

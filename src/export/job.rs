@@ -233,8 +233,7 @@ impl Record<'_> {
             "block_distances": self.pruned.block_distances,
             "kept_mlp_neurons": self.pruned.kept,
             "seconds": self.seconds,
-            // Which kernels ran, and the timing behind an `auto` calibration precision.
-            "kernels": {"isa": crate::kernels::isa(), "bf16_trial": crate::kernels::bf16_trial()},
+            "kernels": crate::kernels::in_use(),
             "perplexity": self.evals,
         })
     }

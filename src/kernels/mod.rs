@@ -68,6 +68,18 @@ pub fn set_avx2_only(on: bool) {
 /// 0 or 1 once known; 2: not read yet.
 static AVX2_ONLY: AtomicUsize = AtomicUsize::new(2);
 
+/// Which kernels ran, and the timing behind an `auto` calibration precision: what a report says.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct InUse {
+    pub isa: &'static str,
+    pub bf16_trial: Option<Bf16Trial>,
+}
+
+/// The kernels in use here ([`isa`], [`bf16_trial`]).
+pub fn in_use() -> InUse {
+    InUse { isa: isa(), bf16_trial: bf16_trial() }
+}
+
 /// The instruction set the matrix kernels run here: "avx512", "avx2", "simd128" or "scalar".
 pub fn isa() -> &'static str {
     #[cfg(target_arch = "x86_64")]

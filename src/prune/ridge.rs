@@ -296,33 +296,15 @@ pub fn refit_system(down: &Tensor, kept: &[usize], gss: KeptGram, b: Tensor, lam
         t.flatten_all()?.to_vec1::<f32>()?
     };
     let ws = select_cols(down, kept)?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?; // [k, H] = W[:,S]ᵀ
-    let trace_of = |g: &[f32]| -> f64 { (0..k).map(|i| g[i * k + i] as f64).sum() };
-    let trace = match &gss {
-        KeptGram::Tensor(t) => crate::kernels::with_slice(t, trace_of)?,
-        KeptGram::Square(s) => trace_of(s.values()),
-    };
-    let in_f64 = (1.0 + trace / lambda) * f32::EPSILON as f64 > F32_SOLVE_ERROR;
+    let in_f64 = (1.0 + gss.trace(k)? / lambda) * f32::EPSILON as f64 > F32_SOLVE_ERROR;
     // The f64 solve of a large model's system is where recovery's memory peaks: the right-hand
-    // side is made first (B and W freed), then G[S,S] in f64, a Square widened in its own buffer.
-    let z = match (gss, in_f64) {
-        (KeptGram::Square(s), true) => {
-            let z = rhs::<f64>(b, ws, lambda);
-            ridge_solve::<f64>(s.widen(), k, lambda, z)?
-        }
-        (KeptGram::Square(s), false) => {
-            let z = rhs::<f32>(b, ws, lambda);
-            ridge_solve::<f32>(s.values().to_vec(), k, lambda, z)?
-        }
-        (KeptGram::Tensor(t), true) => {
-            let z = rhs::<f64>(b, ws, lambda);
-            let g = crate::kernels::with_slice(&t, |g| g.iter().map(|&x| x as f64).collect())?;
-            drop(t);
-            ridge_solve::<f64>(g, k, lambda, z)?
-        }
-        (KeptGram::Tensor(t), false) => {
-            let z = rhs::<f32>(b, ws, lambda);
-            ridge_solve::<f32>(t.flatten_all()?.to_vec1::<f32>()?, k, lambda, z)?
-        }
+    // side is made first (B and W freed), then G[S,S] in f64 (a Square widened in its own buffer).
+    let z = if in_f64 {
+        let z = rhs::<f64>(b, ws, lambda);
+        ridge_solve(gss.into_f64()?, k, lambda, z)?
+    } else {
+        let z = rhs::<f32>(b, ws, lambda);
+        ridge_solve(gss.into_f32()?, k, lambda, z)?
     };
     // Z is [k, H]; the new down projection is Zᵀ, [H, k].
     Ok(Tensor::from_vec(z, (k, h), &Device::Cpu)?.t()?.contiguous()?)
@@ -340,6 +322,31 @@ pub enum KeptGram {
 }
 
 impl KeptGram {
+    /// Its trace (it is `k × k`).
+    fn trace(&self, k: usize) -> Result<f64> {
+        let of = |g: &[f32]| -> f64 { (0..k).map(|i| g[i * k + i] as f64).sum() };
+        match self {
+            KeptGram::Tensor(t) => crate::kernels::with_slice(t, of),
+            KeptGram::Square(s) => Ok(of(s.values())),
+        }
+    }
+
+    /// Its values in f64: a Square's widened in its own buffer.
+    fn into_f64(self) -> Result<Vec<f64>> {
+        match self {
+            KeptGram::Tensor(t) => crate::kernels::with_slice(&t, |g| g.iter().map(|&x| x as f64).collect()),
+            KeptGram::Square(s) => Ok(s.widen()),
+        }
+    }
+
+    /// Its values in f32.
+    fn into_f32(self) -> Result<Vec<f32>> {
+        match self {
+            KeptGram::Tensor(t) => Ok(t.flatten_all()?.to_vec1::<f32>()?),
+            KeptGram::Square(s) => Ok(s.values().to_vec()),
+        }
+    }
+
     /// A copy as a `[k, k]` tensor.
     pub fn to_tensor(&self) -> Result<Tensor> {
         Ok(match self {

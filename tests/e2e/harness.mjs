@@ -33,19 +33,19 @@ export function serve(dir, extra = []) {
   });
 }
 
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-dev-shm-usage', '--disable-background-networking', '--disable-component-update',
   '--disable-sync', '--disable-quic', '--no-first-run'];
 
 export function launch(extraArgs = []) {
-  return chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: [...CHROMIUM_ARGS, ...extraArgs] });
+  return chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS, ...extraArgs] });
 }
 
 /** A browser context with a profile on disk (in `dir`), as a user's is: its origin's private file
  * system is on disk. A `launch()` context's lives in memory, and refuses a write of a few GB
  * ("Failed to write data to data pipe", at 2.2 GB of a 1B model's bf16 zip). */
 export function launchOnDisk(dir, options = {}) {
-  return chromium.launchPersistentContext(dir, { executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: CHROMIUM_ARGS, ...options });
+  return chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, args: CHROMIUM_ARGS, ...options });
 }
 
 /** A function that waits for the status line to match `re`, ignoring what it said when last read. */
@@ -83,6 +83,17 @@ export async function pickIntoPrivateFiles(page) {
       return dir.getFileHandle(o.suggestedName, { create: true });
     };
   });
+}
+
+/** The size of the file the page last saved through `pickIntoPrivateFiles`' picker; `remove`
+ * deletes it afterwards. */
+export function pickedSize(page, { remove = false } = {}) {
+  return page.evaluate(async (remove) => {
+    const dir = await navigator.storage.getDirectory();
+    const size = (await (await dir.getFileHandle(window.picked.suggestedName)).getFile()).size;
+    if (remove) await dir.removeEntry(window.picked.suggestedName);
+    return size;
+  }, remove);
 }
 
 /** The file the page last saved through `pickIntoPrivateFiles`' picker, handed over as a download

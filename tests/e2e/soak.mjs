@@ -9,7 +9,7 @@
 // PODAR_SOAK_BLOBS=1 logs the browser's blobs (chrome://blob-internals) after each cancel.
 import path from 'node:path';
 import assert from 'node:assert/strict';
-import { root, serve, launch, openPage, pickIntoPrivateFiles } from './harness.mjs';
+import { root, serve, launch, openPage, pickIntoPrivateFiles, pickedSize } from './harness.mjs';
 
 const CANCELS = Number(process.env.PODAR_SOAK_CANCELS || 50);
 let seed = Number(process.env.PODAR_SOAK_SEED || 12345);
@@ -86,11 +86,7 @@ try {
   const writeMs = Date.now() - t;
   // The saved file's size: a cancelled save leaves the file as it was (its stream is aborted, and
   // nothing it wrote reaches the file), never cut short.
-  const savedSize = () => page.evaluate(async () => {
-    const dir = await navigator.storage.getDirectory();
-    return (await (await dir.getFileHandle(window.picked.suggestedName)).getFile()).size;
-  });
-  const saved = await savedSize();
+  const saved = await pickedSize(page);
   assert.ok(saved > 1e8, `the saved file holds ${saved} bytes`);
   const m0 = await memory();
   const h0 = await heap();
@@ -120,7 +116,7 @@ try {
     await idle();
     const said = await status();
     assert.match(said, /cancelled|Done$|Model loaded|^Saved /, `cancel ${i} (${stage}) ended the job with: ${said}`);
-    if (duringWrite) assert.equal(await savedSize(), saved, `cancel ${i} (${stage}) left the saved file cut short`);
+    if (duringWrite) assert.equal(await pickedSize(page), saved, `cancel ${i} (${stage}) left the saved file cut short`);
     const key = /cancelled/.test(said) ? stage : `${stage} (ended before the cancel)`;
     stages[key] = (stages[key] || 0) + 1;
     if (duringLoad && !/Model loaded/.test(said)) assert.match(await load(), /Model loaded/);
