@@ -110,7 +110,10 @@ export interface ModelSummary {
   dtype: string;
   layers: number;
   hidden: number;
+  /** The MLP width (the widest layer's where the layers differ). */
   mlp: number;
+  /** Each layer's MLP width, where the layers differ (a GGUF of llama.cpp's `deci` architecture). */
+  mlpPerLayer?: number[];
   heads: number;
   kvHeads: number;
   headDim: number;
@@ -166,6 +169,10 @@ export interface PruneOptions {
   correct?: number | 'residuals' | 'stream' | 'off';
   /** Number format of calibration's matrix products (default "f32"). */
   calibPrecision?: 'f32' | 'bf16';
+  /** "uniform" (default): every layer keeps the same MLP width. "per-layer": each layer keeps as
+   * many neurons as their measured output energy earns, the same total (one more calibration
+   * pass); Llama models only, exported as GGUF (llama.cpp's `deci` architecture). */
+  mlpWidths?: 'uniform' | 'per-layer';
 }
 
 export interface Plan {
@@ -233,7 +240,10 @@ export interface PruneReport {
   parametersBefore: number;
   parametersAfter: number;
   mlpBefore: number;
+  /** The MLP width after (the widest layer's where the layers differ). */
   mlpAfter: number;
+  /** Each layer's MLP width after, with `mlpWidths: "per-layer"`. */
+  mlpPerLayer?: number[];
   layersBefore: number;
   keptLayers: number[];
   kvHeadsBefore: number;
@@ -292,7 +302,8 @@ export class Podar {
 export class Model {
   readonly summary: ModelSummary;
   /** Whether its layers and tables are read from its files as they are used (too large to hold,
-   * or `load(…, {stream: true})`): prune, perplexity and export work, generate and importance do not. */
+   * or `load(…, {stream: true})`): prune, perplexity, generate and export work (generate reads every layer
+   * from the files once per new token, so it is slow), importance does not. */
   readonly streamed: boolean;
   /** For a URL loaded with {cache: true}: files read from the cache, files stored, and why a file
    * could not be stored (e.g. a full storage quota), or null. */

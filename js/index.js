@@ -62,7 +62,7 @@ const outOfMemory = ({ failed, live }, limit) => {
 /** The pruning options of the API, in the core's names (only those given: the core has defaults). */
 function coreOptions(o = {}) {
   const known = ['mlp', 'mlpSize', 'divisor', 'score', 'recover', 'ridge', 'calibSamples', 'calibLen', 'heads',
-    'dropLayers', 'dropLayersAt', 'dropBlock', 'sequential', 'correct', 'calibPrecision'];
+    'dropLayers', 'dropLayersAt', 'dropBlock', 'sequential', 'correct', 'calibPrecision', 'mlpWidths'];
   for (const k of Object.keys(o)) {
     if (!known.includes(k)) throw new PodarError(`unknown pruning option \`${k}\` (known: ${known.join(', ')})`, 'bad-input');
   }
@@ -82,6 +82,7 @@ function coreOptions(o = {}) {
   set('drop_block', o.dropBlock || undefined);
   set('sequential', o.sequential);
   set('calib_precision', o.calibPrecision);
+  set('mlp_widths', o.mlpWidths);
   // Error correction: a strength (0 = off), or how its error is estimated.
   if (o.correct === 'off' || o.correct === false) out.correct = 0;
   else if (o.correct === 'stream') out.error_estimate = 'stream';
@@ -469,6 +470,7 @@ const modelCache = {
 const summaryOf = (s, files) => ({
   architecture: s.architecture, format: s.format, dtype: s.dtype,
   layers: s.num_hidden_layers, hidden: s.hidden_size, mlp: s.intermediate_size,
+  ...(s.intermediate_sizes ? { mlpPerLayer: s.intermediate_sizes } : {}),
   heads: s.num_attention_heads, kvHeads: s.num_key_value_heads, headDim: s.head_dim,
   vocabulary: s.vocab_size, parameters: s.parameters, tiedEmbeddings: s.tie_word_embeddings,
   files,
@@ -482,7 +484,8 @@ export class Model {
     /** Architecture, sizes and parameters, from the headers. */
     this.summary = summaryOf(summary, files);
     /** Whether its layers are read from its files as they are used (too large to hold, or asked
-     * for with `load(…, {stream: true})`): pruning, perplexity and export work; generate does not. */
+     * for with `load(…, {stream: true})`): pruning, perplexity, generation
+     * (every layer read once per new token) and export work; `importance` does not. */
     this.streamed = streamed;
     this.pruned = null;
     /** For a URL loaded with {cache: true}: files read from the cache, files stored, and why a file
@@ -618,6 +621,7 @@ export class Pruned {
     this.report = {
       parametersBefore: r.parameters_before, parametersAfter: r.parameters_after,
       mlpBefore: r.intermediate_before, mlpAfter: r.intermediate_after,
+      ...(r.intermediate_sizes_after ? { mlpPerLayer: r.intermediate_sizes_after } : {}),
       layersBefore: r.layers_before, keptLayers: r.kept_layers,
       kvHeadsBefore: r.kv_heads_before, keptKvHeads: r.kept_kv_heads,
       calibrationTokens: r.calib_tokens, seconds: r.seconds,

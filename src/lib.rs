@@ -33,7 +33,7 @@ pub use formats::safetensors::SafetensorsSource;
 pub use formats::source::{StorageDtype, TensorSource};
 pub use model::config::{Activation, Arch, LayerType, ModelConfig, RopeScaling};
 pub use model::eval::{perplexity, Perplexity};
-pub use model::generate::greedy;
+pub use model::generate::{greedy, greedy_layered};
 pub use model::load::{
     inspect_gguf, inspect_hf, inspect_named, load_gguf, load_hf, load_hf_weights, load_named, pick_files, Bundle,
     HfFiles, Picked, Summary,

@@ -419,6 +419,15 @@ fn generate_within_the_models_context() {
     assert!(err.contains("stopped at the model's context of 8 tokens"), "{err}");
     // A prompt that fills the context leaves no room: refused, not run past the context.
     fails(&["generate", d, "--prompt", "hello world", "--max-tokens", "3"], &dir, "the model's context is 8");
+    // Read from the files a layer at a time, the same text, and the same stop.
+    let (code, held, _) = podar(&["generate", d, "--prompt", "hello", "--max-tokens", "10", "--stream", "off"]);
+    assert_eq!(code, 0);
+    let (code, streamed, err) = podar(&["generate", d, "--prompt", "hello", "--max-tokens", "10", "--stream", "on"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(streamed, held);
+    assert!(err.contains("stopped at the model's context of 8 tokens"), "{err}");
+    let (code, _, err) = podar(&["generate", d, "--prompt", "hi", "--stream", "sometimes"]);
+    assert!(code != 0 && err.contains("--stream must be auto, on or off"), "{err}");
 }
 
 #[test]

@@ -140,3 +140,53 @@ fn default_model_gguf_export_keeps_tokenizer_and_perplexity() {
     assert_eq!(get(&derived, "tokenizer.ggml.merges"), get(&meta, "tokenizer.ggml.merges"));
     assert_eq!(get(&derived, "tokenizer.ggml.tokens"), get(&meta, "tokenizer.ggml.tokens"));
 }
+
+#[test]
+fn per_layer_widths_go_out_as_deci_and_come_back() {
+    use podar::prune::{prune_mlp, PruneOptions, Widths};
+    let ids: Vec<u32> = (0..8 * 16).map(|i| (i * 37 % 251) as u32).collect();
+    for name in ["llama", "llama3"] {
+        let m = load(name);
+        let o = PruneOptions {
+            mlp_fraction: Some(0.4),
+            calib_samples: 8,
+            calib_len: 16,
+            mlp_widths: Widths::PerLayer,
+            ..Default::default()
+        };
+        let uniform =
+            prune_mlp(&m, Some(&ids), &PruneOptions { mlp_widths: Widths::Uniform, ..o.clone() }, &mut |_, _, _| true)
+                .unwrap();
+        let p = prune_mlp(&m, Some(&ids), &o, &mut |_, _, _| true).unwrap();
+        let widths = p.model.cfg.mlp_widths();
+        assert!(p.model.cfg.intermediate_sizes.is_some(), "{name}: the layers kept equal widths {widths:?}");
+        assert_eq!(widths.iter().sum::<usize>(), uniform.model.cfg.intermediate_size * widths.len(), "{name}");
+        assert_eq!(p.model.cfg.parameter_count(), uniform.model.cfg.parameter_count(), "{name}");
+        for (l, layer) in p.model.layers.iter().enumerate() {
+            assert_eq!(layer.gate_proj.weight.dims()[0], widths[l], "{name}, layer {l}");
+            assert_eq!(layer.down_proj.weight.dims()[1], widths[l], "{name}, layer {l}");
+        }
+        let mut buf = Vec::new();
+        write_gguf(&p.model, &mut p.model.layers.clone(), &[], GgufDtype::F32, &mut buf).unwrap();
+        let back = podar::load_gguf(Cursor::new(&buf), &mut |_, _| true).unwrap();
+        assert_eq!(back.model.cfg.mlp_widths(), widths, "{name}");
+        let (a, b) = (logits(&p.model), logits(&back.model));
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{name}: max diff {worst}");
+        let header = podar::formats::gguf::GgufHeader::read(&mut Cursor::new(&buf)).unwrap();
+        assert_eq!(header.architecture().unwrap(), "deci");
+        // A model already of per-layer widths is not pruned again.
+        let err = prune_mlp(&back.model, Some(&ids), &o, &mut |_, _, _| true).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("widths of their own")), "{err:?}");
+    }
+    // A family llama.cpp reads one width for, and the Hugging Face format, are refused.
+    let mut q = load("qwen2");
+    q.cfg.set_mlp_widths(&(0..q.cfg.num_hidden_layers).map(|l| 16 + l).collect::<Vec<_>>());
+    let err = podar::export::gguf::gguf_architecture(&q.cfg).unwrap_err().to_string();
+    assert!(err.contains("only for Llama"), "{err}");
+    let o = PruneOptions { mlp_fraction: Some(0.2), mlp_widths: Widths::PerLayer, ..Default::default() };
+    let err = podar::export::job::plan(&load("llama").cfg, &o, podar::OutputFormat::parse("hf", "f32").unwrap())
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.as_deref().is_some_and(|e| e.contains("--format gguf")), "{err:?}");
+}

@@ -89,6 +89,23 @@ fn same_layers(a: &Layer, b: &Layer, what: &str) {
     }
 }
 
+/// Greedy generation from a store gives the tokens of the model held whole (prompts of one token
+/// and of several; as many new tokens as asked, none of them a stop).
+fn same_generation(model: &Model, held: &mut dyn LayerStore, shell: &Model, layers: &mut dyn LayerStore, what: &str) {
+    for prompt in [&ids(1)[..], &ids(9)[..]] {
+        let want = podar::greedy(model, prompt, 6, &[], &mut |_| true).unwrap();
+        assert_eq!(want.len(), 6, "{what}");
+        assert_eq!(podar::greedy_layered(model, held, prompt, 6, &[], &mut |_| true).unwrap(), want, "{what}: held");
+        let got = podar::greedy_layered(shell, layers, prompt, 6, &[], &mut |_| true).unwrap();
+        assert_eq!(got, want, "{what}: streamed generation, prompt of {}", prompt.len());
+    }
+    // The shell alone refuses to generate.
+    assert!(podar::greedy(shell, &ids(3), 2, &[], &mut |_| true)
+        .unwrap_err()
+        .to_string()
+        .contains("read from its file"));
+}
+
 #[test]
 fn a_streamed_model_prunes_and_scores_as_the_one_in_memory() {
     let calib = ids(8 * 16);
@@ -114,6 +131,13 @@ fn a_streamed_model_prunes_and_scores_as_the_one_in_memory() {
             let (shell, mut layers) = streamed(&cfg, &st, Box::new(FileSpill::new().unwrap()), tables);
             let got = perplexity_layered(&shell, &mut layers, &eval, 24, &mut |_, _| true).unwrap();
             same_nll(before.nll, got.nll, tables, &format!("{name}, tables {tables}: perplexity before pruning"));
+            same_generation(
+                &model,
+                &mut model.layers.clone(),
+                &shell,
+                &mut layers,
+                &format!("{name}, tables {tables}"),
+            );
             // The shell alone refuses to run.
             assert!(shell.forward(&eval[..8], 1, 8, None).unwrap_err().to_string().contains("read from its file"));
         }
@@ -138,6 +162,7 @@ fn a_streamed_model_prunes_and_scores_as_the_one_in_memory() {
                 let after = perplexity(&want.model, &eval, 24, &mut |_, _| true).unwrap();
                 let ppl = perplexity_layered(&got.model, &mut layers, &eval, 24, &mut |_, _| true).unwrap();
                 same_nll(after.nll, ppl.nll, tables, &format!("{what}: perplexity after pruning"));
+                same_generation(&want.model, &mut want.model.layers.clone(), &got.model, &mut layers, &what);
                 // The files written from the store are those written from the model in memory.
                 let (mut a, mut b) = (Vec::new(), Vec::new());
                 write_gguf(&want.model, &mut want.model.layers.clone(), &[], GgufDtype::Q8_0, &mut a).unwrap();

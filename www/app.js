@@ -90,7 +90,7 @@ function refresh() {
   $('cancel').disabled = idle;
   $('download').disabled = !idle || !state.pruned;
   // A model read from its files a layer at a time cannot generate (each token would read it all).
-  $('generate').disabled = !idle || !state.pruned || state.streamed === true;
+  $('generate').disabled = !idle || !state.pruned;
   $('force-cpu').disabled = !idle || !state.gpu;
 }
 
@@ -209,10 +209,9 @@ async function loadModel(source) {
     model = await task('Loading', (o) => podar.load(source, o));
     showSummary(model.summary, model.summary.files);
     state.loaded = true;
-    state.streamed = model.streamed;
     setStatus(`Model loaded: ${fmtParams(model.summary.parameters)} parameters` +
       (model.streamed ? ', read from its files a layer at a time as it is used (too large to hold in the page; ' +
-        'generation is off for it)' : '') + '. Choose a domain text and press Prune.');
+        'generation reads every layer again for each token, so it is slow)' : '') + '. Choose a domain text and press Prune.');
     $('bar').value = 0;
   });
 }

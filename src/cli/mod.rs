@@ -51,6 +51,11 @@ enum Cmd {
         /// Print {perplexity, tokens, predictions, seconds, …} as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// on: read the model's layers from its files as they are used (a model larger than memory);
+        /// off: load it whole; auto: on when the model in f32 would take more than half the memory
+        /// available now. The perplexity is the same within rounding.
+        #[arg(long, value_name = STREAM_VALUES, default_value = "auto")]
+        stream: String,
     },
     /// Greedy generation.
     Generate {
@@ -63,6 +68,11 @@ enum Cmd {
         /// Wrap the prompt in the model's chat template.
         #[arg(long)]
         chat: bool,
+        /// on: read the model's layers from its files as they are used, once for the prompt and
+        /// once for each new token (a model larger than memory, slowly); off: load it whole; auto:
+        /// on when the model in f32 would take more than half the memory available now.
+        #[arg(long, value_name = STREAM_VALUES, default_value = "auto")]
+        stream: String,
     },
     /// Prune MLP neurons, attention heads and layers for a domain; write a Hugging Face folder or a GGUF.
     Prune(Box<PruneArgs>),
@@ -287,6 +297,37 @@ fn load_streamed(path: &Path) -> Result<(Bundle, Box<dyn podar::model::LayerStor
     })
 }
 
+/// The values of `--stream`.
+const STREAM_VALUES: &str = "auto|on|off";
+
+/// Whether to stream the model's layers, from `--stream` and, for auto, the model's f32 size
+/// against the memory available now.
+fn streaming(stream: &str, model: &Path) -> Result<bool, Failure> {
+    match stream {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        "auto" => {
+            let f32_bytes = inspect(model)?.parameters.saturating_mul(4);
+            Ok(available_memory().is_some_and(|free| f32_bytes > free / 2))
+        }
+        other => {
+            Err(Failure { file: None, err: Error::Input(format!("--stream must be auto, on or off, not {other:?}")) })
+        }
+    }
+}
+
+/// The model at `path`, and the store of its layers: read from its files as they are used where
+/// `stream` (`--stream`) says so, else loaded whole and moved out of `Bundle::model`.
+fn load_layers(path: &Path, stream: &str) -> Result<(Bundle, Box<dyn podar::model::LayerStore>), Failure> {
+    if streaming(stream, path)? {
+        load_streamed(path)
+    } else {
+        let mut b = load(path)?;
+        let layers = std::mem::take(&mut b.model.layers);
+        Ok((b, Box::new(layers)))
+    }
+}
+
 /// Memory the system could give this process now (Linux: MemAvailable), if known.
 fn available_memory() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -330,14 +371,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&s).at(&model)?);
             } else {
                 println!("{} ({}, {})", s.architecture, s.format, s.dtype);
-                println!("  layers {}, hidden {}, MLP {}", s.num_hidden_layers, s.hidden_size, s.intermediate_size);
+                let mlp = match &s.intermediate_sizes {
+                    Some(w) => format!("per layer {}", w.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")),
+                    None => s.intermediate_size.to_string(),
+                };
+                println!("  layers {}, hidden {}, MLP {mlp}", s.num_hidden_layers, s.hidden_size);
                 println!("  heads {} / {} KV, head_dim {}", s.num_attention_heads, s.num_key_value_heads, s.head_dim);
                 println!("  vocabulary {}, parameters {:.2}M", s.vocab_size, s.parameters as f64 / 1e6);
             }
         }
-        Cmd::Eval { model, text, ids: ids_path, ctx, max_tokens, json } => {
+        Cmd::Eval { model, text, ids: ids_path, ctx, max_tokens, json, stream } => {
             let t0 = Instant::now();
-            let b = load(&model)?;
+            let (b, mut layers) = load_layers(&model, &stream)?;
             let mut ids = match (&text, &ids_path) {
                 (Some(t), _) => {
                     let s = read_text(t)?;
@@ -374,7 +419,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let t1 = Instant::now();
             let pb = bar(0, "eval");
-            let r = podar::perplexity(&b.model, &ids, ctx, &mut |d, n| {
+            let r = podar::model::eval::perplexity_layered(&b.model, layers.as_mut(), &ids, ctx, &mut |d, n| {
                 pb.set_length(n as u64);
                 pb.set_position(d as u64);
                 true
@@ -404,15 +449,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
         }
-        Cmd::Generate { model, prompt, max_tokens, chat } => {
-            let b = load(&model)?;
+        Cmd::Generate { model, prompt, max_tokens, chat, stream } => {
+            let (b, mut layers) = load_layers(&model, &stream)?;
             let tok = b.tokenizer().at(&model)?;
             let text = if chat { tok.apply_chat_template(&prompt).at(&model)? } else { prompt };
             let ids = tok.encode(&text, false).at(&model)?;
             let mut out = Vec::new();
             let mut shown = String::new();
             let stop = b.stop_ids();
-            let new = podar::greedy(&b.model, &ids, max_tokens, &stop, &mut |id| {
+            let new = podar::greedy_layered(&b.model, layers.as_mut(), &ids, max_tokens, &stop, &mut |id| {
                 out.push(id);
                 if let Ok(s) = tok.decode(&out) {
                     if s.len() >= shown.len() && s.starts_with(&shown) {

@@ -18,6 +18,11 @@ pub(super) struct PruneArgs {
     /// MLP width to keep instead of a fraction.
     #[arg(long)]
     mlp_size: Option<usize>,
+    /// uniform: every layer keeps the same MLP width. per-layer: each layer keeps as many neurons
+    /// as their measured share of the residual stream earns (one more calibration pass), the same
+    /// total; written as a GGUF of llama.cpp's `deci` architecture (Llama models, --format gguf).
+    #[arg(long, value_name = "uniform|per-layer", default_value = "uniform")]
+    mlp_widths: String,
     /// maw, vow, pon, l2 (static) or wanda, flap, energy, optipfair, obs (need --calib). Default: energy with --calib, else maw.
     #[arg(long)]
     score: Option<String>,
@@ -99,24 +104,8 @@ pub(super) struct PruneArgs {
     /// off: load the whole model first; auto: on when the model in f32 would take more than half
     /// the memory the system has available now. The pruned weights are the same either way, the
     /// perplexities within rounding.
-    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    #[arg(long, value_name = STREAM_VALUES, default_value = "auto")]
     stream: String,
-}
-
-/// Whether to stream the model's layers, from `--stream` and, for auto, the model's f32 size
-/// against the memory available now.
-fn streaming(a: &PruneArgs) -> Result<bool, Failure> {
-    match a.stream.as_str() {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        "auto" => {
-            let f32_bytes = inspect(&a.model)?.parameters.saturating_mul(4);
-            Ok(available_memory().is_some_and(|free| f32_bytes > free / 2))
-        }
-        other => {
-            Err(Failure { file: None, err: Error::Input(format!("--stream must be auto, on or off, not {other:?}")) })
-        }
-    }
 }
 
 /// SHA-256 of the model's weight files (the GGUF, or the safetensors shards in order), read in
@@ -278,6 +267,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
         correct: a.correct.unwrap_or(defaults.correct),
         error_estimate,
         calib_precision: podar::prune::Precision::parse(&a.calib_precision).at(&a.model)?,
+        mlp_widths: podar::prune::Widths::parse(&a.mlp_widths).at(&a.model)?,
     };
     // The source's hash reads its files once more: on a thread of its own from the start, beside
     // the job, rather than after it (where it waits behind the written model's disk writes).
@@ -287,13 +277,7 @@ fn prune_into(a: &PruneArgs) -> Result<(), Failure> {
     };
     // The model's layers, in memory or read from its files as they are used; `b.model` holds the rest.
     let t_load = Instant::now();
-    let (mut b, mut layers): (_, Box<dyn LayerStore>) = if streaming(a)? {
-        load_streamed(&a.model)?
-    } else {
-        let mut b = load(&a.model)?;
-        let layers = std::mem::take(&mut b.model.layers);
-        (b, Box::new(layers))
-    };
+    let (mut b, mut layers) = load_layers(&a.model, &a.stream)?;
     // Every size and layer choice is checked before any long computation, and so is what a
     // GGUF needs from the source (its tokenizer).
     let load_secs = t_load.elapsed().as_secs_f64();

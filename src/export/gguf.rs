@@ -4,6 +4,7 @@
 use crate::error::{bail, Result};
 use crate::export::hf::write_values;
 use crate::formats::source::StorageDtype;
+use crate::model::config::{Arch, ModelConfig};
 use crate::model::gguf::{name_map, permute_qk};
 use crate::model::store::LayerStore;
 use crate::model::transformer::{expected_tensors, Model};
@@ -118,18 +119,38 @@ pub fn swa_period(c: &crate::model::config::ModelConfig) -> Result<Option<usize>
     }
 }
 
+/// llama.cpp's name for the model's architecture: its own, or `deci` (llama.cpp's Llama with a
+/// feed-forward width per layer, from Nemotron's DeciLM) for a Llama whose layers' MLP widths
+/// differ. The other architectures take one width in llama.cpp, so per-layer widths are refused.
+pub fn gguf_architecture(c: &ModelConfig) -> Result<&'static str> {
+    match (&c.intermediate_sizes, c.arch) {
+        (None, a) => Ok(a.gguf_name()),
+        (Some(_), Arch::Llama | Arch::Mistral) => Ok("deci"),
+        (Some(_), a) => bail!(
+            Gguf,
+            "llama.cpp reads a feed-forward width per layer only for Llama models (its `deci` architecture), and this              is a {} model; prune it with the same width in every layer",
+            a.model_type()
+        ),
+    }
+}
+
 /// Architecture metadata for the model's current (possibly pruned) shape.
-pub fn arch_metadata(model: &Model) -> Vec<(String, Value)> {
+pub fn arch_metadata(model: &Model) -> Result<Vec<(String, Value)>> {
     let c = &model.cfg;
-    let a = c.arch.gguf_name();
+    let a = gguf_architecture(c)?;
     let k = |s: &str| format!("{a}.{s}");
+    // One width, or one per layer (as convert_hf_to_gguf.py writes Python ints: INT32).
+    let ffn = match &c.intermediate_sizes {
+        Some(w) => Value::Array(w.iter().map(|&x| Value::I32(x as i32)).collect()),
+        None => Value::U32(c.intermediate_size as u32),
+    };
     let mut v = vec![
         ("general.architecture".to_string(), Value::String(a.to_string())),
         ("general.name".to_string(), Value::String("pruned with podar".to_string())),
         (k("block_count"), Value::U32(c.num_hidden_layers as u32)),
         (k("context_length"), Value::U32(c.max_position_embeddings as u32)),
         (k("embedding_length"), Value::U32(c.hidden_size as u32)),
-        (k("feed_forward_length"), Value::U32(c.intermediate_size as u32)),
+        (k("feed_forward_length"), ffn),
         (k("attention.head_count"), Value::U32(c.num_attention_heads as u32)),
         (k("attention.head_count_kv"), Value::U32(c.num_key_value_heads as u32)),
         (k("attention.key_length"), Value::U32(c.head_dim as u32)),
@@ -152,7 +173,7 @@ pub fn arch_metadata(model: &Model) -> Vec<(String, Value)> {
         v.push((k("rope.scaling.type"), Value::String("linear".into())));
         v.push((k("rope.scaling.factor"), Value::F32(*factor as f32)));
     }
-    v
+    Ok(v)
 }
 
 /// Writes `model` (its layers in `layers`, read one at a time) as GGUF v3 with `extra` metadata
@@ -166,7 +187,7 @@ pub fn write_gguf<W: Write + ?Sized>(
 ) -> Result<()> {
     let c = &model.cfg;
     let names = name_map(c.arch, c.num_hidden_layers);
-    let mut meta = arch_metadata(model);
+    let mut meta = arch_metadata(model)?;
     if let Some(p) = swa_period(c)? {
         meta.push((format!("{}.attention.sliding_window_pattern", c.arch.gguf_name()), Value::U32(p as u32)));
     }

@@ -186,6 +186,14 @@ pub fn hf_side_files(
     generation_config: Option<&Value>,
     dtype: StorageDtype,
 ) -> Result<Vec<(String, Vec<u8>)>> {
+    if let Some(w) = &model.cfg.intermediate_sizes {
+        bail!(
+            Input,
+            "this model's layers have MLP widths of their own ({}), and transformers' config.json holds one \
+             intermediate_size: save it as GGUF (llama.cpp's `deci` architecture)",
+            w.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
     let mut cfg = model.cfg.to_hf_json();
     cfg["torch_dtype"] = json!(dtype.torch_name());
     // transformers ≥ 4.56 names it `dtype` (and reads that first): a source's own must not survive.

@@ -87,6 +87,21 @@ pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Pl
     }
     let mut after = cfg.clone();
     after.intermediate_size = mlp_target(cfg.intermediate_size, o)?;
+    if o.mlp_widths == crate::prune::Widths::PerLayer {
+        // The widths are chosen during the job; what the output format must be able to hold is known now.
+        let mut probe = after.clone();
+        probe.intermediate_sizes = Some(vec![after.intermediate_size; cfg.num_hidden_layers]);
+        match fmt {
+            OutputFormat::Gguf(_) => {
+                crate::export::gguf::gguf_architecture(&probe)?;
+            }
+            _ => bail!(
+                Input,
+                "per-layer MLP widths go out as a GGUF (llama.cpp's `deci` architecture): transformers' configs \
+                 hold one intermediate_size; give --format gguf"
+            ),
+        }
+    }
     crate::prune::check_recovery(o)?;
     let kv = heads_target(cfg.num_key_value_heads, o.heads)?;
     after.num_attention_heads = kv * (cfg.num_attention_heads / cfg.num_key_value_heads.max(1));
@@ -221,6 +236,7 @@ impl Record<'_> {
                 "recover": o.recover, "ridge": o.ridge, "correct": o.correct,
                 "error_estimate": o.error_estimate, "divisor": o.divisor, "sequential": o.sequential,
                 "calib_precision": o.calib_precision,
+                "mlp_widths": o.mlp_widths, "mlp_sizes": self.pruned.model.cfg.mlp_widths(),
                 "heads": o.heads, "drop_layers": o.drop_layers, "drop_layers_at": o.drop_layers_at,
                 "drop_block": o.drop_block},
             "calibration": {"tokens": self.pruned.calib_tokens, "samples": o.calib_samples, "len": o.calib_len,

@@ -106,7 +106,11 @@ pub enum RopeScaling {
 pub struct ModelConfig {
     pub arch: Arch,
     pub hidden_size: usize,
+    /// The MLP width; the widest layer's where the layers differ.
     pub intermediate_size: usize,
+    /// Each layer's MLP width, where the layers differ (a prune with per-layer widths, or a GGUF
+    /// of llama.cpp's `deci` architecture); `None` where every layer is `intermediate_size` wide.
+    pub intermediate_sizes: Option<Vec<usize>>,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
@@ -311,6 +315,7 @@ impl ModelConfig {
             arch,
             hidden_size,
             intermediate_size: req_usize(m, "intermediate_size")?,
+            intermediate_sizes: None,
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
@@ -367,6 +372,16 @@ impl ModelConfig {
         if self.vocab_size == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
             bail!(Config, "vocab_size, intermediate_size and num_hidden_layers must be positive");
         }
+        if let Some(w) = &self.intermediate_sizes {
+            if w.len() != self.num_hidden_layers || w.contains(&0) {
+                bail!(
+                    Config,
+                    "the per-layer MLP widths list {} layers (each must be positive), num_hidden_layers is {}",
+                    w.len(),
+                    self.num_hidden_layers
+                );
+            }
+        }
         if self.max_position_embeddings < 2 {
             bail!(
                 Config,
@@ -416,13 +431,30 @@ impl ModelConfig {
         }
     }
 
+    /// Layer `l`'s MLP width.
+    pub fn mlp_width(&self, l: usize) -> usize {
+        self.intermediate_sizes.as_ref().and_then(|w| w.get(l).copied()).unwrap_or(self.intermediate_size)
+    }
+
+    /// Every layer's MLP width.
+    pub fn mlp_widths(&self) -> Vec<usize> {
+        (0..self.num_hidden_layers).map(|l| self.mlp_width(l)).collect()
+    }
+
+    /// Sets every layer's MLP width: `intermediate_size` alone where they are equal, else the
+    /// per-layer list too (with `intermediate_size` the widest).
+    pub fn set_mlp_widths(&mut self, widths: &[usize]) {
+        self.intermediate_size = widths.iter().copied().max().unwrap_or(self.intermediate_size);
+        self.intermediate_sizes = widths.iter().any(|&w| w != self.intermediate_size).then(|| widths.to_vec());
+    }
+
     /// Number of parameters implied by the config (tied embeddings counted once).
     pub fn parameter_count(&self) -> u64 {
         let h = self.hidden_size as u64;
-        let i = self.intermediate_size as u64;
+        let i: u64 = self.mlp_widths().iter().map(|&w| w as u64).sum();
         let q = (self.num_attention_heads * self.head_dim) as u64;
         let kv = (self.num_key_value_heads * self.head_dim) as u64;
-        let mut layer = h * q + 2 * h * kv + q * h + 3 * h * i;
+        let mut layer = h * q + 2 * h * kv + q * h;
         if self.qkv_bias {
             layer += q + 2 * kv;
         }
@@ -435,7 +467,7 @@ impl ModelConfig {
         }
         let emb = self.vocab_size as u64 * h;
         let head = if self.tie_word_embeddings { 0 } else { emb };
-        emb + head + h + layer * self.num_hidden_layers as u64
+        emb + head + h + layer * self.num_hidden_layers as u64 + 3 * h * i
     }
 
     /// The `config.json` to write for this configuration: the original with every size we know updated.

@@ -17,7 +17,8 @@ use std::io::{Read, Seek};
 pub fn config_of(h: &GgufHeader) -> Result<ModelConfig> {
     let name = h.architecture()?;
     let arch = match name {
-        "llama" => Arch::Llama,
+        // llama.cpp's Llama with per-layer widths (Nemotron's DeciLM; podar's per-layer prunes).
+        "llama" | "deci" => Arch::Llama,
         "mistral" => Arch::Mistral,
         "qwen2" => Arch::Qwen2,
         "qwen3" => Arch::Qwen3,
@@ -46,6 +47,18 @@ pub fn config_of(h: &GgufHeader) -> Result<ModelConfig> {
     };
     let hidden = req("embedding_length")?;
     let layers = req("block_count")?;
+    // The MLP width: one value, or (llama.cpp's `deci`) one per layer.
+    let ffn_key = k("feed_forward_length");
+    let widths: Vec<usize> = match h.get(&ffn_key) {
+        Some(Value::Array(a)) if name == "deci" => {
+            let w: Vec<usize> = a.iter().filter_map(value_u64).filter(|&x| x <= 1 << 20).map(|x| x as usize).collect();
+            if w.len() != a.len() || w.len() != layers || w.contains(&0) {
+                bail!(Gguf, "`{ffn_key}` must list a positive width for each of the {layers} layers");
+            }
+            w
+        }
+        _ => vec![req("feed_forward_length")?; layers.min(1024)],
+    };
     let heads = req("attention.head_count")?;
     let kv_heads =
         h.get(&k("attention.head_count_kv")).map(|_| req("attention.head_count_kv")).transpose()?.unwrap_or(heads);
@@ -103,7 +116,7 @@ pub fn config_of(h: &GgufHeader) -> Result<ModelConfig> {
         "architectures": [arch.hf_class()],
         "model_type": arch.model_type(),
         "hidden_size": hidden,
-        "intermediate_size": req("feed_forward_length")?,
+        "intermediate_size": widths.iter().copied().max(),
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
@@ -137,10 +150,11 @@ pub fn config_of(h: &GgufHeader) -> Result<ModelConfig> {
     if arch == Arch::Gemma3 {
         obj.insert("rope_local_base_freq".into(), json!(10000.0));
     }
-    let cfg = ModelConfig {
+    let mut cfg = ModelConfig {
         arch,
         hidden_size: hidden,
-        intermediate_size: req("feed_forward_length")?,
+        intermediate_size: 0,
+        intermediate_sizes: None,
         num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: kv_heads,
@@ -164,6 +178,7 @@ pub fn config_of(h: &GgufHeader) -> Result<ModelConfig> {
         eos_token_ids: eos,
         raw,
     };
+    cfg.set_mlp_widths(&widths);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -247,7 +262,7 @@ impl<R: Read + Seek> GgufSource<R> {
         let mut cfg = config_of(header)?;
         let raw = header.content.tensor_infos.keys().map(String::as_str);
         crate::model::transformer::extra_layers(cfg.num_hidden_layers, raw, "blk.")?;
-        let unpermute = header.architecture()? == "llama";
+        let unpermute = matches!(header.architecture()?, "llama" | "deci");
         // Llama 3.1-style files carry their rope scaling as per-frequency factors.
         if file.has("rope_freqs.weight") {
             let factors = file.tensor("rope_freqs.weight")?.flatten_all()?.to_vec1::<f32>()?;

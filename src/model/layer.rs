@@ -39,10 +39,10 @@ pub struct Layer {
     pub down_proj: Linear,
 }
 
-/// The tensors of one layer of a model shaped `cfg`, by their names within the layer, with their
+/// The tensors of layer `l` of a model shaped `cfg`, by their names within the layer, with their
 /// shapes, in transformers' order (the order [`Layer::named`] gives them in).
-pub fn layer_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+pub fn layer_tensors(cfg: &ModelConfig, l: usize) -> Vec<(String, Vec<usize>)> {
+    let (h, i, hd) = (cfg.hidden_size, cfg.mlp_width(l), cfg.head_dim);
     let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
     let mut v = Vec::new();
     let mut add = |n: &str, s: Vec<usize>| v.push((n.to_string(), s));
@@ -79,7 +79,7 @@ impl Layer {
     /// as [`layer_tensors`] lists them.
     pub fn read(cfg: &ModelConfig, l: usize, get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<Layer> {
         let mut got = std::collections::HashMap::new();
-        for (n, shape) in layer_tensors(cfg) {
+        for (n, shape) in layer_tensors(cfg, l) {
             let t = get(&format!("model.layers.{l}.{n}"), &shape)?;
             got.insert(n, t);
         }
@@ -119,7 +119,7 @@ impl Layer {
 
     /// The number of tensors [`Layer::named`] gives for a layer of a model shaped `cfg`.
     pub fn count_named(cfg: &ModelConfig) -> usize {
-        layer_tensors(cfg).len()
+        layer_tensors(cfg, 0).len()
     }
 
     /// Every weight of the layer by its name within the layer (`self_attn.q_proj.weight`…), in

@@ -28,7 +28,10 @@ pub struct Summary {
     pub architecture: String,
     pub num_hidden_layers: usize,
     pub hidden_size: usize,
+    /// The widest layer's MLP width where the layers differ; then `intermediate_sizes` lists them.
     pub intermediate_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intermediate_sizes: Option<Vec<usize>>,
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub head_dim: usize,
@@ -46,6 +49,7 @@ impl Summary {
             num_hidden_layers: cfg.num_hidden_layers,
             hidden_size: cfg.hidden_size,
             intermediate_size: cfg.intermediate_size,
+            intermediate_sizes: cfg.intermediate_sizes.clone(),
             num_attention_heads: cfg.num_attention_heads,
             num_key_value_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
@@ -450,6 +454,7 @@ mod tests {
             num_hidden_layers: layers,
             hidden_size: hidden,
             intermediate_size: mlp,
+            intermediate_sizes: None,
             num_attention_heads: heads.0,
             num_key_value_heads: heads.1,
             head_dim: heads.2,

@@ -94,6 +94,30 @@ pub(crate) fn nll_by_blocks(
     Ok((0..n).map(|k| (sum[k].ln() as f32 + max[k]) - target[k]).collect())
 }
 
+/// The most likely next token after the hidden row `x` (`[1, hidden]`), with the LM head read from
+/// `layers` a block of vocabulary rows at a time: the final norm, each block's logits, and the
+/// largest kept (the first of equals, as `argmax` over the whole row).
+pub(crate) fn argmax_by_blocks(model: &Model, layers: &mut dyn LayerStore, x: &Tensor) -> Result<u32> {
+    let cfg = &model.cfg;
+    let h = model.rms_norm(x, &model.norm)?;
+    let block = rows_per_block(HEAD_BLOCK_BYTES, cfg.hidden_size, cfg.vocab_size);
+    let (mut best, mut at) = (f32::NEG_INFINITY, 0usize);
+    each_block(layers, Table::Head, cfg.vocab_size, block, &mut |v0, w| {
+        let mut logits = crate::kernels::linear(&h, w, None)?;
+        if let Some(cap) = cfg.final_logit_softcapping {
+            logits = Model::softcap(&logits, cap)?;
+        }
+        crate::kernels::with_slice(&logits, |row| {
+            for (i, &z) in row.iter().enumerate() {
+                if z > best {
+                    (best, at) = (z, v0 + i);
+                }
+            }
+        })
+    })?;
+    Ok(at as u32)
+}
+
 /// Folds one row's logits for the vocabulary from `v0` into its running largest logit `max` and
 /// sum of exp(logit − max) `sum` (rescaled when the largest grows), and takes the logit of `target`
 /// when this block holds it.

@@ -80,9 +80,8 @@ pub(crate) fn expect_finite(name: &str, t: &Tensor) -> Result<()> {
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let h = cfg.hidden_size;
     let mut v = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
-    let layer = layer_tensors(cfg);
     for l in 0..cfg.num_hidden_layers {
-        v.extend(layer.iter().map(|(n, s)| (format!("model.layers.{l}.{n}"), s.clone())));
+        v.extend(layer_tensors(cfg, l).into_iter().map(|(n, s)| (format!("model.layers.{l}.{n}"), s)));
     }
     v.push(("model.norm.weight".to_string(), vec![h]));
     if !cfg.tie_word_embeddings {
@@ -182,7 +181,7 @@ impl Model {
     }
 
     /// Refuses to run a model whose layers are not all in memory.
-    fn check_resident(&self) -> Result<()> {
+    pub(crate) fn check_resident(&self) -> Result<()> {
         if self.layers.len() != self.cfg.num_hidden_layers {
             bail!(
                 Input,

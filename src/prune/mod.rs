@@ -26,8 +26,9 @@ pub mod options;
 mod ridge;
 pub mod scores;
 pub mod stats;
+pub mod widths;
 pub use depth::layers_to_drop;
-pub use options::{check_recovery, heads_target, mlp_target, Precision, PruneOptions};
+pub use options::{check_recovery, heads_target, mlp_target, Precision, PruneOptions, Widths};
 pub use ridge::{obs_select, refit_down};
 use scores::{group_columns, head_group_scores, score_of};
 pub use scores::{score_layer, top_k, Score};
@@ -131,7 +132,10 @@ pub fn prune_in(
     progress: &mut dyn FnMut(&str, usize, usize) -> bool,
 ) -> Result<Pruned> {
     model.layers.clear();
-    let t = Targets::of(&model.cfg, o, calib_ids.is_some())?;
+    let mut t = Targets::of(&model.cfg, o, calib_ids.is_some())?;
+    if let (Widths::PerLayer, Some(ids), true) = (o.mlp_widths, calib_ids, t.pruning()) {
+        t.keep = choose_widths(&model, layers, ids, &t, o, progress)?;
+    }
     let found = match calib_ids {
         Some(ids) => prune_while_calibrating(&model, layers, ids, &t, o, progress)?,
         None => Found::unmeasured(prune_statically(layers, &t, o, progress)?, &t, model.cfg.num_hidden_layers),
@@ -142,8 +146,9 @@ pub fn prune_in(
 
 /// What every layer keeps, from the options and the model's shape; checked before any work.
 struct Targets {
-    /// MLP neurons kept per layer, of `intermediate`.
-    keep: usize,
+    /// MLP neurons each layer keeps, of `intermediate`: the same in every layer, unless chosen
+    /// per layer ([`choose_widths`]).
+    keep: Vec<usize>,
     intermediate: usize,
     /// KV groups kept per layer, of `kv_heads`; `group` query heads share each.
     kv_keep: usize,
@@ -154,8 +159,19 @@ struct Targets {
 
 impl Targets {
     fn of(cfg: &ModelConfig, o: &PruneOptions, calibrating: bool) -> Result<Self> {
-        let keep = mlp_target(cfg.intermediate_size, o)?;
+        if cfg.intermediate_sizes.is_some() {
+            bail!(
+                Input,
+                "this model's layers already have MLP widths of their own ({}); podar prunes models whose layers \
+                 are equally wide",
+                cfg.mlp_widths().iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        let keep = vec![mlp_target(cfg.intermediate_size, o)?; cfg.num_hidden_layers];
         check_recovery(o)?;
+        if o.mlp_widths == Widths::PerLayer && !calibrating {
+            bail!(Input, "per-layer widths are chosen on calibration text: give --calib");
+        }
         if o.score.needs_data() && !calibrating {
             bail!(Input, "score `{}` needs calibration text (--calib)", o.score);
         }
@@ -173,7 +189,7 @@ impl Targets {
         })
     }
     fn pruning(&self) -> bool {
-        self.keep < self.intermediate
+        self.keep.iter().any(|&k| k < self.intermediate)
     }
     fn heads_pruning(&self) -> bool {
         self.kv_keep < self.kv_heads
@@ -201,7 +217,8 @@ impl Found {
     fn into_pruned(self, mut model: Model, layers: &mut dyn LayerStore, t: &Targets, drop: &[usize]) -> Result<Pruned> {
         let Found { recovery_seconds, mut kept, mut kept_heads, calib_tokens, influence, block } = self;
         let n = model.cfg.num_hidden_layers;
-        model.cfg.intermediate_size = t.keep;
+        let widths: Vec<usize> = (0..n).filter(|l| !drop.contains(l)).map(|l| t.keep[l]).collect();
+        model.cfg.set_mlp_widths(&widths);
         if t.heads_pruning() {
             model.cfg.num_key_value_heads = t.kv_keep;
             model.cfg.num_attention_heads = t.kv_keep * t.group;
@@ -242,7 +259,7 @@ fn prune_statically(
         let group: Vec<Layer> = (l0..n.min(l0 + batch)).map(|l| layers.layer(l)).collect::<Result<_>>()?;
         let results: Vec<Mutex<Option<Result<Vec<usize>>>>> = group.iter().map(|_| Mutex::new(None)).collect();
         par_for(group.len(), &|i| {
-            let r = score_of(&group[i], o.score, None).map(|s| top_k(&s, t.keep));
+            let r = score_of(&group[i], o.score, None).map(|s| top_k(&s, t.keep[l0 + i]));
             if let Ok(mut slot) = results[i].lock() {
                 *slot = Some(r);
             }
@@ -282,7 +299,7 @@ fn prune_while_calibrating(
             return Ok(None);
         }
         let t0 = crate::clock::seconds();
-        let (neurons, heads, layer) = prune_layer(layer, st, t, o)?;
+        let (neurons, heads, layer) = prune_layer(layer, st, t.keep[l], t, o)?;
         recovery_seconds += crate::clock::seconds() - t0;
         kept[l] = neurons;
         kept_heads[l] = heads;
@@ -327,16 +344,17 @@ fn prune_while_calibrating(
 /// One layer, pruned from what calibration measured on it: heads chosen (and the output projection
 /// re-fit over them), neurons chosen, the down projection re-fit over the kept neurons (steered
 /// against the error the pruned stream carries), then the weights sliced. Returns the kept neurons,
-/// the kept KV groups and the pruned layer.
+/// the kept KV groups and the pruned layer, which keeps `keep` neurons.
 fn prune_layer(
     layer: &Layer,
     st: &LayerStats,
+    keep: usize,
     t: &Targets,
     o: &PruneOptions,
 ) -> Result<(Vec<usize>, Vec<usize>, Layer)> {
     let (heads, o_proj) = choose_heads(layer, st, t, o)?;
     let correct = st.err_cross.as_ref().map(|c| (c, o.correct));
-    let (kept, mut down) = choose_neurons(layer, st, t, o, correct.is_none())?;
+    let (kept, mut down) = choose_neurons(layer, st, keep, t, o, correct.is_none())?;
     if o.recover && t.pruning() && down.is_none() {
         down = refit_neurons(layer, st, &kept, o, correct)?;
     }
@@ -364,11 +382,13 @@ fn choose_heads(layer: &Layer, st: &LayerStats, t: &Targets, o: &PruneOptions) -
     Ok((heads, o_proj))
 }
 
-/// The neurons a layer keeps by the chosen score; Optimal Brain Surgeon selects on the Gram matrix
-/// and, when it may (recovery without error correction), hands back its own re-fit down projection.
+/// The `keep` neurons a layer keeps by the chosen score; Optimal Brain Surgeon selects on the Gram
+/// matrix and, when it may (recovery without error correction), hands back its own re-fit down
+/// projection.
 fn choose_neurons(
     layer: &Layer,
     st: &LayerStats,
+    keep: usize,
     t: &Targets,
     o: &PruneOptions,
     uncorrected: bool,
@@ -376,10 +396,39 @@ fn choose_neurons(
     match (o.score, &st.gram) {
         (Score::Obs, Some(g)) if t.pruning() => {
             let recover = o.recover && uncorrected;
-            obs_select(&layer.down_proj.weight, g, t.keep, o.ridge, recover)
+            obs_select(&layer.down_proj.weight, g, keep, o.ridge, recover)
         }
-        _ => Ok((top_k(&score_of(layer, o.score, Some(st))?, t.keep), None)),
+        _ => Ok((top_k(&score_of(layer, o.score, Some(st))?, keep), None)),
     }
+}
+
+/// Each layer's MLP width for [`Widths::PerLayer`]: one calibration pass over the unpruned model
+/// measures every neuron's output energy, relative to the geometric mean of its layer's residual
+/// stream energy and MLP output energy, and [`widths::allocate`] spreads the uniform job's total
+/// over the layers by it (in blocks of the divisor, where one is given). Of the measures tried on
+/// the benchmark's tuning half (docs/pruning.md), this one came closest to uniform widths; none
+/// beat them yet.
+fn choose_widths(
+    model: &Model,
+    layers: &mut dyn LayerStore,
+    ids: &[u32],
+    t: &Targets,
+    o: &PruneOptions,
+    progress: &mut dyn FnMut(&str, usize, usize) -> bool,
+) -> Result<Vec<usize>> {
+    let mut shares = vec![Vec::new(); model.cfg.num_hidden_layers];
+    let mut on_layer = |l: usize, layer: &Layer, st: &LayerStats| -> Result<Option<calib::Replacement>> {
+        let e = score_of(layer, Score::Energy, Some(st))?;
+        let norm = (st.residual_sq * e.iter().sum::<f64>()).sqrt().max(f64::MIN_POSITIVE);
+        shares[l] = e.into_iter().map(|e| e / norm).collect();
+        Ok(None)
+    };
+    let want = calib::Want { bf16: o.calib_precision == Precision::Bf16, ..Default::default() };
+    calib::collect(model, layers, ids, o.calib_samples, o.calib_len, want, &mut on_layer, &mut |d, total| {
+        progress("widths", d, total)
+    })?;
+    let uniform = t.keep.first().copied().unwrap_or(t.intermediate);
+    widths::allocate(&shares, uniform, o.divisor.unwrap_or(1))
 }
 
 /// The down projection re-fit by ridge regression over the kept neurons, from the full Gram matrix

@@ -41,6 +41,32 @@ pub struct PruneOptions {
     pub error_estimate: calib::ErrorEstimate,
     /// The number format of calibration's matrix products (see [`Precision`]).
     pub calib_precision: Precision,
+    /// The same MLP width in every layer, or a width per layer chosen from calibration
+    /// ([`crate::prune::widths`]) with the same total.
+    pub mlp_widths: Widths,
+}
+
+/// How the MLP neurons to remove are spread over the layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Widths {
+    /// Every layer keeps the same number (what transformers' configs can describe).
+    #[default]
+    Uniform,
+    /// Each layer keeps as many as its neurons' measured output energy earns, relative to the layer
+    /// (a GGUF of llama.cpp's `deci` architecture holds the result).
+    PerLayer,
+}
+
+impl Widths {
+    /// `uniform` or `per-layer`.
+    pub fn parse(s: &str) -> Result<Widths> {
+        match s {
+            "uniform" => Ok(Widths::Uniform),
+            "per-layer" => Ok(Widths::PerLayer),
+            other => bail!(Input, "unknown MLP widths `{other}` (uniform, per-layer)"),
+        }
+    }
 }
 
 /// The number format of calibration's matrix products (the forward passes, the Gram matrices and
@@ -74,6 +100,7 @@ impl PruneOptions {
     pub fn calibrates(&self) -> bool {
         self.score.needs_data()
             || self.recover
+            || self.mlp_widths == Widths::PerLayer
             || self.heads.is_some()
             || self.drop_layers.is_some()
             || self.drop_block.is_some()
@@ -99,6 +126,7 @@ impl Default for PruneOptions {
             correct: 0.5,
             error_estimate: calib::ErrorEstimate::Residuals,
             calib_precision: Precision::F32,
+            mlp_widths: Widths::Uniform,
         }
     }
 }

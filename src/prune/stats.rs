@@ -28,6 +28,8 @@ pub struct LayerStats {
     /// What the down projection's re-fit over the kept neurons needs, where calibration hands it over
     /// instead of the full Gram matrix ([`Want::kept_gram`](super::calib::Want::kept_gram)).
     pub refit: Option<RefitParts>,
+    /// Σ ‖r‖² of the residual stream the MLP adds to (after attention), over the tokens.
+    pub residual_sq: f64,
     /// Mean cosine similarity between the layer's input and output residual streams.
     pub io_cosine: f64,
     /// Calibration tokens the sums run over.
@@ -265,6 +267,7 @@ pub(super) fn stats_of(t: &LayerTrace) -> Result<LayerStats> {
         attn_gram: None,
         err_cross: None,
         refit: None,
+        residual_sq: col_sums(t.mlp_residual, false)?.0.iter().sum(),
         io_cosine: 0.0,
         tokens: 0,
     })
@@ -278,6 +281,7 @@ impl LayerStats {
         sum(&mut self.act_sum, &o.act_sum);
         sum(&mut self.act_sq, &o.act_sq);
         sum(&mut self.attn_sq, &o.attn_sq);
+        self.residual_sq += o.residual_sq;
         self
     }
 }

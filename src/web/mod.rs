@@ -99,6 +99,8 @@ struct PruneSummary<'a> {
     parameters_after: u64,
     intermediate_before: usize,
     intermediate_after: usize,
+    /// Each layer's MLP width after, where the layers differ.
+    intermediate_sizes_after: Option<Vec<usize>>,
     layers_before: usize,
     kept_layers: &'a [usize],
     kv_heads_before: usize,
@@ -123,7 +125,7 @@ struct TextInfo {
 fn needs_memory(what: &str) -> JsValue {
     input_err(&format!(
         "{what} needs the model's layers in memory, and this model is read from its files a layer at a time (it is too \
-         large for the page to hold whole); pruning, scoring and the download work"
+         large for the page to hold whole); pruning, perplexity, generation and the download work"
     ))
 }
 
@@ -373,8 +375,22 @@ impl Session {
         }
     }
 
-    fn done(&self) -> std::result::Result<&Done, JsValue> {
-        self.done.as_ref().ok_or_else(|| input_err("prune the model first"))
+    /// The bundle (its tokenizer), and the original (`which == "source"`) or the pruned model with
+    /// the store of its layers where they are streamed.
+    #[allow(clippy::type_complexity)]
+    fn model_for(
+        &mut self,
+        which: &str,
+    ) -> std::result::Result<(&Bundle, &crate::Model, Option<&mut Box<dyn LayerStore>>), JsValue> {
+        let Session { bundle, done, source_layers, pruned_layers, .. } = self;
+        let b = bundle.as_ref().ok_or_else(|| input_err("load a model first"))?;
+        Ok(match which {
+            "source" => (b, &b.model, source_layers.as_mut()),
+            _ => {
+                let d = done.as_ref().ok_or_else(|| input_err("prune the model first"))?;
+                (b, &d.pruned.model, pruned_layers.as_mut())
+            }
+        })
     }
 
     /// Makes sure `bundle.model` is the original, reading it again from its files if a prune used it.
@@ -451,7 +467,12 @@ impl Session {
         let o: PruneOptions = serde_wasm_bindgen::from_value(options)?;
         let cfg = self.source_cfg()?.clone();
         let b = self.bundle()?;
-        job::plan(&cfg, &o, OutputFormat::Hf(crate::StorageDtype::F32)).map_err(js_err)?;
+        // Checked as the download will be asked for: per-layer widths go out as GGUF only.
+        let fmt = match o.mlp_widths {
+            prune::Widths::PerLayer => OutputFormat::Gguf(crate::export::gguf::GgufDtype::F32),
+            prune::Widths::Uniform => OutputFormat::Hf(crate::StorageDtype::F32),
+        };
+        job::plan(&cfg, &o, fmt).map_err(js_err)?;
         let want = o.calib_samples.saturating_mul(o.calib_len);
         let ids = b.tokenizer().and_then(|t| t.encode_prefix(text, want)).map_err(js_err)?.0;
         let calib = crate::prune::calib::windows(&ids, o.calib_samples, o.calib_len).map_err(js_err)?;
@@ -492,6 +513,7 @@ impl Session {
             parameters_after: pruned.model.parameter_count(),
             intermediate_before: cfg.intermediate_size,
             intermediate_after: pruned.model.cfg.intermediate_size,
+            intermediate_sizes_after: pruned.model.cfg.intermediate_sizes.clone(),
             layers_before: cfg.num_hidden_layers,
             kept_layers: &pruned.kept_layers,
             kv_heads_before: cfg.num_key_value_heads,
@@ -522,14 +544,7 @@ impl Session {
         if which == "source" {
             self.ensure_source(&mut |d, t| ask(progress, "load", d, t)).map_err(js_err)?;
         }
-        let Session { bundle, done, source_layers, pruned_layers, .. } = self;
-        let b = bundle.as_ref().ok_or_else(|| input_err("load a model first"))?;
-        let (model, layers) = match which {
-            "source" => (&b.model, source_layers.as_mut()),
-            _ => {
-                (&done.as_ref().ok_or_else(|| input_err("prune the model first"))?.pruned.model, pruned_layers.as_mut())
-            }
-        };
+        let (b, model, layers) = self.model_for(which)?;
         let want = skip.saturating_add(max_tokens);
         let ids = b.tokenizer().and_then(|t| t.encode_prefix(text, want)).map_err(js_err)?.0;
         let rest = ids.get(skip..).unwrap_or_default();
@@ -553,16 +568,18 @@ impl Session {
         chat: bool,
         on_text: &Function,
     ) -> std::result::Result<String, JsValue> {
-        if self.streamed {
-            return Err(needs_memory("Generating text"));
-        }
         if which == "source" {
             self.ensure_source(&mut |_, _| true).map_err(js_err)?;
         }
-        let b = self.bundle()?;
-        let model = match which {
-            "source" => &b.model,
-            _ => &self.done()?.pruned.model,
+        let (b, model, store) = self.model_for(which)?;
+        // A streamed model's layers come from its store a step at a time; a held one's are its own.
+        let mut held;
+        let layers: &mut dyn LayerStore = match store {
+            Some(l) => l.as_mut(),
+            None => {
+                held = model.layers.clone();
+                &mut held
+            }
         };
         let tok = b.tokenizer().map_err(js_err)?;
         let text = if chat && tok.chat_template().is_some() {
@@ -572,7 +589,7 @@ impl Session {
         };
         let ids = tok.encode(&text, false).map_err(js_err)?;
         let (mut out, mut shown) = (Vec::new(), String::new());
-        crate::model::generate::greedy(model, &ids, max_tokens, &b.stop_ids(), &mut |id| {
+        crate::model::generate::greedy_layered(model, layers, &ids, max_tokens, &b.stop_ids(), &mut |id| {
             out.push(id);
             match tok.decode(&out) {
                 // Only whole characters are shown: a token may end inside a UTF-8 sequence.

@@ -297,7 +297,7 @@ try {
 
   // The example model read from its file a layer at a time (stream: true), as a model too large to
   // hold is: the same perplexities (within rounding: the LM head is applied by blocks of the
-  // vocabulary), the same GGUF byte for byte, in a fraction of the memory; generate says why not.
+  // vocabulary), the same GGUF byte for byte and the same generated text, in a fraction of the memory.
   const streaming = await page.evaluate(async ({ text }) => {
     const { Podar } = await import('podar');
     const url = new URL('../../models/SmolLM2-135M-Instruct.Q4_1.gguf', location.href);
@@ -310,10 +310,12 @@ try {
       const after = (await pruned.perplexity(text, { maxTokens: 512 })).perplexity;
       const file = await pruned.export({ format: 'gguf', dtype: 'q8_0' });
       const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', await file.arrayBuffer()));
-      const generate = await (async () => {
-        for await (const piece of pruned.generate('def f', { maxTokens: 2 })) return `gave ${piece.length} characters`;
-        return 'gave nothing';
-      })().catch((e) => `${e.code}: ${e.message}`);
+      const generate = [];
+      for (const of of [model, pruned]) {
+        let out = '';
+        for await (const piece of of.generate('def fibonacci(n):', { maxTokens: 12 })) out += piece;
+        generate.push(out);
+      }
       res[stream] = { streamed: model.streamed, before, after, sha256: [...digest].map((b) => b.toString(16).padStart(2, '0')).join(''),
         heapPeakMiB: podar.heap.peak / 2 ** 20, memoryMiB: podar.memoryBytes / 2 ** 20, generate };
       podar.dispose();
@@ -330,7 +332,37 @@ try {
   }
   assert.equal(streaming.true.sha256, streaming.false.sha256, 'the streamed prune exported another GGUF');
   assert.ok(streaming.true.heapPeakMiB < streaming.false.heapPeakMiB / 2, 'streaming did not halve the heap\'s peak');
-  assert.match(streaming.true.generate, /read from its files/);
+  assert.ok(streaming.true.generate[1].length > 0, 'the streamed model generated nothing');
+  assert.deepEqual(streaming.true.generate, streaming.false.generate, 'streamed generation gave other text');
+
+  // Per-layer MLP widths: the prune keeps the uniform job's parameter count with widths of its
+  // own per layer, refuses the Hugging Face download, and its GGUF (llama.cpp's deci) loads back
+  // in the page with those widths and the pruned model's perplexity.
+  const perLayer = await page.evaluate(async ({ text }) => {
+    const { Podar } = await import('podar');
+    const url = new URL('../../models/SmolLM2-135M-Instruct.Q4_1.gguf', location.href);
+    const podar = await Podar.create({ gpu: false });
+    const model = await podar.load(url);
+    const opts = { mlp: 0.2, calibSamples: 4, mlpWidths: 'per-layer' };
+    const pruned = await model.prune(text, opts);
+    const held = { skip: 512, maxTokens: 512 };
+    const after = (await pruned.perplexity(text, held)).perplexity;
+    const hf = await pruned.export({ format: 'hf', dtype: 'f16' }).then(() => 'exported', (e) => `${e.code}: ${e.message}`);
+    const file = await pruned.export({ format: 'gguf', dtype: 'f16' });
+    const back = await podar.load(file);
+    const res = { widths: pruned.report.mlpPerLayer,
+      backWidths: back.summary.mlpPerLayer ?? null,
+      after, backAfter: (await back.perplexity(text, held)).perplexity, hf };
+    podar.dispose();
+    return res;
+  }, { text });
+  log('per-layer widths:', JSON.stringify(perLayer));
+  assert.ok(new Set(perLayer.widths).size > 1, `per-layer widths all equal: ${perLayer.widths}`);
+  assert.equal(perLayer.widths.reduce((a, b) => a + b, 0), 30 * 1229, 'per-layer widths changed the total');
+  assert.deepEqual(perLayer.backWidths, perLayer.widths, 'the GGUF came back with other widths');
+  assert.ok(Math.abs(perLayer.backAfter - perLayer.after) <= 0.01 * perLayer.after,
+    `the per-layer GGUF scores ${perLayer.backAfter}, the pruned model ${perLayer.after}`);
+  assert.match(perLayer.hf, /bad-input: .*GGUF/);
 
   // Out of memory, on a small model: with the engine's heap capped at what loading the model took
   // (the wasm memory after a load, which holds the heap's peak) and so below what pruning it takes,

@@ -86,7 +86,7 @@ try {
   const writeMs = Date.now() - t;
   // The saved file's size: a cancelled save leaves the file as it was (its stream is aborted, and
   // nothing it wrote reaches the file), never cut short.
-  const saved = await pickedSize(page);
+  let saved = await pickedSize(page);
   assert.ok(saved > 1e8, `the saved file holds ${saved} bytes`);
   const m0 = await memory();
   const h0 = await heap();
@@ -116,7 +116,10 @@ try {
     await idle();
     const said = await status();
     assert.match(said, /cancelled|Done$|Model loaded|^Saved /, `cancel ${i} (${stage}) ended the job with: ${said}`);
-    if (duringWrite) assert.equal(await pickedSize(page), saved, `cancel ${i} (${stage}) left the saved file cut short`);
+    // A save the cancel came too late for wrote a whole new file: that of the job last finished,
+    // whose report (its timings) may differ in length from the first save's.
+    if (duringWrite && /^Saved /.test(said)) saved = await pickedSize(page);
+    else if (duringWrite) assert.equal(await pickedSize(page), saved, `cancel ${i} (${stage}) left the saved file cut short`);
     const key = /cancelled/.test(said) ? stage : `${stage} (ended before the cancel)`;
     stages[key] = (stages[key] || 0) + 1;
     if (duringLoad && !/Model loaded/.test(said)) assert.match(await load(), /Model loaded/);

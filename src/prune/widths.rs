@@ -1,0 +1,87 @@
+//! Per-layer MLP widths: how many neurons each layer keeps when the layers need not keep the same
+//! number, with the same total as the uniform job (so the same parameter count).
+//!
+//! The measure (`choose_widths` in the parent module) is a neuron's output energy `Σ a² · ‖d‖²`
+//! (the `energy` score) relative to its layer: over the geometric mean of the energy `Σ ‖r‖²` of
+//! the stream its layer's MLP adds to and the MLP's own output energy, summed over the calibration
+//! tokens of the unpruned model. Neurons are ranked by it across all layers, a block of `unit` of
+//! them at a time, and the best are kept, within bounds:
+//! a layer keeps at most all of its neurons, and at least as many as pruning it twice as hard as
+//! the uniform job would leave.
+
+use crate::error::{bail, Result};
+
+/// Each layer's kept width: `costs[l]` holds layer `l`'s neurons' measures, `keep` is the uniform
+/// job's width (a multiple of `unit`), and the widths sum to `keep` times the number of layers,
+/// each a multiple of `unit`, between `min_keep(width, keep)` and the layer's width.
+pub fn allocate(costs: &[Vec<f64>], keep: usize, unit: usize) -> Result<Vec<usize>> {
+    let unit = unit.max(1);
+    if costs.is_empty() || !keep.is_multiple_of(unit) {
+        bail!(Input, "per-layer widths need layers and a width that is a multiple of {unit}");
+    }
+    // Per layer, its blocks of `unit` neurons from the most to the least valued, each block's value
+    // the sum of its measures (so a layer's blocks fall in value, and taking the best blocks takes
+    // a prefix of every layer's ranking).
+    let mut floors = Vec::with_capacity(costs.len());
+    let mut blocks: Vec<(f64, usize)> = Vec::new();
+    for (l, c) in costs.iter().enumerate() {
+        if c.iter().any(|x| !x.is_finite()) {
+            bail!(Input, "layer {l}'s neuron measures are not finite: the calibration text overflowed the model");
+        }
+        let width = c.len() / unit * unit;
+        let floor = min_keep(width, keep, unit);
+        floors.push(floor);
+        let mut sorted = c.clone();
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+        blocks.extend(sorted[..width].chunks(unit).skip(floor / unit).map(|b| (b.iter().sum::<f64>(), l)));
+    }
+    let total = keep * costs.len();
+    let given: usize = floors.iter().sum();
+    let mut widths = floors;
+    let extra = (total.saturating_sub(given)) / unit;
+    if extra > blocks.len() {
+        bail!(Input, "the layers have fewer neurons than the {total} to keep");
+    }
+    blocks.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, l) in &blocks[..extra] {
+        widths[l] += unit;
+    }
+    Ok(widths)
+}
+
+/// The fewest neurons a layer `width` wide keeps where the uniform job keeps `keep`: twice the
+/// uniform job's cut at most, at least one block.
+pub fn min_keep(width: usize, keep: usize, unit: usize) -> usize {
+    let cut = width.saturating_sub(keep);
+    (width.saturating_sub(2 * cut) / unit * unit).max(unit).min(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_total_is_kept_and_the_valued_layer_keeps_more() {
+        // Layer 0's neurons are worth ten times layer 1's.
+        let costs = vec![(0..8).map(|i| 10.0 * (i + 1) as f64).collect(), (0..8).map(|i| (i + 1) as f64).collect()];
+        let w = allocate(&costs, 6, 1).unwrap();
+        assert_eq!(w.iter().sum::<usize>(), 12);
+        assert_eq!(w, vec![8, 4], "layer 1 is cut twice as hard as the uniform 6, no more");
+        // Equal measures: uniform.
+        let same = vec![vec![1.0; 8], vec![1.0; 8]];
+        assert_eq!(allocate(&same, 6, 1).unwrap().iter().sum::<usize>(), 12);
+        // Blocks of 2.
+        let w = allocate(&costs, 6, 2).unwrap();
+        assert_eq!(w, vec![8, 4]);
+        assert!(allocate(&costs, 5, 2).is_err());
+        assert!(allocate(&[vec![f64::NAN; 8]], 6, 1).is_err());
+    }
+
+    #[test]
+    fn the_floor_is_twice_the_uniform_cut() {
+        assert_eq!(min_keep(100, 80, 1), 60);
+        assert_eq!(min_keep(100, 60, 1), 20);
+        assert_eq!(min_keep(100, 40, 1), 1);
+        assert_eq!(min_keep(128, 96, 32), 64);
+    }
+}
