@@ -94,7 +94,7 @@ try {
   assert.equal(await page.getByRole('button', { name: 'Load example model' }).isEnabled(), true);
 
   // A model too big to hold in the page's memory (a sparse file with Llama-3.2-1B-like shapes): read
-  // from its files a layer at a time instead, and the page says so (generation is off for it).
+  // from its files a layer at a time instead, and the page says so (generation reads every layer again for each token).
   const big = bigModel(path.join(out, 'big'));
   await page.getByLabel('Model files').setInputFiles(big);
   msg = await waitStatus(/Model loaded|failed/, 300_000);
