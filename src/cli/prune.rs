@@ -19,8 +19,9 @@ pub(super) struct PruneArgs {
     #[arg(long)]
     mlp_size: Option<usize>,
     /// uniform: every layer keeps the same MLP width. per-layer: each layer keeps as many neurons
-    /// as their measured share of the residual stream earns (one more calibration pass), the same
-    /// total; written as a GGUF of llama.cpp's `deci` architecture (Llama models, --format gguf).
+    /// as their measured output energy earns (one more calibration pass), the same total, every
+    /// layer losing between half and 1.5 times the uniform cut; written as a GGUF of llama.cpp's
+    /// `deci` architecture (Llama models, --format gguf).
     #[arg(long, value_name = "uniform|per-layer", default_value = "uniform")]
     mlp_widths: String,
     /// maw, vow, pon, l2 (static) or wanda, flap, energy, optipfair, obs (need --calib). Default: energy with --calib, else maw.

@@ -5,9 +5,9 @@
 //! (the `energy` score) relative to its layer: over the geometric mean of the energy `Σ ‖r‖²` of
 //! the stream its layer's MLP adds to and the MLP's own output energy, summed over the calibration
 //! tokens of the unpruned model. Neurons are ranked by it across all layers, a block of `unit` of
-//! them at a time, and the best are kept, within bounds:
-//! a layer keeps at most all of its neurons, and at least as many as pruning it twice as hard as
-//! the uniform job would leave.
+//! them at a time, and the best are kept, within bounds: every layer loses between half and one
+//! and a half times the uniform job's cut. (Unbounded, the ranking emptied the middle layers to
+//! their floor and kept the first ones whole, and lost to uniform widths; docs/pruning.md.)
 
 use crate::error::{bail, Result};
 
@@ -30,10 +30,11 @@ pub fn allocate(costs: &[Vec<f64>], keep: usize, unit: usize) -> Result<Vec<usiz
         }
         let width = c.len() / unit * unit;
         let floor = min_keep(width, keep, unit);
+        let ceil = max_keep(width, keep, unit);
         floors.push(floor);
         let mut sorted = c.clone();
         sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-        blocks.extend(sorted[..width].chunks(unit).skip(floor / unit).map(|b| (b.iter().sum::<f64>(), l)));
+        blocks.extend(sorted[..ceil].chunks(unit).skip(floor / unit).map(|b| (b.iter().sum::<f64>(), l)));
     }
     let total = keep * costs.len();
     let given: usize = floors.iter().sum();
@@ -49,11 +50,18 @@ pub fn allocate(costs: &[Vec<f64>], keep: usize, unit: usize) -> Result<Vec<usiz
     Ok(widths)
 }
 
-/// The fewest neurons a layer `width` wide keeps where the uniform job keeps `keep`: twice the
-/// uniform job's cut at most, at least one block.
+/// The fewest neurons a layer `width` wide keeps where the uniform job keeps `keep`: the uniform
+/// cut and half again at most, at least one block.
 pub fn min_keep(width: usize, keep: usize, unit: usize) -> usize {
     let cut = width.saturating_sub(keep);
-    (width.saturating_sub(2 * cut) / unit * unit).max(unit).min(keep)
+    (width.saturating_sub(cut + cut / 2) / unit * unit).max(unit).min(keep)
+}
+
+/// The most neurons a layer `width` wide keeps where the uniform job keeps `keep`: it loses at
+/// least half the uniform cut (in whole blocks).
+pub fn max_keep(width: usize, keep: usize, unit: usize) -> usize {
+    let cut = width.saturating_sub(keep);
+    (width.saturating_sub(cut / 2).div_ceil(unit) * unit).clamp(keep, width)
 }
 
 #[cfg(test)]
@@ -62,26 +70,26 @@ mod tests {
 
     #[test]
     fn the_total_is_kept_and_the_valued_layer_keeps_more() {
-        // Layer 0's neurons are worth ten times layer 1's.
-        let costs = vec![(0..8).map(|i| 10.0 * (i + 1) as f64).collect(), (0..8).map(|i| (i + 1) as f64).collect()];
-        let w = allocate(&costs, 6, 1).unwrap();
-        assert_eq!(w.iter().sum::<usize>(), 12);
-        assert_eq!(w, vec![8, 4], "layer 1 is cut twice as hard as the uniform 6, no more");
-        // Equal measures: uniform.
-        let same = vec![vec![1.0; 8], vec![1.0; 8]];
-        assert_eq!(allocate(&same, 6, 1).unwrap().iter().sum::<usize>(), 12);
-        // Blocks of 2.
-        let w = allocate(&costs, 6, 2).unwrap();
-        assert_eq!(w, vec![8, 4]);
+        // Layer 0's neurons are worth ten times layer 1's; the uniform job keeps 12 of 16.
+        let costs: Vec<Vec<f64>> =
+            vec![(0..16).map(|i| 10.0 * (i + 1) as f64).collect(), (0..16).map(|i| (i + 1) as f64).collect()];
+        let w = allocate(&costs, 12, 1).unwrap();
+        assert_eq!(w, vec![14, 10], "each layer loses between half and 1.5 times the uniform cut of 4");
+        // Equal measures: the total still.
+        let same = vec![vec![1.0; 16], vec![1.0; 16]];
+        assert_eq!(allocate(&same, 12, 1).unwrap().iter().sum::<usize>(), 24);
+        // Blocks of 2: 14 and 10 are whole blocks.
+        assert_eq!(allocate(&costs, 12, 2).unwrap(), vec![14, 10]);
         assert!(allocate(&costs, 5, 2).is_err());
         assert!(allocate(&[vec![f64::NAN; 8]], 6, 1).is_err());
     }
 
     #[test]
-    fn the_floor_is_twice_the_uniform_cut() {
-        assert_eq!(min_keep(100, 80, 1), 60);
-        assert_eq!(min_keep(100, 60, 1), 20);
-        assert_eq!(min_keep(100, 40, 1), 1);
-        assert_eq!(min_keep(128, 96, 32), 64);
+    fn each_layer_loses_between_half_and_one_and_a_half_the_uniform_cut() {
+        assert_eq!((min_keep(100, 80, 1), max_keep(100, 80, 1)), (70, 90));
+        assert_eq!((min_keep(100, 60, 1), max_keep(100, 60, 1)), (40, 80));
+        assert_eq!((min_keep(1536, 1229, 1), max_keep(1536, 1229, 1)), (1076, 1383));
+        assert_eq!((min_keep(128, 96, 32), max_keep(128, 96, 32)), (64, 128));
+        assert_eq!((min_keep(100, 100, 1), max_keep(100, 100, 1)), (100, 100));
     }
 }
