@@ -182,7 +182,8 @@ fn per_layer_widths_go_out_as_deci_and_come_back() {
     // A family llama.cpp reads one width for, and the Hugging Face format, are refused.
     let mut q = load("qwen2");
     q.cfg.set_mlp_widths(&(0..q.cfg.num_hidden_layers).map(|l| 16 + l).collect::<Vec<_>>());
-    let err = podar::export::gguf::gguf_architecture(&q.cfg).unwrap_err().to_string();
+    let err =
+        podar::export::gguf::gguf_architecture(q.cfg.arch, q.cfg.intermediate_sizes.is_some()).unwrap_err().to_string();
     assert!(err.contains("only for Llama"), "{err}");
     let o = PruneOptions { mlp_fraction: Some(0.2), mlp_widths: Widths::PerLayer, ..Default::default() };
     let err = podar::export::job::plan(&load("llama").cfg, &o, podar::OutputFormat::parse("hf", "f32").unwrap())

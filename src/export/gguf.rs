@@ -4,7 +4,7 @@
 use crate::error::{bail, Result};
 use crate::export::hf::write_values;
 use crate::formats::source::StorageDtype;
-use crate::model::config::{Arch, ModelConfig};
+use crate::model::config::Arch;
 use crate::model::gguf::{name_map, permute_qk};
 use crate::model::store::LayerStore;
 use crate::model::transformer::{expected_tensors, Model};
@@ -119,16 +119,17 @@ pub fn swa_period(c: &crate::model::config::ModelConfig) -> Result<Option<usize>
     }
 }
 
-/// llama.cpp's name for the model's architecture: its own, or `deci` (llama.cpp's Llama with a
-/// feed-forward width per layer, from Nemotron's DeciLM) for a Llama whose layers' MLP widths
-/// differ. The other architectures take one width in llama.cpp, so per-layer widths are refused.
-pub fn gguf_architecture(c: &ModelConfig) -> Result<&'static str> {
-    match (&c.intermediate_sizes, c.arch) {
-        (None, a) => Ok(a.gguf_name()),
-        (Some(_), Arch::Llama | Arch::Mistral) => Ok("deci"),
-        (Some(_), a) => bail!(
+/// llama.cpp's name for an architecture: its own, or `deci` (llama.cpp's Llama with a feed-forward
+/// width per layer, from Nemotron's DeciLM) for a Llama whose layers' MLP widths differ
+/// (`per_layer`). The other architectures take one width in llama.cpp, so per-layer widths are refused.
+pub fn gguf_architecture(arch: Arch, per_layer: bool) -> Result<&'static str> {
+    match (per_layer, arch) {
+        (false, a) => Ok(a.gguf_name()),
+        (true, Arch::Llama | Arch::Mistral) => Ok("deci"),
+        (true, a) => bail!(
             Gguf,
-            "llama.cpp reads a feed-forward width per layer only for Llama models (its `deci` architecture), and this              is a {} model; prune it with the same width in every layer",
+            "llama.cpp reads a feed-forward width per layer only for Llama models (its `deci` architecture), and \
+             this is a {} model; prune it with the same width in every layer",
             a.model_type()
         ),
     }
@@ -137,7 +138,7 @@ pub fn gguf_architecture(c: &ModelConfig) -> Result<&'static str> {
 /// Architecture metadata for the model's current (possibly pruned) shape.
 pub fn arch_metadata(model: &Model) -> Result<Vec<(String, Value)>> {
     let c = &model.cfg;
-    let a = gguf_architecture(c)?;
+    let a = gguf_architecture(c.arch, c.intermediate_sizes.is_some())?;
     let k = |s: &str| format!("{a}.{s}");
     // One width, or one per layer (as convert_hf_to_gguf.py writes Python ints: INT32).
     let ffn = match &c.intermediate_sizes {

@@ -186,12 +186,12 @@ pub fn hf_side_files(
     generation_config: Option<&Value>,
     dtype: StorageDtype,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    if let Some(w) = &model.cfg.intermediate_sizes {
+    if model.cfg.intermediate_sizes.is_some() {
         bail!(
             Input,
             "this model's layers have MLP widths of their own ({}), and transformers' config.json holds one \
              intermediate_size: save it as GGUF (llama.cpp's `deci` architecture)",
-            w.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+            model.cfg.mlp_width_range()
         );
     }
     let mut cfg = model.cfg.to_hf_json();

@@ -88,12 +88,10 @@ pub fn plan(cfg: &ModelConfig, o: &PruneOptions, fmt: OutputFormat) -> Result<Pl
     let mut after = cfg.clone();
     after.intermediate_size = mlp_target(cfg.intermediate_size, o)?;
     if o.mlp_widths == crate::prune::Widths::PerLayer {
-        // The widths are chosen during the job; what the output format must be able to hold is known now.
-        let mut probe = after.clone();
-        probe.intermediate_sizes = Some(vec![after.intermediate_size; cfg.num_hidden_layers]);
+        // The widths are chosen during the job; whether the output format can hold them is known now.
         match fmt {
             OutputFormat::Gguf(_) => {
-                crate::export::gguf::gguf_architecture(&probe)?;
+                crate::export::gguf::gguf_architecture(cfg.arch, true)?;
             }
             _ => bail!(
                 Input,

@@ -441,6 +441,12 @@ impl ModelConfig {
         (0..self.num_hidden_layers).map(|l| self.mlp_width(l)).collect()
     }
 
+    /// The narrowest and the widest layer's MLP width, for messages ("1076 to 1383").
+    pub fn mlp_width_range(&self) -> String {
+        let w = self.mlp_widths();
+        format!("{} to {}", w.iter().min().unwrap_or(&0), w.iter().max().unwrap_or(&0))
+    }
+
     /// Sets every layer's MLP width: `intermediate_size` alone where they are equal, else the
     /// per-layer list too (with `intermediate_size` the widest).
     pub fn set_mlp_widths(&mut self, widths: &[usize]) {

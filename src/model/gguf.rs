@@ -47,6 +47,12 @@ pub fn config_of(h: &GgufHeader) -> Result<ModelConfig> {
     };
     let hidden = req("embedding_length")?;
     let layers = req("block_count")?;
+    let heads = req("attention.head_count")?;
+    let kv_heads =
+        h.get(&k("attention.head_count_kv")).map(|_| req("attention.head_count_kv")).transpose()?.unwrap_or(heads);
+    if hidden == 0 || heads == 0 || layers == 0 || layers > 1024 {
+        bail!(Gguf, "embedding_length and attention.head_count must be positive and block_count between 1 and 1024");
+    }
     // The MLP width: one value, or (llama.cpp's `deci`) one per layer.
     let ffn_key = k("feed_forward_length");
     let widths: Vec<usize> = match h.get(&ffn_key) {
@@ -57,14 +63,8 @@ pub fn config_of(h: &GgufHeader) -> Result<ModelConfig> {
             }
             w
         }
-        _ => vec![req("feed_forward_length")?; layers.min(1024)],
+        _ => vec![req("feed_forward_length")?; layers],
     };
-    let heads = req("attention.head_count")?;
-    let kv_heads =
-        h.get(&k("attention.head_count_kv")).map(|_| req("attention.head_count_kv")).transpose()?.unwrap_or(heads);
-    if hidden == 0 || heads == 0 || layers == 0 || layers > 1024 {
-        bail!(Gguf, "embedding_length and attention.head_count must be positive and block_count between 1 and 1024");
-    }
     let head_dim = match h.get_u64(&k("attention.key_length")) {
         Some(d) => d as usize,
         None if hidden % heads == 0 => hidden / heads,

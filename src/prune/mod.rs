@@ -164,7 +164,7 @@ impl Targets {
                 Input,
                 "this model's layers already have MLP widths of their own ({}); podar prunes models whose layers \
                  are equally wide",
-                cfg.mlp_widths().iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", ")
+                cfg.mlp_width_range()
             );
         }
         let keep = vec![mlp_target(cfg.intermediate_size, o)?; cfg.num_hidden_layers];

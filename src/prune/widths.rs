@@ -13,7 +13,7 @@ use crate::error::{bail, Result};
 
 /// Each layer's kept width: `costs[l]` holds layer `l`'s neurons' measures, `keep` is the uniform
 /// job's width (a multiple of `unit`), and the widths sum to `keep` times the number of layers,
-/// each a multiple of `unit`, between `min_keep(width, keep)` and the layer's width.
+/// each a multiple of `unit`, between [`min_keep`] and [`max_keep`].
 pub fn allocate(costs: &[Vec<f64>], keep: usize, unit: usize) -> Result<Vec<usize>> {
     let unit = unit.max(1);
     if costs.is_empty() || !keep.is_multiple_of(unit) {
@@ -29,6 +29,9 @@ pub fn allocate(costs: &[Vec<f64>], keep: usize, unit: usize) -> Result<Vec<usiz
             bail!(Input, "layer {l}'s neuron measures are not finite: the calibration text overflowed the model");
         }
         let width = c.len() / unit * unit;
+        if keep > width {
+            bail!(Input, "layer {l} has {} neurons, fewer than the {keep} each layer keeps", c.len());
+        }
         let floor = min_keep(width, keep, unit);
         let ceil = max_keep(width, keep, unit);
         floors.push(floor);
